@@ -1,0 +1,63 @@
+"""Settings, read once from the environment (prefix ``PHOTO_ERASER_``) or CLI flags."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_workers() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+class Settings(BaseSettings):
+    """Every tunable of the service. Env var = ``PHOTO_ERASER_`` + field name in capitals."""
+
+    model_config = SettingsConfigDict(env_prefix="PHOTO_ERASER_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("data"), description="SQLite database, blobs and models")
+    model_dir: Path | None = Field(default=None, description="defaults to DATA_DIR/models")
+    database_url: str | None = Field(default=None, description="defaults to SQLite in DATA_DIR")
+    public_url: str | None = Field(
+        default=None, description="base of result URLs; defaults to the request's own host"
+    )
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+    workers: int = Field(default_factory=_default_workers, ge=0, description="0 = accept only")
+    allow_private_urls: bool = False
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_image_bytes: int = 50 * 1024 * 1024
+    min_side: int = 256
+    max_side: int = 5000
+    max_aspect: float = 4.0
+    max_images: int = 20
+
+    download_connect_timeout: float = 10.0
+    download_read_timeout: float = 30.0
+    download_total_timeout: float = 120.0
+    download_max_redirects: int = 3
+    download_per_host: int = 4
+
+    task_deadline_seconds: float = 3600.0
+    max_attempts: int = 3
+    result_ttl_seconds: int = 24 * 3600
+    signing_secret: str | None = Field(
+        default=None, description="HMAC key for result URLs; generated into DATA_DIR if unset"
+    )
+    rate_limit_per_minute: int = Field(default=600, ge=0, description="task creations per key; 0 = off")
+    jpeg_quality: int = Field(default=95, ge=1, le=100)
+    create_demo_key: bool = True
+
+    @property
+    def models_path(self) -> Path:
+        return self.model_dir if self.model_dir is not None else self.data_dir / "models"
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'photo-eraser.db').resolve()}"

@@ -1,0 +1,71 @@
+"""The engine interface every restoration method implements.
+
+Conventions at this boundary (and everywhere outside OpenCV calls):
+images are RGB ``uint8`` arrays of shape HxWx3; masks are ``bool`` arrays of shape HxW,
+``True`` = restore this pixel. Each mask has already been resized to its image.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class EngineError(Exception):
+    """An engine cannot run (missing model, corrupt model file, ...). The message is for users."""
+
+
+class EngineUnavailable(EngineError):
+    """The engine exists but cannot be used on this installation (e.g. its model is not installed)."""
+
+
+@dataclass
+class Restored:
+    """One restored image and how it was produced."""
+
+    image: np.ndarray
+    method: str
+    recovered_share: float | None = None
+    """For the batch ``restore`` engine: share of masked pixels recovered (vs. inpainted)."""
+
+
+class Engine(ABC):
+    """Restores the masked area of every image of a batch at once."""
+
+    name: str = ""
+
+    def is_available(self) -> bool:
+        return True
+
+    @abstractmethod
+    def restore(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> list[Restored]:
+        """Return one result per input, same size; pixels outside each mask unchanged."""
+
+
+class InpaintingEngine(Engine):
+    """An engine that fills each image on its own; the batch is a plain map."""
+
+    @abstractmethod
+    def inpaint(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Fill ``mask`` in ``image``; return a new RGB uint8 array of the same shape."""
+
+    def restore(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> list[Restored]:
+        return [Restored(self.inpaint(im, m), self.name) for im, m in zip(images, masks, strict=True)]
+
+
+def mask_bbox(mask: np.ndarray, pad: int = 0) -> tuple[int, int, int, int] | None:
+    """Bounding box ``(y0, y1, x0, x1)`` (end-exclusive) of a mask, padded and clamped."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    h, w = mask.shape
+    return (
+        max(0, int(rows[0]) - pad),
+        min(h, int(rows[-1]) + 1 + pad),
+        max(0, int(cols[0]) - pad),
+        min(w, int(cols[-1]) + 1 + pad),
+    )

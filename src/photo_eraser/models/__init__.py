@@ -1,0 +1,1 @@
+"""Model files: a manifest of known models, download, import and verification."""
