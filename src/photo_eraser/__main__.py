@@ -1,0 +1,3 @@
+from photo_eraser.cli import main
+
+main()

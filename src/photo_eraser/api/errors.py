@@ -1,0 +1,65 @@
+"""The response envelope and the one table of numeric codes.
+
+Every response, errors included, is ``{"code": int, "msg": str, "data": object}``; the HTTP status
+always matches the code's class (``code // 100``).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+
+class Code(IntEnum):
+    """Numeric ``code`` values. The HTTP status of a response is ``code // 100`` (0 -> 200)."""
+
+    OK = 0
+    BAD_PARAMETER = 40001
+    MALFORMED_JSON = 40002
+    MISSING_CREDENTIALS = 40101
+    INVALID_CREDENTIALS = 40102
+    LINK_EXPIRED = 40301
+    NOT_FOUND = 40401
+    METHOD_NOT_ALLOWED = 40501
+    BODY_TOO_LARGE = 41301
+    RATE_LIMITED = 42901
+    INTERNAL = 50001
+
+    @property
+    def http_status(self) -> int:
+        return 200 if self == Code.OK else self // 100
+
+
+CODE_TABLE = {
+    Code.OK: "success",
+    Code.BAD_PARAMETER: "a request parameter is missing or invalid; msg names the field",
+    Code.MALFORMED_JSON: "the body is not a JSON object",
+    Code.MISSING_CREDENTIALS: "no Authorization: Basic header",
+    Code.INVALID_CREDENTIALS: "unknown, revoked or wrong appkey/appsecret",
+    Code.LINK_EXPIRED: "a result link's signature is wrong or it has expired",
+    Code.NOT_FOUND: "no such task for this key (or no such route)",
+    Code.METHOD_NOT_ALLOWED: "the route exists but not for this HTTP method",
+    Code.BODY_TOO_LARGE: "the request body exceeds the configured limit",
+    Code.RATE_LIMITED: "too many task creations for this key; retry after Retry-After seconds",
+    Code.INTERNAL: "internal error; the request may be retried",
+}
+
+
+class ApiError(Exception):
+    """Raised anywhere in a route; rendered as the envelope with the matching HTTP status."""
+
+    def __init__(self, code: Code, msg: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
+        self.headers = headers
+
+
+def envelope(code: Code, msg: str = "", data: Any = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"code": int(code), "msg": msg, "data": {} if data is None else data},
+        status_code=code.http_status,
+        headers=headers,
+    )

@@ -1,0 +1,64 @@
+"""Request and response bodies of the API (separate from storage tables)."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+
+MAX_URL_LENGTH = 2048
+
+
+def check_http_url(value: str) -> str:
+    """Accept absolute http(s) URLs with a host; reject everything else with a reason."""
+    if len(value) > MAX_URL_LENGTH:
+        raise ValueError(f"URL longer than {MAX_URL_LENGTH} characters")
+    parts = urlsplit(value.strip())
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError("must be an http or https URL")
+    if not parts.hostname:
+        raise ValueError("URL has no host")
+    return value.strip()
+
+
+class CreateTaskRequest(BaseModel):
+    """Body of ``POST /v3/pic/rw/batch``. Unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    images: list[StrictStr] = Field(min_length=1, description="1 to 20 http(s) image URLs")
+    mask: StrictStr = Field(min_length=1, description="mask as a URL, raw base64 or data: URI")
+    priority: StrictInt = Field(ge=0, le=9, description="0 (lowest) to 9 (highest)")
+    engine: StrictStr = Field(
+        default="auto", description="extension: auto, opencv, lama or restore"
+    )
+
+    @field_validator("images")
+    @classmethod
+    def _urls(cls, urls: list[str]) -> list[str]:
+        return [check_http_url(u) for u in urls]
+
+
+class TaskIdData(BaseModel):
+    task_id: str
+
+
+class ResultItem(BaseModel):
+    image_result: str
+    status: str
+    reason: str
+    method: str | None = Field(
+        default=None, description="extension: how the image was restored (engine name)"
+    )
+
+
+class ResultData(BaseModel):
+    status: str
+    wait_time: str
+    list: list[ResultItem]
+
+
+class Envelope(BaseModel):
+    code: int
+    msg: str
+    data: dict[str, object]

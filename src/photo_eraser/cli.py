@@ -1,0 +1,185 @@
+"""The ``photo-eraser`` command: serve, keys, erase, models."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from photo_eraser.config import Settings
+
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Data directory (default: $PHOTO_ERASER_DATA_DIR or ./data).",
+)
+
+
+def load_settings(data_dir: Path | None, **overrides: Any) -> Settings:
+    """Settings from the environment, with CLI flags (when given) taking precedence."""
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if data_dir is not None:
+        values["data_dir"] = data_dir
+    return Settings(**values)
+
+
+@click.group()
+@click.version_option(package_name="photo-eraser")
+def main() -> None:
+    """Photo Eraser: restore the masked area of images, as a service or offline."""
+
+
+@main.command()
+@click.option("--host", default=None, help="Bind address (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default 8080).")
+@click.option("--workers", type=int, default=None, help="Worker count (default: one per core).")
+@data_dir_option
+def serve(host: str | None, port: int | None, workers: int | None, data_dir: Path | None) -> None:
+    """Run the HTTP service with its workers."""
+    import uvicorn
+
+    from photo_eraser import logs
+    from photo_eraser.api.app import create_app
+    from photo_eraser.service import open_store
+
+    settings = load_settings(data_dir, host=host, port=port, workers=workers)
+    logs.configure()
+    store = open_store(settings)
+    if settings.create_demo_key and not store.list_keys():
+        appkey, appsecret = store.create_key("demo")
+        _print_demo(settings, appkey, appsecret)
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+
+
+def _print_demo(settings: Settings, appkey: str, appsecret: str) -> None:
+    import base64
+
+    token = base64.b64encode(f"{appkey}:{appsecret}".encode()).decode()
+    base = settings.public_url or f"http://{settings.host}:{settings.port}"
+    click.echo(
+        f"""
+First start: created a demo key (shown once; the secret is stored only as a hash).
+  appkey:    {appkey}
+  appsecret: {appsecret}
+
+Try it:
+  curl -s {base}/v3/pic/rw/batch -H 'Content-Type: application/json' \\
+    -H 'Authorization: Basic {token}' \\
+    -d '{{"images": ["https://example.com/photo.jpg"], "mask": "https://example.com/mask.png", "priority": 1}}'
+  curl -s {base}/v3/pic/rw/result/TASK_ID -H 'Authorization: Basic {token}'
+API docs: {base}/docs
+""",
+        err=True,
+    )
+
+
+@main.group()
+def keys() -> None:
+    """Manage API keys (appkey/appsecret pairs)."""
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="Who the key is for.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on the last line.")
+@data_dir_option
+def keys_create(name: str, as_json: bool, data_dir: Path | None) -> None:
+    """Create a key and print its secret (shown only this once)."""
+    from photo_eraser.service import open_store
+
+    appkey, appsecret = open_store(load_settings(data_dir)).create_key(name)
+    if as_json:
+        click.echo(json.dumps({"appkey": appkey, "appsecret": appsecret}))
+    else:
+        click.echo(f"appkey:    {appkey}\nappsecret: {appsecret}\n(the secret is not shown again)")
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@data_dir_option
+def keys_list(as_json: bool, data_dir: Path | None) -> None:
+    """List keys (never their secrets)."""
+    from photo_eraser.service import open_store
+
+    rows = open_store(load_settings(data_dir)).list_keys()
+    if as_json:
+        click.echo(json.dumps([r.__dict__ for r in rows]))
+        return
+    for r in rows:
+        state = "revoked" if r.revoked_at else "active"
+        created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(r.created_at))
+        click.echo(f"{r.appkey}  {state:7}  {created}  {r.name}")
+
+
+@keys.command("revoke")
+@click.argument("appkey")
+@data_dir_option
+def keys_revoke(appkey: str, data_dir: Path | None) -> None:
+    """Revoke a key: its requests get 401 from now on."""
+    from photo_eraser.service import open_store
+
+    if not open_store(load_settings(data_dir)).revoke_key(appkey):
+        raise click.ClickException(f"no active key {appkey}")
+    click.echo(f"revoked {appkey}")
+
+
+@main.command()
+@click.option("--mask", "mask_path", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--engine", default="auto", show_default=True, help="auto, opencv, lama or restore")
+@data_dir_option
+def erase(mask_path: Path, images: tuple[Path, ...], out_dir: Path, engine: str, data_dir: Path | None) -> None:
+    """Restore IMAGES offline with the service's pipeline; results go to --out."""
+    from tqdm import tqdm
+
+    from photo_eraser.engines.base import EngineError
+    from photo_eraser.engines.registry import EngineRegistry
+    from photo_eraser.imaging import ImageError, ImageLimits, MaskError, decode_image, decode_mask
+    from photo_eraser.pipeline import restore_images
+
+    settings = load_settings(data_dir)
+    limits = ImageLimits(max_bytes=settings.max_image_bytes, min_side=settings.min_side,
+                         max_side=settings.max_side, max_aspect=settings.max_aspect)
+    registry = EngineRegistry(settings.models_path, threads=settings.workers)
+    try:
+        registry.check(engine)
+        mask = decode_mask(mask_path.read_bytes(), settings.max_image_bytes)
+    except (EngineError, MaskError) as exc:
+        raise click.ClickException(str(exc)) from None
+    decoded, names, failed = [], [], 0
+    for path in tqdm(images, desc="decode", unit="img", file=sys.stderr):
+        try:
+            decoded.append(decode_image(path.read_bytes(), limits))
+            names.append(path)
+        except ImageError as exc:
+            failed += 1
+            click.echo(f"{path}: {exc}", err=True)
+    if not decoded:
+        raise click.ClickException("no image could be read")
+    click.echo(f"restoring {len(decoded)} image(s) with engine {engine}", err=True)
+    try:
+        results = restore_images(decoded, mask, registry.get(engine), jpeg_quality=settings.jpeg_quality)
+    except EngineError as exc:
+        raise click.ClickException(str(exc)) from None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path, result in tqdm(list(zip(names, results, strict=True)), desc="write", unit="img", file=sys.stderr):
+        target = out_dir / f"{path.stem}.{result.encoded.extension}"
+        target.write_bytes(result.encoded.data)
+        click.echo(f"{path} -> {target} ({result.restored.method})")
+    if failed:
+        sys.exit(1)
+
+
+def _register_models() -> None:
+    from photo_eraser.models.cli import models
+
+    main.add_command(models)
+
+
+_register_models()

@@ -1,0 +1,123 @@
+"""Wires settings into one running service: store, blobs, signer, engines, workers, sweeper."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from statistics import mean
+
+from photo_eraser.config import Settings
+from photo_eraser.engines.registry import EngineRegistry
+from photo_eraser.fetch import Fetcher
+from photo_eraser.storage import LocalBlobStore, UrlSigner
+from photo_eraser.tasks.db import create_db_engine, migrate
+from photo_eraser.tasks.status import TaskStatus
+from photo_eraser.tasks.store import TaskRecord, TaskStore
+from photo_eraser.tasks.worker import WorkerContext, run_worker
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TASK_SECONDS = 5.0
+"""Assumed run time of one task before any has finished, for ``wait_time``."""
+
+
+def open_store(settings: Settings) -> TaskStore:
+    """Create the data directory and database if needed and migrate it to the newest schema."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_db_engine(settings.db_url)
+    migrate(engine)
+    return TaskStore(engine)
+
+
+class Service:
+    """Everything a running server holds. ``start``/``stop`` bracket the worker tasks."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = open_store(settings)
+        self.blobs = LocalBlobStore(settings.data_dir / "blobs")
+        self.signer = UrlSigner.from_data_dir(settings.data_dir, settings.signing_secret)
+        self.engines = EngineRegistry(settings.models_path, threads=_engine_threads(settings))
+        self.wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.fetcher: Fetcher | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        requeued, failed = await asyncio.to_thread(self.store.recover_interrupted, s.max_attempts)
+        if requeued or failed:
+            log.warning("recovered interrupted tasks", extra={"requeued": requeued, "failed": failed})
+        log.info("engines available", extra={"engines": self.engines.availability()})
+        self.fetcher = Fetcher(
+            allow_private=s.allow_private_urls,
+            max_bytes=s.max_image_bytes,
+            connect_timeout=s.download_connect_timeout,
+            read_timeout=s.download_read_timeout,
+            total_timeout=s.download_total_timeout,
+            max_redirects=s.download_max_redirects,
+            per_host=s.download_per_host,
+        )
+        ctx = WorkerContext(s, self.store, self.blobs, self.fetcher, self.engines)
+        self._stop.clear()
+        for i in range(s.workers):
+            self._tasks.append(asyncio.create_task(run_worker(ctx, f"w{i}", self.wake, self._stop)))
+        self._tasks.append(asyncio.create_task(self._sweep()))
+
+    async def stop(self) -> None:
+        self._stop.set()
+        self.wake.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self.fetcher is not None:
+            await self.fetcher.aclose()
+
+    async def _sweep(self) -> None:
+        """Time out overdue tasks every second; delete expired results every minute."""
+        last_cleanup = 0.0
+        while not self._stop.is_set():
+            try:
+                await asyncio.to_thread(self.store.expire_overdue)
+                if time.monotonic() - last_cleanup > 60:
+                    last_cleanup = time.monotonic()
+                    await asyncio.to_thread(self._delete_expired_results)
+            except Exception:
+                log.exception("sweeper pass failed")
+            await asyncio.sleep(1.0)
+
+    def _delete_expired_results(self) -> None:
+        before = time.time() - self.settings.result_ttl_seconds
+        for pk, keys in self.store.expired_result_keys(before):
+            for key in keys:
+                self.blobs.delete(key)
+            self.store.forget_results(pk)
+
+    def wait_time(self, task: TaskRecord) -> str:
+        """Seconds until the next useful poll, from queue position and recent task durations."""
+        if task.status.finished:
+            return "0"
+        durations = self.store.recent_durations()
+        per_task = mean(durations) if durations else DEFAULT_TASK_SECONDS
+        workers = max(1, self.settings.workers)
+        if task.status == TaskStatus.IN_PROGRESS:
+            elapsed = time.time() - (task.started_at or time.time())
+            estimate = per_task - elapsed
+        else:
+            ahead = self.store.queue_position(task)
+            estimate = (ahead // workers + 1) * per_task
+        return str(max(1, math.ceil(estimate)))
+
+
+def _engine_threads(settings: Settings) -> int:
+    """Split the cores between workers so concurrent inferences do not oversubscribe them."""
+    import os
+
+    cores = os.cpu_count() or 1
+    return max(1, cores // max(1, settings.workers))

@@ -1,0 +1,423 @@
+"""The task store: every state change of a task goes through here, in one transaction each."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+
+from photo_eraser.tasks.status import ImageStatus, TaskStatus
+from photo_eraser.tasks.tables import api_keys, task_images, tasks
+
+
+@dataclass
+class ApiKey:
+    appkey: str
+    name: str
+    created_at: float
+    revoked_at: float | None
+
+
+@dataclass
+class ImageRecord:
+    idx: int
+    url: str
+    status: ImageStatus
+    reason: str = ""
+    result_key: str | None = None
+    method: str | None = None
+    recovered_share: float | None = None
+
+
+@dataclass
+class TaskRecord:
+    pk: int
+    task_id: str
+    appkey: str
+    status: TaskStatus
+    priority: int
+    engine: str
+    mask_url: str | None
+    mask_data: bytes | None
+    attempts: int
+    reason: str
+    created_at: float
+    deadline_at: float
+    started_at: float | None
+    finished_at: float | None
+    images: list[ImageRecord] = field(default_factory=list)
+
+
+def _hash_secret(secret: str) -> str:
+    # Secrets are 256-bit random tokens, so a fast hash is enough: there is nothing to brute-force.
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class TaskStore:
+    """Keys, tasks and per-image results in one relational database."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    # ---- API keys -------------------------------------------------------------------------
+
+    def create_key(self, name: str) -> tuple[str, str]:
+        """Create a key; return ``(appkey, appsecret)``. The secret is stored only as a hash."""
+        appkey = "pe_" + secrets.token_hex(12)
+        appsecret = secrets.token_urlsafe(32)
+        with self.engine.begin() as conn:
+            conn.execute(
+                api_keys.insert().values(
+                    appkey=appkey,
+                    name=name,
+                    secret_sha256=_hash_secret(appsecret),
+                    created_at=time.time(),
+                )
+            )
+        return appkey, appsecret
+
+    def list_keys(self) -> list[ApiKey]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(api_keys.c.appkey, api_keys.c.name, api_keys.c.created_at,
+                          api_keys.c.revoked_at).order_by(api_keys.c.created_at)
+            ).all()
+        return [ApiKey(r.appkey, r.name, r.created_at, r.revoked_at) for r in rows]
+
+    def revoke_key(self, appkey: str) -> bool:
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                api_keys.update()
+                .where(api_keys.c.appkey == appkey, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=time.time())
+            )
+        return result.rowcount > 0
+
+    def verify_key(self, appkey: str, appsecret: str) -> bool:
+        """Constant-time check of a key pair; revoked and unknown keys fail alike."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(api_keys.c.secret_sha256).where(
+                    api_keys.c.appkey == appkey, api_keys.c.revoked_at.is_(None)
+                )
+            ).first()
+        expected = row.secret_sha256 if row else "0" * 64
+        return hmac.compare_digest(expected, _hash_secret(appsecret)) and row is not None
+
+    # ---- Tasks ----------------------------------------------------------------------------
+
+    def create_task(
+        self,
+        *,
+        appkey: str,
+        urls: Sequence[str],
+        priority: int,
+        engine: str,
+        mask_url: str | None,
+        mask_data: bytes | None,
+        deadline_seconds: float,
+    ) -> str:
+        """Persist a new waiting task (committed before the caller answers 200)."""
+        task_id = str(uuid.uuid4())
+        now = time.time()
+        with self.engine.begin() as conn:
+            pk = conn.execute(
+                tasks.insert().values(
+                    task_id=task_id,
+                    appkey=appkey,
+                    status=TaskStatus.WAITING,
+                    priority=priority,
+                    engine=engine,
+                    mask_url=mask_url,
+                    mask_data=mask_data,
+                    attempts=0,
+                    reason="",
+                    created_at=now,
+                    deadline_at=now + deadline_seconds,
+                )
+            ).inserted_primary_key[0]
+            conn.execute(
+                task_images.insert(),
+                [
+                    {"task_pk": pk, "idx": i, "url": u, "status": ImageStatus.WAITING, "reason": ""}
+                    for i, u in enumerate(urls)
+                ],
+            )
+        return task_id
+
+    def get_task(self, task_id: str, appkey: str | None = None) -> TaskRecord | None:
+        """Load a task with its images; with ``appkey``, only that key's task."""
+        query = sa.select(tasks).where(tasks.c.task_id == task_id)
+        if appkey is not None:
+            query = query.where(tasks.c.appkey == appkey)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+            if row is None:
+                return None
+            image_rows = conn.execute(
+                sa.select(task_images)
+                .where(task_images.c.task_pk == row.id)
+                .order_by(task_images.c.idx)
+            ).all()
+        record = _task_from_row(row)
+        record.images = [
+            ImageRecord(
+                idx=r.idx,
+                url=r.url,
+                status=ImageStatus(r.status),
+                reason=r.reason,
+                result_key=r.result_key,
+                method=r.method,
+                recovered_share=r.recovered_share,
+            )
+            for r in image_rows
+        ]
+        return record
+
+    def claim_next(self) -> TaskRecord | None:
+        """Atomically take the waiting task with the highest priority, oldest first."""
+        now = time.time()
+        next_id = (
+            sa.select(tasks.c.id)
+            .where(tasks.c.status == TaskStatus.WAITING)
+            .order_by(tasks.c.priority.desc(), tasks.c.id)
+            .limit(1)
+            .scalar_subquery()
+        )
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                tasks.update()
+                .where(tasks.c.id == next_id, tasks.c.status == TaskStatus.WAITING)
+                .values(
+                    status=TaskStatus.IN_PROGRESS,
+                    attempts=tasks.c.attempts + 1,
+                    started_at=now,
+                    heartbeat_at=now,
+                )
+                .returning(tasks.c.task_id)
+            ).first()
+        return self.get_task(row.task_id) if row else None
+
+    def task_status(self, pk: int) -> TaskStatus:
+        with self.engine.connect() as conn:
+            return TaskStatus(conn.execute(sa.select(tasks.c.status).where(tasks.c.id == pk)).scalar_one())
+
+    def set_images(self, pk: int, updates: Sequence[ImageRecord]) -> None:
+        """Write per-image progress of a task that is still in progress."""
+        with self.engine.begin() as conn:
+            for im in updates:
+                conn.execute(
+                    task_images.update()
+                    .where(task_images.c.task_pk == pk, task_images.c.idx == im.idx)
+                    .values(
+                        status=im.status,
+                        reason=im.reason,
+                        result_key=im.result_key,
+                        method=im.method,
+                        recovered_share=im.recovered_share,
+                    )
+                )
+            conn.execute(tasks.update().where(tasks.c.id == pk).values(heartbeat_at=time.time()))
+
+    def finish(self, pk: int, status: TaskStatus, reason: str = "") -> bool:
+        """Move an in-progress task to a final status; False if it was closed or timed out meanwhile."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                tasks.update()
+                .where(tasks.c.id == pk, tasks.c.status == TaskStatus.IN_PROGRESS)
+                .values(status=status, reason=reason, finished_at=time.time())
+            )
+            if result.rowcount and status != TaskStatus.COMPLETE:
+                # Images that never got a verdict share the task's reason.
+                conn.execute(
+                    task_images.update()
+                    .where(
+                        task_images.c.task_pk == pk,
+                        task_images.c.status.in_([ImageStatus.WAITING, ImageStatus.PROCESSING]),
+                    )
+                    .values(status=ImageStatus.FAILED, reason=reason)
+                )
+        return bool(result.rowcount)
+
+    def requeue(self, pk: int, reason: str) -> None:
+        """Give an in-progress task back to the queue after a failure of ours (not the input's)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                tasks.update()
+                .where(tasks.c.id == pk, tasks.c.status == TaskStatus.IN_PROGRESS)
+                .values(status=TaskStatus.WAITING, reason=reason, started_at=None)
+            )
+
+    def close(self, task_id: str, appkey: str) -> TaskStatus | None:
+        """Close a waiting or running task for its owner; return the resulting status."""
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                sa.select(tasks.c.id, tasks.c.status).where(
+                    tasks.c.task_id == task_id, tasks.c.appkey == appkey
+                )
+            ).first()
+            if row is None:
+                return None
+            if TaskStatus(row.status).finished:
+                return TaskStatus(row.status)
+            conn.execute(
+                tasks.update()
+                .where(tasks.c.id == row.id, tasks.c.status == row.status)
+                .values(status=TaskStatus.CLOSED, reason="closed by client", finished_at=time.time())
+            )
+            conn.execute(
+                task_images.update()
+                .where(
+                    task_images.c.task_pk == row.id,
+                    task_images.c.status.in_([ImageStatus.WAITING, ImageStatus.PROCESSING]),
+                )
+                .values(status=ImageStatus.FAILED, reason="task closed by client")
+            )
+        return TaskStatus.CLOSED
+
+    def recover_interrupted(self, max_attempts: int) -> tuple[int, int]:
+        """After a crash: re-queue in-progress tasks, or fail those out of attempts.
+
+        Returns ``(requeued, failed)``. Safe only while no worker of this database runs.
+        """
+        reason = f"processing was interrupted {max_attempts} times; giving up"
+        with self.engine.begin() as conn:
+            stuck = conn.execute(
+                sa.select(tasks.c.id, tasks.c.attempts).where(
+                    tasks.c.status == TaskStatus.IN_PROGRESS
+                )
+            ).all()
+            retry = [r.id for r in stuck if r.attempts < max_attempts]
+            give_up = [r.id for r in stuck if r.attempts >= max_attempts]
+            if retry:
+                conn.execute(
+                    tasks.update()
+                    .where(tasks.c.id.in_(retry))
+                    .values(status=TaskStatus.WAITING, started_at=None)
+                )
+                conn.execute(
+                    task_images.update()
+                    .where(task_images.c.task_pk.in_(retry))
+                    .values(status=ImageStatus.WAITING, reason="", result_key=None)
+                )
+            if give_up:
+                conn.execute(
+                    tasks.update()
+                    .where(tasks.c.id.in_(give_up))
+                    .values(status=TaskStatus.FAILED, reason=reason, finished_at=time.time())
+                )
+                conn.execute(
+                    task_images.update()
+                    .where(task_images.c.task_pk.in_(give_up),
+                           task_images.c.status != ImageStatus.DONE)
+                    .values(status=ImageStatus.FAILED, reason=reason)
+                )
+        return len(retry), len(give_up)
+
+    def expire_overdue(self, now: float | None = None) -> list[int]:
+        """Mark waiting/in-progress tasks past their deadline as timed out; return their pks."""
+        now = time.time() if now is None else now
+        reason = "task exceeded its deadline"
+        active = [TaskStatus.WAITING, TaskStatus.IN_PROGRESS]
+        with self.engine.begin() as conn:
+            pks = list(
+                conn.execute(
+                    sa.select(tasks.c.id).where(tasks.c.status.in_(active), tasks.c.deadline_at < now)
+                ).scalars()
+            )
+            if pks:
+                conn.execute(
+                    tasks.update()
+                    .where(tasks.c.id.in_(pks), tasks.c.status.in_(active))
+                    .values(status=TaskStatus.TIMED_OUT, reason=reason, finished_at=now)
+                )
+                conn.execute(
+                    task_images.update()
+                    .where(
+                        task_images.c.task_pk.in_(pks),
+                        task_images.c.status.in_([ImageStatus.WAITING, ImageStatus.PROCESSING]),
+                    )
+                    .values(status=ImageStatus.FAILED, reason=reason)
+                )
+        return pks
+
+    def queue_position(self, record: TaskRecord) -> int:
+        """How many tasks run before this waiting one (ahead in the queue, or in progress)."""
+        with self.engine.connect() as conn:
+            ahead = conn.execute(
+                sa.select(sa.func.count()).where(
+                    sa.or_(
+                        tasks.c.status == TaskStatus.IN_PROGRESS,
+                        sa.and_(
+                            tasks.c.status == TaskStatus.WAITING,
+                            sa.or_(
+                                tasks.c.priority > record.priority,
+                                sa.and_(
+                                    tasks.c.priority == record.priority, tasks.c.id < record.pk
+                                ),
+                            ),
+                        ),
+                    )
+                )
+            ).scalar_one()
+        return int(ahead)
+
+    def recent_durations(self, limit: int = 20) -> list[float]:
+        """Run times (seconds) of the most recently finished tasks, newest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(tasks.c.started_at, tasks.c.finished_at)
+                .where(
+                    tasks.c.status.in_([TaskStatus.COMPLETE, TaskStatus.FAILED]),
+                    tasks.c.started_at.is_not(None),
+                )
+                .order_by(tasks.c.finished_at.desc())
+                .limit(limit)
+            ).all()
+        return [r.finished_at - r.started_at for r in rows]
+
+    def expired_result_keys(self, before: float) -> list[tuple[int, list[str]]]:
+        """Finished tasks older than ``before`` that still hold result blobs."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(task_images.c.task_pk, task_images.c.result_key)
+                .join(tasks, tasks.c.id == task_images.c.task_pk)
+                .where(tasks.c.finished_at < before, task_images.c.result_key.is_not(None))
+            ).all()
+        grouped: dict[int, list[str]] = {}
+        for r in rows:
+            grouped.setdefault(r.task_pk, []).append(r.result_key)
+        return list(grouped.items())
+
+    def forget_results(self, pk: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                task_images.update().where(task_images.c.task_pk == pk).values(result_key=None)
+            )
+        with self.engine.begin() as conn:
+            conn.execute(tasks.update().where(tasks.c.id == pk).values(mask_data=None))
+
+
+def _task_from_row(row: sa.Row) -> TaskRecord:
+    return TaskRecord(
+        pk=row.id,
+        task_id=row.task_id,
+        appkey=row.appkey,
+        status=TaskStatus(row.status),
+        priority=row.priority,
+        engine=row.engine,
+        mask_url=row.mask_url,
+        mask_data=row.mask_data,
+        attempts=row.attempts,
+        reason=row.reason,
+        created_at=row.created_at,
+        deadline_at=row.deadline_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+    )

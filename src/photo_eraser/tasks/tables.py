@@ -1,0 +1,64 @@
+"""Storage tables (SQLAlchemy Core). Schema changes go through Alembic migrations."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("appkey", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("secret_sha256", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    # The integer id gives FIFO order within a priority; task_id is the public name.
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("task_id", String(36), nullable=False, unique=True),
+    Column("appkey", String(64), ForeignKey("api_keys.appkey"), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("engine", String(32), nullable=False),
+    Column("mask_url", Text, nullable=True),
+    Column("mask_data", LargeBinary, nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("reason", Text, nullable=False, default=""),
+    Column("created_at", Float, nullable=False),
+    Column("deadline_at", Float, nullable=False),
+    Column("started_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+    Column("heartbeat_at", Float, nullable=True),
+)
+Index("ix_tasks_queue", tasks.c.status, tasks.c.priority, tasks.c.id)
+Index("ix_tasks_appkey", tasks.c.appkey)
+
+task_images = Table(
+    "task_images",
+    metadata,
+    Column("task_pk", Integer, ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True),
+    Column("idx", Integer, primary_key=True),
+    Column("url", Text, nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("reason", Text, nullable=False, default=""),
+    Column("result_key", Text, nullable=True),
+    Column("method", String(64), nullable=True),
+    Column("recovered_share", Float, nullable=True),
+)

@@ -1,0 +1,224 @@
+"""Test support: a local image host, a real server process, and generated images."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def photo(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A smooth, photo-like RGB uint8 image (gradients plus mild noise)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    r = 128 + 100 * np.sin(x / (37 + seed)) * np.cos(y / 53)
+    g = 128 + 90 * np.cos((x + y) / 71)
+    b = 64 + 150 * (x / max(1, width))
+    img = np.stack([r, g, b], axis=-1) + rng.normal(0, 4, (height, width, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def encode(pixels: np.ndarray, fmt: str = "PNG", **kw: object) -> bytes:
+    buf = io.BytesIO()
+    mode = "L" if pixels.ndim == 2 else "RGB"
+    Image.fromarray(pixels, mode).save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def rect_mask(width: int, height: int, box: tuple[int, int, int, int]) -> np.ndarray:
+    """A grayscale uint8 mask, 255 inside ``box`` = (x0, y0, x1, y1)."""
+    m = np.zeros((height, width), np.uint8)
+    x0, y0, x1, y1 = box
+    m[y0:y1, x0:x1] = 255
+    return m
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@dataclass
+class Resource:
+    body: bytes
+    content_type: str = "image/png"
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    gate: threading.Event | None = None
+
+
+class ImageHost:
+    """A real HTTP server on 127.0.0.1 standing in for the customer's image host."""
+
+    def __init__(self) -> None:
+        self.resources: dict[str, Resource] = {}
+        self.requests: list[str] = []
+        host = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                host.requests.append(self.path)
+                res = host.resources.get(self.path)
+                if res is None:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if res.gate is not None:
+                    res.gate.wait(30)
+                self.send_response(res.status)
+                self.send_header("Content-Type", res.content_type)
+                self.send_header("Content-Length", str(len(res.body)))
+                for k, v in res.headers.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                try:
+                    self.wfile.write(res.body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def add(self, path: str, body: bytes, **kw: object) -> str:
+        self.resources[path] = Resource(body, **kw)  # type: ignore[arg-type]
+        return self.url(path)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def close(self) -> None:
+        for res in self.resources.values():
+            if res.gate is not None:
+                res.gate.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class ServerProcess:
+    """``photo-eraser serve`` in a child process, as a user would run it."""
+
+    def __init__(self, data_dir: Path, **env: str) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "PHOTO_ERASER_DATA_DIR": str(data_dir),
+            "PHOTO_ERASER_ALLOW_PRIVATE_URLS": "1",
+            "PHOTO_ERASER_WORKERS": "1",
+            **env,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir / "server.log"
+
+    def start(self) -> ServerProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "photo_eraser", "serve", "--port", str(self.port)],
+            env=self.env,
+            stdout=log,
+            stderr=log,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.base_url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("server did not start in 60 s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "photo_eraser", *args],
+            env=self.env, capture_output=True, text=True, timeout=60,
+        )
+
+    def create_key(self, name: str = "test") -> tuple[str, str]:
+        out = self.cli("keys", "create", "--name", name, "--json")
+        assert out.returncode == 0, out.stderr
+        creds = json.loads(out.stdout.strip().splitlines()[-1])
+        return creds["appkey"], creds["appsecret"]
+
+
+class ApiClient:
+    """A thin client of the seed contract, as an integrating customer would write it."""
+
+    def __init__(self, base_url: str, appkey: str, appsecret: str) -> None:
+        token = base64.b64encode(f"{appkey}:{appsecret}".encode()).decode()
+        self.http = httpx.Client(
+            base_url=base_url,
+            headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"},
+            timeout=30,
+        )
+
+    def create(self, images: list[str], mask: str, priority: int = 1, **extra: object) -> httpx.Response:
+        return self.http.post("/v3/pic/rw/batch", json={"images": images, "mask": mask,
+                                                        "priority": priority, **extra})
+
+    def create_ok(self, images: list[str], mask: str, priority: int = 1, **extra: object) -> str:
+        r = self.create(images, mask, priority, **extra)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["code"] == 0 and body["msg"] == ""
+        return str(body["data"]["task_id"])
+
+    def result(self, task_id: str) -> httpx.Response:
+        return self.http.get(f"/v3/pic/rw/result/{task_id}")
+
+    def wait(self, task_id: str, timeout: float = 60, until: tuple[str, ...] = ("3", "4", "5", "6")) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = self.result(task_id)
+            assert r.status_code == 200, r.text
+            data = r.json()["data"]
+            if data["status"] in until:
+                return dict(data)
+            time.sleep(0.1)
+        raise AssertionError(f"task {task_id} still {data['status']} after {timeout} s")
+
+    def close(self) -> None:
+        self.http.close()

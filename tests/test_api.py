@@ -1,0 +1,291 @@
+"""The seed contract end to end: a real server process, a real image host, a real client."""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.helpers import ApiClient, ImageHost, ServerProcess, b64, encode, photo, rect_mask
+
+W, H = 400, 300
+BOX = (150, 120, 250, 160)
+
+
+@pytest.fixture(scope="module")
+def assets(image_host: ImageHost) -> dict[str, str]:
+    """A few hosted images and masks, shared by the tests of this module."""
+    img = photo(W, H, seed=1)
+    mask = rect_mask(W, H, BOX)
+    return {
+        "png": image_host.add("/api/a.png", encode(img, "PNG")),
+        "jpg": image_host.add("/api/a.jpg", encode(img, "JPEG", quality=92), content_type="image/jpeg"),
+        "bmp": image_host.add("/api/a.bmp", encode(img, "BMP"), content_type="image/bmp"),
+        "gif": image_host.add("/api/a.gif", encode(img, "GIF"), content_type="image/gif"),
+        "small": image_host.add("/api/small.png", encode(photo(200, 200), "PNG")),
+        "missing": image_host.url("/api/does-not-exist.png"),
+        "mask_url": image_host.add("/api/mask.png", encode(mask, "PNG")),
+        "mask_b64": b64(encode(mask, "PNG")),
+    }
+
+
+def fetch_result(url: str) -> Image.Image:
+    r = httpx.get(url, timeout=30)
+    assert r.status_code == 200, r.text
+    return Image.open(io.BytesIO(r.content))
+
+
+def inside(box: tuple[int, int, int, int]) -> np.ndarray:
+    m = np.zeros((H, W), bool)
+    x0, y0, x1, y1 = box
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def test_png_happy_path_restores_only_the_mask(client: ApiClient, assets: dict[str, str]) -> None:
+    task_id = client.create_ok([assets["png"]], assets["mask_b64"], engine="opencv")
+    data = client.wait(task_id)
+    assert data["status"] == "3" and data["wait_time"] == "0"
+    [item] = data["list"]
+    assert item["status"] == "3" and item["reason"] == "" and item["method"] == "opencv"
+    assert item["image_result"].startswith("http://127.0.0.1:")
+    result = fetch_result(item["image_result"])
+    assert result.format == "PNG" and result.size == (W, H)
+    out = np.asarray(result.convert("RGB"))
+    original = photo(W, H, seed=1)
+    m = inside(BOX)
+    assert np.array_equal(out[~m], original[~m])
+    assert not np.array_equal(out[m], original[m])
+
+
+@pytest.mark.parametrize(("key", "fmt"), [("jpg", "JPEG"), ("bmp", "PNG")])
+def test_result_keeps_format_bmp_becomes_png(
+    client: ApiClient, assets: dict[str, str], key: str, fmt: str
+) -> None:
+    data = client.wait(client.create_ok([assets[key]], assets["mask_url"]))
+    assert data["status"] == "3", data
+    result = fetch_result(data["list"][0]["image_result"])
+    assert result.format == fmt and result.size == (W, H)
+
+
+@pytest.mark.parametrize("form", ["url", "data_uri", "raw_base64"])
+def test_each_mask_form(client: ApiClient, assets: dict[str, str], form: str) -> None:
+    mask = {
+        "url": assets["mask_url"],
+        "data_uri": "data:image/png;base64," + assets["mask_b64"],
+        "raw_base64": assets["mask_b64"],
+    }[form]
+    data = client.wait(client.create_ok([assets["png"]], mask, engine="opencv"))
+    assert data["status"] == "3"
+    out = np.asarray(fetch_result(data["list"][0]["image_result"]).convert("RGB"))
+    m = inside(BOX)
+    assert np.array_equal(out[~m], photo(W, H, seed=1)[~m])
+
+
+def test_mask_of_another_size_is_scaled_to_each_image(client: ApiClient, assets: dict[str, str]) -> None:
+    half = rect_mask(W // 2, H // 2, tuple(v // 2 for v in BOX))  # type: ignore[arg-type]
+    data = client.wait(client.create_ok([assets["png"]], b64(encode(half)), engine="opencv"))
+    out = np.asarray(fetch_result(data["list"][0]["image_result"]).convert("RGB"))
+    m = inside(BOX)
+    assert np.array_equal(out[~m], photo(W, H, seed=1)[~m])
+    assert not np.array_equal(out[m], photo(W, H, seed=1)[m])
+
+
+def test_partial_failure_gives_a_reason_per_image_in_input_order(
+    client: ApiClient, assets: dict[str, str]
+) -> None:
+    urls = [assets["missing"], assets["png"], assets["gif"], assets["small"]]
+    data = client.wait(client.create_ok(urls, assets["mask_b64"]))
+    assert data["status"] == "3"
+    items = data["list"]
+    assert [i["status"] for i in items] == ["4", "3", "4", "4"]
+    assert items[0]["reason"] == "download failed: HTTP 404" and items[0]["image_result"] == ""
+    assert items[1]["reason"] == "" and items[1]["image_result"]
+    assert "GIF" in items[2]["reason"]
+    assert "200x200" in items[3]["reason"] and "256" in items[3]["reason"]
+
+
+def test_all_images_failing_fails_the_task(client: ApiClient, assets: dict[str, str]) -> None:
+    data = client.wait(client.create_ok([assets["missing"], assets["gif"]], assets["mask_b64"]))
+    assert data["status"] == "4"
+    assert all(i["status"] == "4" and i["reason"] for i in data["list"])
+
+
+def test_unreachable_mask_url_fails_the_task_with_a_reason(
+    client: ApiClient, assets: dict[str, str], image_host: ImageHost
+) -> None:
+    data = client.wait(client.create_ok([assets["png"]], image_host.url("/api/no-mask.png")))
+    assert data["status"] == "4"
+    assert "mask" in data["list"][0]["reason"] and "404" in data["list"][0]["reason"]
+
+
+def test_exif_rotated_jpeg_is_restored_upright(client: ApiClient, image_host: ImageHost) -> None:
+    stored = photo(H, W, seed=3)  # stored as 300x400, EXIF says rotate to 400x300
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.fromarray(stored).save(buf, "JPEG", quality=95, exif=exif)
+    url = image_host.add("/api/rotated.jpg", buf.getvalue(), content_type="image/jpeg")
+    mask = b64(encode(rect_mask(W, H, BOX)))
+    data = client.wait(client.create_ok([url], mask))
+    assert data["status"] == "3"
+    result = fetch_result(data["list"][0]["image_result"])
+    assert result.size == (W, H)
+    assert result.getexif().get(0x0112, 1) == 1
+
+
+BAD_BODIES = [
+    ({"mask": "x", "priority": 1}, "images"),
+    ({"images": [], "mask": "x", "priority": 1}, "images"),
+    ({"images": "http://a.example/x.png", "mask": "x", "priority": 1}, "images"),
+    ({"images": [1], "mask": "x", "priority": 1}, "images"),
+    ({"images": ["ftp://a.example/x.png"], "mask": "x", "priority": 1}, "images"),
+    ({"images": ["http:///x.png"], "mask": "x", "priority": 1}, "images"),
+    ({"images": ["http://a.example/x.png"] * 21, "mask": "x", "priority": 1}, "images"),
+    ({"images": ["http://a.example/x.png"], "priority": 1}, "mask"),
+    ({"images": ["http://a.example/x.png"], "mask": "", "priority": 1}, "mask"),
+    ({"images": ["http://a.example/x.png"], "mask": "@@not base64@@", "priority": 1}, "mask"),
+    ({"images": ["http://a.example/x.png"], "mask": b64(b"not an image"), "priority": 1}, "mask"),
+    ({"images": ["http://a.example/x.png"], "mask": "https://a.example/m.png"}, "priority"),
+    ({"images": ["http://a.example/x.png"], "mask": "https://a.example/m.png", "priority": "1"}, "priority"),
+    ({"images": ["http://a.example/x.png"], "mask": "https://a.example/m.png", "priority": 1.0}, "priority"),
+    ({"images": ["http://a.example/x.png"], "mask": "https://a.example/m.png", "priority": True}, "priority"),
+    ({"images": ["http://a.example/x.png"], "mask": "https://a.example/m.png", "priority": 10}, "priority"),
+    ({"images": ["http://a.example/x.png"], "mask": "https://a.example/m.png", "priority": -1}, "priority"),
+    ({"images": ["http://a.example/x.png"], "mask": "https://a.example/m.png", "priority": 1,
+      "engine": "photoshop"}, "engine"),
+]
+
+
+@pytest.mark.parametrize(("body", "field"), BAD_BODIES)
+def test_bad_parameters_are_400_naming_the_field(
+    client: ApiClient, body: dict[str, object], field: str
+) -> None:
+    r = client.http.post("/v3/pic/rw/batch", json=body)
+    assert r.status_code == 400, r.text
+    payload = r.json()
+    assert payload["code"] == 40001
+    assert payload["msg"].startswith(field), payload["msg"]
+    assert payload["data"] == {}
+
+
+def test_lama_without_model_says_how_to_install_it(client: ApiClient, assets: dict[str, str]) -> None:
+    r = client.create([assets["png"]], assets["mask_url"], engine="lama")
+    assert r.status_code == 400
+    assert "photo-eraser models pull lama" in r.json()["msg"]
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b"", b"\xff\xfe"])
+def test_malformed_json_is_400_envelope(client: ApiClient, raw: bytes) -> None:
+    r = client.http.post("/v3/pic/rw/batch", content=raw)
+    assert r.status_code == 400
+    assert r.json()["code"] == 40002
+
+
+def test_body_over_limit_is_413(client: ApiClient) -> None:
+    huge = "A" * (10 * 1024 * 1024 + 10)
+    r = client.http.post(
+        "/v3/pic/rw/batch", json={"images": ["http://a.example/x.png"], "mask": huge, "priority": 1}
+    )
+    assert r.status_code == 413 and r.json()["code"] == 41301
+
+
+def test_auth_failures_are_401(server: ServerProcess, client: ApiClient) -> None:
+    url = server.base_url + "/v3/pic/rw/batch"
+    body = {"images": ["http://a.example/x.png"], "mask": "https://a.example/m.png", "priority": 1}
+    no_header = httpx.post(url, json=body)
+    assert no_header.status_code == 401 and no_header.json()["code"] == 40101
+    bearer = httpx.post(url, json=body, headers={"Authorization": "Bearer abc"})
+    assert bearer.status_code == 401 and bearer.json()["code"] == 40101
+    garbage = httpx.post(url, json=body, headers={"Authorization": "Basic !!!"})
+    assert garbage.status_code == 401 and garbage.json()["code"] == 40102
+    appkey, _ = server.create_key("wrong-secret")
+    wrong = base64.b64encode(f"{appkey}:nope".encode()).decode()
+    r = httpx.post(url, json=body, headers={"Authorization": f"Basic {wrong}"})
+    assert r.status_code == 401 and r.json()["code"] == 40102
+    get = httpx.get(server.base_url + "/v3/pic/rw/result/x")
+    assert get.status_code == 401
+
+
+def test_revoked_key_is_refused_while_server_runs(server: ServerProcess, assets: dict[str, str]) -> None:
+    appkey, appsecret = server.create_key("to-revoke")
+    c = ApiClient(server.base_url, appkey, appsecret)
+    c.create_ok([assets["png"]], assets["mask_url"])
+    out = server.cli("keys", "revoke", appkey)
+    assert out.returncode == 0, out.stderr
+    assert c.create([assets["png"]], assets["mask_url"]).status_code == 401
+    listing = server.cli("keys", "list")
+    assert appkey in listing.stdout and "revoked" in listing.stdout
+    assert appsecret not in listing.stdout
+    c.close()
+
+
+def test_tasks_are_isolated_per_key(server: ServerProcess, client: ApiClient, assets: dict[str, str]) -> None:
+    task_id = client.create_ok([assets["png"]], assets["mask_url"])
+    other = ApiClient(server.base_url, *server.create_key("client-b"))
+    for r in (other.result(task_id), other.http.post(f"/v3/pic/rw/close/{task_id}")):
+        assert r.status_code == 404 and r.json()["code"] == 40401
+    unknown = "00000000-0000-4000-8000-000000000000"
+    # Another key's task answers exactly like a task that does not exist.
+    assert other.result(task_id).json()["msg"] == f"task {task_id} not found"
+    assert other.result(unknown).json()["msg"] == f"task {unknown} not found"
+    other.close()
+
+
+def test_unknown_task_and_route_are_404_envelopes(client: ApiClient) -> None:
+    r = client.result("no-such-task")
+    assert r.status_code == 404 and r.json()["code"] == 40401
+    r = client.http.get("/v3/pic/rw/nothing-here")
+    assert r.status_code == 404 and set(r.json()) == {"code", "msg", "data"}
+    r = client.http.get("/v3/pic/rw/batch")
+    assert r.status_code == 405 and r.json()["code"] == 40501
+
+
+def test_result_links_are_signed(client: ApiClient, assets: dict[str, str]) -> None:
+    data = client.wait(client.create_ok([assets["png"]], assets["mask_url"]))
+    url = data["list"][0]["image_result"]
+    assert httpx.get(url).status_code == 200
+    parts = urlsplit(url)
+    tampered = url.replace("signature=", "signature=0")
+    assert httpx.get(tampered).status_code == 403
+    other_file = url.replace("/0.png", "/1.png")
+    assert httpx.get(other_file).status_code == 403
+    expired = f"{parts.scheme}://{parts.netloc}{parts.path}?expires=1&signature=" + "0" * 64
+    r = httpx.get(expired)
+    assert r.status_code == 403 and r.json()["code"] == 40301
+
+
+def test_close_cancels_waiting_work(server: ServerProcess, client: ApiClient, image_host: ImageHost) -> None:
+    gate = threading.Event()
+    img = encode(photo(W, H, seed=5))
+    slow = [image_host.add(f"/api/slow{i}.png", img, gate=gate) for i in range(2)]
+    mask = b64(encode(rect_mask(W, H, BOX)))
+    busy = [client.create_ok([u], mask, priority=9) for u in slow]  # occupy both workers
+    waiting = client.create_ok([image_host.add("/api/later.png", img)], mask, priority=0)
+    first = client.result(waiting).json()["data"]
+    assert first["status"] == "1" and int(first["wait_time"]) >= 1
+    r = client.http.post(f"/v3/pic/rw/close/{waiting}")
+    assert r.status_code == 200 and r.json()["data"]["status"] == "5"
+    gate.set()
+    for t in busy:
+        assert client.wait(t)["status"] == "3"
+    data = client.wait(waiting)
+    assert data["status"] == "5"
+    assert data["list"][0]["status"] == "4" and "closed" in data["list"][0]["reason"]
+    assert "/api/later.png" not in image_host.requests
+    again = client.http.post(f"/v3/pic/rw/close/{busy[0]}")
+    assert again.json()["data"]["status"] == "3"
+
+
+def test_healthz_and_openapi(server: ServerProcess) -> None:
+    health = httpx.get(server.base_url + "/healthz").json()
+    assert health["code"] == 0 and health["data"]["engines"]["opencv"] is True
+    spec = httpx.get(server.base_url + "/openapi.json").json()
+    assert "/v3/pic/rw/batch" in spec["paths"] and "/v3/pic/rw/result/{task_id}" in spec["paths"]
+    assert "40001" in spec["info"]["description"]

@@ -1,0 +1,119 @@
+"""Queue order, deadlines, crash recovery and the SSRF guard, each on its own server."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ApiClient, ImageHost, ServerProcess, b64, encode, photo, rect_mask
+
+W, H = 320, 256
+MASK = b64(encode(rect_mask(W, H, (100, 100, 160, 130))))
+
+
+@pytest.fixture
+def run_server(tmp_path: Path):  # type: ignore[no-untyped-def]
+    started: list[ServerProcess] = []
+
+    def start(data_dir: Path | None = None, **env: str) -> ServerProcess:
+        proc = ServerProcess(data_dir or tmp_path / f"data{len(started)}", **env).start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+def test_single_worker_takes_priority_9_before_0_and_fifo_within(
+    run_server, image_host: ImageHost, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    data_dir = tmp_path / "prio"
+    accept_only = run_server(data_dir, PHOTO_ERASER_WORKERS="0")
+    appkey, appsecret = accept_only.create_key()
+    c = ApiClient(accept_only.base_url, appkey, appsecret)
+    img = encode(photo(W, H))
+    order = [("p0-first", 0), ("p0-second", 0), ("p9", 9), ("p5", 5), ("p9-later", 9)]
+    ids = {name: c.create_ok([image_host.add(f"/prio/{name}.png", img)], MASK, priority=p)
+           for name, p in order}
+    accept_only.stop()
+    c.close()
+
+    worker = run_server(data_dir, PHOTO_ERASER_WORKERS="1")
+    c = ApiClient(worker.base_url, appkey, appsecret)
+    for task_id in ids.values():
+        assert c.wait(task_id)["status"] == "3"
+    fetched = [p.split("/")[-1].removesuffix(".png") for p in image_host.requests if p.startswith("/prio/")]
+    assert fetched == ["p9", "p9-later", "p5", "p0-first", "p0-second"]
+    c.close()
+
+
+def test_task_past_its_deadline_times_out(run_server, image_host: ImageHost) -> None:  # type: ignore[no-untyped-def]
+    server = run_server(PHOTO_ERASER_TASK_DEADLINE_SECONDS="1.5")
+    c = ApiClient(server.base_url, *server.create_key())
+    gate = threading.Event()
+    url = image_host.add("/deadline/slow.png", encode(photo(W, H)), gate=gate)
+    running = c.create_ok([url], MASK)
+    waiting = c.create_ok([image_host.add("/deadline/other.png", encode(photo(W, H)))], MASK)
+    for task_id in (running, waiting):
+        data = c.wait(task_id, timeout=30)
+        assert data["status"] == "6", data
+        assert data["list"][0]["status"] == "4" and "deadline" in data["list"][0]["reason"]
+    gate.set()
+    c.close()
+
+
+def test_kill_9_loses_no_accepted_task(run_server, image_host: ImageHost, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    data_dir = tmp_path / "crash"
+    server = run_server(data_dir)
+    appkey, appsecret = server.create_key()
+    c = ApiClient(server.base_url, appkey, appsecret)
+    gate = threading.Event()
+    img = encode(photo(W, H))
+    in_progress = c.create_ok([image_host.add("/crash/held.png", img, gate=gate)], MASK)
+    waiting = c.create_ok([image_host.add("/crash/queued.png", img)], MASK)
+    c.wait(in_progress, until=("2",))
+    server.kill9()
+    c.close()
+    gate.set()
+
+    restarted = run_server(data_dir)
+    c = ApiClient(restarted.base_url, appkey, appsecret)
+    for task_id in (in_progress, waiting):
+        data = c.wait(task_id)
+        assert data["status"] == "3", data
+        assert data["list"][0]["image_result"]
+    c.close()
+
+
+def test_private_addresses_are_refused_by_default(run_server, image_host: ImageHost) -> None:  # type: ignore[no-untyped-def]
+    server = run_server(PHOTO_ERASER_ALLOW_PRIVATE_URLS="0")
+    c = ApiClient(server.base_url, *server.create_key())
+    port = image_host.port
+    urls = [
+        image_host.add("/ssrf/secret.png", encode(photo(W, H))),
+        f"http://localhost:{port}/ssrf/secret.png",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/x.png",
+        f"http://[::1]:{port}/ssrf/secret.png",
+        "http://0.0.0.0/x.png",
+    ]
+    data = c.wait(c.create_ok(urls, MASK))
+    assert data["status"] == "4"
+    for item in data["list"]:
+        assert item["status"] == "4"
+        assert "not allowed" in item["reason"], item["reason"]
+    assert "/ssrf/secret.png" not in image_host.requests
+    c.close()
+
+
+def test_wait_time_is_an_honest_string(run_server, image_host: ImageHost) -> None:  # type: ignore[no-untyped-def]
+    server = run_server(PHOTO_ERASER_WORKERS="0")
+    c = ApiClient(server.base_url, *server.create_key())
+    img = image_host.add("/wait/a.png", encode(photo(W, H)))
+    ids = [c.create_ok([img], MASK) for _ in range(3)]
+    waits = [int(c.result(t).json()["data"]["wait_time"]) for t in ids]
+    assert waits[0] >= 1 and waits == sorted(waits) and waits[2] > waits[0]
+    c.close()
