@@ -84,6 +84,8 @@ def _embedded_addresses(ip: IPAddress) -> list[IPAddress]:
 
 def is_public_address(ip: IPAddress) -> bool:
     """The default policy: True only for globally routable unicast addresses."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return is_public_address(ip.ipv4_mapped)
     for addr in _embedded_addresses(ip):
         if (
             addr.is_loopback

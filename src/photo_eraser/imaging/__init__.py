@@ -1,0 +1,36 @@
+"""Image handling: format and limit checks, decoding, encoding, masks.
+
+Convention at this boundary: images are RGB uint8 HxWx3 arrays, upright; masks are bool HxW
+arrays, True = restore. OpenCV (BGR) never leaks out of this package.
+"""
+
+from __future__ import annotations
+
+from photo_eraser.imaging.codec import DecodedImage, EncodedImage, decode_image, encode_image
+from photo_eraser.imaging.formats import ACCEPTED_FORMATS, sniff_format
+from photo_eraser.imaging.limits import ImageError, ImageInfo, ImageLimits, probe
+from photo_eraser.imaging.mask import (
+    MaskError,
+    MaskSource,
+    decode_mask,
+    fit_mask,
+    parse_mask_field,
+)
+
+__all__ = [
+    "ACCEPTED_FORMATS",
+    "DecodedImage",
+    "EncodedImage",
+    "ImageError",
+    "ImageInfo",
+    "ImageLimits",
+    "MaskError",
+    "MaskSource",
+    "decode_image",
+    "decode_mask",
+    "encode_image",
+    "fit_mask",
+    "parse_mask_field",
+    "probe",
+    "sniff_format",
+]

@@ -1,0 +1,195 @@
+"""Decoding input images to upright RGB arrays, and encoding results in the input's format.
+
+Decoding (`decode_image`): limits are checked from the header first (`probe`), then pixels are
+decoded strictly (a truncated file is an error, never a grey-padded image), converted to RGB
+uint8 HxWx3 and turned upright by the EXIF orientation. Conversions:
+
+- palette, 1-bit and grayscale images become RGB (grey replicated, values unchanged);
+- 16-bit images are scaled to 8 bits (results are 8-bit);
+- CMYK JPEGs are converted to sRGB through their embedded CMYK ICC profile when they have
+  one (the result is tagged sRGB), else by Pillow's plain formula (untagged);
+- transparency (RGBA, LA, palette or colour-key transparency) is kept *beside* the pixels as
+  an ``alpha`` plane, only when some pixel is not fully opaque; the RGB values under it are the
+  stored colours, not composited over any background. Engines see RGB only; `encode_image`
+  puts the alpha back into PNG results so transparent PNGs survive. JPEG results have none.
+
+ICC profiles are kept when they match the pixels: an RGB profile always, a grey profile for a
+grey image (whose result is then written as grey, so the profile stays valid); a profile that
+does not fit the image is dropped. The EXIF orientation is applied to the pixels, so results
+carry no EXIF (and hence no orientation tag) at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from io import BytesIO
+
+import numpy as np
+from PIL import Image, ImageCms
+
+from photo_eraser.imaging.limits import ImageError, ImageLimits, open_checked
+
+__all__ = ["DecodedImage", "EncodedImage", "decode_image", "encode_image"]
+
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_HIGH_DEPTH_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+_GREY_MODES = frozenset({"1", "L", "LA", "La"}) | _HIGH_DEPTH_MODES
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+# Input format -> (output format, content type, file extension without dot).
+_OUTPUTS = {
+    "JPEG": ("JPEG", "image/jpeg", "jpg"),
+    "JPG": ("JPEG", "image/jpeg", "jpg"),
+    "PNG": ("PNG", "image/png", "png"),
+    "BMP": ("PNG", "image/png", "png"),
+}
+
+
+@dataclass
+class DecodedImage:
+    """An input image ready for an engine."""
+
+    pixels: np.ndarray
+    """RGB uint8 HxWx3, upright (EXIF orientation applied)."""
+    format: str
+    """The input's format by content: ``PNG``, ``JPEG`` or ``BMP``."""
+    icc_profile: bytes | None = None
+    """The colour profile to embed in the result (see the module notes)."""
+    alpha: np.ndarray | None = None
+    """uint8 HxW opacity, present only if some pixel is not fully opaque."""
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """An encoded result: bytes plus how to serve and name them."""
+
+    data: bytes
+    content_type: str
+    extension: str
+    """Without the dot: ``jpg`` or ``png``."""
+
+
+def decode_image(data: bytes, limits: ImageLimits | None = None) -> DecodedImage:
+    """Check ``data`` against the limits, then decode it; raise `ImageError` for users."""
+    info, image = open_checked(data, limits or ImageLimits())
+    with image:
+        try:
+            image.load()
+        except Exception:  # Pillow raises OSError, SyntaxError, ValueError, zlib.error, ...
+            raise ImageError("image is truncated or corrupt") from None
+        color, alpha, icc_profile = _split(image, image.info.get("icc_profile") or None)
+    transpose = _TRANSPOSE.get(info.orientation)
+    if transpose is not None:
+        color = color.transpose(transpose)
+        alpha = alpha.transpose(transpose) if alpha is not None else None
+    alpha_plane = np.array(alpha, dtype=np.uint8) if alpha is not None else None
+    if alpha_plane is not None and alpha_plane.min() == 255:
+        alpha_plane = None
+    return DecodedImage(np.array(color, dtype=np.uint8), info.format, icc_profile, alpha_plane)
+
+
+def encode_image(
+    image: DecodedImage | np.ndarray,
+    fmt: str,
+    *,
+    icc_profile: bytes | None = None,
+    alpha: np.ndarray | None = None,
+    jpeg_quality: int = 95,
+    png_compress_level: int = 6,
+) -> EncodedImage:
+    """Encode RGB pixels as the result for an input of format ``fmt``.
+
+    JPEG stays JPEG (``jpeg_quality``, 4:4:4 chroma), PNG stays PNG, BMP becomes PNG (lossless
+    either way). Given a `DecodedImage`, its profile and alpha are used unless overridden.
+    """
+    if isinstance(image, DecodedImage):
+        pixels = image.pixels
+        icc_profile = image.icc_profile if icc_profile is None else icc_profile
+        alpha = image.alpha if alpha is None else alpha
+    else:
+        pixels = image
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ValueError(f"expected RGB uint8 HxWx3 pixels, got {pixels.dtype} {pixels.shape}")
+    try:
+        out_format, content_type, extension = _OUTPUTS[fmt.upper()]
+    except KeyError:
+        raise ValueError(f"no result format for input format {fmt!r}") from None
+    result = Image.fromarray(np.ascontiguousarray(pixels))
+    if _icc_space(icc_profile) == b"GRAY":
+        result = result.convert("L")  # exact for grey pixels: Pillow's weights sum to 1
+    params: dict[str, object] = {}
+    if icc_profile:
+        params["icc_profile"] = icc_profile
+    if out_format == "JPEG":
+        params.update(quality=jpeg_quality, subsampling=0)
+    else:
+        params["compress_level"] = png_compress_level
+        if alpha is not None:
+            if alpha.shape != pixels.shape[:2] or alpha.dtype != np.uint8:
+                raise ValueError(f"alpha must be uint8 {pixels.shape[:2]}, got {alpha.shape}")
+            result.putalpha(Image.fromarray(np.ascontiguousarray(alpha)))
+    buffer = BytesIO()
+    result.save(buffer, format=out_format, **params)
+    return EncodedImage(buffer.getvalue(), content_type, extension)
+
+
+def _icc_space(profile: bytes | None) -> bytes | None:
+    """The data colour space of an ICC profile (``b"RGB "``, ``b"GRAY"``, ``b"CMYK"``...)."""
+    return profile[16:20] if profile and len(profile) >= 128 else None
+
+
+def _split(
+    image: Image.Image, icc_profile: bytes | None
+) -> tuple[Image.Image, Image.Image | None, bytes | None]:
+    """A decoded image as (RGB image, alpha or None, profile that fits the RGB result)."""
+    if image.mode in _HIGH_DEPTH_MODES:
+        grey = np.asarray(image).astype(np.float64)
+        scaled = (np.clip(grey, 0, 65535) * (255 / 65535) + 0.5).astype(np.uint8)
+        image = Image.fromarray(scaled)  # drops a 16-bit colour key; a rare case
+    space = _icc_space(icc_profile)
+    if image.mode == "CMYK":
+        color, icc_profile = _cmyk_to_srgb(image, icc_profile if space == b"CMYK" else None)
+        return color, None, icc_profile
+    grey = image.mode in _GREY_MODES
+    if not (space == b"RGB " or (space == b"GRAY" and grey)):
+        icc_profile = None
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        return rgba.convert("RGB"), rgba.getchannel("A"), icc_profile
+    return image.convert("RGB"), None, icc_profile
+
+
+def _cmyk_to_srgb(
+    image: Image.Image, cmyk_profile: bytes | None
+) -> tuple[Image.Image, bytes | None]:
+    """CMYK to RGB: colour-managed to sRGB (and tagged so) when the file has a CMYK profile."""
+    if cmyk_profile:
+        try:
+            converted = ImageCms.profileToProfile(
+                image,
+                ImageCms.ImageCmsProfile(BytesIO(cmyk_profile)),
+                ImageCms.createProfile("sRGB"),
+                renderingIntent=ImageCms.Intent.PERCEPTUAL,
+                outputMode="RGB",
+            )
+        except (ImageCms.PyCMSError, OSError, ValueError):
+            converted = None
+        if converted is not None:
+            srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+            return converted, srgb
+    return image.convert("RGB"), None

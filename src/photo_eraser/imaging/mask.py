@@ -1,0 +1,171 @@
+"""The mask: where it comes from (`parse_mask_field`), what it marks (`decode_mask`), and
+fitting it to each image (`fit_mask`).
+
+Semantics (the mask is a bool HxW array, True = restore this pixel):
+
+- A mask with transparency where some pixel is not fully opaque: the alpha channel is the mask;
+  any opacity marks the pixel (paint strokes on a transparent layer).
+- Otherwise the colour marks it: a pixel is marked when its brightest channel is above a
+  threshold, so white, grey or any colour marks and only black does not. The threshold is 0
+  for lossless formats (PNG, BMP, GIF, TIFF: "non-zero = restore", exactly) and 127 for lossy
+  ones (JPEG, WEBP), whose compression noise turns black into small non-zero values near edges.
+- EXIF orientation is applied to masks as to images.
+- A mask that marks no pixel is an error. A mask whose size differs from an image's is resized
+  to it with nearest-neighbour sampling (stretched if the aspect ratio differs).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import string
+from dataclasses import dataclass
+from io import BytesIO
+from urllib.parse import unquote_to_bytes, urlsplit
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps
+
+from photo_eraser.imaging.formats import sniff_format
+from photo_eraser.imaging.limits import format_size
+
+__all__ = ["MaskError", "MaskSource", "decode_mask", "fit_mask", "parse_mask_field"]
+
+MASK_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
+_LOSSY_FORMATS = frozenset({"JPEG", "WEBP"})
+_LOSSY_THRESHOLD = 127
+_BASE64_CHARS = frozenset(string.ascii_letters + string.digits + "+/-_=")
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+
+
+class MaskError(Exception):
+    """The mask cannot be used; the message is for users (``mask marks no pixels``)."""
+
+
+@dataclass(frozen=True)
+class MaskSource:
+    """Where the mask is: a URL to download, or the bytes given inline."""
+
+    url: str | None = None
+    data: bytes | None = None
+
+    @property
+    def is_url(self) -> bool:
+        return self.url is not None
+
+
+def parse_mask_field(value: str) -> MaskSource:
+    """Tell an http(s) URL from inline data (a ``data:`` URI or raw base64) and decode the latter.
+
+    Only the transport is checked here; `decode_mask` checks that the bytes are a usable mask.
+    """
+    if not isinstance(value, str):
+        raise MaskError("mask must be a string")
+    text = value.strip()
+    if not text:
+        raise MaskError("mask is empty")
+    head = text[:16].lower()
+    if head.startswith(("http://", "https://")):
+        if not urlsplit(text).hostname:
+            raise MaskError("mask URL has no host")
+        return MaskSource(url=text)
+    if head.startswith("data:"):
+        return MaskSource(data=_decode_data_uri(text))
+    if "://" in head:
+        raise MaskError("mask URL must use http or https")
+    return MaskSource(data=_decode_base64(text))
+
+
+def decode_mask(data: bytes, max_bytes: int, *, max_side: int = 8192) -> np.ndarray:
+    """Decode mask image bytes to a bool HxW array (True = restore); raise `MaskError`."""
+    if not data:
+        raise MaskError("mask is empty")
+    if len(data) > max_bytes:
+        raise MaskError(f"mask exceeds {format_size(max_bytes)}")
+    fmt = sniff_format(data)
+    if fmt not in MASK_FORMATS:
+        raise MaskError(
+            f"mask format {fmt} is not supported (use PNG, JPEG or BMP)"
+            if fmt
+            else "mask is not an image (use PNG, JPEG or BMP)"
+        )
+    try:
+        image = Image.open(BytesIO(data), formats=[fmt])
+    except Exception:  # Pillow raises many types on malformed headers
+        raise MaskError("mask image is truncated or corrupt") from None
+    with image:
+        width, height = image.size
+        if max(width, height) > max_side:
+            raise MaskError(f"mask resolution {width}x{height} is above {max_side}x{max_side}")
+        try:
+            image.load()
+            upright = ImageOps.exif_transpose(image)
+        except Exception:  # Pillow raises OSError, SyntaxError, ValueError, zlib.error, ...
+            raise MaskError("mask image is truncated or corrupt") from None
+    marked = _marked_pixels(upright, _LOSSY_THRESHOLD if fmt in _LOSSY_FORMATS else 0)
+    if not marked.any():
+        raise MaskError("mask marks no pixels (white or non-zero pixels mark the area)")
+    return marked
+
+
+def fit_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The mask resized to ``height`` x ``width`` (nearest neighbour); unchanged if it fits."""
+    if mask.shape == (height, width):
+        return mask
+    resized = cv2.resize(
+        np.ascontiguousarray(mask, dtype=np.uint8),
+        (width, height),
+        interpolation=cv2.INTER_NEAREST_EXACT,
+    )
+    return resized.astype(bool)
+
+
+def _marked_pixels(image: Image.Image, threshold: int) -> np.ndarray:
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        alpha = np.asarray(image.convert("RGBA"))[:, :, 3]
+        if alpha.min() < 255:
+            return alpha > threshold
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return np.asarray(image) > 0
+    if image.mode == "L":
+        return np.asarray(image) > threshold
+    return np.asarray(image.convert("RGB")).max(axis=2) > threshold
+
+
+def _decode_data_uri(text: str) -> bytes:
+    header, comma, payload = text[5:].partition(",")
+    if not comma:
+        raise MaskError("mask data URI has no ',' before its data")
+    if "base64" not in (p.strip().lower() for p in header.split(";")):
+        raise MaskError("mask data URI must be base64-encoded (data:image/png;base64,...)")
+    if "%" in payload:  # percent-encoded base64 (e.g. %2B for '+')
+        payload = unquote_to_bytes(payload).decode("ascii", "replace")
+    return _decode_base64(payload)
+
+
+def _decode_base64(text: str) -> bytes:
+    """Decode standard or URL-safe base64, padding optional, whitespace ignored."""
+    compact: list[str] = []
+    for position, char in enumerate(text):
+        if char.isspace():
+            continue
+        if char not in _BASE64_CHARS:
+            raise MaskError(
+                f"mask is not valid base64 (or an http/https URL): "
+                f"invalid character {char!r} at position {position}"
+            )
+        compact.append(char)
+    encoded = "".join(compact).rstrip("=")
+    if "=" in encoded:
+        raise MaskError("mask is not valid base64: '=' padding in the middle of the data")
+    if len(encoded) % 4 == 1:
+        raise MaskError("mask is not valid base64: the data is truncated (impossible length)")
+    encoded = encoded.translate(str.maketrans("-_", "+/"))
+    try:
+        decoded = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except binascii.Error as exc:
+        raise MaskError(f"mask is not valid base64: {exc}") from None
+    if not decoded:
+        raise MaskError("mask is empty")
+    return decoded
