@@ -158,8 +158,8 @@ def _split(
 ) -> tuple[Image.Image, Image.Image | None, bytes | None]:
     """A decoded image as (RGB image, alpha or None, profile that fits the RGB result)."""
     if image.mode in _HIGH_DEPTH_MODES:
-        grey = np.asarray(image).astype(np.float64)
-        scaled = (np.clip(grey, 0, 65535) * (255 / 65535) + 0.5).astype(np.uint8)
+        deep = np.asarray(image).astype(np.float64)
+        scaled = (np.clip(deep, 0, 65535) * (255 / 65535) + 0.5).astype(np.uint8)
         image = Image.fromarray(scaled)  # drops a 16-bit colour key; a rare case
     space = _icc_space(icc_profile)
     if image.mode == "CMYK":

@@ -75,6 +75,7 @@ def header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
 
     The stored size, before any EXIF orientation is applied.
     """
+    size: tuple[int, int] | None
     if fmt == "PNG":
         if len(data) < 24 or data[12:16] != b"IHDR":
             return None
