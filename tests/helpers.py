@@ -174,7 +174,10 @@ class ServerProcess:
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "photo_eraser", *args],
-            env=self.env, capture_output=True, text=True, timeout=60,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
 
     def create_key(self, name: str = "test") -> tuple[str, str]:
@@ -195,9 +198,12 @@ class ApiClient:
             timeout=30,
         )
 
-    def create(self, images: list[str], mask: str, priority: int = 1, **extra: object) -> httpx.Response:
-        return self.http.post("/v3/pic/rw/batch", json={"images": images, "mask": mask,
-                                                        "priority": priority, **extra})
+    def create(
+        self, images: list[str], mask: str, priority: int = 1, **extra: object
+    ) -> httpx.Response:
+        return self.http.post(
+            "/v3/pic/rw/batch", json={"images": images, "mask": mask, "priority": priority, **extra}
+        )
 
     def create_ok(self, images: list[str], mask: str, priority: int = 1, **extra: object) -> str:
         r = self.create(images, mask, priority, **extra)
@@ -209,7 +215,9 @@ class ApiClient:
     def result(self, task_id: str) -> httpx.Response:
         return self.http.get(f"/v3/pic/rw/result/{task_id}")
 
-    def wait(self, task_id: str, timeout: float = 60, until: tuple[str, ...] = ("3", "4", "5", "6")) -> dict:
+    def wait(
+        self, task_id: str, timeout: float = 60, until: tuple[str, ...] = ("3", "4", "5", "6")
+    ) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             r = self.result(task_id)

@@ -25,7 +25,9 @@ def assets(image_host: ImageHost) -> dict[str, str]:
     mask = rect_mask(W, H, BOX)
     return {
         "png": image_host.add("/api/a.png", encode(img, "PNG")),
-        "jpg": image_host.add("/api/a.jpg", encode(img, "JPEG", quality=92), content_type="image/jpeg"),
+        "jpg": image_host.add(
+            "/api/a.jpg", encode(img, "JPEG", quality=92), content_type="image/jpeg"
+        ),
         "bmp": image_host.add("/api/a.bmp", encode(img, "BMP"), content_type="image/bmp"),
         "gif": image_host.add("/api/a.gif", encode(img, "GIF"), content_type="image/gif"),
         "small": image_host.add("/api/small.png", encode(photo(200, 200), "PNG")),
@@ -88,7 +90,9 @@ def test_each_mask_form(client: ApiClient, assets: dict[str, str], form: str) ->
     assert np.array_equal(out[~m], photo(W, H, seed=1)[~m])
 
 
-def test_mask_of_another_size_is_scaled_to_each_image(client: ApiClient, assets: dict[str, str]) -> None:
+def test_mask_of_another_size_is_scaled_to_each_image(
+    client: ApiClient, assets: dict[str, str]
+) -> None:
     half = rect_mask(W // 2, H // 2, tuple(v // 2 for v in BOX))  # type: ignore[arg-type]
     data = client.wait(client.create_ok([assets["png"]], b64(encode(half)), engine="opencv"))
     out = np.asarray(fetch_result(data["list"][0]["image_result"]).convert("RGB"))
@@ -153,13 +157,35 @@ BAD_BODIES = [
     ({"images": ["http://a.example/x.png"], "mask": "@@not base64@@", "priority": 1}, "mask"),
     ({"images": ["http://a.example/x.png"], "mask": b64(b"not an image"), "priority": 1}, "mask"),
     ({"images": ["http://a.example/x.png"], "mask": "https://a.example/m.png"}, "priority"),
-    ({"images": ["http://a.example/x.png"], "mask": "https://a.example/m.png", "priority": "1"}, "priority"),
-    ({"images": ["http://a.example/x.png"], "mask": "https://a.example/m.png", "priority": 1.0}, "priority"),
-    ({"images": ["http://a.example/x.png"], "mask": "https://a.example/m.png", "priority": True}, "priority"),
-    ({"images": ["http://a.example/x.png"], "mask": "https://a.example/m.png", "priority": 10}, "priority"),
-    ({"images": ["http://a.example/x.png"], "mask": "https://a.example/m.png", "priority": -1}, "priority"),
-    ({"images": ["http://a.example/x.png"], "mask": "https://a.example/m.png", "priority": 1,
-      "engine": "photoshop"}, "engine"),
+    (
+        {"images": ["http://a.example/x.png"], "mask": "https://a.example/m.png", "priority": "1"},
+        "priority",
+    ),
+    (
+        {"images": ["http://a.example/x.png"], "mask": "https://a.example/m.png", "priority": 1.0},
+        "priority",
+    ),
+    (
+        {"images": ["http://a.example/x.png"], "mask": "https://a.example/m.png", "priority": True},
+        "priority",
+    ),
+    (
+        {"images": ["http://a.example/x.png"], "mask": "https://a.example/m.png", "priority": 10},
+        "priority",
+    ),
+    (
+        {"images": ["http://a.example/x.png"], "mask": "https://a.example/m.png", "priority": -1},
+        "priority",
+    ),
+    (
+        {
+            "images": ["http://a.example/x.png"],
+            "mask": "https://a.example/m.png",
+            "priority": 1,
+            "engine": "photoshop",
+        },
+        "engine",
+    ),
 ]
 
 
@@ -175,7 +201,9 @@ def test_bad_parameters_are_400_naming_the_field(
     assert payload["data"] == {}
 
 
-def test_lama_without_model_says_how_to_install_it(client: ApiClient, assets: dict[str, str]) -> None:
+def test_lama_without_model_says_how_to_install_it(
+    client: ApiClient, assets: dict[str, str]
+) -> None:
     r = client.create([assets["png"]], assets["mask_url"], engine="lama")
     assert r.status_code == 400
     assert "photo-eraser models pull lama" in r.json()["msg"]
@@ -213,7 +241,9 @@ def test_auth_failures_are_401(server: ServerProcess, client: ApiClient) -> None
     assert get.status_code == 401
 
 
-def test_revoked_key_is_refused_while_server_runs(server: ServerProcess, assets: dict[str, str]) -> None:
+def test_revoked_key_is_refused_while_server_runs(
+    server: ServerProcess, assets: dict[str, str]
+) -> None:
     appkey, appsecret = server.create_key("to-revoke")
     c = ApiClient(server.base_url, appkey, appsecret)
     c.create_ok([assets["png"]], assets["mask_url"])
@@ -226,7 +256,9 @@ def test_revoked_key_is_refused_while_server_runs(server: ServerProcess, assets:
     c.close()
 
 
-def test_tasks_are_isolated_per_key(server: ServerProcess, client: ApiClient, assets: dict[str, str]) -> None:
+def test_tasks_are_isolated_per_key(
+    server: ServerProcess, client: ApiClient, assets: dict[str, str]
+) -> None:
     task_id = client.create_ok([assets["png"]], assets["mask_url"])
     other = ApiClient(server.base_url, *server.create_key("client-b"))
     for r in (other.result(task_id), other.http.post(f"/v3/pic/rw/close/{task_id}")):
@@ -261,7 +293,9 @@ def test_result_links_are_signed(client: ApiClient, assets: dict[str, str]) -> N
     assert r.status_code == 403 and r.json()["code"] == 40301
 
 
-def test_close_cancels_waiting_work(server: ServerProcess, client: ApiClient, image_host: ImageHost) -> None:
+def test_close_cancels_waiting_work(
+    server: ServerProcess, client: ApiClient, image_host: ImageHost
+) -> None:
     gate = threading.Event()
     img = encode(photo(W, H, seed=5))
     slow = [image_host.add(f"/api/slow{i}.png", img, gate=gate) for i in range(2)]

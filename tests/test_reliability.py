@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import threading
+
+import httpx
+import numpy as np
 from pathlib import Path
 
 import pytest
@@ -28,7 +31,9 @@ def run_server(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def test_single_worker_takes_priority_9_before_0_and_fifo_within(
-    run_server, image_host: ImageHost, tmp_path: Path  # type: ignore[no-untyped-def]
+    run_server,
+    image_host: ImageHost,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     data_dir = tmp_path / "prio"
     accept_only = run_server(data_dir, PHOTO_ERASER_WORKERS="0")
@@ -36,8 +41,10 @@ def test_single_worker_takes_priority_9_before_0_and_fifo_within(
     c = ApiClient(accept_only.base_url, appkey, appsecret)
     img = encode(photo(W, H))
     order = [("p0-first", 0), ("p0-second", 0), ("p9", 9), ("p5", 5), ("p9-later", 9)]
-    ids = {name: c.create_ok([image_host.add(f"/prio/{name}.png", img)], MASK, priority=p)
-           for name, p in order}
+    ids = {
+        name: c.create_ok([image_host.add(f"/prio/{name}.png", img)], MASK, priority=p)
+        for name, p in order
+    }
     accept_only.stop()
     c.close()
 
@@ -45,7 +52,9 @@ def test_single_worker_takes_priority_9_before_0_and_fifo_within(
     c = ApiClient(worker.base_url, appkey, appsecret)
     for task_id in ids.values():
         assert c.wait(task_id)["status"] == "3"
-    fetched = [p.split("/")[-1].removesuffix(".png") for p in image_host.requests if p.startswith("/prio/")]
+    fetched = [
+        p.split("/")[-1].removesuffix(".png") for p in image_host.requests if p.startswith("/prio/")
+    ]
     assert fetched == ["p9", "p9-later", "p5", "p0-first", "p0-second"]
     c.close()
 
@@ -116,4 +125,52 @@ def test_wait_time_is_an_honest_string(run_server, image_host: ImageHost) -> Non
     ids = [c.create_ok([img], MASK) for _ in range(3)]
     waits = [int(c.result(t).json()["data"]["wait_time"]) for t in ids]
     assert waits[0] >= 1 and waits == sorted(waits) and waits[2] > waits[0]
+    c.close()
+
+
+def test_rate_limit_is_429_with_retry_after(run_server, image_host: ImageHost) -> None:  # type: ignore[no-untyped-def]
+    server = run_server(PHOTO_ERASER_RATE_LIMIT_PER_MINUTE="2", PHOTO_ERASER_WORKERS="0")
+    c = ApiClient(server.base_url, *server.create_key())
+    url = image_host.add("/rate/a.png", encode(photo(W, H)))
+    c.create_ok([url], MASK)
+    c.create_ok([url], MASK)
+    r = c.create([url], MASK)
+    assert r.status_code == 429 and r.json()["code"] == 42901
+    assert int(r.headers["Retry-After"]) >= 1
+    other = ApiClient(server.base_url, *server.create_key("other"))
+    other.create_ok([url], MASK)  # the limit is per key
+    c.close()
+    other.close()
+
+
+def test_public_url_is_the_base_of_result_links(run_server, image_host: ImageHost) -> None:  # type: ignore[no-untyped-def]
+    server = run_server(PHOTO_ERASER_PUBLIC_URL="https://eraser.example.com/")
+    c = ApiClient(server.base_url, *server.create_key())
+    url = image_host.add("/public/a.png", encode(photo(W, H)))
+    data = c.wait(c.create_ok([url], MASK))
+    link = data["list"][0]["image_result"]
+    assert link.startswith("https://eraser.example.com/v3/pic/rw/files/results/")
+    local = link.replace("https://eraser.example.com", server.base_url)
+    assert httpx.get(local).status_code == 200
+    c.close()
+
+
+def test_truncated_and_oversized_images_fail_alone(run_server, image_host: ImageHost) -> None:  # type: ignore[no-untyped-def]
+    server = run_server(PHOTO_ERASER_MAX_IMAGE_BYTES=str(300_000))
+    c = ApiClient(server.base_url, *server.create_key())
+    jpeg = encode(photo(W, H), "JPEG", quality=90)
+    noisy = np.random.default_rng(0).integers(0, 256, (600, 600, 3), dtype=np.uint8)
+    urls = [
+        image_host.add("/ugly/truncated.jpg", jpeg[: len(jpeg) // 2], content_type="image/jpeg"),
+        image_host.add("/ugly/big.png", encode(noisy)),  # ~1 MB > 300 kB limit
+        image_host.add("/ugly/fine.jpg", jpeg, content_type="image/jpeg"),
+        image_host.add("/ugly/text.png", b"<html>not an image</html>", content_type="text/html"),
+    ]
+    data = c.wait(c.create_ok(urls, MASK))
+    assert data["status"] == "3"
+    reasons = [i["reason"] for i in data["list"]]
+    assert [i["status"] for i in data["list"]] == ["4", "4", "3", "4"]
+    assert "truncated" in reasons[0] or "corrupt" in reasons[0]
+    assert reasons[1].startswith("download failed") and "exceeds" in reasons[1]
+    assert "format" in reasons[3]
     c.close()

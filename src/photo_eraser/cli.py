@@ -129,12 +129,21 @@ def keys_revoke(appkey: str, data_dir: Path | None) -> None:
 
 
 @main.command()
-@click.option("--mask", "mask_path", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--mask",
+    "mask_path",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+)
+@click.argument(
+    "images", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path)
+)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--engine", default="auto", show_default=True, help="auto, opencv, lama or restore")
 @data_dir_option
-def erase(mask_path: Path, images: tuple[Path, ...], out_dir: Path, engine: str, data_dir: Path | None) -> None:
+def erase(
+    mask_path: Path, images: tuple[Path, ...], out_dir: Path, engine: str, data_dir: Path | None
+) -> None:
     """Restore IMAGES offline with the service's pipeline; results go to --out."""
     from tqdm import tqdm
 
@@ -144,8 +153,12 @@ def erase(mask_path: Path, images: tuple[Path, ...], out_dir: Path, engine: str,
     from photo_eraser.pipeline import restore_images
 
     settings = load_settings(data_dir)
-    limits = ImageLimits(max_bytes=settings.max_image_bytes, min_side=settings.min_side,
-                         max_side=settings.max_side, max_aspect=settings.max_aspect)
+    limits = ImageLimits(
+        max_bytes=settings.max_image_bytes,
+        min_side=settings.min_side,
+        max_side=settings.max_side,
+        max_aspect=settings.max_aspect,
+    )
     registry = EngineRegistry(settings.models_path, threads=settings.workers)
     try:
         registry.check(engine)
@@ -164,11 +177,15 @@ def erase(mask_path: Path, images: tuple[Path, ...], out_dir: Path, engine: str,
         raise click.ClickException("no image could be read")
     click.echo(f"restoring {len(decoded)} image(s) with engine {engine}", err=True)
     try:
-        results = restore_images(decoded, mask, registry.get(engine), jpeg_quality=settings.jpeg_quality)
+        results = restore_images(
+            decoded, mask, registry.get(engine), jpeg_quality=settings.jpeg_quality
+        )
     except EngineError as exc:
         raise click.ClickException(str(exc)) from None
     out_dir.mkdir(parents=True, exist_ok=True)
-    for path, result in tqdm(list(zip(names, results, strict=True)), desc="write", unit="img", file=sys.stderr):
+    for path, result in tqdm(
+        list(zip(names, results, strict=True)), desc="write", unit="img", file=sys.stderr
+    ):
         target = out_dir / f"{path.stem}.{result.encoded.extension}"
         target.write_bytes(result.encoded.data)
         click.echo(f"{path} -> {target} ({result.restored.method})")

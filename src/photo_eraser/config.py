@@ -48,7 +48,9 @@ class Settings(BaseSettings):
     signing_secret: str | None = Field(
         default=None, description="HMAC key for result URLs; generated into DATA_DIR if unset"
     )
-    rate_limit_per_minute: int = Field(default=600, ge=0, description="task creations per key; 0 = off")
+    rate_limit_per_minute: int = Field(
+        default=600, ge=0, description="task creations per key; 0 = off"
+    )
     jpeg_quality: int = Field(default=95, ge=1, le=100)
     create_demo_key: bool = True
 

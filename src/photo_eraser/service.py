@@ -50,7 +50,9 @@ class Service:
         s = self.settings
         requeued, failed = await asyncio.to_thread(self.store.recover_interrupted, s.max_attempts)
         if requeued or failed:
-            log.warning("recovered interrupted tasks", extra={"requeued": requeued, "failed": failed})
+            log.warning(
+                "recovered interrupted tasks", extra={"requeued": requeued, "failed": failed}
+            )
         log.info("engines available", extra={"engines": self.engines.availability()})
         self.fetcher = Fetcher(
             allow_private=s.allow_private_urls,

@@ -97,12 +97,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             deadline_seconds=settings.task_deadline_seconds,
         )
         service.wake.set()
-        log.info("task created", extra={"task_id": task_id, "images": len(req.images),
-                                        "priority": req.priority, "engine": req.engine})
+        log.info(
+            "task created",
+            extra={
+                "task_id": task_id,
+                "images": len(req.images),
+                "priority": req.priority,
+                "engine": req.engine,
+            },
+        )
         return envelope(Code.OK, data={"task_id": task_id})
 
     @app.get("/v3/pic/rw/result/{task_id}", tags=["tasks"])
-    async def get_result(task_id: str, request: Request, authorization: AuthHeader = None) -> JSONResponse:
+    async def get_result(
+        task_id: str, request: Request, authorization: AuthHeader = None
+    ) -> JSONResponse:
         """Status of a task and, per input image in input order, its result URL or failure reason."""
         appkey = await asyncio.to_thread(authenticate, authorization, service.store)
         task = await asyncio.to_thread(service.store.get_task, task_id, appkey)
@@ -118,8 +127,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 sig = service.signer.signature(im.result_key, expires)
                 url = f"{base}/v3/pic/rw/files/{im.result_key}?expires={expires}&signature={sig}"
             items.append(
-                ResultItem(image_result=url, status=str(int(im.status)), reason=im.reason,
-                           method=im.method)
+                ResultItem(
+                    image_result=url, status=str(int(im.status)), reason=im.reason, method=im.method
+                )
             )
         data = ResultData(status=str(int(task.status)), wait_time=wait_time, list=items)
         return envelope(Code.OK, data=data.model_dump(exclude_none=True))
@@ -141,7 +151,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         path = service.blobs.path(key)
         if path is None:
             raise ApiError(Code.NOT_FOUND, "result no longer exists")
-        media = {"jpg": "image/jpeg", "png": "image/png"}.get(path.suffix.lstrip("."), "application/octet-stream")
+        media = {"jpg": "image/jpeg", "png": "image/png"}.get(
+            path.suffix.lstrip("."), "application/octet-stream"
+        )
         return FileResponse(path, media_type=media)
 
     return app

@@ -14,10 +14,14 @@ from photo_eraser.tasks.store import TaskStore
 def authenticate(header: str | None, store: TaskStore) -> str:
     """Return the caller's appkey or raise 401."""
     if not header:
-        raise ApiError(Code.MISSING_CREDENTIALS, "missing Authorization header (Basic appkey:appsecret)")
+        raise ApiError(
+            Code.MISSING_CREDENTIALS, "missing Authorization header (Basic appkey:appsecret)"
+        )
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "basic" or not value.strip():
-        raise ApiError(Code.MISSING_CREDENTIALS, "Authorization must be 'Basic base64(appkey:appsecret)'")
+        raise ApiError(
+            Code.MISSING_CREDENTIALS, "Authorization must be 'Basic base64(appkey:appsecret)'"
+        )
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):

@@ -57,7 +57,9 @@ class ApiError(Exception):
         self.headers = headers
 
 
-def envelope(code: Code, msg: str = "", data: Any = None, headers: dict[str, str] | None = None) -> JSONResponse:
+def envelope(
+    code: Code, msg: str = "", data: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse(
         {"code": int(code), "msg": msg, "data": {} if data is None else data},
         status_code=code.http_status,

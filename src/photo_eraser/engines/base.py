@@ -53,7 +53,9 @@ class InpaintingEngine(Engine):
         """Fill ``mask`` in ``image``; return a new RGB uint8 array of the same shape."""
 
     def restore(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> list[Restored]:
-        return [Restored(self.inpaint(im, m), self.name) for im, m in zip(images, masks, strict=True)]
+        return [
+            Restored(self.inpaint(im, m), self.name) for im, m in zip(images, masks, strict=True)
+        ]
 
 
 def mask_bbox(mask: np.ndarray, pad: int = 0) -> tuple[int, int, int, int] | None:

@@ -85,8 +85,9 @@ class TaskStore:
     def list_keys(self) -> list[ApiKey]:
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(api_keys.c.appkey, api_keys.c.name, api_keys.c.created_at,
-                          api_keys.c.revoked_at).order_by(api_keys.c.created_at)
+                sa.select(
+                    api_keys.c.appkey, api_keys.c.name, api_keys.c.created_at, api_keys.c.revoked_at
+                ).order_by(api_keys.c.created_at)
             ).all()
         return [ApiKey(r.appkey, r.name, r.created_at, r.revoked_at) for r in rows]
 
@@ -127,7 +128,7 @@ class TaskStore:
         task_id = str(uuid.uuid4())
         now = time.time()
         with self.engine.begin() as conn:
-            pk = conn.execute(
+            inserted = conn.execute(
                 tasks.insert().values(
                     task_id=task_id,
                     appkey=appkey,
@@ -141,7 +142,9 @@ class TaskStore:
                     created_at=now,
                     deadline_at=now + deadline_seconds,
                 )
-            ).inserted_primary_key[0]
+            ).inserted_primary_key
+            assert inserted is not None
+            pk = inserted[0]
             conn.execute(
                 task_images.insert(),
                 [
@@ -206,7 +209,9 @@ class TaskStore:
 
     def task_status(self, pk: int) -> TaskStatus:
         with self.engine.connect() as conn:
-            return TaskStatus(conn.execute(sa.select(tasks.c.status).where(tasks.c.id == pk)).scalar_one())
+            return TaskStatus(
+                conn.execute(sa.select(tasks.c.status).where(tasks.c.id == pk)).scalar_one()
+            )
 
     def set_images(self, pk: int, updates: Sequence[ImageRecord]) -> None:
         """Write per-image progress of a task that is still in progress."""
@@ -269,7 +274,9 @@ class TaskStore:
             conn.execute(
                 tasks.update()
                 .where(tasks.c.id == row.id, tasks.c.status == row.status)
-                .values(status=TaskStatus.CLOSED, reason="closed by client", finished_at=time.time())
+                .values(
+                    status=TaskStatus.CLOSED, reason="closed by client", finished_at=time.time()
+                )
             )
             conn.execute(
                 task_images.update()
@@ -314,8 +321,9 @@ class TaskStore:
                 )
                 conn.execute(
                     task_images.update()
-                    .where(task_images.c.task_pk.in_(give_up),
-                           task_images.c.status != ImageStatus.DONE)
+                    .where(
+                        task_images.c.task_pk.in_(give_up), task_images.c.status != ImageStatus.DONE
+                    )
                     .values(status=ImageStatus.FAILED, reason=reason)
                 )
         return len(retry), len(give_up)
@@ -328,7 +336,9 @@ class TaskStore:
         with self.engine.begin() as conn:
             pks = list(
                 conn.execute(
-                    sa.select(tasks.c.id).where(tasks.c.status.in_(active), tasks.c.deadline_at < now)
+                    sa.select(tasks.c.id).where(
+                        tasks.c.status.in_(active), tasks.c.deadline_at < now
+                    )
                 ).scalars()
             )
             if pks:

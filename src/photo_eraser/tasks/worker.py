@@ -12,7 +12,7 @@ import numpy as np
 from photo_eraser.config import Settings
 from photo_eraser.engines.base import EngineError
 from photo_eraser.engines.registry import EngineRegistry
-from photo_eraser.fetch import FetchError, Fetcher
+from photo_eraser.fetch import Fetcher, FetchError
 from photo_eraser.imaging import (
     DecodedImage,
     ImageError,
@@ -54,7 +54,9 @@ class WorkerContext:
         )
 
 
-async def run_worker(ctx: WorkerContext, name: str, wake: asyncio.Event, stop: asyncio.Event) -> None:
+async def run_worker(
+    ctx: WorkerContext, name: str, wake: asyncio.Event, stop: asyncio.Event
+) -> None:
     """Process tasks until ``stop`` is set; sleep on ``wake`` (or a short poll) when idle."""
     while not stop.is_set():
         try:
@@ -101,8 +103,12 @@ async def process_task(ctx: WorkerContext, task: TaskRecord, worker: str = "") -
     finished = await asyncio.to_thread(ctx.store.finish, task.pk, status, reason)
     log.info(
         "task finished",
-        extra={**extra, "status": int(status), "kept": finished,
-               "seconds": round(time.perf_counter() - started, 3)},
+        extra={
+            **extra,
+            "status": int(status),
+            "kept": finished,
+            "seconds": round(time.perf_counter() - started, 3),
+        },
     )
 
 
@@ -171,8 +177,11 @@ async def _run(ctx: WorkerContext, task: TaskRecord) -> tuple[TaskStatus, str]:
     await asyncio.to_thread(ctx.store.set_images, task.pk, list(records.values()))
     log.info(
         "task stages",
-        extra={"task_id": task.task_id, "engine": task.engine,
-               "stages": {k: round(v, 4) for k, v in times.seconds.items()}},
+        extra={
+            "task_id": task.task_id,
+            "engine": task.engine,
+            "stages": {k: round(v, 4) for k, v in times.seconds.items()},
+        },
     )
     if any(r.status == ImageStatus.DONE for r in records.values()):
         return TaskStatus.COMPLETE, ""

@@ -1,0 +1,87 @@
+"""The ``photo-eraser`` command as a user runs it: keys and offline erase."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tests.helpers import encode, photo, rect_mask
+
+
+def run(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "photo_eraser", *args, "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_keys_create_json_list_revoke(tmp_path: Path) -> None:
+    out = run("keys", "create", "--name", "shop", "--json", data_dir=tmp_path)
+    assert out.returncode == 0, out.stderr
+    creds = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(creds) == {"appkey", "appsecret"}
+    listing = run("keys", "list", "--json", data_dir=tmp_path)
+    [key] = json.loads(listing.stdout)
+    assert key["appkey"] == creds["appkey"] and key["name"] == "shop"
+    assert creds["appsecret"] not in listing.stdout
+    assert run("keys", "revoke", creds["appkey"], data_dir=tmp_path).returncode == 0
+    again = run("keys", "revoke", creds["appkey"], data_dir=tmp_path)
+    assert again.returncode != 0 and "no active key" in again.stderr
+
+
+def test_erase_restores_local_files(tmp_path: Path) -> None:
+    images = []
+    for i, fmt in enumerate(["PNG", "JPEG"]):
+        path = tmp_path / f"in{i}.{fmt.lower()}"
+        path.write_bytes(encode(photo(400, 300, seed=i), fmt))
+        images.append(path)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    mask = tmp_path / "mask.png"
+    mask.write_bytes(encode(rect_mask(400, 300, (10, 10, 60, 40))))
+    out_dir = tmp_path / "out"
+    out = run(
+        "erase",
+        "--mask",
+        str(mask),
+        *map(str, images),
+        str(bad),
+        "--out",
+        str(out_dir),
+        "--engine",
+        "opencv",
+        data_dir=tmp_path,
+    )
+    assert out.returncode == 1, out.stderr  # one input was unreadable
+    assert "bad.png" in out.stderr
+    png = np.asarray(Image.open(out_dir / "in0.png").convert("RGB"))
+    original = photo(400, 300, seed=0)
+    keep = ~(rect_mask(400, 300, (10, 10, 60, 40)) > 0)
+    assert np.array_equal(png[keep], original[keep])
+    assert Image.open(out_dir / "in1.jpg").format == "JPEG"
+
+
+def test_erase_without_lama_model_explains(tmp_path: Path) -> None:
+    img = tmp_path / "a.png"
+    img.write_bytes(encode(photo(300, 300)))
+    mask = tmp_path / "m.png"
+    mask.write_bytes(encode(rect_mask(300, 300, (1, 1, 9, 9))))
+    out = run(
+        "erase",
+        "--mask",
+        str(mask),
+        str(img),
+        "--out",
+        str(tmp_path / "o"),
+        "--engine",
+        "lama",
+        data_dir=tmp_path,
+    )
+    assert out.returncode != 0 and "models pull lama" in out.stderr
