@@ -77,18 +77,25 @@ def open_checked(data: bytes, limits: ImageLimits) -> tuple[ImageInfo, Image.Ima
     size = header_size(data, fmt)
     if size is None:
         raise ImageError("image is truncated or corrupt")
-    check_resolution(*size, limits)
+    if size[0] * size[1] > (Image.MAX_IMAGE_PIXELS or size[0] * size[1]):
+        # Pillow would refuse it as a bomb before telling us the orientation; report it as
+        # stored (only the order of the two sides could differ).
+        check_resolution(*size, limits)
     try:
         image = Image.open(BytesIO(data), formats=[fmt])
     except Exception:  # Pillow raises many types on malformed headers
         raise ImageError("image is truncated or corrupt") from None
-    if image.size != size:
+    try:
+        if image.size != size:
+            raise ImageError("image is truncated or corrupt")
+        orientation = read_orientation(image)
+        width, height = size
+        if orientation in _SWAPPING_ORIENTATIONS:
+            width, height = height, width
+        check_resolution(width, height, limits)
+    except ImageError:
         image.close()
-        raise ImageError("image is truncated or corrupt")
-    orientation = read_orientation(image)
-    width, height = size
-    if orientation in _SWAPPING_ORIENTATIONS:
-        width, height = height, width
+        raise
     return ImageInfo(fmt, width, height, orientation), image
 
 

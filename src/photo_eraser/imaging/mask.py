@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from photo_eraser.imaging.formats import sniff_format
+from photo_eraser.imaging.formats import ACCEPTED_FORMATS, header_size, sniff_format
 from photo_eraser.imaging.limits import format_size
 
 __all__ = ["MaskError", "MaskSource", "decode_mask", "fit_mask", "parse_mask_field"]
@@ -90,14 +90,20 @@ def decode_mask(data: bytes, max_bytes: int, *, max_side: int = 8192) -> np.ndar
             if fmt
             else "mask is not an image (use PNG, JPEG or BMP)"
         )
+    too_large = f"is above {max_side}x{max_side}"
+    size = header_size(data, fmt) if fmt in ACCEPTED_FORMATS else None
+    if size is not None and max(size) > max_side:
+        raise MaskError(f"mask resolution {size[0]}x{size[1]} {too_large}")
     try:
         image = Image.open(BytesIO(data), formats=[fmt])
+    except Image.DecompressionBombError:
+        raise MaskError(f"mask resolution {too_large}") from None
     except Exception:  # Pillow raises many types on malformed headers
         raise MaskError("mask image is truncated or corrupt") from None
     with image:
         width, height = image.size
         if max(width, height) > max_side:
-            raise MaskError(f"mask resolution {width}x{height} is above {max_side}x{max_side}")
+            raise MaskError(f"mask resolution {width}x{height} {too_large}")
         try:
             image.load()
             upright = ImageOps.exif_transpose(image)
