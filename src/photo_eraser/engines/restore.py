@@ -1,0 +1,399 @@
+"""Batch watermark recovery: invert a shared semi-transparent overlay, inpaint the rest.
+
+A visible watermark stamped on every image of a batch is ``J = alpha*W + (1-alpha)*I``.
+Because alpha and W are the same on every image, they can be estimated from the batch (see
+``_watermark``) and the blend inverted, giving back the real pixels rather than invented ones.
+Where the mark is (nearly) opaque, or where the estimate is not confident, the masked pixels are
+filled by the fallback engine instead.
+
+Per image, ``Restored.method`` is ``"restore"`` when at least half of the mask was recovered by
+inversion, ``"restore+<fallback>"`` when less than half (the rest inpainted), and the
+fallback's own name when nothing was recovered (e.g. a single image, an opaque mark, or an
+image where the mark was missing). ``recovered_share`` is the recovered fraction of the mask.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from photo_eraser.engines._watermark import (
+    BlendEstimate,
+    GridSolver,
+    edge_differences,
+    estimate_blend,
+    jackknife_error,
+    jackknife_groups,
+)
+from photo_eraser.engines.base import Engine, Restored, mask_bbox
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Where grid pixel ``(gy, gx)`` lies in one image: ``y = sy*(gy+dy) + oy``, same for x."""
+
+    sy: float
+    sx: float
+    oy: float
+    ox: float
+    dy: int = 0
+    dx: int = 0
+
+    def shifted(self, dy: int, dx: int) -> _Placement:
+        return _Placement(self.sy, self.sx, self.oy, self.ox, dy, dx)
+
+    def grid_to_image(self) -> np.ndarray:
+        """Affine matrix taking grid coordinates to image coordinates."""
+        return np.array(
+            [
+                [self.sx, 0.0, self.sx * self.dx + self.ox],
+                [0.0, self.sy, self.sy * self.dy + self.oy],
+            ]
+        )
+
+    def image_to_grid(self, y0: int, x0: int) -> np.ndarray:
+        """Affine matrix taking coordinates of a crop starting at ``(y0, x0)`` to the grid."""
+        m = self.grid_to_image()
+        return np.array(
+            [
+                [1.0 / m[0, 0], 0.0, (x0 - m[0, 2]) / m[0, 0]],
+                [0.0, 1.0 / m[1, 1], (y0 - m[1, 2]) / m[1, 1]],
+            ]
+        )
+
+
+@dataclass
+class _Recovery:
+    """The inverted pixels of one image and where they may be used (image coordinates)."""
+
+    box: tuple[int, int, int, int]
+    pixels: np.ndarray
+    usable: np.ndarray
+
+
+class RestoreEngine(Engine):
+    """Recovers the pixels under a watermark shared by a batch; inpaints what it cannot recover.
+
+    ``max_alpha``: pixels whose estimated opacity is higher are inpainted (inversion would
+    amplify noise by ``1/(1-alpha)``). A pixel is inverted when its predicted error (grey
+    levels RMS) is at most ``max_error`` or at most ``error_ratio`` times the predicted
+    inpainting error; otherwise it is inpainted. ``min_images``: smaller batches
+    (after excluding images without the mark) are inpainted entirely.
+    """
+
+    name = "restore"
+
+    def __init__(
+        self,
+        fallback: Engine,
+        *,
+        max_alpha: float = 0.85,
+        max_error: float = 3.0,
+        error_ratio: float = 0.8,
+        min_images: int = 4,
+        align_radius: int = 4,
+        max_grid_pixels: int = 250_000,
+    ) -> None:
+        self.fallback = fallback
+        self.max_alpha = max_alpha
+        self.max_error = max_error
+        self.error_ratio = error_ratio
+        self.min_images = max(3, min_images)
+        self.align_radius = align_radius
+        self.max_grid_pixels = max_grid_pixels
+
+    def restore(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> list[Restored]:
+        if len(images) != len(masks):
+            raise ValueError("one mask per image is required")
+        masks = [np.asarray(m, dtype=bool) for m in masks]
+        recoveries = self._recover(images, masks)
+        outputs = [np.array(im, copy=True) for im in images]
+        filled_idx: list[int] = []
+        submasks: list[np.ndarray] = []
+        for i, (out, mask, rec) in enumerate(zip(outputs, masks, recoveries, strict=True)):
+            todo = mask.copy()
+            if rec is not None:
+                y0, y1, x0, x1 = rec.box
+                take = rec.usable & mask[y0:y1, x0:x1]
+                out[y0:y1, x0:x1][take] = rec.pixels[take]
+                todo[y0:y1, x0:x1] &= ~take
+            if todo.any():
+                filled_idx.append(i)
+                submasks.append(todo)
+        if filled_idx:
+            filled = self.fallback.restore([outputs[i] for i in filled_idx], submasks)
+            for i, sub, res in zip(filled_idx, submasks, filled, strict=True):
+                outputs[i][sub] = res.image[sub]
+        results = []
+        fill_of = dict(zip(filled_idx, submasks, strict=True))
+        for i, (out, mask) in enumerate(zip(outputs, masks, strict=True)):
+            total = int(mask.sum())
+            filled_px = int(fill_of[i].sum()) if i in fill_of else 0
+            share = 1.0 - filled_px / total if total else 1.0
+            results.append(Restored(out, self._method(share), recovered_share=share))
+            log.info(
+                "restore image",
+                extra={
+                    "engine": self.name,
+                    "image_index": i,
+                    "method": results[-1].method,
+                    "recovered_share": round(share, 4),
+                    "filled_share": round(1.0 - share, 4),
+                    "masked_pixels": total,
+                },
+            )
+        return results
+
+    def _method(self, share: float) -> str:
+        if share >= 0.5:
+            return self.name
+        if share > 0.0:
+            return f"{self.name}+{self.fallback.name}"
+        return self.fallback.name
+
+    def _recover(
+        self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]
+    ) -> list[_Recovery | None]:
+        """Invert the blend wherever it is safe; ``None`` for images left to the fallback."""
+        out: list[_Recovery | None] = [None] * len(images)
+        candidates = [i for i, m in enumerate(masks) if m.any()]
+        if len(candidates) < self.min_images:
+            log.info(
+                "restore: batch too small to estimate the watermark",
+                extra={"engine": self.name, "images": len(candidates)},
+            )
+            return out
+        ref = max(candidates, key=lambda i: int(masks[i].sum()))
+        placements, grid_shape, domain = self._grid(images, masks, ref, candidates)
+        if domain is None:
+            return out
+        crops = {i: _extract(images[i], placements[i], grid_shape) for i in candidates}
+        placements, crops = self._align(images, placements, crops, domain, grid_shape)
+        solver = GridSolver(domain)
+        used = list(candidates)
+        est = estimate_blend(np.stack([crops[i] for i in used]), solver)
+        excluded = [i for i in used if _ghost_score(crops[i], est, solver) > 1.0]
+        if excluded:
+            used = [i for i in used if i not in excluded]
+            log.info(
+                "restore: images without the mark excluded",
+                extra={"engine": self.name, "excluded": excluded},
+            )
+            if len(used) < self.min_images:
+                return out
+            est = estimate_blend(np.stack([crops[i] for i in used]), solver)
+        stack = np.stack([crops[i] for i in used])
+        errors = jackknife_error(stack, solver, jackknife_groups(len(used)))
+        # Next to (nearly) opaque pixels the ratio fits have no signal: keep a margin.
+        opaque = (est.beta < 1.0 - self.max_alpha).astype(np.uint8)
+        confident_alpha = cv2.dilate(opaque, np.ones((5, 5), np.uint8)) == 0
+        offset = est.offset
+        for k, i in enumerate(used):
+            ok = self._invertible(stack[k], est, errors[k], domain) & confident_alpha
+            out[i] = _invert_on_image(
+                images[i], masks[i], placements[i], est.beta, offset, ok | ~domain
+            )
+        return out
+
+    def _invertible(
+        self, crop: np.ndarray, est: BlendEstimate, jack: np.ndarray, domain: np.ndarray
+    ) -> np.ndarray:
+        """Grid pixels where inverting is predicted to beat inpainting, for one image.
+
+        Predicted inversion error: the jackknife error of the estimate plus the image noise
+        amplified by ``1/beta``. Predicted inpainting error: how far the recovered photo departs
+        from a smooth interpolation of the pixels around the mask (what an inpainter can at
+        best reproduce).
+        """
+        noise = _noise_level(crop, domain)
+        inv_err2 = _local_mean(jack**2) + (noise / est.beta) ** 2
+        recovered = est.invert(crop)
+        detail2 = _local_mean(
+            ((recovered - _interpolate_from_outside(recovered, domain)) ** 2).mean(axis=2)
+        )
+        fill_err2 = np.maximum(detail2 - inv_err2, 0.0)
+        return inv_err2 <= np.maximum(self.max_error**2, self.error_ratio**2 * fill_err2)
+
+    def _grid(
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        ref: int,
+        candidates: Sequence[int],
+    ) -> tuple[dict[int, _Placement], tuple[int, int], np.ndarray | None]:
+        """The common grid: the reference mask's padded box, scaled down if the mask is huge."""
+        rmask = masks[ref]
+        scale = min(1.0, float(np.sqrt(self.max_grid_pixels / max(1, int(rmask.sum())))))
+        pad = int(np.ceil((self.align_radius + 4) / scale))
+        box = mask_bbox(rmask)
+        assert box is not None
+        y0, y1, x0, x1 = box
+        y0, x0, y1, x1 = y0 - pad, x0 - pad, y1 + pad, x1 + pad
+        gh = max(1, round((y1 - y0) * scale))
+        gw = max(1, round((x1 - x0) * scale))
+        rh, rw = rmask.shape
+        placements = {}
+        for i in candidates:
+            h, w = masks[i].shape
+            fy, fx = h / rh, w / rw
+            # Pixel centres: ref y = y0 + (gy+0.5)/scale - 0.5; image y = (ref y+0.5)*fy - 0.5.
+            placements[i] = _Placement(
+                sy=fy / scale,
+                sx=fx / scale,
+                oy=(y0 + 0.5 / scale) * fy - 0.5,
+                ox=(x0 + 0.5 / scale) * fx - 0.5,
+            )
+        grid = (gh, gw)
+        dom = cv2.warpAffine(
+            rmask.astype(np.float32),
+            placements[ref].grid_to_image(),
+            (gw, gh),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_CONSTANT,
+        )
+        domain = dom > 0.5
+        domain[:2], domain[-2:], domain[:, :2], domain[:, -2:] = False, False, False, False
+        return placements, grid, (domain if domain.any() else None)
+
+    def _align(
+        self,
+        images: Sequence[np.ndarray],
+        placements: dict[int, _Placement],
+        crops: dict[int, np.ndarray],
+        domain: np.ndarray,
+        grid_shape: tuple[int, int],
+    ) -> tuple[dict[int, _Placement], dict[int, np.ndarray]]:
+        """Shift each image's crop (a few grid pixels) so its mark lines up with the batch's."""
+        r = self.align_radius
+        if r <= 0:
+            return placements, crops
+        near = cv2.dilate(domain.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        box = mask_bbox(near)
+        assert box is not None
+        y0, y1, x0, x1 = box
+        y0, x0 = max(y0, r), max(x0, r)
+        y1, x1 = min(y1, grid_shape[0] - r), min(x1, grid_shape[1] - r)
+        # Prefer no shift unless another one matches clearly better.
+        bias = np.full((2 * r + 1, 2 * r + 1), -0.02, dtype=np.float32)
+        bias[r, r] = 0.0
+        for _ in range(2):
+            energy = {i: _gradient_energy(c) for i, c in crops.items()}
+            template = np.median(np.stack(list(energy.values())), axis=0)[y0:y1, x0:x1]
+            if float(template.std()) < 1e-6:
+                break
+            moved = False
+            for i, e in energy.items():
+                score = cv2.matchTemplate(
+                    e[y0 - r : y1 + r, x0 - r : x1 + r], template, cv2.TM_CCOEFF_NORMED
+                )
+                dy, dx = np.unravel_index(int(np.argmax(score + bias)), score.shape)
+                dy, dx = int(dy) - r, int(dx) - r
+                if dy or dx:
+                    p = placements[i]
+                    placements[i] = p.shifted(p.dy + dy, p.dx + dx)
+                    crops[i] = _extract(images[i], placements[i], grid_shape)
+                    moved = True
+            if not moved:
+                break
+        shifts = {i: (p.dy, p.dx) for i, p in placements.items() if p.dy or p.dx}
+        if shifts:
+            log.info("restore: marks realigned", extra={"engine": self.name, "shifts": shifts})
+        return placements, crops
+
+
+def _extract(image: np.ndarray, placement: _Placement, grid_shape: tuple[int, int]) -> np.ndarray:
+    """The image resampled on the grid (float32 HxWx3); exact when the placement is a shift."""
+    gh, gw = grid_shape
+    return cv2.warpAffine(
+        image.astype(np.float32),
+        placement.grid_to_image(),
+        (gw, gh),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REFLECT_101,
+    )
+
+
+def _local_mean(a: np.ndarray) -> np.ndarray:
+    """5x5 box average (the scale the fallback decision is taken at)."""
+    return cv2.blur(a, (5, 5))
+
+
+def _noise_level(crop: np.ndarray, domain: np.ndarray) -> float:
+    """Noise standard deviation around the mask (Immerkaer 1996), clamped to [0.5, 4]."""
+    grey = crop.mean(axis=2)
+    kernel = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float32)
+    lap = np.abs(cv2.filter2D(grey, -1, kernel))[1:-1, 1:-1]
+    outside = ~cv2.dilate(domain.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)[
+        1:-1, 1:-1
+    ]
+    if not outside.any():
+        return 2.0
+    sigma = float(np.sqrt(np.pi / 2) / 6 * lap[outside].mean())
+    return min(4.0, max(0.5, sigma))
+
+
+def _interpolate_from_outside(image: np.ndarray, domain: np.ndarray) -> np.ndarray:
+    """A smooth fill of the domain from the pixels around it (normalised convolution)."""
+    out = image.copy()
+    known = (~domain).astype(np.float32)
+    for sigma in (3.0, 9.0, 27.0):
+        den = cv2.GaussianBlur(known, (0, 0), sigma)
+        num = cv2.GaussianBlur(image * known[..., None], (0, 0), sigma)
+        fill = domain & (den > 0.05)
+        out[fill] = num[fill] / den[fill][:, None]
+        known = np.where(fill, 1.0, known).astype(np.float32)
+        image = out
+        domain = domain & ~fill
+        if not domain.any():
+            break
+    return out
+
+
+def _gradient_energy(crop: np.ndarray) -> np.ndarray:
+    """Sum over channels of absolute horizontal and vertical differences (HxW)."""
+    gx = np.abs(np.diff(crop, axis=1, append=crop[:, -1:])).sum(axis=2)
+    gy = np.abs(np.diff(crop, axis=0, append=crop[-1:])).sum(axis=2)
+    return gx + gy
+
+
+def _ghost_score(crop: np.ndarray, est: BlendEstimate, solver: GridSolver) -> float:
+    """Edge energy at the mark's edges after inversion relative to before.
+
+    Below 1 when inverting removes the mark's edges (the mark is there); above 1 when
+    inversion prints a negative ghost of the mark (the mark is missing or misplaced).
+    """
+    weight = np.abs(edge_differences(est.offset, solver)).sum(axis=1)
+    after = np.abs(edge_differences(est.invert(crop), solver)).sum(axis=1)
+    before = np.abs(edge_differences(crop, solver)).sum(axis=1)
+    denom = float((weight * before).sum())
+    return float((weight * after).sum()) / denom if denom > 0 else 0.0
+
+
+def _invert_on_image(
+    image: np.ndarray,
+    mask: np.ndarray,
+    placement: _Placement,
+    beta: np.ndarray,
+    offset: np.ndarray,
+    usable: np.ndarray,
+) -> _Recovery:
+    """Invert the blend over the mask's box of one image, with grid maps resampled onto it."""
+    box = mask_bbox(mask)
+    assert box is not None
+    y0, y1, x0, x1 = box
+    size = (x1 - x0, y1 - y0)
+    m = placement.image_to_grid(y0, x0)
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    # Outside the grid there is no mark: beta 1, offset 0, and inversion is the identity.
+    b = cv2.warpAffine(beta, m, size, flags=flags, borderValue=1.0)
+    c = cv2.warpAffine(offset, m, size, flags=flags, borderValue=(0.0, 0.0, 0.0))
+    ok = cv2.warpAffine(usable.astype(np.float32), m, size, flags=flags, borderValue=1.0)
+    crop = image[y0:y1, x0:x1].astype(np.float32)
+    pixels = np.clip(np.rint((crop - c) / b[..., None]), 0, 255).astype(np.uint8)
+    return _Recovery(box=box, pixels=pixels, usable=ok > 0.999)
