@@ -1,0 +1,440 @@
+"""LaMa inpainting (Suvorov et al., WACV 2022) through ONNX Runtime, on crops around the mask.
+
+The model contract, read from the session rather than assumed: two inputs, the image as RGB
+NCHW in [0, 1] and the mask as N1HW with 1 = fill (float32 or float16), and one output image,
+NCHW in [0, 1] or [0, 255] (detected once, at load). Spatial sizes are either fixed (the public
+export is 512x512) or dynamic; the batch dimension is fixed or dynamic.
+
+Each connected group of masked pixels gets one crop: a box with the model's aspect ratio
+(square for square models), at least three times the group's extent so the mask's extent is
+repeated as context on each side, and never smaller than the model's input (fixed-size models)
+or ``MIN_DYNAMIC_SIDE`` (dynamic ones), clamped to the image. Groups whose crops would reach
+into another group's mask are merged first. A crop is resized to the model size (fixed) or
+only padded to a multiple of 8 when it is at most ``max_dynamic_side`` (dynamic), padded by
+reflection, inferred in batches, mapped back onto the group's mask bounding box only, and
+blended into masked pixels with a feathered seam ``feather`` pixels wide inside the mask.
+Pixels outside the mask are never written. Work is proportional to the mask's extent, not the
+image's size, apart from the output copy and one scan of the mask for its bounding box.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+from photo_eraser.engines.base import EngineError, InpaintingEngine, Restored
+
+log = logging.getLogger(__name__)
+
+MIN_DYNAMIC_SIDE = 256
+"""Smallest crop side for dynamic-size models, so small masks still get context."""
+MAX_GROUPS = 32
+"""Above this many connected components, nearby ones are joined by dilation first."""
+
+_DTYPES: dict[str, type[np.floating]] = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+}
+_Box = tuple[int, int, int, int]
+"""``(y0, y1, x0, x1)``, end-exclusive, in image coordinates."""
+
+
+@dataclass(frozen=True)
+class _Model:
+    """A loaded session and the contract read from it."""
+
+    session: ort.InferenceSession
+    image_input: str
+    mask_input: str
+    output: str
+    dtype: type[np.floating]
+    size: tuple[int, int] | None
+    """Fixed input ``(height, width)``, or ``None`` for dynamic spatial dimensions."""
+    batch: int | None
+    """Fixed batch size, or ``None`` when any batch size is accepted."""
+    output_scale: float
+    """Multiplier bringing the output to [0, 1]: 1 or 1/255."""
+
+
+@dataclass
+class _Crop:
+    """One model input cut from one image, and where its prediction goes back."""
+
+    image_index: int
+    box: _Box
+    hole: _Box
+    """Bounding box of the group's masked pixels; the only region written back."""
+    resized: tuple[int, int]
+    """Size of the crop after resizing, before padding to the model input."""
+    image_in: np.ndarray
+    mask_in: np.ndarray
+    prediction: np.ndarray | None = field(default=None, repr=False)
+    """The model output for ``hole``, HxWx3 float32 in [0, 255]."""
+
+
+class LamaEngine(InpaintingEngine):
+    """Large-mask inpainting with LaMa on CPU. Good on wide regions; needs its model file."""
+
+    name = "lama"
+
+    def __init__(
+        self,
+        model_path: Path,
+        threads: int = 1,
+        *,
+        feather: int = 2,
+        max_batch: int = 4,
+        max_dynamic_side: int = 1024,
+    ) -> None:
+        self.model_path = Path(model_path)
+        self.threads = max(1, threads)
+        self.feather = max(0, feather)
+        self.max_batch = max(1, max_batch)
+        self.max_dynamic_side = max(8, max_dynamic_side)
+        self._model: _Model | None = None
+        self._failure: tuple[tuple[int, int] | None, str] | None = None
+        self._lock = threading.Lock()
+
+    def is_available(self) -> bool:
+        return self.model_path.is_file()
+
+    def inpaint(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return self.restore([image], [mask])[0].image
+
+    def restore(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> list[Restored]:
+        """Inpaint every image; crops of all images share inference batches."""
+        if len(images) != len(masks):
+            raise ValueError("one mask per image")
+        masks = [_check(image, mask) for image, mask in zip(images, masks, strict=True)]
+        holes = [_holes(mask) for mask in masks]
+        outputs = [image.copy() for image in images]
+        if not any(holes):
+            return [Restored(out, self.name) for out in outputs]
+        model = self.load()
+        crops = [
+            self._prepare(index, images[index], masks[index], box, model)
+            for index, groups in enumerate(holes)
+            for box in self._group(groups, masks[index].shape, model)
+        ]
+        self._predict(crops, model)
+        for crop in crops:
+            self._composite(outputs[crop.image_index], masks[crop.image_index], crop)
+        return [Restored(out, self.name) for out in outputs]
+
+    # --- the session ---------------------------------------------------------------------
+
+    def load(self) -> _Model:
+        """Open the model once (thread-safe); ``EngineError`` if it is missing or corrupt.
+
+        A failure is remembered, so later calls fail fast instead of re-reading a bad file,
+        until the file changes on disk.
+        """
+        model = self._model
+        if model is not None:
+            return model
+        with self._lock:
+            if self._model is not None:
+                return self._model
+            stamp = self._stamp()
+            if self._failure is not None and self._failure[0] == stamp:
+                raise EngineError(self._failure[1])
+            try:
+                self._model = self._open(stamp)
+            except EngineError as exc:
+                self._failure = (stamp, str(exc))
+                raise
+            self._failure = None
+            return self._model
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self.model_path.stat()
+        except OSError:
+            return None
+        return (st.st_size, st.st_mtime_ns)
+
+    def _open(self, stamp: tuple[int, int] | None) -> _Model:
+        path = self.model_path
+        hint = (
+            "reinstall it with `photo-eraser models pull lama` "
+            "(or `photo-eraser models import lama FILE`)"
+        )
+        if stamp is None:
+            raise EngineError(f"LaMa model file {path} is missing; {hint}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(
+                os.fspath(path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own, unexported exception types
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EngineError(
+                f"LaMa model file {path} cannot be loaded ({reason}); it may be damaged: {hint}"
+            ) from exc
+        model = _read_contract(session, path)
+        log.info(
+            "loaded LaMa model %s: size %s, batch %s, output range %s, %d thread(s)",
+            path,
+            "x".join(map(str, model.size)) if model.size else "dynamic",
+            model.batch or "dynamic",
+            "[0, 255]" if model.output_scale != 1.0 else "[0, 1]",
+            self.threads,
+        )
+        return model
+
+    def _infer(self, model: _Model, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        """The model call alone: NCHW inputs in, the raw NCHW output out."""
+        feeds = {
+            model.image_input: images.astype(model.dtype, copy=False),
+            model.mask_input: masks.astype(model.dtype, copy=False),
+        }
+        return np.asarray(model.session.run([model.output], feeds)[0])
+
+    # --- crops -----------------------------------------------------------------------------
+
+    def _group(self, holes: list[_Box], shape: tuple[int, int], model: _Model) -> list[_Box]:
+        """Merge mask groups until no group's crop reaches into another group's mask."""
+        holes = list(holes)
+        merged = True
+        while merged and len(holes) > 1:
+            merged = False
+            boxes = [self._crop_box(hole, shape, model) for hole in holes]
+            for i in range(len(holes)):
+                for j in range(i + 1, len(holes)):
+                    if _overlap(boxes[i], holes[j]) or _overlap(boxes[j], holes[i]):
+                        holes[i] = _union(holes[i], holes[j])
+                        del holes[j]
+                        merged = True
+                        break
+                if merged:
+                    break
+        return holes
+
+    def _crop_box(self, hole: _Box, shape: tuple[int, int], model: _Model) -> _Box:
+        """The context box of a mask group: model aspect ratio, 3x the extent, clamped."""
+        y0, y1, x0, x1 = hole
+        if model.size is not None:
+            min_h, min_w = model.size
+        else:
+            min_h = min_w = MIN_DYNAMIC_SIDE
+        aspect = min_w / min_h
+        side_h = max(3 * (y1 - y0), int(np.ceil(3 * (x1 - x0) / aspect)), min_h)
+        side_w = max(int(round(side_h * aspect)), 3 * (x1 - x0), min_w)
+        by0, by1 = _window((y0 + y1) // 2, side_h, shape[0])
+        bx0, bx1 = _window((x0 + x1) // 2, side_w, shape[1])
+        return (by0, by1, bx0, bx1)
+
+    def _prepare(
+        self, index: int, image: np.ndarray, mask: np.ndarray, hole: _Box, model: _Model
+    ) -> _Crop:
+        """Cut, resize and pad the crop around ``hole`` into model inputs."""
+        box = self._crop_box(hole, mask.shape, model)
+        y0, y1, x0, x1 = box
+        ch, cw = y1 - y0, x1 - x0
+        if model.size is not None:
+            in_h, in_w = model.size
+            scale = min(in_h / ch, in_w / cw)
+            rh, rw = min(in_h, max(1, round(ch * scale))), min(in_w, max(1, round(cw * scale)))
+        else:
+            scale = min(1.0, self.max_dynamic_side / max(ch, cw))
+            rh, rw = max(1, round(ch * scale)), max(1, round(cw * scale))
+            in_h, in_w = -(-rh // 8) * 8, -(-rw // 8) * 8
+        crop = image[y0:y1, x0:x1]
+        crop_mask = mask[y0:y1, x0:x1].view(np.uint8)
+        if (rh, rw) != (ch, cw):
+            shrink = rh < ch or rw < cw
+            interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+            crop = cv2.resize(crop, (rw, rh), interpolation=interpolation)
+            # Any coverage makes a model pixel a hole, and so do its neighbours: resampling
+            # the output back interpolates between neighbours, which must all be filled ones.
+            coverage = cv2.resize(
+                crop_mask.astype(np.float32), (rw, rh), interpolation=interpolation
+            )
+            crop_mask = cv2.dilate((coverage > 0).view(np.uint8), np.ones((3, 3), np.uint8))
+        pad = ((0, in_h - rh), (0, in_w - rw))
+        if in_h != rh or in_w != rw:
+            crop = np.pad(crop, (*pad, (0, 0)), mode="symmetric")
+            crop_mask = np.pad(crop_mask, pad, mode="symmetric")
+        image_in = np.empty((3, in_h, in_w), np.float32)
+        np.multiply(crop.transpose(2, 0, 1), np.float32(1 / 255), out=image_in)
+        mask_in = crop_mask[None].astype(np.float32)
+        return _Crop(index, box, hole, (rh, rw), image_in, mask_in)
+
+    def _predict(self, crops: list[_Crop], model: _Model) -> None:
+        """Run the model on all crops, batching those of equal input size."""
+        by_shape: dict[tuple[int, ...], list[_Crop]] = {}
+        for crop in crops:
+            by_shape.setdefault(crop.image_in.shape, []).append(crop)
+        step = model.batch or self.max_batch
+        for group in by_shape.values():
+            for start in range(0, len(group), step):
+                chunk = group[start : start + step]
+                # A fixed batch size larger than the chunk is filled with repeats.
+                filled = chunk + [chunk[-1]] * (step - len(chunk)) if model.batch else chunk
+                images = np.stack([c.image_in for c in filled])
+                masks = np.stack([c.mask_in for c in filled])
+                raw = self._infer(model, images, masks)
+                expected = (len(filled), 3, *images.shape[2:])
+                if raw.shape != expected:
+                    raise EngineError(
+                        f"LaMa model {self.model_path} returned shape {raw.shape}, "
+                        f"expected {expected}"
+                    )
+                for crop, output in zip(chunk, raw, strict=False):
+                    crop.prediction = self._map_back(crop, output, model)
+
+    def _map_back(self, crop: _Crop, output: np.ndarray, model: _Model) -> np.ndarray:
+        """Resample the model output onto the hole box only, as HxWx3 float32 in [0, 255]."""
+        rh, rw = crop.resized
+        y0, y1, x0, x1 = crop.box
+        hy0, hy1, hx0, hx1 = crop.hole
+        pred = output[:, :rh, :rw].transpose(1, 2, 0).astype(np.float32)
+        pred = np.clip(pred * np.float32(255 * model.output_scale), 0, 255)
+        sy, sx = rh / (y1 - y0), rw / (x1 - x0)
+        oy, ox = hy0 - y0, hx0 - x0
+        if (rh, rw) == (y1 - y0, x1 - x0):
+            return np.ascontiguousarray(pred[oy : oy + hy1 - hy0, ox : ox + hx1 - hx0])
+        # The same sampling grid as cv2.resize, evaluated on the hole box alone.
+        matrix = np.array(
+            [[sx, 0, (ox + 0.5) * sx - 0.5], [0, sy, (oy + 0.5) * sy - 0.5]], np.float64
+        )
+        return cv2.warpAffine(
+            np.ascontiguousarray(pred),
+            matrix,
+            (hx1 - hx0, hy1 - hy0),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+
+    def _composite(self, out: np.ndarray, mask: np.ndarray, crop: _Crop) -> None:
+        """Write the prediction into the masked pixels of the hole box, feathering the seam."""
+        assert crop.prediction is not None
+        hy0, hy1, hx0, hx1 = crop.hole
+        region = out[hy0:hy1, hx0:hx1]
+        hole_mask = mask[hy0:hy1, hx0:hx1]
+        at_border = (hy0 == 0, hy1 == mask.shape[0], hx0 == 0, hx1 == mask.shape[1])
+        alpha = seam_weights(hole_mask, self.feather, at_border)[..., None]
+        blended = crop.prediction * alpha + region.astype(np.float32) * (1 - alpha)
+        region[hole_mask] = np.rint(blended[hole_mask]).astype(np.uint8)
+
+
+def seam_weights(
+    mask: np.ndarray, feather: int, at_border: tuple[bool, bool, bool, bool] = (False,) * 4
+) -> np.ndarray:
+    """Blend weight of the prediction per pixel: 0 outside ``mask``, 1 deep inside.
+
+    Inside parts of the mask at least ``2 * feather + 1`` pixels thick, the weight ramps up as
+    ``d / (feather + 1)`` with ``d`` the chessboard distance to the nearest unmasked pixel (1
+    for pixels touching one); thinner strokes are filled fully, so they leave no residue.
+    ``at_border`` (top, bottom, left, right) says which sides of the array are the image's
+    edge, where there is nothing to blend with.
+    """
+    inside = mask.astype(np.uint8)
+    if feather == 0 or not inside.any():
+        return inside.astype(np.float32)
+    top, bottom, left, right = (int(flag) for flag in at_border)
+    padded = np.pad(inside, ((top, bottom), (left, right)), mode="edge")
+    padded = np.pad(padded, ((1 - top, 1 - bottom), (1 - left, 1 - right)))
+    distance = cv2.distanceTransform(padded, cv2.DIST_C, 3)[1:-1, 1:-1]
+    kernel = np.ones((2 * feather + 1, 2 * feather + 1), np.uint8)
+    thick = cv2.morphologyEx(padded, cv2.MORPH_OPEN, kernel)[1:-1, 1:-1]
+    weights = np.minimum(distance / np.float32(feather + 1), np.float32(1))
+    weights[(thick == 0) & (inside == 1)] = 1
+    weights[inside == 0] = 0
+    return weights
+
+
+def _read_contract(session: ort.InferenceSession, path: Path) -> _Model:
+    """Identify inputs and output, their shapes and dtype, and the output range."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    signature = ", ".join(f"{i.name}{list(i.shape)}" for i in inputs)
+    if len(inputs) != 2 or not outputs or any(len(i.shape) != 4 for i in (*inputs, outputs[0])):
+        raise EngineError(
+            f"{path} is not a LaMa-style model (expected image and mask NCHW inputs and an "
+            f"NCHW output, found inputs {signature})"
+        )
+    named = [i for i in inputs if "mask" in i.name.lower()]
+    single = [i for i in inputs if i.shape[1] == 1]
+    mask_input = named[0] if len(named) == 1 else single[0] if len(single) == 1 else None
+    if mask_input is None:
+        raise EngineError(f"{path}: cannot tell the mask input from the image input ({signature})")
+    image_input = inputs[1] if mask_input is inputs[0] else inputs[0]
+    dtype = _DTYPES.get(image_input.type)
+    if dtype is None:
+        raise EngineError(f"{path}: unsupported input type {image_input.type}")
+    n, _, h, w = image_input.shape
+    size = (h, w) if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0 else None
+    batch = n if isinstance(n, int) and n > 0 else None
+    model = _Model(session, image_input.name, mask_input.name, outputs[0].name, dtype, size,
+                   batch, 1.0)
+    # One test run: proves the file works and shows the output range on a mid-grey image.
+    ph, pw = size or (64, 64)
+    probe = np.full((batch or 1, 3, ph, pw), 0.5, np.float32)
+    probe_mask = np.zeros((batch or 1, 1, ph, pw), np.float32)
+    probe_mask[..., ph // 4 : ph - ph // 4, pw // 4 : pw - pw // 4] = 1
+    try:
+        raw = np.asarray(
+            session.run([model.output], {model.image_input: probe.astype(dtype),
+                                         model.mask_input: probe_mask.astype(dtype)})[0]
+        )
+    except Exception as exc:  # onnxruntime's own exception types
+        raise EngineError(f"LaMa model {path} failed its test run: {exc}") from exc
+    if raw.shape[:2] != probe.shape[:2]:
+        raise EngineError(f"LaMa model {path} returned shape {raw.shape} for {probe.shape}")
+    scale = 1 / 255 if float(np.nanmax(raw)) > 2.0 else 1.0
+    return _Model(session, image_input.name, mask_input.name, outputs[0].name, dtype, size,
+                  batch, scale)
+
+
+def _check(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an RGB uint8 HxWx3 image, got {image.dtype} {image.shape}")
+    if mask.shape != image.shape[:2]:
+        raise ValueError(f"mask shape {mask.shape} does not match image {image.shape[:2]}")
+    return np.ascontiguousarray(mask, dtype=bool)
+
+
+def _holes(mask: np.ndarray) -> list[_Box]:
+    """Bounding boxes of the connected groups of masked pixels (at most ``MAX_GROUPS``)."""
+    x, y, w, h = cv2.boundingRect(mask.view(np.uint8))
+    if w == 0 or h == 0:
+        return []
+    sub = mask[y : y + h, x : x + w].view(np.uint8)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(sub, connectivity=8)
+    radius = 1
+    while count - 1 > MAX_GROUPS:
+        # Many specks: join neighbours; a box may then hold a few unmasked pixels, harmless.
+        joined = cv2.dilate(sub, np.ones((2 * radius + 1, 2 * radius + 1), np.uint8))
+        count, _, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
+        radius *= 2
+    boxes = []
+    for left, top, width, height, _ in stats[1:]:
+        y0, x0 = y + int(top), x + int(left)
+        boxes.append((y0, y0 + int(height), x0, x0 + int(width)))
+    return boxes
+
+
+def _window(center: int, side: int, length: int) -> tuple[int, int]:
+    """A window of ``side`` around ``center``, shifted inside ``[0, length)`` and clamped."""
+    start = min(max(0, center - side // 2), max(0, length - side))
+    return start, min(length, start + side)
+
+
+def _overlap(a: _Box, b: _Box) -> bool:
+    return a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]
+
+
+def _union(a: _Box, b: _Box) -> _Box:
+    return (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
