@@ -54,15 +54,7 @@ class Service:
                 "recovered interrupted tasks", extra={"requeued": requeued, "failed": failed}
             )
         log.info("engines available", extra={"engines": self.engines.availability()})
-        self.fetcher = Fetcher(
-            allow_private=s.allow_private_urls,
-            max_bytes=s.max_image_bytes,
-            connect_timeout=s.download_connect_timeout,
-            read_timeout=s.download_read_timeout,
-            total_timeout=s.download_total_timeout,
-            max_redirects=s.download_max_redirects,
-            per_host=s.download_per_host,
-        )
+        self.fetcher = Fetcher.from_settings(s)
         ctx = WorkerContext(s, self.store, self.blobs, self.fetcher, self.engines)
         self._stop.clear()
         for i in range(s.workers):

@@ -1,0 +1,261 @@
+"""Pipeline benchmark: per-stage cost of one 1920x1080 JPEG vs the decode+encode floor,
+the engine's cost vs image size, end-to-end latency and creation throughput of the real server.
+
+    .venv/bin/python bench/pipeline.py [--repeat 20] [--requests 400] [--concurrency 16]
+
+Prints what it measured, on what machine, and how to reproduce it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+from PIL import Image
+from skimage import data as skdata
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from photo_eraser.engines.opencv import OpenCVEngine  # noqa: E402
+from photo_eraser.fetch import Fetcher  # noqa: E402
+from photo_eraser.imaging import ImageLimits, decode_image, decode_mask, encode_image  # noqa: E402
+from photo_eraser.pipeline import StageTimes, restore_images  # noqa: E402
+from photo_eraser.storage import LocalBlobStore  # noqa: E402
+from tests.helpers import ApiClient, ImageHost, ServerProcess, b64  # noqa: E402
+
+
+def machine() -> str:
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, OpenCV {cv2.__version__}"
+
+
+def test_photo(width: int, height: int) -> np.ndarray:
+    return cv2.resize(skdata.astronaut(), (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def watermark_mask(width: int, height: int, mw: int, mh: int) -> np.ndarray:
+    """A bottom-right rectangle of mw x mh pixels, where stock watermarks sit."""
+    m = np.zeros((height, width), np.uint8)
+    x0, y0 = width - mw - width // 20, height - mh - height // 20
+    m[y0 : y0 + mh, x0 : x0 + mw] = 255
+    return m
+
+
+def jpeg(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=92)
+    return buf.getvalue()
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def median_ms(samples: list[float]) -> float:
+    return statistics.median(samples) * 1000
+
+
+def bench_stages(repeat: int, host: ImageHost) -> None:
+    img = test_photo(1920, 1080)
+    payload = jpeg(img)
+    mask = watermark_mask(1920, 1080, 400, 100)  # 1.9 % of the area
+    url = host.add("/bench/1080p.jpg", payload, content_type="image/jpeg")
+    mask_bytes = png(mask)
+    limits = ImageLimits()
+    engine = OpenCVEngine()
+    fetcher = Fetcher(
+        allow_private=True,
+        max_bytes=limits.max_bytes,
+        connect_timeout=5,
+        read_timeout=5,
+        total_timeout=30,
+    )
+    blobs = LocalBlobStore(Path(tempfile.mkdtemp()))
+    stages: dict[str, list[float]] = {}
+    floor: list[float] = []
+
+    async def download() -> bytes:
+        return await fetcher.fetch(url)
+
+    loop = asyncio.new_event_loop()
+    for i in range(repeat):
+        t = time.perf_counter()
+        body = loop.run_until_complete(download())
+        stages.setdefault("download", []).append(time.perf_counter() - t)
+        t = time.perf_counter()
+        decoded = decode_image(body, limits)
+        stages.setdefault("decode", []).append(time.perf_counter() - t)
+        t = time.perf_counter()
+        m = decode_mask(mask_bytes, limits.max_bytes)
+        stages.setdefault("mask decode (once per task)", []).append(time.perf_counter() - t)
+        times = StageTimes()
+        [result] = restore_images([decoded], m, engine, jpeg_quality=95, times=times)
+        for k, v in times.seconds.items():
+            stages.setdefault(k, []).append(v)
+        t = time.perf_counter()
+        blobs.put(f"bench/{i}.jpg", result.encoded.data)
+        stages.setdefault("store", []).append(time.perf_counter() - t)
+        # The floor: the same bytes decoded and re-encoded by Pillow alone, same quality.
+        t = time.perf_counter()
+        plain = np.asarray(Image.open(io.BytesIO(payload)).convert("RGB"))
+        out = io.BytesIO()
+        Image.fromarray(plain).save(out, "JPEG", quality=95, subsampling=0)
+        floor.append(time.perf_counter() - t)
+    loop.run_until_complete(fetcher.aclose())
+    loop.close()
+
+    print(f"\n## Stages, 1920x1080 JPEG, 400x100 mask (1.9 %), median of {repeat}")
+    print("| stage | ms |\n|---|---|")
+    per_image = ("download", "decode", "mask", "engine", "encode", "store")
+    for k in (*per_image, "mask decode (once per task)"):
+        print(f"| {k} | {median_ms(stages[k]):.1f} |")
+    overhead = sum(median_ms(stages[k]) for k in per_image if k != "engine")
+    print(f"| floor: Pillow decode+encode alone | {median_ms(floor):.1f} |")
+    print(
+        f"\nper image, everything except the engine: {overhead:.1f} ms = "
+        f"{overhead / median_ms(floor):.2f}x the floor (goal <= 1.3x)"
+    )
+    codec = median_ms(stages["decode"]) + median_ms(stages["encode"])
+    print(f"our decode+encode alone (checks, EXIF, ICC): {codec / median_ms(floor):.2f}x the floor")
+
+
+def bench_engine_scaling(repeat: int) -> None:
+    print(f"\n## OpenCV engine vs image size, same 300x100 mask, median of {repeat}")
+    print("| image | radius | engine ms |\n|---|---|---|")
+    for w, h in ((1000, 750), (4000, 3000)):
+        img = test_photo(w, h)
+        m = watermark_mask(w, h, 300, 100) > 0
+        for radius in (1, 3, 5):
+            eng = OpenCVEngine(radius=radius)
+            samples = []
+            for _ in range(repeat):
+                t = time.perf_counter()
+                eng.inpaint(img, m)
+                samples.append(time.perf_counter() - t)
+            print(f"| {w}x{h} | {radius} | {median_ms(samples):.1f} |")
+
+
+def bench_radius_quality() -> None:
+    """Masked-region PSNR of Telea against the true pixels, by radius (default is 3)."""
+    print("\n## OpenCV Telea quality by radius (masked PSNR vs the true image, 1920x1080)")
+    print("| mask | radius 1 | radius 3 | radius 5 |\n|---|---|---|---|")
+    img = test_photo(1920, 1080)
+    rect = watermark_mask(1920, 1080, 400, 100) > 0
+    strokes = rect.copy()
+    strokes[:, :] = False
+    ys, xs = np.nonzero(rect)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    for k in range(x0, x1, 14):
+        strokes[y0:y1, k : k + 4] = True
+    for name, m in (("400x100 block", rect), ("4 px strokes", strokes)):
+        row = []
+        for radius in (1, 3, 5):
+            out = OpenCVEngine(radius=radius).inpaint(img, m)
+            err = out[m].astype(float) - img[m].astype(float)
+            row.append(f"{10 * np.log10(255**2 / np.mean(err**2)):.2f} dB")
+        print(f"| {name} | " + " | ".join(row) + " |")
+
+
+def bench_server(requests: int, concurrency: int, host: ImageHost) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ServerProcess(
+            Path(tmp) / "accept", PHOTO_ERASER_WORKERS="0", PHOTO_ERASER_RATE_LIMIT_PER_MINUTE="0"
+        ).start()
+        try:
+            appkey, appsecret = server.create_key("bench")
+            url = host.url("/bench/1080p.jpg")
+            mask = b64(png(watermark_mask(1920, 1080, 400, 100)))
+            latencies = asyncio.run(
+                _create_load(server.base_url, appkey, appsecret, url, mask, requests, concurrency)
+            )
+        finally:
+            server.stop()
+        lat = sorted(latencies[1])
+        print(
+            f"\n## Task creation under load: {requests} requests, {concurrency} concurrent, inline PNG mask"
+        )
+        print(
+            f"p50 {lat[len(lat) // 2] * 1000:.1f} ms, p99 {lat[int(len(lat) * 0.99) - 1] * 1000:.1f} ms, "
+            f"{requests / latencies[0]:.0f} requests/s"
+        )
+
+        server = ServerProcess(Path(tmp) / "e2e", PHOTO_ERASER_WORKERS="1").start()
+        try:
+            client = ApiClient(server.base_url, *server.create_key("bench"))
+            samples = []
+            for _ in range(10):
+                t = time.perf_counter()
+                task_id = client.create_ok([url], mask, engine="opencv")
+                while client.result(task_id).json()["data"]["status"] not in ("3", "4"):
+                    time.sleep(0.005)
+                samples.append(time.perf_counter() - t)
+            client.close()
+        finally:
+            server.stop()
+        print(
+            f"\n## End to end, one 1920x1080 JPEG per task, engine opencv, 1 worker: "
+            f"median {median_ms(samples):.0f} ms over 10 tasks (create -> poll sees status 3)"
+        )
+
+
+async def _create_load(
+    base: str, appkey: str, appsecret: str, url: str, mask: str, n: int, concurrency: int
+) -> tuple[float, list[float]]:
+    sem = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+    async with httpx.AsyncClient(
+        base_url=base,
+        auth=(appkey, appsecret),
+        timeout=60,
+        limits=httpx.Limits(max_connections=concurrency),
+    ) as http:
+
+        async def one(i: int) -> None:
+            async with sem:
+                t = time.perf_counter()
+                r = await http.post(
+                    "/v3/pic/rw/batch", json={"images": [url], "mask": mask, "priority": i % 10}
+                )
+                latencies.append(time.perf_counter() - t)
+                r.raise_for_status()
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        return time.perf_counter() - t0, latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+    print(
+        f"# Photo Eraser pipeline benchmark\nmachine: {machine()}\n"
+        f"command: .venv/bin/python bench/pipeline.py --repeat {args.repeat} "
+        f"--requests {args.requests} --concurrency {args.concurrency}"
+    )
+    host = ImageHost()
+    try:
+        bench_stages(args.repeat, host)
+        bench_engine_scaling(max(3, args.repeat // 4))
+        bench_radius_quality()
+        bench_server(args.requests, args.concurrency, host)
+    finally:
+        host.close()
+
+
+if __name__ == "__main__":
+    main()
