@@ -27,12 +27,13 @@ from skimage import data as skdata
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests.helpers import ApiClient, ImageHost, ServerProcess, b64  # noqa: E402
+
 from photo_eraser.engines.opencv import OpenCVEngine  # noqa: E402
 from photo_eraser.fetch import Fetcher  # noqa: E402
-from photo_eraser.imaging import ImageLimits, decode_image, decode_mask, encode_image  # noqa: E402
+from photo_eraser.imaging import ImageLimits, decode_image, decode_mask  # noqa: E402
 from photo_eraser.pipeline import StageTimes, restore_images  # noqa: E402
 from photo_eraser.storage import LocalBlobStore  # noqa: E402
-from tests.helpers import ApiClient, ImageHost, ServerProcess, b64  # noqa: E402
 
 
 def machine() -> str:
