@@ -377,3 +377,14 @@ def test_session_is_created_once_with_the_thread_count(
     assert all(model is loaded[0] for model in loaded)
     assert loaded[0].session.get_session_options().intra_op_num_threads == 2
     assert loaded[0].size == (64, 64) and loaded[0].batch == 1
+
+
+def test_restore_in_place_matches_inpaint(tmp_path: Path) -> None:
+    engine = LamaEngine(build_model(tmp_path / "m.onnx", "negate"), feather=2)
+    image = gradient(200, 260)
+    mask = rect_mask(200, 260, (50, 90, 60, 110), (150, 152, 20, 200))
+    expected = engine.inpaint(image, mask)
+    target = image.copy()
+    engine.restore_in_place([target], [mask])
+    assert np.array_equal(target, expected)
+    assert not np.array_equal(image, expected)

@@ -110,15 +110,25 @@ class LamaEngine(InpaintingEngine):
         return self.restore([image], [mask])[0].image
 
     def restore(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> list[Restored]:
-        """Inpaint every image; crops of all images share inference batches."""
+        """Inpaint every image into a new array; crops of all images share inference batches."""
         if len(images) != len(masks):
             raise ValueError("one mask per image")
+        outputs = [image.copy() for image in images]
+        self.restore_in_place(outputs, masks)
+        return [Restored(out, self.name) for out in outputs]
+
+    def restore_in_place(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> None:
+        """Like ``restore`` but writes into ``images``, for callers that own the arrays.
+
+        This skips the copy of each image, the only step whose cost follows the image's size
+        rather than the mask's.
+        """
         masks = [_check(image, mask) for image, mask in zip(images, masks, strict=True)]
         holes = [_holes(mask) for mask in masks]
-        outputs = [image.copy() for image in images]
         if not any(holes):
-            return [Restored(out, self.name) for out in outputs]
+            return
         model = self.load()
+        # All crops are cut before anything is written back, so writing in place is safe.
         crops = [
             self._prepare(index, images[index], masks[index], box, model)
             for index, groups in enumerate(holes)
@@ -126,8 +136,7 @@ class LamaEngine(InpaintingEngine):
         ]
         self._predict(crops, model)
         for crop in crops:
-            self._composite(outputs[crop.image_index], masks[crop.image_index], crop)
-        return [Restored(out, self.name) for out in outputs]
+            self._composite(images[crop.image_index], masks[crop.image_index], crop)
 
     # --- the session ---------------------------------------------------------------------
 
@@ -251,8 +260,8 @@ class LamaEngine(InpaintingEngine):
             scale = min(1.0, self.max_dynamic_side / max(ch, cw))
             rh, rw = max(1, round(ch * scale)), max(1, round(cw * scale))
             in_h, in_w = -(-rh // 8) * 8, -(-rw // 8) * 8
-        crop = image[y0:y1, x0:x1]
-        crop_mask = mask[y0:y1, x0:x1].view(np.uint8)
+        crop: np.ndarray = image[y0:y1, x0:x1]
+        crop_mask: np.ndarray = mask[y0:y1, x0:x1].view(np.uint8)
         if (rh, rw) != (ch, cw):
             shrink = rh < ch or rw < cw
             interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
@@ -296,24 +305,34 @@ class LamaEngine(InpaintingEngine):
                     crop.prediction = self._map_back(crop, output, model)
 
     def _map_back(self, crop: _Crop, output: np.ndarray, model: _Model) -> np.ndarray:
-        """Resample the model output onto the hole box only, as HxWx3 float32 in [0, 255]."""
+        """Resample the model output onto the hole box only, as HxWx3 float32 in [0, 255].
+
+        Only the output pixels that bilinear sampling of the hole box reads are converted, so
+        this costs the hole's area, not the crop's.
+        """
         rh, rw = crop.resized
         y0, y1, x0, x1 = crop.box
         hy0, hy1, hx0, hx1 = crop.hole
-        pred = output[:, :rh, :rw].transpose(1, 2, 0).astype(np.float32)
-        pred = np.clip(pred * np.float32(255 * model.output_scale), 0, 255)
+        hh, hw = hy1 - hy0, hx1 - hx0
         sy, sx = rh / (y1 - y0), rw / (x1 - x0)
-        oy, ox = hy0 - y0, hx0 - x0
-        if (rh, rw) == (y1 - y0, x1 - x0):
-            return np.ascontiguousarray(pred[oy : oy + hy1 - hy0, ox : ox + hx1 - hx0])
-        # The same sampling grid as cv2.resize, evaluated on the hole box alone.
-        matrix = np.array(
-            [[sx, 0, (ox + 0.5) * sx - 0.5], [0, sy, (oy + 0.5) * sy - 0.5]], np.float64
+        # Source coordinate of the hole's first row and column (cv2.resize's pixel centres).
+        ty, tx = (hy0 - y0 + 0.5) * sy - 0.5, (hx0 - x0 + 0.5) * sx - 0.5
+        ry0, rx0 = max(0, int(np.floor(ty))), max(0, int(np.floor(tx)))
+        ry1 = min(rh, int(np.floor(ty + (hh - 1) * sy)) + 2)
+        rx1 = min(rw, int(np.floor(tx + (hw - 1) * sx)) + 2)
+        source = np.ascontiguousarray(
+            output[:, ry0:ry1, rx0:rx1].transpose(1, 2, 0), dtype=np.float32
         )
+        np.multiply(source, np.float32(255 * model.output_scale), out=source)
+        np.clip(source, 0, 255, out=source)
+        if (rh, rw) == (y1 - y0, x1 - x0):
+            dy, dx = round(ty) - ry0, round(tx) - rx0
+            return source[dy : dy + hh, dx : dx + hw]
+        matrix = np.array([[sx, 0, tx - rx0], [0, sy, ty - ry0]], np.float64)
         return cv2.warpAffine(
-            np.ascontiguousarray(pred),
+            source,
             matrix,
-            (hx1 - hx0, hy1 - hy0),
+            (hw, hh),
             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
             borderMode=cv2.BORDER_REPLICATE,
         )
@@ -377,8 +396,9 @@ def _read_contract(session: ort.InferenceSession, path: Path) -> _Model:
     n, _, h, w = image_input.shape
     size = (h, w) if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0 else None
     batch = n if isinstance(n, int) and n > 0 else None
-    model = _Model(session, image_input.name, mask_input.name, outputs[0].name, dtype, size,
-                   batch, 1.0)
+    model = _Model(
+        session, image_input.name, mask_input.name, outputs[0].name, dtype, size, batch, 1.0
+    )
     # One test run: proves the file works and shows the output range on a mid-grey image.
     ph, pw = size or (64, 64)
     probe = np.full((batch or 1, 3, ph, pw), 0.5, np.float32)
@@ -386,16 +406,22 @@ def _read_contract(session: ort.InferenceSession, path: Path) -> _Model:
     probe_mask[..., ph // 4 : ph - ph // 4, pw // 4 : pw - pw // 4] = 1
     try:
         raw = np.asarray(
-            session.run([model.output], {model.image_input: probe.astype(dtype),
-                                         model.mask_input: probe_mask.astype(dtype)})[0]
+            session.run(
+                [model.output],
+                {
+                    model.image_input: probe.astype(dtype),
+                    model.mask_input: probe_mask.astype(dtype),
+                },
+            )[0]
         )
     except Exception as exc:  # onnxruntime's own exception types
         raise EngineError(f"LaMa model {path} failed its test run: {exc}") from exc
     if raw.shape[:2] != probe.shape[:2]:
         raise EngineError(f"LaMa model {path} returned shape {raw.shape} for {probe.shape}")
     scale = 1 / 255 if float(np.nanmax(raw)) > 2.0 else 1.0
-    return _Model(session, image_input.name, mask_input.name, outputs[0].name, dtype, size,
-                  batch, scale)
+    return _Model(
+        session, image_input.name, mask_input.name, outputs[0].name, dtype, size, batch, scale
+    )
 
 
 def _check(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -408,9 +434,12 @@ def _check(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def _holes(mask: np.ndarray) -> list[_Box]:
     """Bounding boxes of the connected groups of masked pixels (at most ``MAX_GROUPS``)."""
-    x, y, w, h = cv2.boundingRect(mask.view(np.uint8))
-    if w == 0 or h == 0:
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
         return []
+    y, h = int(rows[0]), int(rows[-1]) + 1 - int(rows[0])
+    cols = np.flatnonzero(mask[y : y + h].any(axis=0))
+    x, w = int(cols[0]), int(cols[-1]) + 1 - int(cols[0])
     sub = mask[y : y + h, x : x + w].view(np.uint8)
     count, _, stats, _ = cv2.connectedComponentsWithStats(sub, connectivity=8)
     radius = 1
