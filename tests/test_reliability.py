@@ -174,3 +174,24 @@ def test_truncated_and_oversized_images_fail_alone(run_server, image_host: Image
     assert reasons[1].startswith("download failed") and "exceeds" in reasons[1]
     assert "format" in reasons[3]
     c.close()
+
+
+def test_clean_shutdown_hands_running_task_back(
+    run_server, image_host: ImageHost, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    data_dir = tmp_path / "graceful"
+    server = run_server(data_dir, PHOTO_ERASER_MAX_ATTEMPTS="1")
+    appkey, appsecret = server.create_key()
+    c = ApiClient(server.base_url, appkey, appsecret)
+    gate = threading.Event()
+    task_id = c.create_ok(
+        [image_host.add("/graceful/held.png", encode(photo(W, H)), gate=gate)], MASK
+    )
+    c.wait(task_id, until=("2",))
+    server.stop()  # SIGTERM: the running task goes back to the queue, its attempt not counted
+    gate.set()
+    c.close()
+    restarted = run_server(data_dir, PHOTO_ERASER_MAX_ATTEMPTS="1")
+    c = ApiClient(restarted.base_url, appkey, appsecret)
+    assert c.wait(task_id)["status"] == "3"
+    c.close()

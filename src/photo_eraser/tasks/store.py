@@ -259,6 +259,20 @@ class TaskStore:
                 .values(status=TaskStatus.WAITING, reason=reason, started_at=None)
             )
 
+    def release(self, pk: int) -> None:
+        """Give back a task interrupted by a clean shutdown; the attempt does not count."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                tasks.update()
+                .where(tasks.c.id == pk, tasks.c.status == TaskStatus.IN_PROGRESS)
+                .values(status=TaskStatus.WAITING, started_at=None, attempts=tasks.c.attempts - 1)
+            )
+            conn.execute(
+                task_images.update()
+                .where(task_images.c.task_pk == pk)
+                .values(status=ImageStatus.WAITING, reason="", result_key=None)
+            )
+
     def close(self, task_id: str, appkey: str) -> TaskStatus | None:
         """Close a waiting or running task for its owner; return the resulting status."""
         with self.engine.begin() as conn:

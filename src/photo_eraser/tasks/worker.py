@@ -71,7 +71,15 @@ async def run_worker(
             except TimeoutError:
                 pass
             continue
-        await process_task(ctx, task, name)
+        try:
+            await process_task(ctx, task, name)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The store itself failed (disk full, database locked...): the task stays in
+            # progress and is re-queued at the next start; keep this worker alive meanwhile.
+            log.exception("recording a task's outcome failed", extra={"task_id": task.task_id})
+            await asyncio.sleep(1.0)
 
 
 async def process_task(ctx: WorkerContext, task: TaskRecord, worker: str = "") -> None:
@@ -82,6 +90,11 @@ async def process_task(ctx: WorkerContext, task: TaskRecord, worker: str = "") -
     try:
         timeout = max(0.0, task.deadline_at - time.time())
         status, reason = await asyncio.wait_for(_run(ctx, task), timeout=timeout)
+    except asyncio.CancelledError:
+        # Shutdown: hand the task back without counting this attempt against it.
+        ctx.store.release(task.pk)
+        log.info("task released at shutdown", extra=extra)
+        raise
     except TaskAbandoned:
         log.info("task abandoned (closed or timed out)", extra=extra)
         return
