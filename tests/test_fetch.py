@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import shutil
+import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -132,8 +136,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_body(b"?", status=404)
 
 
-def _start(host: str) -> _Server:
+def _start(host: str, tls: ssl.SSLContext | None = None) -> _Server:
     server = _Server((host, 0))
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     return server
 
@@ -373,3 +379,45 @@ def test_default_policy_allows_public_addresses() -> None:
         assert is_public_address(ipaddress.ip_address(public)), public
     for private in ["127.0.0.1", "10.0.0.1", "::1", "fd00::1", "::ffff:10.0.0.1", "192.0.2.1"]:
         assert not is_public_address(ipaddress.ip_address(private)), private
+
+
+# --- TLS: connect to the checked address, verify the certificate against the name ----------
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[_Server, ssl.SSLContext]]:
+    """An https server on 127.0.0.1 whose certificate names only ``localhost``."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+             "-subj", "/CN=photo-eraser test CA",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=tmp_path)  # fmt: skip
+    _openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr",
+             "-subj", "/CN=localhost", cwd=tmp_path)  # fmt: skip
+    (tmp_path / "ext.cnf").write_text("subjectAltName=DNS:localhost\n")
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+             "-CAcreateserial", "-out", "server.pem", "-days", "1",
+             "-extfile", "ext.cnf", cwd=tmp_path)  # fmt: skip
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(tmp_path / "server.pem", tmp_path / "server.key")
+    client_context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    server = _start("127.0.0.1", tls=server_context)
+    yield server, client_context
+    _stop(server)
+
+
+def test_https_connects_to_the_checked_address_and_verifies_the_name(
+    tls_server: tuple[_Server, ssl.SSLContext],
+) -> None:
+    server, trust = tls_server
+    port = server.server_address[1]
+    assert fetch(f"https://localhost:{port}/host", verify=trust) == f"localhost:{port}".encode()
+    message = refusal(f"https://127.0.0.1:{port}/image", verify=trust)
+    assert message == "download failed: TLS certificate of 127.0.0.1 is not valid"
+    assert server.paths == ["/host"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -132,7 +133,8 @@ class Fetcher:
 
     ``blocked_networks`` replaces the default address policy (`is_public_address`) with an
     explicit list of refused networks; it exists for tests and special deployments. With
-    ``allow_private=True`` no address is refused.
+    ``allow_private=True`` no address is refused. ``verify`` is httpx's: an SSL context
+    (e.g. trusting a private CA) or a bool; certificates are checked against the URL's host name.
 
     Timeouts: ``connect_timeout`` covers DNS and the TCP/TLS handshake, ``read_timeout`` the
     wait for each chunk, ``total_timeout`` the whole download including redirects. Time spent
@@ -150,6 +152,7 @@ class Fetcher:
         max_redirects: int = 3,
         per_host: int = 4,
         blocked_networks: Iterable[IPNetwork | str] | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         if per_host < 1:
             raise ValueError("per_host must be at least 1")
@@ -173,6 +176,7 @@ class Fetcher:
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
             follow_redirects=False,
             trust_env=False,
+            verify=verify,
             headers={
                 "User-Agent": _USER_AGENT,
                 "Accept": "image/*;q=1, */*;q=0.5",

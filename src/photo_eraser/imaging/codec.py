@@ -110,7 +110,7 @@ def encode_image(
     icc_profile: bytes | None = None,
     alpha: np.ndarray | None = None,
     jpeg_quality: int = 95,
-    png_compress_level: int = 6,
+    png_compress_level: int = 4,
 ) -> EncodedImage:
     """Encode RGB pixels as the result for an input of format ``fmt``.
 
