@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from photo_eraser.engines import lama as lama_module
 from photo_eraser.engines.base import EngineError
@@ -23,6 +23,7 @@ def build_model(
     size: tuple[int, int] | None = (64, 64),
     batch: int | None = 1,
     scale: float = 1.0,
+    elem: int = TensorProto.FLOAT,
 ) -> Path:
     """Write an ONNX model with inputs ``image`` [N,3,H,W], ``mask`` [N,1,H,W], one output.
 
@@ -32,12 +33,15 @@ def build_model(
     h, w = size if size is not None else ("H", "W")
     n = batch if batch is not None else "N"
     inputs = [
-        helper.make_tensor_value_info("image", TensorProto.FLOAT, [n, 3, h, w]),
-        helper.make_tensor_value_info("mask", TensorProto.FLOAT, [n, 1, h, w]),
+        helper.make_tensor_value_info("image", elem, [n, 3, h, w]),
+        helper.make_tensor_value_info("mask", elem, [n, 1, h, w]),
     ]
-    output = helper.make_tensor_value_info("output", TensorProto.FLOAT, [n, 3, h, w])
+    output = helper.make_tensor_value_info("output", elem, [n, 3, h, w])
+    dtype = helper.tensor_dtype_to_np_dtype(elem)
     consts = {"one": 1.0, "zero": 0.0, "fill": FILL, "scale": scale}
-    initializers = [helper.make_tensor(k, TensorProto.FLOAT, [], [v]) for k, v in consts.items()]
+    initializers = [
+        numpy_helper.from_array(np.array(v, dtype), k) for k, v in consts.items()
+    ]
     mk = helper.make_node
     if kind == "fill":
         nodes = [
@@ -388,3 +392,32 @@ def test_restore_in_place_matches_inpaint(tmp_path: Path) -> None:
     engine.restore_in_place([target], [mask])
     assert np.array_equal(target, expected)
     assert not np.array_equal(image, expected)
+
+
+def test_float16_model(tmp_path: Path) -> None:
+    path = build_model(tmp_path / "m.onnx", "fill", scale=255.0, elem=TensorProto.FLOAT16)
+    engine = LamaEngine(path, feather=0)
+    image = noise(100, 100, seed=11)
+    mask = rect_mask(100, 100, (40, 60, 40, 60))
+    result = engine.inpaint(image, mask)
+    assert_outside_unchanged(result, image, mask)
+    assert (result[mask] == 102).all()
+
+
+def test_mask_covering_the_whole_image(tmp_path: Path) -> None:
+    # One crop for everything, composited in several strips; no seam along the image's edge.
+    engine = LamaEngine(build_model(tmp_path / "m.onnx", "fill"), feather=2)
+    image = noise(700, 300, seed=12)
+    mask = np.ones((700, 300), bool)
+    assert (engine.inpaint(image, mask) == 102).all()
+
+
+def test_large_mask_is_exact_in_every_strip(tmp_path: Path) -> None:
+    engine = LamaEngine(build_model(tmp_path / "m.onnx", "fill"), feather=1)
+    image = np.full((900, 500, 3), 30, np.uint8)
+    mask = rect_mask(900, 500, (20, 880, 20, 480))
+    result = engine.inpaint(image, mask)[..., 0]
+    assert_outside_unchanged(result[..., None], image[..., :1], mask)
+    # 102 / 2 + 30 / 2 = 66 on the one-pixel seam, 102 inside.
+    assert (result[20, 20:480] == 66).all() and (result[20:880, 479] == 66).all()
+    assert (result[21:879, 21:479] == 102).all()

@@ -38,6 +38,8 @@ MIN_DYNAMIC_SIDE = 256
 """Smallest crop side for dynamic-size models, so small masks still get context."""
 MAX_GROUPS = 32
 """Above this many connected components, nearby ones are joined by dilation first."""
+_STRIP = 256
+"""Rows of the hole composited at a time, to bound memory on huge masks."""
 
 _DTYPES: dict[str, type[np.floating]] = {
     "tensor(float)": np.float32,
@@ -76,8 +78,10 @@ class _Crop:
     """Size of the crop after resizing, before padding to the model input."""
     image_in: np.ndarray
     mask_in: np.ndarray
-    prediction: np.ndarray | None = field(default=None, repr=False)
-    """The model output for ``hole``, HxWx3 float32 in [0, 255]."""
+    source: np.ndarray | None = field(default=None, repr=False)
+    """The part of the model output that resampling onto ``hole`` reads: HxWx3 float32 in
+    [0, 255], its top-left corner at ``origin`` in the resized crop."""
+    origin: tuple[int, int] = (0, 0)
 
 
 class LamaEngine(InpaintingEngine):
@@ -268,9 +272,7 @@ class LamaEngine(InpaintingEngine):
             crop = cv2.resize(crop, (rw, rh), interpolation=interpolation)
             # Any coverage makes a model pixel a hole, and so do its neighbours: resampling
             # the output back interpolates between neighbours, which must all be filled ones.
-            coverage = cv2.resize(
-                crop_mask.astype(np.float32), (rw, rh), interpolation=interpolation
-            )
+            coverage = cv2.resize(crop_mask * np.uint8(255), (rw, rh), interpolation=interpolation)
             crop_mask = cv2.dilate((coverage > 0).view(np.uint8), np.ones((3, 3), np.uint8))
         pad = ((0, in_h - rh), (0, in_w - rw))
         if in_h != rh or in_w != rw:
@@ -302,51 +304,103 @@ class LamaEngine(InpaintingEngine):
                         f"expected {expected}"
                     )
                 for crop, output in zip(chunk, raw, strict=False):
-                    crop.prediction = self._map_back(crop, output, model)
+                    self._keep_source(crop, output, model)
 
-    def _map_back(self, crop: _Crop, output: np.ndarray, model: _Model) -> np.ndarray:
-        """Resample the model output onto the hole box only, as HxWx3 float32 in [0, 255].
+    def _keep_source(self, crop: _Crop, output: np.ndarray, model: _Model) -> None:
+        """Keep, as float32 in [0, 255], only the output pixels the hole box will sample.
 
-        Only the output pixels that bilinear sampling of the hole box reads are converted, so
-        this costs the hole's area, not the crop's.
+        This costs the hole's area, not the crop's, and frees the rest of the output.
         """
         rh, rw = crop.resized
-        y0, y1, x0, x1 = crop.box
+        (ty, sy), (tx, sx) = _sampling(crop)
         hy0, hy1, hx0, hx1 = crop.hole
-        hh, hw = hy1 - hy0, hx1 - hx0
-        sy, sx = rh / (y1 - y0), rw / (x1 - x0)
-        # Source coordinate of the hole's first row and column (cv2.resize's pixel centres).
-        ty, tx = (hy0 - y0 + 0.5) * sy - 0.5, (hx0 - x0 + 0.5) * sx - 0.5
         ry0, rx0 = max(0, int(np.floor(ty))), max(0, int(np.floor(tx)))
-        ry1 = min(rh, int(np.floor(ty + (hh - 1) * sy)) + 2)
-        rx1 = min(rw, int(np.floor(tx + (hw - 1) * sx)) + 2)
+        ry1 = min(rh, int(np.floor(ty + (hy1 - hy0 - 1) * sy)) + 2)
+        rx1 = min(rw, int(np.floor(tx + (hx1 - hx0 - 1) * sx)) + 2)
         source = np.ascontiguousarray(
             output[:, ry0:ry1, rx0:rx1].transpose(1, 2, 0), dtype=np.float32
         )
         np.multiply(source, np.float32(255 * model.output_scale), out=source)
         np.clip(source, 0, 255, out=source)
-        if (rh, rw) == (y1 - y0, x1 - x0):
-            dy, dx = round(ty) - ry0, round(tx) - rx0
-            return source[dy : dy + hh, dx : dx + hw]
-        matrix = np.array([[sx, 0, tx - rx0], [0, sy, ty - ry0]], np.float64)
+        crop.source, crop.origin = source, (ry0, rx0)
+
+    def _prediction(self, crop: _Crop, row0: int, row1: int) -> np.ndarray:
+        """The prediction for rows ``row0:row1`` of the hole box, HxWx3 float32 in [0, 255].
+
+        Bilinear, on the same sampling grid as ``cv2.resize`` from the resized crop back to
+        the image, evaluated on these rows of the hole box alone.
+        """
+        assert crop.source is not None
+        (ty, sy), (tx, sx) = _sampling(crop)
+        ry0, rx0 = crop.origin
+        width = crop.hole[3] - crop.hole[2]
+        if sy == 1 and sx == 1:
+            dy, dx = round(ty) - ry0 + row0, round(tx) - rx0
+            return crop.source[dy : dy + row1 - row0, dx : dx + width]
+        matrix = np.array([[sx, 0, tx - rx0], [0, sy, ty + row0 * sy - ry0]], np.float64)
         return cv2.warpAffine(
-            source,
+            crop.source,
             matrix,
-            (hw, hh),
+            (width, row1 - row0),
             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
             borderMode=cv2.BORDER_REPLICATE,
         )
 
     def _composite(self, out: np.ndarray, mask: np.ndarray, crop: _Crop) -> None:
-        """Write the prediction into the masked pixels of the hole box, feathering the seam."""
-        assert crop.prediction is not None
+        """Write the prediction into the masked pixels of the hole box, feathering the seam.
+
+        Works in strips of rows so that a hole as large as the image needs little memory.
+        """
         hy0, hy1, hx0, hx1 = crop.hole
-        region = out[hy0:hy1, hx0:hx1]
         hole_mask = mask[hy0:hy1, hx0:hx1]
         at_border = (hy0 == 0, hy1 == mask.shape[0], hx0 == 0, hx1 == mask.shape[1])
-        alpha = seam_weights(hole_mask, self.feather, at_border)[..., None]
-        blended = crop.prediction * alpha + region.astype(np.float32) * (1 - alpha)
-        region[hole_mask] = np.rint(blended[hole_mask]).astype(np.uint8)
+        levels = _seam_levels(hole_mask, self.feather, at_border)
+        unit = np.float32(1 / (self.feather + 1))
+        for row0 in range(0, hy1 - hy0, _STRIP):
+            row1 = min(hy1 - hy0, row0 + _STRIP)
+            inside = hole_mask[row0:row1]
+            if not inside.any():
+                continue
+            region = out[hy0 + row0 : hy0 + row1, hx0:hx1]
+            predicted = self._prediction(crop, row0, row1)[inside]
+            original = region[inside].astype(np.float32)
+            alpha = (levels[row0:row1][inside] * unit)[:, None]
+            blended = predicted * alpha + original * (1 - alpha)
+            region[inside] = np.rint(blended).astype(np.uint8)
+        crop.source = None
+
+
+def _sampling(crop: _Crop) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Per axis: where the hole box's first pixel centre falls in the resized crop, and the
+    step per pixel (``cv2.resize``'s convention for pixel centres)."""
+    rh, rw = crop.resized
+    y0, y1, x0, x1 = crop.box
+    sy, sx = rh / (y1 - y0), rw / (x1 - x0)
+    return ((crop.hole[0] - y0 + 0.5) * sy - 0.5, sy), ((crop.hole[2] - x0 + 0.5) * sx - 0.5, sx)
+
+
+def _seam_levels(
+    mask: np.ndarray, feather: int, at_border: tuple[bool, bool, bool, bool]
+) -> np.ndarray:
+    """``uint8``: 0 outside the mask, ``min(d, feather + 1)`` inside, with ``d`` the chessboard
+    distance to the nearest unmasked pixel; ``feather + 1`` in parts thinner than
+    ``2 * feather + 1``. Sides flagged in ``at_border`` (top, bottom, left, right) are the
+    image's edge: nothing to blend with there, so they do not count as unmasked."""
+    inside = mask.view(np.uint8)
+    if feather == 0:
+        return inside.copy()
+    top, bottom, left, right = (int(flag) for flag in at_border)
+    padded = np.pad(inside, ((top, bottom), (left, right)), mode="edge")
+    padded = np.pad(padded, ((1 - top, 1 - bottom), (1 - left, 1 - right)))
+    levels: np.ndarray = padded.copy()
+    eroded: np.ndarray = padded
+    kernel = np.ones((3, 3), np.uint8)
+    for _ in range(feather):
+        eroded = cv2.erode(eroded, kernel)  # pixels outside the array count as inside
+        levels += eroded
+    thick = cv2.morphologyEx(padded, cv2.MORPH_OPEN, np.ones((2 * feather + 1,) * 2, np.uint8))
+    levels[(thick == 0) & (padded == 1)] = feather + 1
+    return levels[1:-1, 1:-1]
 
 
 def seam_weights(
@@ -360,19 +414,8 @@ def seam_weights(
     ``at_border`` (top, bottom, left, right) says which sides of the array are the image's
     edge, where there is nothing to blend with.
     """
-    inside = mask.astype(np.uint8)
-    if feather == 0 or not inside.any():
-        return inside.astype(np.float32)
-    top, bottom, left, right = (int(flag) for flag in at_border)
-    padded = np.pad(inside, ((top, bottom), (left, right)), mode="edge")
-    padded = np.pad(padded, ((1 - top, 1 - bottom), (1 - left, 1 - right)))
-    distance = cv2.distanceTransform(padded, cv2.DIST_C, 3)[1:-1, 1:-1]
-    kernel = np.ones((2 * feather + 1, 2 * feather + 1), np.uint8)
-    thick = cv2.morphologyEx(padded, cv2.MORPH_OPEN, kernel)[1:-1, 1:-1]
-    weights = np.minimum(distance / np.float32(feather + 1), np.float32(1))
-    weights[(thick == 0) & (inside == 1)] = 1
-    weights[inside == 0] = 0
-    return weights
+    levels = _seam_levels(np.ascontiguousarray(mask, dtype=bool), feather, at_border)
+    return levels.astype(np.float32) / np.float32(feather + 1)
 
 
 def _read_contract(session: ort.InferenceSession, path: Path) -> _Model:
