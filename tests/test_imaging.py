@@ -266,6 +266,63 @@ def test_profile_that_does_not_fit_the_pixels_is_dropped() -> None:
     assert decoded.icc_profile is None
 
 
+def fake_profile(space: bytes) -> bytes:
+    """Bytes shaped like an ICC profile of a colour space (only the header field is real)."""
+    return bytes(16) + space + bytes(108)
+
+
+def test_grey_profile_is_kept_for_grey_images_and_results_stay_grey() -> None:
+    grey = noise(300, 300)[:, :, 0]
+    profile = fake_profile(b"GRAY")
+    decoded = decode_image(save(grey, "PNG", icc_profile=profile), LIMITS)
+    assert decoded.icc_profile == profile
+    result = reopen(encode_image(decoded, "PNG").data)
+    assert result.mode == "L" and result.info.get("icc_profile") == profile
+    assert np.array_equal(np.asarray(result), grey)
+
+
+def test_grey_profile_on_a_colour_image_is_dropped() -> None:
+    data = save(noise(300, 300), "PNG", icc_profile=fake_profile(b"GRAY"))
+    assert decode_image(data, LIMITS).icc_profile is None
+
+
+def test_cmyk_jpeg_with_an_unreadable_profile_falls_back_to_plain_conversion() -> None:
+    image = Image.fromarray(noise(300, 300)).convert("CMYK")
+    data = save(image, "JPEG", icc_profile=fake_profile(b"CMYK"))
+    decoded = decode_image(data, LIMITS)
+    assert decoded.icc_profile is None
+    assert np.array_equal(decoded.pixels, np.asarray(reopen(data).convert("RGB")))
+
+
+def raw_png(samples: np.ndarray, color_type: int) -> bytes:
+    """A 16-bit PNG written by hand (Pillow cannot write 16-bit colour)."""
+    height, width = samples.shape[:2]
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body).to_bytes(4, "big")
+        return len(body).to_bytes(4, "big") + kind + body + crc
+
+    rows = samples.astype(">u2").reshape(height, -1)
+    raw = b"".join(b"\0" + row.tobytes() for row in rows)
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([16, color_type, 0, 0, 0])
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_16_bit_colour_and_alpha_pngs_decode_to_8_bits() -> None:
+    deep = np.random.default_rng(9).integers(0, 65536, (300, 300, 4), dtype=np.uint16)
+    rgb = decode_image(raw_png(deep[:, :, :3], color_type=2), LIMITS)
+    assert rgb.pixels.dtype == np.uint8 and rgb.alpha is None
+    assert np.abs(rgb.pixels.astype(int) - (deep[:, :, :3] >> 8)).max() <= 1
+    rgba = decode_image(raw_png(deep, color_type=6), LIMITS)
+    assert rgba.alpha is not None
+    assert np.abs(rgba.alpha.astype(int) - (deep[:, :, 3] >> 8)).max() <= 1
+
+
 def test_png_round_trip_is_bit_exact() -> None:
     pixels = noise(333, 517, seed=3)
     decoded = decode_image(save(pixels, "PNG"), LIMITS)

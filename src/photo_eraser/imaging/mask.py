@@ -3,12 +3,14 @@ fitting it to each image (`fit_mask`).
 
 Semantics (the mask is a bool HxW array, True = restore this pixel):
 
-- A mask with transparency where some pixel is not fully opaque: the alpha channel is the mask;
-  any opacity marks the pixel (paint strokes on a transparent layer).
-- Otherwise the colour marks it: a pixel is marked when its brightest channel is above a
-  threshold, so white, grey or any colour marks and only black does not. The threshold is 0
-  for lossless formats (PNG, BMP, GIF, TIFF: "non-zero = restore", exactly) and 127 for lossy
-  ones (JPEG, WEBP), whose compression noise turns black into small non-zero values near edges.
+- Accepted formats, by content: PNG, JPEG, BMP, and also GIF, WEBP and TIFF.
+- A mask with transparency where some pixel is not fully opaque: the alpha channel is the mask
+  (paint strokes on a transparent layer), whatever the colours.
+- Otherwise the colour is the mask: a pixel is marked when its brightest channel is above a
+  threshold, so white, grey or any colour marks and only black does not.
+- The threshold (for alpha and colour alike) is 0 for lossless formats (PNG, BMP, GIF, TIFF:
+  "non-zero = restore", exactly) and 127 for lossy ones (JPEG, WEBP), whose compression noise
+  turns black into small non-zero values near edges.
 - EXIF orientation is applied to masks as to images.
 - A mask that marks no pixel is an error. A mask whose size differs from an image's is resized
   to it with nearest-neighbour sampling (stretched if the aspect ratio differs).
