@@ -421,3 +421,16 @@ def test_https_connects_to_the_checked_address_and_verifies_the_name(
     message = refusal(f"https://127.0.0.1:{port}/image", verify=trust)
     assert message == "download failed: TLS certificate of 127.0.0.1 is not valid"
     assert server.paths == ["/host"]
+
+
+def test_fetcher_from_settings_follows_the_private_url_switch() -> None:
+    from photo_eraser.config import Settings
+
+    loopback = ipaddress.ip_address("127.0.0.1")
+
+    async def allowed(switch: bool) -> bool:
+        async with Fetcher.from_settings(Settings(allow_private_urls=switch)) as fetcher:
+            return fetcher.is_allowed(loopback)
+
+    assert asyncio.run(allowed(False)) is False
+    assert asyncio.run(allowed(True)) is True
