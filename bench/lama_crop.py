@@ -139,8 +139,10 @@ def main() -> None:
     print(f"command: {Path(sys.executable).name} {' '.join(sys.argv)}")
     print(f"machine: {machine()}")
     y0, y1, x0, x1 = MASK
-    print(f"mask: {x1 - x0}x{y1 - y0} at x={x0}, y={y0}; stand-in model 512x512; "
-          f"median of {args.repeat} runs")
+    print(
+        f"mask: {x1 - x0}x{y1 - y0} at x={x0}, y={y0}; stand-in model 512x512; "
+        f"median of {args.repeat} runs"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         engine = TimedEngine(stand_in_model(Path(tmp) / "stand_in.onnx"), threads=args.threads)
         for label, in_place in [
@@ -156,8 +158,10 @@ def main() -> None:
                     f"  {width}x{height}: pre/post {r['processing'] * 1e3:6.2f} ms, "
                     f"stand-in model call {r['model'] * 1e3:.2f} ms"
                 )
-            print(f"  ratio {SIZES[0][0]}x{SIZES[0][1]} / {SIZES[1][0]}x{SIZES[1][1]}: "
-                  f"{seconds[0] / seconds[1]:.2f} (goal <= 1.3)")
+            print(
+                f"  ratio {SIZES[0][0]}x{SIZES[0][1]} / {SIZES[1][0]}x{SIZES[1][1]}: "
+                f"{seconds[0] / seconds[1]:.2f} (goal <= 1.3)"
+            )
 
     settings = Settings() if args.data_dir is None else Settings(data_dir=args.data_dir)
     path = installed_path("lama", settings.models_path)

@@ -39,9 +39,7 @@ def build_model(
     output = helper.make_tensor_value_info("output", elem, [n, 3, h, w])
     dtype = helper.tensor_dtype_to_np_dtype(elem)
     consts = {"one": 1.0, "zero": 0.0, "fill": FILL, "scale": scale}
-    initializers = [
-        numpy_helper.from_array(np.array(v, dtype), k) for k, v in consts.items()
-    ]
+    initializers = [numpy_helper.from_array(np.array(v, dtype), k) for k, v in consts.items()]
     mk = helper.make_node
     if kind == "fill":
         nodes = [
@@ -184,9 +182,7 @@ def test_mask_reaches_the_model_aligned(tmp_path: Path) -> None:
 
 
 def test_dynamic_model_pads_to_a_multiple_of_8_without_resizing(tmp_path: Path) -> None:
-    engine = RecordingEngine(
-        build_model(tmp_path / "m.onnx", "negate", size=None), feather=0
-    )
+    engine = RecordingEngine(build_model(tmp_path / "m.onnx", "negate", size=None), feather=0)
     image = noise(300, 250, seed=4)
     mask = rect_mask(300, 250, (100, 190, 80, 170))  # 90x90 -> a 270x270 crop, clamped to 250
     result = engine.inpaint(image, mask)

@@ -136,8 +136,11 @@ def test_extra_manifest_adds_entries(manifest: Path) -> None:
 
 def test_bad_manifest_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"x": {"file": "../evil", "size": 1, "sha256": "0",
-                                     "license": "?", "url": "http://x"}}))
+    bad.write_text(
+        json.dumps(
+            {"x": {"file": "../evil", "size": 1, "sha256": "0", "license": "?", "url": "http://x"}}
+        )
+    )
     with pytest.raises(ModelError, match="bad file name"):
         load_manifest(bad)
     bad.write_text(json.dumps({"x": {"file": "a"}}))
@@ -154,8 +157,9 @@ def test_installed_path_checks_existence_and_size(tmp_path: Path, manifest: Path
     assert installed_path("tiny", tmp_path) == tmp_path / "tiny.onnx"
 
 
-def test_pull_downloads_verifies_and_installs(tmp_path: Path, server: FileServer,
-                                              manifest: Path) -> None:
+def test_pull_downloads_verifies_and_installs(
+    tmp_path: Path, server: FileServer, manifest: Path
+) -> None:
     model_dir = tmp_path / "models"
     path = pull("tiny", model_dir, progress=False)
     assert path == model_dir / "tiny.onnx"
@@ -168,15 +172,18 @@ def test_pull_downloads_verifies_and_installs(tmp_path: Path, server: FileServer
     assert server.ranges == [None]
 
 
-def test_pull_follows_redirects(tmp_path: Path, server: FileServer,
-                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(MANIFEST_ENV, str(_write_manifest(tmp_path / "m.json",
-                                                         server.url + "/moved")))
+def test_pull_follows_redirects(
+    tmp_path: Path, server: FileServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        MANIFEST_ENV, str(_write_manifest(tmp_path / "m.json", server.url + "/moved"))
+    )
     assert pull("tiny", tmp_path, progress=False).read_bytes() == PAYLOAD
 
 
-def test_pull_resumes_an_interrupted_download(tmp_path: Path, server: FileServer,
-                                              manifest: Path) -> None:
+def test_pull_resumes_an_interrupted_download(
+    tmp_path: Path, server: FileServer, manifest: Path
+) -> None:
     server.cut_after = 40_000
     with pytest.raises(ModelError, match="interrupted.*run the same command again to resume"):
         pull("tiny", tmp_path, progress=False)
@@ -190,8 +197,9 @@ def test_pull_resumes_an_interrupted_download(tmp_path: Path, server: FileServer
     assert not part.exists()
 
 
-def test_pull_restarts_when_the_server_ignores_range(tmp_path: Path, server: FileServer,
-                                                     manifest: Path) -> None:
+def test_pull_restarts_when_the_server_ignores_range(
+    tmp_path: Path, server: FileServer, manifest: Path
+) -> None:
     server.supports_range = False
     (tmp_path / "tiny.onnx.part").write_bytes(b"garbage that must not be kept")
     path = pull("tiny", tmp_path, progress=False)
@@ -199,16 +207,18 @@ def test_pull_restarts_when_the_server_ignores_range(tmp_path: Path, server: Fil
     assert path.read_bytes() == PAYLOAD
 
 
-def test_pull_checksum_mismatch_deletes_the_part_file(tmp_path: Path, server: FileServer,
-                                                      manifest: Path) -> None:
+def test_pull_checksum_mismatch_deletes_the_part_file(
+    tmp_path: Path, server: FileServer, manifest: Path
+) -> None:
     server.body = bytes(len(PAYLOAD))  # right size, wrong content
     with pytest.raises(ModelError, match=f"failed verification.*expected {PAYLOAD_SHA}"):
         pull("tiny", tmp_path, progress=False)
     assert list(tmp_path.glob("tiny.onnx*")) == []
 
 
-def test_pull_size_mismatch_deletes_the_part_file(tmp_path: Path, server: FileServer,
-                                                  manifest: Path) -> None:
+def test_pull_size_mismatch_deletes_the_part_file(
+    tmp_path: Path, server: FileServer, manifest: Path
+) -> None:
     server.body = PAYLOAD[:-10]
     with pytest.raises(ModelError, match="has 102390 bytes, expected 102400"):
         pull("tiny", tmp_path, progress=False)
@@ -220,10 +230,12 @@ def test_pull_size_mismatch_deletes_the_part_file(tmp_path: Path, server: FileSe
     assert list(tmp_path.glob("tiny.onnx*")) == []
 
 
-def test_pull_http_error_is_clear(tmp_path: Path, server: FileServer,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(MANIFEST_ENV, str(_write_manifest(tmp_path / "m.json",
-                                                         server.url + "/missing")))
+def test_pull_http_error_is_clear(
+    tmp_path: Path, server: FileServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        MANIFEST_ENV, str(_write_manifest(tmp_path / "m.json", server.url + "/missing"))
+    )
     with pytest.raises(ModelError, match="failed: HTTP 404"):
         pull("tiny", tmp_path / "models", progress=False)
 
@@ -276,14 +288,22 @@ def test_cli_list_json(tmp_path: Path, manifest: Path, monkeypatch: pytest.Monke
     assert by_name["lama"]["installed"] is False and by_name["lama"]["path"] is None
     assert by_name["lama"]["size"] == 208044816
     assert by_name["tiny"] == {
-        "name": "tiny", "file": "tiny.onnx", "size": len(PAYLOAD), "sha256": PAYLOAD_SHA,
-        "license": "MIT", "url": by_name["tiny"]["url"], "description": "",
-        "installed": True, "path": str(tmp_path / "models" / "tiny.onnx"), "verified": True,
+        "name": "tiny",
+        "file": "tiny.onnx",
+        "size": len(PAYLOAD),
+        "sha256": PAYLOAD_SHA,
+        "license": "MIT",
+        "url": by_name["tiny"]["url"],
+        "description": "",
+        "installed": True,
+        "path": str(tmp_path / "models" / "tiny.onnx"),
+        "verified": True,
     }
 
 
-def test_cli_list_text_honors_model_dir_env(tmp_path: Path, manifest: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_list_text_honors_model_dir_env(
+    tmp_path: Path, manifest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PHOTO_ERASER_MODEL_DIR", str(tmp_path / "elsewhere"))
     result = CliRunner().invoke(models, ["list", "--data-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
@@ -293,8 +313,9 @@ def test_cli_list_text_honors_model_dir_env(tmp_path: Path, manifest: Path,
     assert "Apache-2.0" in result.output
 
 
-def test_cli_pull_and_failures(tmp_path: Path, server: FileServer, manifest: Path,
-                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_pull_and_failures(
+    tmp_path: Path, server: FileServer, manifest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("PHOTO_ERASER_MODEL_DIR", raising=False)
     runner = CliRunner()
     result = runner.invoke(models, ["pull", "tiny", "--data-dir", str(tmp_path)])

@@ -22,8 +22,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -66,9 +66,9 @@ class _Model:
     """Multiplier bringing the output to [0, 1]: 1 or 1/255."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Crop:
-    """One model input cut from one image, and where its prediction goes back."""
+    """Where one model input is cut from one image, and where its prediction goes back."""
 
     image_index: int
     box: _Box
@@ -76,12 +76,8 @@ class _Crop:
     """Bounding box of the group's masked pixels; the only region written back."""
     resized: tuple[int, int]
     """Size of the crop after resizing, before padding to the model input."""
-    image_in: np.ndarray
-    mask_in: np.ndarray
-    source: np.ndarray | None = field(default=None, repr=False)
-    """The part of the model output that resampling onto ``hole`` reads: HxWx3 float32 in
-    [0, 255], its top-left corner at ``origin`` in the resized crop."""
-    origin: tuple[int, int] = (0, 0)
+    input_size: tuple[int, int]
+    """Model input ``(height, width)``: ``resized`` padded by reflection."""
 
 
 class LamaEngine(InpaintingEngine):
@@ -132,15 +128,15 @@ class LamaEngine(InpaintingEngine):
         if not any(holes):
             return
         model = self.load()
-        # All crops are cut before anything is written back, so writing in place is safe.
         crops = [
-            self._prepare(index, images[index], masks[index], box, model)
+            self._plan(index, box, masks[index].shape, model)
             for index, groups in enumerate(holes)
             for box in self._group(groups, masks[index].shape, model)
         ]
-        self._predict(crops, model)
-        for crop in crops:
-            self._composite(images[crop.image_index], masks[crop.image_index], crop)
+        # No crop holds another crop's masked pixels (see _group), and only masked pixels are
+        # written, so each batch can be composited before the next one is cut.
+        for batch in self._batches(crops, model):
+            self._run(batch, images, masks, model)
 
     # --- the session ---------------------------------------------------------------------
 
@@ -249,13 +245,10 @@ class LamaEngine(InpaintingEngine):
         bx0, bx1 = _window((x0 + x1) // 2, side_w, shape[1])
         return (by0, by1, bx0, bx1)
 
-    def _prepare(
-        self, index: int, image: np.ndarray, mask: np.ndarray, hole: _Box, model: _Model
-    ) -> _Crop:
-        """Cut, resize and pad the crop around ``hole`` into model inputs."""
-        box = self._crop_box(hole, mask.shape, model)
-        y0, y1, x0, x1 = box
-        ch, cw = y1 - y0, x1 - x0
+    def _plan(self, index: int, hole: _Box, shape: tuple[int, int], model: _Model) -> _Crop:
+        """The crop around ``hole`` and its sizes once resized and padded for the model."""
+        box = self._crop_box(hole, shape, model)
+        ch, cw = box[1] - box[0], box[3] - box[2]
         if model.size is not None:
             in_h, in_w = model.size
             scale = min(in_h / ch, in_w / cw)
@@ -264,89 +257,50 @@ class LamaEngine(InpaintingEngine):
             scale = min(1.0, self.max_dynamic_side / max(ch, cw))
             rh, rw = max(1, round(ch * scale)), max(1, round(cw * scale))
             in_h, in_w = -(-rh // 8) * 8, -(-rw // 8) * 8
-        crop: np.ndarray = image[y0:y1, x0:x1]
-        crop_mask: np.ndarray = mask[y0:y1, x0:x1].view(np.uint8)
-        if (rh, rw) != (ch, cw):
-            shrink = rh < ch or rw < cw
-            interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-            crop = cv2.resize(crop, (rw, rh), interpolation=interpolation)
-            # Any coverage makes a model pixel a hole, and so do its neighbours: resampling
-            # the output back interpolates between neighbours, which must all be filled ones.
-            coverage = cv2.resize(crop_mask * np.uint8(255), (rw, rh), interpolation=interpolation)
-            crop_mask = cv2.dilate((coverage > 0).view(np.uint8), np.ones((3, 3), np.uint8))
-        pad = ((0, in_h - rh), (0, in_w - rw))
-        if in_h != rh or in_w != rw:
-            crop = np.pad(crop, (*pad, (0, 0)), mode="symmetric")
-            crop_mask = np.pad(crop_mask, pad, mode="symmetric")
-        image_in = np.empty((3, in_h, in_w), np.float32)
-        np.multiply(crop.transpose(2, 0, 1), np.float32(1 / 255), out=image_in)
-        mask_in = crop_mask[None].astype(np.float32)
-        return _Crop(index, box, hole, (rh, rw), image_in, mask_in)
+        return _Crop(index, box, hole, (rh, rw), (in_h, in_w))
 
-    def _predict(self, crops: list[_Crop], model: _Model) -> None:
-        """Run the model on all crops, batching those of equal input size."""
-        by_shape: dict[tuple[int, ...], list[_Crop]] = {}
+    def _batches(self, crops: list[_Crop], model: _Model) -> Iterator[list[_Crop]]:
+        """Crops of equal input size, at most a batch at a time."""
+        by_size: dict[tuple[int, int], list[_Crop]] = {}
         for crop in crops:
-            by_shape.setdefault(crop.image_in.shape, []).append(crop)
+            by_size.setdefault(crop.input_size, []).append(crop)
         step = model.batch or self.max_batch
-        for group in by_shape.values():
+        for group in by_size.values():
             for start in range(0, len(group), step):
-                chunk = group[start : start + step]
-                # A fixed batch size larger than the chunk is filled with repeats.
-                filled = chunk + [chunk[-1]] * (step - len(chunk)) if model.batch else chunk
-                images = np.stack([c.image_in for c in filled])
-                masks = np.stack([c.mask_in for c in filled])
-                raw = self._infer(model, images, masks)
-                expected = (len(filled), 3, *images.shape[2:])
-                if raw.shape != expected:
-                    raise EngineError(
-                        f"LaMa model {self.model_path} returned shape {raw.shape}, "
-                        f"expected {expected}"
-                    )
-                for crop, output in zip(chunk, raw, strict=False):
-                    self._keep_source(crop, output, model)
+                yield group[start : start + step]
 
-    def _keep_source(self, crop: _Crop, output: np.ndarray, model: _Model) -> None:
-        """Keep, as float32 in [0, 255], only the output pixels the hole box will sample.
+    def _run(
+        self,
+        batch: list[_Crop],
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        model: _Model,
+    ) -> None:
+        """Cut the batch's inputs, run the model once, composite every prediction."""
+        inputs = [_inputs(images[c.image_index], masks[c.image_index], c) for c in batch]
+        if model.batch is not None:
+            # A fixed batch size larger than the batch is filled with repeats.
+            inputs += [inputs[-1]] * (model.batch - len(inputs))
+        image_in = np.stack([image for image, _ in inputs])
+        mask_in = np.stack([mask for _, mask in inputs])
+        raw = self._infer(model, image_in, mask_in)
+        if raw.shape != (len(inputs), 3, *image_in.shape[2:]):
+            raise EngineError(
+                f"LaMa model {self.model_path} returned shape {raw.shape} "
+                f"for an input of shape {image_in.shape}"
+            )
+        for crop, output in zip(batch, raw, strict=False):
+            source, origin = _source(crop, output, model.output_scale)
+            self._composite(images[crop.image_index], masks[crop.image_index], crop, source, origin)
 
-        This costs the hole's area, not the crop's, and frees the rest of the output.
-        """
-        rh, rw = crop.resized
-        (ty, sy), (tx, sx) = _sampling(crop)
-        hy0, hy1, hx0, hx1 = crop.hole
-        ry0, rx0 = max(0, int(np.floor(ty))), max(0, int(np.floor(tx)))
-        ry1 = min(rh, int(np.floor(ty + (hy1 - hy0 - 1) * sy)) + 2)
-        rx1 = min(rw, int(np.floor(tx + (hx1 - hx0 - 1) * sx)) + 2)
-        source = np.ascontiguousarray(
-            output[:, ry0:ry1, rx0:rx1].transpose(1, 2, 0), dtype=np.float32
-        )
-        np.multiply(source, np.float32(255 * model.output_scale), out=source)
-        np.clip(source, 0, 255, out=source)
-        crop.source, crop.origin = source, (ry0, rx0)
-
-    def _prediction(self, crop: _Crop, row0: int, row1: int) -> np.ndarray:
-        """The prediction for rows ``row0:row1`` of the hole box, HxWx3 float32 in [0, 255].
-
-        Bilinear, on the same sampling grid as ``cv2.resize`` from the resized crop back to
-        the image, evaluated on these rows of the hole box alone.
-        """
-        assert crop.source is not None
-        (ty, sy), (tx, sx) = _sampling(crop)
-        ry0, rx0 = crop.origin
-        width = crop.hole[3] - crop.hole[2]
-        if sy == 1 and sx == 1:
-            dy, dx = round(ty) - ry0 + row0, round(tx) - rx0
-            return crop.source[dy : dy + row1 - row0, dx : dx + width]
-        matrix = np.array([[sx, 0, tx - rx0], [0, sy, ty + row0 * sy - ry0]], np.float64)
-        return cv2.warpAffine(
-            crop.source,
-            matrix,
-            (width, row1 - row0),
-            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-            borderMode=cv2.BORDER_REPLICATE,
-        )
-
-    def _composite(self, out: np.ndarray, mask: np.ndarray, crop: _Crop) -> None:
+    def _composite(
+        self,
+        out: np.ndarray,
+        mask: np.ndarray,
+        crop: _Crop,
+        source: np.ndarray,
+        origin: tuple[int, int],
+    ) -> None:
         """Write the prediction into the masked pixels of the hole box, feathering the seam.
 
         Works in strips of rows so that a hole as large as the image needs little memory.
@@ -362,12 +316,75 @@ class LamaEngine(InpaintingEngine):
             if not inside.any():
                 continue
             region = out[hy0 + row0 : hy0 + row1, hx0:hx1]
-            predicted = self._prediction(crop, row0, row1)[inside]
+            predicted = _prediction(crop, source, origin, row0, row1)[inside]
             original = region[inside].astype(np.float32)
             alpha = (levels[row0:row1][inside] * unit)[:, None]
             blended = predicted * alpha + original * (1 - alpha)
             region[inside] = np.rint(blended).astype(np.uint8)
-        crop.source = None
+
+
+def _inputs(image: np.ndarray, mask: np.ndarray, crop: _Crop) -> tuple[np.ndarray, np.ndarray]:
+    """The model inputs for one crop: 3xHxW image in [0, 1] and 1xHxW mask in {0, 1}."""
+    y0, y1, x0, x1 = crop.box
+    (rh, rw), (in_h, in_w) = crop.resized, crop.input_size
+    pixels: np.ndarray = image[y0:y1, x0:x1]
+    holes: np.ndarray = mask[y0:y1, x0:x1].view(np.uint8)
+    if (rh, rw) != (y1 - y0, x1 - x0):
+        shrink = rh < y1 - y0 or rw < x1 - x0
+        interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        pixels = cv2.resize(pixels, (rw, rh), interpolation=interpolation)
+        # Any coverage makes a model pixel a hole, and so do its neighbours: resampling the
+        # output back interpolates between neighbours, which must all be filled ones.
+        coverage = cv2.resize(holes * np.uint8(255), (rw, rh), interpolation=interpolation)
+        holes = cv2.dilate((coverage > 0).view(np.uint8), np.ones((3, 3), np.uint8))
+    if (in_h, in_w) != (rh, rw):
+        pad = ((0, in_h - rh), (0, in_w - rw))
+        pixels = np.pad(pixels, (*pad, (0, 0)), mode="symmetric")
+        holes = np.pad(holes, pad, mode="symmetric")
+    image_in = np.empty((3, in_h, in_w), np.float32)
+    np.multiply(pixels.transpose(2, 0, 1), np.float32(1 / 255), out=image_in)
+    return image_in, holes[None].astype(np.float32)
+
+
+def _source(
+    crop: _Crop, output: np.ndarray, output_scale: float
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """The output pixels that resampling onto the hole box reads, as HxWx3 float32 in
+    [0, 255], and their top-left corner in the resized crop. Costs the hole's area."""
+    rh, rw = crop.resized
+    (ty, sy), (tx, sx) = _sampling(crop)
+    hy0, hy1, hx0, hx1 = crop.hole
+    ry0, rx0 = max(0, int(np.floor(ty))), max(0, int(np.floor(tx)))
+    ry1 = min(rh, int(np.floor(ty + (hy1 - hy0 - 1) * sy)) + 2)
+    rx1 = min(rw, int(np.floor(tx + (hx1 - hx0 - 1) * sx)) + 2)
+    source = np.ascontiguousarray(output[:, ry0:ry1, rx0:rx1].transpose(1, 2, 0), np.float32)
+    np.multiply(source, np.float32(255 * output_scale), out=source)
+    np.clip(source, 0, 255, out=source)
+    return source, (ry0, rx0)
+
+
+def _prediction(
+    crop: _Crop, source: np.ndarray, origin: tuple[int, int], row0: int, row1: int
+) -> np.ndarray:
+    """The prediction for rows ``row0:row1`` of the hole box, HxWx3 float32 in [0, 255].
+
+    Bilinear, on the same sampling grid as ``cv2.resize`` from the resized crop back to the
+    image, evaluated on these rows of the hole box alone.
+    """
+    (ty, sy), (tx, sx) = _sampling(crop)
+    ry0, rx0 = origin
+    width = crop.hole[3] - crop.hole[2]
+    if sy == 1 and sx == 1:
+        dy, dx = round(ty) - ry0 + row0, round(tx) - rx0
+        return source[dy : dy + row1 - row0, dx : dx + width]
+    matrix = np.array([[sx, 0, tx - rx0], [0, sy, ty + row0 * sy - ry0]], np.float64)
+    return cv2.warpAffine(
+        source,
+        matrix,
+        (width, row1 - row0),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
 
 
 def _sampling(crop: _Crop) -> tuple[tuple[float, float], tuple[float, float]]:

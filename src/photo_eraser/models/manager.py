@@ -156,9 +156,7 @@ def verify_file(path: Path, spec: ModelSpec) -> None:
     """Raise ``ModelError`` unless ``path`` has the manifest's size and SHA-256."""
     size = path.stat().st_size
     if size != spec.size:
-        raise ModelError(
-            f"{path} has {size} bytes, expected {spec.size} for model {spec.name!r}"
-        )
+        raise ModelError(f"{path} has {size} bytes, expected {spec.size} for model {spec.name!r}")
     digest = sha256_file(path)
     if digest != spec.sha256:
         raise ModelError(
@@ -202,8 +200,7 @@ def pull(
     except ModelError as exc:
         part.unlink(missing_ok=True)
         raise ModelError(
-            f"download of model {name!r} from {spec.url} failed verification and was deleted: "
-            f"{exc}"
+            f"download of model {name!r} from {spec.url} failed verification and was deleted: {exc}"
         ) from exc
     os.replace(part, dest)
     _marker(dest).unlink(missing_ok=True)
@@ -257,9 +254,12 @@ def _download(spec: ModelSpec, part: Path, have: int, *, progress: bool, timeout
     if have:
         headers["Range"] = f"bytes={have}-"
     try:
-        with httpx.Client(
-            follow_redirects=True, timeout=httpx.Timeout(timeout, connect=10.0)
-        ) as client, client.stream("GET", spec.url, headers=headers) as response:
+        with (
+            httpx.Client(
+                follow_redirects=True, timeout=httpx.Timeout(timeout, connect=10.0)
+            ) as client,
+            client.stream("GET", spec.url, headers=headers) as response,
+        ):
             if have and response.status_code == 206 and _range_start(response) == have:
                 mode = "ab"
             elif response.status_code == 200:
@@ -275,15 +275,18 @@ def _download(spec: ModelSpec, part: Path, have: int, *, progress: bool, timeout
                     f"download of model {spec.name!r} from {spec.url} failed: "
                     f"HTTP {response.status_code}"
                 )
-            with open(part, mode) as f, tqdm(
-                total=spec.size,
-                initial=have,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=spec.file,
-                disable=not progress,
-            ) as bar:
+            with (
+                open(part, mode) as f,
+                tqdm(
+                    total=spec.size,
+                    initial=have,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=spec.file,
+                    disable=not progress,
+                ) as bar,
+            ):
                 for chunk in response.iter_bytes():
                     have += len(chunk)
                     if have > spec.size:
