@@ -323,3 +323,5 @@ def test_healthz_and_openapi(server: ServerProcess) -> None:
     spec = httpx.get(server.base_url + "/openapi.json").json()
     assert "/v3/pic/rw/batch" in spec["paths"] and "/v3/pic/rw/result/{task_id}" in spec["paths"]
     assert "40001" in spec["info"]["description"]
+    body = spec["paths"]["/v3/pic/rw/batch"]["post"]["requestBody"]["content"]["application/json"]
+    assert set(body["schema"]["required"]) == {"images", "mask", "priority"}

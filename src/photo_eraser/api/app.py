@@ -62,7 +62,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def healthz() -> JSONResponse:
         return envelope(Code.OK, data={"status": "ok", "engines": service.engines.availability()})
 
-    @app.post("/v3/pic/rw/batch", tags=["tasks"])
+    @app.post(
+        "/v3/pic/rw/batch",
+        tags=["tasks"],
+        # The body is read by hand (size limit while streaming, our own 400s), so describe it here.
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": CreateTaskRequest.model_json_schema()}},
+            }
+        },
+    )
     async def create_task(request: Request, authorization: AuthHeader = None) -> JSONResponse:
         """Create a task: up to 20 image URLs, one mask, a priority 0..9. Returns its task_id."""
         appkey = await asyncio.to_thread(authenticate, authorization, service.store)
