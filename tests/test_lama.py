@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -417,3 +418,42 @@ def test_large_mask_is_exact_in_every_strip(tmp_path: Path) -> None:
     # 102 / 2 + 30 / 2 = 66 on the one-pixel seam, 102 inside.
     assert (result[20, 20:480] == 66).all() and (result[20:880, 479] == 66).all()
     assert (result[21:879, 21:479] == 102).all()
+
+
+def test_rotated_views_are_accepted(tmp_path: Path) -> None:
+    # Decoders may hand over EXIF-transposed views (negative or swapped strides).
+    engine = LamaEngine(build_model(tmp_path / "m.onnx", "negate"), feather=0)
+    stored = noise(120, 200, seed=13)
+    image = np.rot90(stored)  # 200x120, a view
+    mask = rect_mask(200, 120, (50, 60, 30, 42))
+    result = engine.inpaint(image, mask)
+    assert_outside_unchanged(result, image, mask)
+    assert np.array_equal(result[mask], 255 - image[mask])
+    engine.restore_in_place([image], [mask])
+    assert np.array_equal(image, result)
+
+
+def test_registry_builds_the_engine_from_the_installed_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from photo_eraser.engines.registry import EngineRegistry
+    from photo_eraser.models.manager import MANIFEST_ENV, sha256_file
+
+    model_dir = tmp_path / "models"
+    model_dir.mkdir()
+    path = build_model(model_dir / "lama_fp32.onnx", "fill", scale=255.0)
+    entry = {
+        "file": path.name,
+        "size": path.stat().st_size,
+        "sha256": sha256_file(path),
+        "license": "MIT",
+        "url": "http://127.0.0.1:9/unused",
+    }
+    (tmp_path / "manifest.json").write_text(json.dumps({"lama": entry}))
+    monkeypatch.setenv(MANIFEST_ENV, str(tmp_path / "manifest.json"))
+    registry = EngineRegistry(model_dir, threads=1)
+    assert registry.availability()["lama"] is True
+    engine = registry.get("lama")
+    assert isinstance(engine, LamaEngine) and engine.model_path == path
+    image, mask = noise(80, 90), rect_mask(80, 90, (10, 30, 10, 30))
+    assert (engine.inpaint(image, mask)[12:28, 12:28] == 102).all()

@@ -328,6 +328,8 @@ def _inputs(image: np.ndarray, mask: np.ndarray, crop: _Crop) -> tuple[np.ndarra
     y0, y1, x0, x1 = crop.box
     (rh, rw), (in_h, in_w) = crop.resized, crop.input_size
     pixels: np.ndarray = image[y0:y1, x0:x1]
+    if pixels.strides[0] < 0 or pixels.strides[1:] != (3, 1):
+        pixels = np.ascontiguousarray(pixels)  # e.g. a rotated view; OpenCV needs plain rows
     holes: np.ndarray = mask[y0:y1, x0:x1].view(np.uint8)
     if (rh, rw) != (y1 - y0, x1 - x0):
         shrink = rh < y1 - y0 or rw < x1 - x0
