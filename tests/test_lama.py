@@ -457,3 +457,24 @@ def test_registry_builds_the_engine_from_the_installed_model(
     assert isinstance(engine, LamaEngine) and engine.model_path == path
     image, mask = noise(80, 90), rect_mask(80, 90, (10, 30, 10, 30))
     assert (engine.inpaint(image, mask)[12:28, 12:28] == 102).all()
+
+
+def test_inference_failure_is_an_engine_error(tmp_path: Path) -> None:
+    # Declares dynamic sizes but only works at 64x64 (the load-time probe size).
+    inputs = [
+        helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"]),
+        helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", 1, "H", "W"]),
+    ]
+    output = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    zeros = numpy_helper.from_array(np.zeros((1, 3, 64, 64), np.float32), "zeros")
+    nodes = [
+        helper.make_node("Add", ["image", "zeros"], ["shifted"]),
+        helper.make_node("Add", ["shifted", "mask"], ["output"]),
+    ]
+    graph = helper.make_graph(nodes, "picky", inputs, [output], [zeros])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "picky.onnx")
+    engine = LamaEngine(tmp_path / "picky.onnx")
+    with pytest.raises(EngineError, match="LaMa inference failed"):
+        engine.inpaint(noise(300, 300), rect_mask(300, 300, (100, 120, 100, 120)))

@@ -283,7 +283,10 @@ class LamaEngine(InpaintingEngine):
             inputs += [inputs[-1]] * (model.batch - len(inputs))
         image_in = np.stack([image for image, _ in inputs])
         mask_in = np.stack([mask for _, mask in inputs])
-        raw = self._infer(model, image_in, mask_in)
+        try:
+            raw = self._infer(model, image_in, mask_in)
+        except Exception as exc:  # onnxruntime's own exception types
+            raise EngineError(f"LaMa inference failed on a {image_in.shape} input: {exc}") from exc
         if raw.shape != (len(inputs), 3, *image_in.shape[2:]):
             raise EngineError(
                 f"LaMa model {self.model_path} returned shape {raw.shape} "
