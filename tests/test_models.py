@@ -350,3 +350,15 @@ def test_cli_import(tmp_path: Path, manifest: Path, monkeypatch: pytest.MonkeyPa
     assert result.exit_code == 0, result.output
     assert "warning" in result.output and "without checking" in result.output
     assert installed_path("tiny", tmp_path / "models") == tmp_path / "models" / "tiny.onnx"
+
+
+def test_pull_replaces_an_unverified_import(
+    tmp_path: Path, server: FileServer, manifest: Path
+) -> None:
+    other = tmp_path / "other.bin"
+    other.write_bytes(b"some other export")
+    import_model("tiny", other, tmp_path, verify=False)
+    path = pull("tiny", tmp_path, progress=False)
+    assert path.read_bytes() == PAYLOAD
+    [status] = [s for s in list_models(tmp_path) if s.spec.name == "tiny"]
+    assert status.verified

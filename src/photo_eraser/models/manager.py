@@ -176,13 +176,14 @@ def pull(
 
     Resumable: bytes already in ``<file>.part`` are kept when a download is interrupted and
     requested with an HTTP Range next time. A size or checksum mismatch deletes the part file.
-    An already installed model is returned as is.
+    An installed model is returned as is, unless it was imported without verification: then
+    the download replaces it.
     """
     spec = get_spec(name, manifest)
     model_dir = Path(model_dir)
     dest = model_dir / spec.file
     existing = installed_path(name, model_dir, {name: spec})
-    if existing is not None:
+    if existing is not None and not _marker(existing).exists():
         return existing
     try:
         model_dir.mkdir(parents=True, exist_ok=True)
