@@ -478,3 +478,26 @@ def test_inference_failure_is_an_engine_error(tmp_path: Path) -> None:
     engine = LamaEngine(tmp_path / "picky.onnx")
     with pytest.raises(EngineError, match="LaMa inference failed"):
         engine.inpaint(noise(300, 300), rect_mask(300, 300, (100, 120, 100, 120)))
+
+
+@pytest.mark.parametrize(
+    "size, batch, scale",
+    [((64, 64), 1, 1.0), ((48, 80), 1, 255.0), (None, None, 1.0)],
+    ids=["fixed", "fixed-non-square", "dynamic"],
+)
+def test_random_masks_fill_every_masked_pixel(
+    tmp_path: Path, size: tuple[int, int] | None, batch: int | None, scale: float
+) -> None:
+    """Any image size and mask shape: masked pixels get exactly the prediction, others stay."""
+    path = build_model(tmp_path / "m.onnx", "fill", size=size, batch=batch, scale=scale)
+    engine = LamaEngine(path, feather=0, max_dynamic_side=128)
+    rng = np.random.default_rng(42)
+    for trial in range(12):
+        h, w = (int(v) for v in rng.integers(1, 260, 2))
+        image = noise(h, w, seed=trial)
+        mask = rng.random((h, w)) < rng.choice([0.001, 0.02, 0.5])
+        y0, x0 = int(rng.integers(0, h)), int(rng.integers(0, w))
+        mask[y0 : y0 + int(rng.integers(1, 90)), x0 : x0 + int(rng.integers(1, 90))] = True
+        result = engine.inpaint(image, mask)
+        assert_outside_unchanged(result, image, mask)
+        assert (result[mask] == 102).all(), (trial, h, w)
