@@ -151,6 +151,8 @@ BAD_BODIES = [
     ({"images": [1], "mask": "x", "priority": 1}, "images"),
     ({"images": ["ftp://a.example/x.png"], "mask": "x", "priority": 1}, "images"),
     ({"images": ["http:///x.png"], "mask": "x", "priority": 1}, "images"),
+    ({"images": ["http://user:pw@a.example/x.png"], "mask": "x", "priority": 1}, "images"),
+    ({"images": ["http://a.example/x.png"], "mask": "ftp://a.example/m.png", "priority": 1}, "mask"),
     ({"images": ["http://a.example/x.png"] * 21, "mask": "x", "priority": 1}, "images"),
     ({"images": ["http://a.example/x.png"], "priority": 1}, "mask"),
     ({"images": ["http://a.example/x.png"], "mask": "", "priority": 1}, "mask"),

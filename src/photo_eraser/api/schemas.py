@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+
+from photo_eraser.fetch import FetchError, parse_url
 
 MAX_URL_LENGTH = 2048
 
 
 def check_http_url(value: str) -> str:
-    """Accept absolute http(s) URLs with a host; reject everything else with a reason."""
+    """Accept what the downloader accepts (absolute http(s), a host, no credentials)."""
     if len(value) > MAX_URL_LENGTH:
         raise ValueError(f"URL longer than {MAX_URL_LENGTH} characters")
-    parts = urlsplit(value.strip())
-    if parts.scheme.lower() not in ("http", "https"):
-        raise ValueError("must be an http or https URL")
-    if not parts.hostname:
-        raise ValueError("URL has no host")
+    try:
+        parse_url(value)
+    except FetchError as exc:
+        raise ValueError(exc.reason) from None
     return value.strip()
 
 
