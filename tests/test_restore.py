@@ -79,7 +79,7 @@ def test_estimator_recovers_exact_blend() -> None:
     alpha = 0.5 * cov
     photos = _crops(16)
     stamped = _stamp(photos, alpha, _colour())
-    est = estimate_blend(np.stack(stamped).astype(np.float32), GridSolver(mask))
+    est, _ = estimate_blend(np.stack(stamped).astype(np.float32), GridSolver(mask))
     assert float(np.abs(est.beta - (1 - alpha))[mask].mean()) < 0.02
     offset_err = np.abs(est.offset - alpha[..., None] * _colour())[mask]
     assert float(offset_err.mean()) < 3.0

@@ -30,14 +30,23 @@ _MIN_BETA = 0.02
 """Lower clamp for the estimated ``1 - alpha``; below the inversion bound anyway."""
 _RESIDUAL_FLOOR = 2.0
 """Smallest residual scale (grey levels) of the robust fits, about the JPEG q90 noise."""
+_SIGNAL_VARIANCE = 100.0
+"""Per-image variance (grey levels^2) at which an edge's fit gets half weight."""
+_ANCHOR = 1e-6
+"""Tiny pull to 0 in the Poisson solves, so pixels without informative edges stay defined."""
 
 
 @dataclass(frozen=True)
 class BlendEstimate:
-    """``beta = 1 - alpha`` (HxW) and ``u = alpha * W / beta`` (HxWx3) on the grid."""
+    """``beta = 1 - alpha`` (HxW) and ``u = alpha * W / beta`` (HxWx3) on the grid.
+
+    ``spread`` (HxW) is a rough, independent ``beta``: each pixel's spread over the batch
+    relative to the surroundings' (near 0 under an opaque mark).
+    """
 
     beta: np.ndarray
     u: np.ndarray
+    spread: np.ndarray
 
     def invert(self, crop: np.ndarray) -> np.ndarray:
         """The photo under the watermark for one grid crop (float32, not clipped)."""
@@ -52,8 +61,9 @@ class BlendEstimate:
 class GridSolver:
     """Edges of the domain and a factorised Poisson matrix with a zero Dirichlet border.
 
-    ``solve(g)`` returns the field ``v`` (``0`` outside the domain) whose differences
-    ``v[a] - v[b]`` best fit ``g`` in least squares over all edges ``(a, b)``.
+    The batch is handled as compact arrays over the solver's ``nodes`` (the domain's pixels and
+    the ring of pixels just outside it); ``solve(g)`` returns the node values ``v`` (``0``
+    outside the domain) whose differences ``v[ea] - v[eb]`` best fit ``g`` in least squares.
     """
 
     def __init__(self, domain: np.ndarray) -> None:
@@ -63,17 +73,21 @@ class GridSolver:
         self.shape = (h, w)
         self.domain = domain
         flat = domain.ravel()
-        index = np.full(h * w, -1, dtype=np.int64)
-        index[flat] = np.arange(int(flat.sum()))
-        self.unknowns = int(flat.sum())
         ids = np.arange(h * w).reshape(h, w)
         # Edge (a, b): a is the right / lower neighbour of b; kept if either end is unknown.
         a = np.concatenate([ids[:, 1:].ravel(), ids[1:, :].ravel()])
         b = np.concatenate([ids[:, :-1].ravel(), ids[:-1, :].ravel()])
         keep = flat[a] | flat[b]
-        self.a, self.b = a[keep], b[keep]
-        ia, ib = index[self.a], index[self.b]
-        rows = np.arange(self.a.size)
+        a, b = a[keep], b[keep]
+        self.nodes = np.union1d(a, b)
+        self.ea = np.searchsorted(self.nodes, a)
+        self.eb = np.searchsorted(self.nodes, b)
+        inside = flat[self.nodes]
+        self.inside = inside
+        unknown = np.full(self.nodes.size, -1, dtype=np.int64)
+        unknown[inside] = np.arange(int(inside.sum()))
+        ia, ib = unknown[self.ea], unknown[self.eb]
+        rows = np.arange(a.size)
         inc = sparse.coo_matrix(
             (
                 np.concatenate([np.ones(int((ia >= 0).sum())), -np.ones(int((ib >= 0).sum()))]),
@@ -82,77 +96,189 @@ class GridSolver:
                     np.concatenate([ia[ia >= 0], ib[ib >= 0]]),
                 ),
             ),
-            shape=(self.a.size, self.unknowns),
+            shape=(a.size, int(inside.sum())),
         ).tocsr()
         self._incidence = inc
-        self._lu = splu((inc.T @ inc).tocsc())
 
-    @property
-    def edges(self) -> int:
-        return int(self.a.size)
+    def gather(self, stack: np.ndarray) -> np.ndarray:
+        """Node values of grid arrays: (..., H, W[, C]) -> (..., M[, C])."""
+        h, w = self.shape
+        lead = stack.shape[: stack.ndim - 2] if stack.shape[-2:] == (h, w) else stack.shape[:-3]
+        tail = () if stack.shape[-2:] == (h, w) else stack.shape[-1:]
+        flat = stack.reshape(lead + (h * w,) + tail)
+        return flat[..., self.nodes, :] if tail else flat[..., self.nodes]
+
+    def scatter(self, values: np.ndarray, fill: float) -> np.ndarray:
+        """Grid array from node values (M[, C]); ``fill`` elsewhere."""
+        h, w = self.shape
+        out = np.full((h * w,) + values.shape[1:], fill, dtype=np.float32)
+        out[self.nodes] = values
+        return out.reshape((h, w) + values.shape[1:])
+
+    def poisson(self, weights: np.ndarray, anchor: float) -> _Poisson:
+        """A factorised weighted Poisson problem on the domain (see ``_Poisson``)."""
+        return _Poisson(self, weights, anchor)
+
+
+class _Poisson:
+    """Least-squares integration of edge differences with a zero Dirichlet border.
+
+    ``solve(g)`` returns node values ``v`` (``0`` outside the domain) minimising
+    ``sum_e w_e (v[ea] - v[eb] - g_e)^2 + anchor * sum_p v_p^2``.
+    """
+
+    def __init__(self, solver: GridSolver, weights: np.ndarray, anchor: float) -> None:
+        self._solver = solver
+        inc = solver._incidence
+        self._weights = weights.astype(np.float64)
+        self._weighted_t = (inc.T @ sparse.diags(self._weights)).tocsr()
+        n = inc.shape[1]
+        matrix = self._weighted_t @ inc + anchor * sparse.identity(n, format="csr")
+        self._lu = splu(matrix.tocsc())
 
     def solve(self, g: np.ndarray) -> np.ndarray:
-        """Integrate edge differences ``g`` (E or ExC) into a field (HxW or HxWxC)."""
-        rhs = self._incidence.T @ g.astype(np.float64)
-        sol = self._lu.solve(rhs)
-        h, w = self.shape
-        out = np.zeros((h * w,) + g.shape[1:], dtype=np.float32)
-        out[self.domain.ravel()] = sol
-        return out.reshape((h, w) + g.shape[1:])
+        """Integrate edge differences ``g`` (E or ExC) into node values (M or MxC)."""
+        solver = self._solver
+        rhs = self._weighted_t @ g.astype(np.float64)
+        out = np.zeros((solver.nodes.size,) + g.shape[1:], dtype=np.float32)
+        out[solver.inside] = self._lu.solve(rhs)
+        return out
 
 
-def _edge_values(stack: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Pixel values of every image at the given flat indices: (N, E, 3)."""
-    n = stack.shape[0]
-    return stack.reshape(n, -1, 3)[:, idx, :]
+class _EdgeFit:
+    """Per-edge robust regression of ``J(a)`` on ``J(b)`` over the images of a batch.
 
-
-def edge_differences(field: np.ndarray, solver: GridSolver) -> np.ndarray:
-    """``field[a] - field[b]`` over the solver's edges, for one HxWx3 field: (E, 3)."""
-    flat = field.reshape(-1, field.shape[-1])
-    return flat[solver.a] - flat[solver.b]
-
-
-def fit_edge_log_ratios(stack: np.ndarray, solver: GridSolver, iterations: int = 3) -> np.ndarray:
-    """Robust per-edge estimate of ``log(beta_a / beta_b)`` from the batch.
-
-    Regresses ``J(a)`` on ``J(b)`` over images (one slope, one intercept per channel) with
-    iteratively reweighted least squares (Cauchy weights), so images with a photo edge
-    between a and b barely count.
+    For an edge (a, b) and images n, ``J_n(a) = r * J_n(b) + d`` (one slope ``r``, one
+    intercept per channel) where ``r = beta_a / beta_b``: neighbouring photo pixels are nearly
+    equal, and a photo edge between a and b only makes that image an outlier. The fit is
+    iteratively reweighted least squares (Cauchy weights); the slope is the symmetric one
+    (geometric mean of y-on-x and inverse x-on-y), so noise in J(b) does not bias it.
+    Arrays are channels-first: (3, N, E).
     """
-    y = _edge_values(stack, solver.a)
-    x = _edge_values(stack, solver.b)
-    n = stack.shape[0]
-    weights = np.ones(x.shape[:2], dtype=np.float32)
-    slope = np.ones(x.shape[1], dtype=np.float32)
-    for _ in range(iterations):
-        wsum = weights.sum(axis=0)
-        w3 = weights[..., None]
-        xc = x - (w3 * x).sum(axis=0) / wsum[:, None]
-        yc = y - (w3 * y).sum(axis=0) / wsum[:, None]
-        sxy = (w3 * xc * yc).sum(axis=(0, 2))
-        sxx = (w3 * xc * xc).sum(axis=(0, 2))
-        syy = (w3 * yc * yc).sum(axis=(0, 2))
-        # Symmetric (geometric mean of y-on-x and inverse x-on-y) slope: no attenuation bias.
-        slope = np.sign(sxy) * np.sqrt((syy + 1e-3) / (sxx + 1e-3))
-        slope = np.where(sxy > 0, slope, 1.0).astype(np.float32)
-        if n < 3:
-            break
-        res = np.sqrt(((yc - slope[None, :, None] * xc) ** 2).sum(axis=2))
-        scale = 1.4826 * np.median(res, axis=0) + _RESIDUAL_FLOOR
-        weights = 1.0 / (1.0 + (res / (2.0 * scale)) ** 2)
-    return np.log(np.clip(slope, _MIN_BETA, 1.0 / _MIN_BETA))
+
+    def __init__(self, values: np.ndarray, solver: GridSolver) -> None:
+        self.y = values[:, :, solver.ea]
+        self.x = values[:, :, solver.eb]
+        # Centre once so the float32 moment sums below do not cancel catastrophically.
+        self.y -= self.y.mean(axis=1, keepdims=True)
+        self.x -= self.x.mean(axis=1, keepdims=True)
+        self.xx = np.einsum("cne,cne->ne", self.x, self.x)
+        self.yy = np.einsum("cne,cne->ne", self.y, self.y)
+        self.xy = np.einsum("cne,cne->ne", self.x, self.y)
+
+    def slope(self, w: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+        """Weighted fit on the images ``rows`` (all by default): slope, sums of w, x, y."""
+        x, y, xx, yy, xy = self.x, self.y, self.xx, self.yy, self.xy
+        if rows is not None:
+            x, y, xx, yy, xy, w = x[:, rows], y[:, rows], xx[rows], yy[rows], xy[rows], w[rows]
+        sw = w.sum(axis=0)
+        sx = np.einsum("ne,cne->ce", w, x)
+        sy = np.einsum("ne,cne->ce", w, y)
+        sxx = np.maximum(np.einsum("ne,ne->e", w, xx) - (sx * sx).sum(axis=0) / sw, 0.0)
+        syy = np.maximum(np.einsum("ne,ne->e", w, yy) - (sy * sy).sum(axis=0) / sw, 0.0)
+        sxy = np.einsum("ne,ne->e", w, xy) - (sx * sy).sum(axis=0) / sw
+        r = np.where(sxy > 0, np.sqrt((syy + 1e-3) / (sxx + 1e-3)), 1.0).astype(np.float32)
+        # Per-sample variance of the weaker end: how much signal the edge's fit had.
+        info = np.minimum(sxx, syy) / (x.shape[0] * sw)
+        return r, sw, sx, sy, info
+
+    def robust(self, iterations: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """IRLS over all images: slope and signal variance per edge, final weights (N, E)."""
+        w = np.ones(self.xx.shape, dtype=np.float32)
+        r, sw, sx, sy, info = self.slope(w)
+        if self.xx.shape[0] < 3:
+            return r, info, w
+        for _ in range(iterations):
+            d = (sy - r * sx) / sw
+            proj = np.einsum("cne,ce->ne", self.y, d) - r * np.einsum("cne,ce->ne", self.x, d)
+            res2 = self.yy - 2 * r * self.xy + r * r * self.xx - 2 * proj + (d * d).sum(axis=0)
+            res = np.sqrt(np.maximum(res2, 0.0))
+            scale = 1.4826 * np.median(res, axis=0) + _RESIDUAL_FLOOR
+            w = 1.0 / (1.0 + (res / (2.0 * scale)) ** 2)
+            r, sw, sx, sy, info = self.slope(w)
+        return r, info, w
 
 
-def estimate_blend(stack: np.ndarray, solver: GridSolver) -> BlendEstimate:
-    """Estimate ``beta`` and ``u`` from aligned crops ``stack`` (N x H x W x 3, float32)."""
-    log_ratio = fit_edge_log_ratios(stack, solver)
-    beta = np.exp(solver.solve(log_ratio))
+def _integrate(
+    values: np.ndarray, slope: np.ndarray, poisson: _Poisson
+) -> tuple[np.ndarray, np.ndarray]:
+    """``beta`` (M) from edge slopes, then ``u`` (3 x M) from the median gradient of J/beta."""
+    solver = poisson._solver
+    log_ratio = np.log(np.clip(slope, _MIN_BETA, 1.0 / _MIN_BETA))
+    beta = np.exp(poisson.solve(log_ratio))
     beta = np.clip(beta, _MIN_BETA, 1.0).astype(np.float32)
-    z = stack / beta[None, ..., None]
-    grad = _edge_values(z, solver.a) - _edge_values(z, solver.b)
-    u = solver.solve(np.median(grad, axis=0))
-    return BlendEstimate(beta=beta, u=u)
+    z = values / beta
+    grad = np.median(z[:, :, solver.ea] - z[:, :, solver.eb], axis=1)
+    return beta, poisson.solve(grad.T).T
+
+
+def _spread(values: np.ndarray, solver: GridSolver) -> np.ndarray:
+    """Rough ``beta`` per node: its spread over the batch relative to the surroundings'.
+
+    Independent of the edge fits: under an opaque mark (the same colour in every image) it is
+    near 0 even where integrating the edges cannot tell.
+    """
+    spread = values.std(axis=1).mean(axis=0)
+    ref = float(np.median(spread[~solver.inside])) if (~solver.inside).any() else 0.0
+    if ref <= 0:
+        return np.ones(spread.shape, dtype=np.float32)
+    return np.clip(spread / ref, 0.0, 1.0).astype(np.float32)
+
+
+def estimate_blend(
+    stack: np.ndarray, solver: GridSolver, groups: Sequence[np.ndarray] = ()
+) -> tuple[BlendEstimate, np.ndarray | None]:
+    """Estimate ``beta`` and ``u`` from aligned crops ``stack`` (N x H x W x 3, float32).
+
+    With ``groups``, also returns each image's per-pixel standard error of the recovered
+    photo (N x H x W, grey levels RMS over channels): a jackknife that re-fits the blend
+    without each group of images (keeping the robust weights of the full fit) and measures
+    how much the recovered photos move. The engine decides on this confidence.
+    """
+    values = np.ascontiguousarray(np.moveaxis(solver.gather(stack), -1, 0))
+    fit = _EdgeFit(values, solver)
+    slope, info, weights = fit.robust()
+    # Edges whose ends barely vary over the batch (opaque mark, flat photos) count little.
+    poisson = solver.poisson(info / (info + _SIGNAL_VARIANCE), _ANCHOR)
+    beta, u = _integrate(values, slope, poisson)
+    est = BlendEstimate(
+        beta=solver.scatter(beta, 1.0),
+        u=solver.scatter(u.T, 0.0),
+        spread=solver.scatter(_spread(values, solver), 1.0),
+    )
+    if not groups:
+        return est, None
+    n, g = values.shape[1], len(groups)
+    inv_beta, offsets = [], []
+    for group in groups:
+        keep = np.setdiff1d(np.arange(n), group)
+        beta_g, u_g = _integrate(values[:, keep], fit.slope(weights, keep)[0], poisson)
+        inv_beta.append(1.0 / beta_g)
+        offsets.append(u_g)
+    mean_ib, mean_u = np.mean(inv_beta, axis=0), np.mean(offsets, axis=0)
+    var = np.zeros(values.shape[1:], dtype=np.float32)
+    for ib, ug in zip(inv_beta, offsets, strict=True):
+        dev = values * (ib - mean_ib) - (ug - mean_u)[:, None, :]
+        var += (dev**2).mean(axis=0)
+    var *= (g - 1) / g
+    errors = np.stack([solver.scatter(np.sqrt(v), 0.0) for v in var])
+    return est, errors
+
+
+def ghost_scores(stack: np.ndarray, est: BlendEstimate, solver: GridSolver) -> np.ndarray:
+    """Per image: edge energy at the mark's edges after inversion relative to before.
+
+    Below 1 when inverting removes the mark's edges (the mark is there); above 1 when
+    inversion prints a negative ghost of the mark (the mark is missing or misplaced).
+    """
+    values = solver.gather(stack).mean(axis=2)
+    beta = solver.gather(est.beta)
+    offset = solver.gather(est.offset).mean(axis=1)
+    weight = np.abs(offset[solver.ea] - offset[solver.eb])
+    inverted = values / beta - solver.gather(est.u).mean(axis=1)
+    after = np.abs(inverted[:, solver.ea] - inverted[:, solver.eb]) @ weight
+    before = np.abs(values[:, solver.ea] - values[:, solver.eb]) @ weight
+    return np.where(before > 0, after / np.maximum(before, 1e-6), 0.0)
 
 
 def jackknife_groups(n: int) -> list[np.ndarray]:
@@ -160,23 +286,3 @@ def jackknife_groups(n: int) -> list[np.ndarray]:
     if n >= 6:
         return [np.arange(0, n, 2), np.arange(1, n, 2)]
     return [np.array([i]) for i in range(n)]
-
-
-def jackknife_error(
-    stack: np.ndarray, solver: GridSolver, groups: Sequence[np.ndarray]
-) -> np.ndarray:
-    """Per-image, per-pixel standard error of the recovered photo (N x H x W, grey levels).
-
-    Re-estimates the blend without each group of images and measures how much the recovered
-    photos move (the jackknife variance); this is the confidence the engine decides on.
-    """
-    n = stack.shape[0]
-    g = len(groups)
-    restored = np.empty((g,) + stack.shape, dtype=np.float32)
-    for i, group in enumerate(groups):
-        keep = np.setdiff1d(np.arange(n), group)
-        est = estimate_blend(stack[keep], solver)
-        restored[i] = est.invert(stack)
-    spread = restored - restored.mean(axis=0, keepdims=True)
-    var = (g - 1) / g * (spread**2).sum(axis=0).mean(axis=-1)
-    return np.sqrt(var)

@@ -24,14 +24,16 @@ import numpy as np
 from photo_eraser.engines._watermark import (
     BlendEstimate,
     GridSolver,
-    edge_differences,
     estimate_blend,
-    jackknife_error,
+    ghost_scores,
     jackknife_groups,
 )
 from photo_eraser.engines.base import Engine, Restored, mask_bbox
 
 log = logging.getLogger(__name__)
+
+_OPAQUE_SPREAD = 0.1
+"""Pixels varying over the batch less than this share of their surroundings are opaque."""
 
 
 @dataclass(frozen=True)
@@ -108,12 +110,14 @@ class RestoreEngine(Engine):
         self.align_radius = align_radius
         self.max_grid_pixels = max_grid_pixels
 
-    def restore(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> list[Restored]:
+    def restore(
+        self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], *, in_place: bool = False
+    ) -> list[Restored]:
         if len(images) != len(masks):
             raise ValueError("one mask per image is required")
         masks = [np.asarray(m, dtype=bool) for m in masks]
         recoveries = self._recover(images, masks)
-        outputs = [np.array(im, copy=True) for im in images]
+        outputs = list(images) if in_place else [np.array(im, copy=True) for im in images]
         filled_idx: list[int] = []
         submasks: list[np.ndarray] = []
         for i, (out, mask, rec) in enumerate(zip(outputs, masks, recoveries, strict=True)):
@@ -177,8 +181,10 @@ class RestoreEngine(Engine):
         placements, crops = self._align(images, placements, crops, domain, grid_shape)
         solver = GridSolver(domain)
         used = list(candidates)
-        est = estimate_blend(np.stack([crops[i] for i in used]), solver)
-        excluded = [i for i in used if _ghost_score(crops[i], est, solver) > 1.0]
+        stack = np.stack([crops[i] for i in used])
+        est, errors = estimate_blend(stack, solver, jackknife_groups(len(used)))
+        scores = ghost_scores(stack, est, solver)
+        excluded = [i for i, score in zip(used, scores, strict=True) if score > 1.0]
         if excluded:
             used = [i for i in used if i not in excluded]
             log.info(
@@ -187,11 +193,13 @@ class RestoreEngine(Engine):
             )
             if len(used) < self.min_images:
                 return out
-            est = estimate_blend(np.stack([crops[i] for i in used]), solver)
-        stack = np.stack([crops[i] for i in used])
-        errors = jackknife_error(stack, solver, jackknife_groups(len(used)))
+            stack = np.stack([crops[i] for i in used])
+            est, errors = estimate_blend(stack, solver, jackknife_groups(len(used)))
+        assert errors is not None
         # Next to (nearly) opaque pixels the ratio fits have no signal: keep a margin.
-        opaque = (est.beta < 1.0 - self.max_alpha).astype(np.uint8)
+        opaque = ((est.beta < 1.0 - self.max_alpha) | (est.spread < _OPAQUE_SPREAD)).astype(
+            np.uint8
+        )
         confident_alpha = cv2.dilate(opaque, np.ones((5, 5), np.uint8)) == 0
         offset = est.offset
         for k, i in enumerate(used):
@@ -213,10 +221,8 @@ class RestoreEngine(Engine):
         """
         noise = _noise_level(crop, domain)
         inv_err2 = _local_mean(jack**2) + (noise / est.beta) ** 2
-        recovered = est.invert(crop)
-        detail2 = _local_mean(
-            ((recovered - _interpolate_from_outside(recovered, domain)) ** 2).mean(axis=2)
-        )
+        recovered = est.invert(crop).mean(axis=2)
+        detail2 = _local_mean((recovered - _interpolate_from_outside(recovered, domain)) ** 2)
         fill_err2 = np.maximum(detail2 - inv_err2, 0.0)
         return inv_err2 <= np.maximum(self.max_error**2, self.error_ratio**2 * fill_err2)
 
@@ -310,9 +316,18 @@ class RestoreEngine(Engine):
 def _extract(image: np.ndarray, placement: _Placement, grid_shape: tuple[int, int]) -> np.ndarray:
     """The image resampled on the grid (float32 HxWx3); exact when the placement is a shift."""
     gh, gw = grid_shape
+    m = placement.grid_to_image()
+    h, w = image.shape[:2]
+    # Only the part of the image the grid covers (plus the interpolation margin) is converted.
+    ys = (m[1, 2], m[1, 1] * (gh - 1) + m[1, 2])
+    xs = (m[0, 2], m[0, 0] * (gw - 1) + m[0, 2])
+    y0, y1 = max(0, int(np.floor(min(ys))) - 2), min(h, int(np.ceil(max(ys))) + 3)
+    x0, x1 = max(0, int(np.floor(min(xs))) - 2), min(w, int(np.ceil(max(xs))) + 3)
+    m[0, 2] -= x0
+    m[1, 2] -= y0
     return cv2.warpAffine(
-        image.astype(np.float32),
-        placement.grid_to_image(),
+        image[y0:y1, x0:x1].astype(np.float32),
+        m,
         (gw, gh),
         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
         borderMode=cv2.BORDER_REFLECT_101,
@@ -326,7 +341,7 @@ def _local_mean(a: np.ndarray) -> np.ndarray:
 
 def _noise_level(crop: np.ndarray, domain: np.ndarray) -> float:
     """Noise standard deviation around the mask (Immerkaer 1996), clamped to [0.5, 4]."""
-    grey = crop.mean(axis=2)
+    grey = np.ascontiguousarray(crop.mean(axis=2))
     kernel = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float32)
     lap = np.abs(cv2.filter2D(grey, -1, kernel))[1:-1, 1:-1]
     outside = ~cv2.dilate(domain.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)[
@@ -339,14 +354,14 @@ def _noise_level(crop: np.ndarray, domain: np.ndarray) -> float:
 
 
 def _interpolate_from_outside(image: np.ndarray, domain: np.ndarray) -> np.ndarray:
-    """A smooth fill of the domain from the pixels around it (normalised convolution)."""
+    """A smooth fill of the domain (grey HxW) from the pixels around it (normalised convolution)."""
     out = image.copy()
     known = (~domain).astype(np.float32)
     for sigma in (3.0, 9.0, 27.0):
         den = cv2.GaussianBlur(known, (0, 0), sigma)
-        num = cv2.GaussianBlur(image * known[..., None], (0, 0), sigma)
+        num = cv2.GaussianBlur(image * known, (0, 0), sigma)
         fill = domain & (den > 0.05)
-        out[fill] = num[fill] / den[fill][:, None]
+        out[fill] = num[fill] / den[fill]
         known = np.where(fill, 1.0, known).astype(np.float32)
         image = out
         domain = domain & ~fill
@@ -356,23 +371,13 @@ def _interpolate_from_outside(image: np.ndarray, domain: np.ndarray) -> np.ndarr
 
 
 def _gradient_energy(crop: np.ndarray) -> np.ndarray:
-    """Sum over channels of absolute horizontal and vertical differences (HxW)."""
+    """Absolute horizontal plus vertical differences, summed over channels (HxW).
+
+    Colour, not grey: a coloured mark can have the luminance of the photo under it.
+    """
     gx = np.abs(np.diff(crop, axis=1, append=crop[:, -1:])).sum(axis=2)
     gy = np.abs(np.diff(crop, axis=0, append=crop[-1:])).sum(axis=2)
     return gx + gy
-
-
-def _ghost_score(crop: np.ndarray, est: BlendEstimate, solver: GridSolver) -> float:
-    """Edge energy at the mark's edges after inversion relative to before.
-
-    Below 1 when inverting removes the mark's edges (the mark is there); above 1 when
-    inversion prints a negative ghost of the mark (the mark is missing or misplaced).
-    """
-    weight = np.abs(edge_differences(est.offset, solver)).sum(axis=1)
-    after = np.abs(edge_differences(est.invert(crop), solver)).sum(axis=1)
-    before = np.abs(edge_differences(crop, solver)).sum(axis=1)
-    denom = float((weight * before).sum())
-    return float((weight * after).sum()) / denom if denom > 0 else 0.0
 
 
 def _invert_on_image(
