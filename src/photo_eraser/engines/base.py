@@ -41,8 +41,15 @@ class Engine(ABC):
         return True
 
     @abstractmethod
-    def restore(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> list[Restored]:
-        """Return one result per input, same size; pixels outside each mask unchanged."""
+    def restore(
+        self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], *, in_place: bool = False
+    ) -> list[Restored]:
+        """Return one result per input, same size; pixels outside each mask unchanged.
+
+        With ``in_place=True`` the caller hands the arrays over: the engine may write into them
+        and return them, which saves a full-size copy per image (the only cost that would
+        otherwise follow the image's size rather than the mask's).
+        """
 
 
 class InpaintingEngine(Engine):
@@ -52,7 +59,17 @@ class InpaintingEngine(Engine):
     def inpaint(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Fill ``mask`` in ``image``; return a new RGB uint8 array of the same shape."""
 
-    def restore(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> list[Restored]:
+    def restore_in_place(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> None:
+        """Write each fill into the given arrays. Engines override this to skip the copy."""
+        for image, mask in zip(images, masks, strict=True):
+            image[mask] = self.inpaint(image, mask)[mask]
+
+    def restore(
+        self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], *, in_place: bool = False
+    ) -> list[Restored]:
+        if in_place:
+            self.restore_in_place(images, masks)
+            return [Restored(image, self.name) for image in images]
         return [
             Restored(self.inpaint(im, m), self.name) for im, m in zip(images, masks, strict=True)
         ]

@@ -109,11 +109,13 @@ class LamaEngine(InpaintingEngine):
     def inpaint(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return self.restore([image], [mask])[0].image
 
-    def restore(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> list[Restored]:
-        """Inpaint every image into a new array; crops of all images share inference batches."""
+    def restore(
+        self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], *, in_place: bool = False
+    ) -> list[Restored]:
+        """Inpaint every image; crops of all images share inference batches."""
         if len(images) != len(masks):
             raise ValueError("one mask per image")
-        outputs = [image.copy() for image in images]
+        outputs = list(images) if in_place else [image.copy() for image in images]
         self.restore_in_place(outputs, masks)
         return [Restored(out, self.name) for out in outputs]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 
@@ -18,14 +20,21 @@ class OpenCVEngine(InpaintingEngine):
 
     def inpaint(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         out = image.copy()
-        box = mask_bbox(mask, pad=2 * self.radius + 2)
-        if box is None:
-            return out
-        y0, y1, x0, x1 = box
-        crop = np.ascontiguousarray(image[y0:y1, x0:x1])
-        crop_mask = mask[y0:y1, x0:x1]
-        # cv2.inpaint is channel-order agnostic, so RGB goes in and comes out unchanged.
-        filled = cv2.inpaint(crop, crop_mask.astype(np.uint8), self.radius, cv2.INPAINT_TELEA)
-        region = out[y0:y1, x0:x1]
-        region[crop_mask] = filled[crop_mask]
+        self.restore_in_place([out], [mask])
         return out
+
+    def restore_in_place(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> None:
+        for image, mask in zip(images, masks, strict=True):
+            box = mask_bbox(mask, pad=2 * self.radius + 2)
+            if box is None:
+                continue
+            y0, y1, x0, x1 = box
+            crop_mask = mask[y0:y1, x0:x1]
+            # cv2.inpaint is channel-order agnostic, so RGB goes in and comes out unchanged.
+            filled = cv2.inpaint(
+                np.ascontiguousarray(image[y0:y1, x0:x1]),
+                crop_mask.astype(np.uint8),
+                self.radius,
+                cv2.INPAINT_TELEA,
+            )
+            image[y0:y1, x0:x1][crop_mask] = filled[crop_mask]
