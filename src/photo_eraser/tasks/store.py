@@ -191,6 +191,9 @@ class TaskStore:
             .where(tasks.c.status == TaskStatus.WAITING)
             .order_by(tasks.c.priority.desc(), tasks.c.id)
             .limit(1)
+            # PostgreSQL: concurrent claimers skip each other's row; SQLite ignores this and
+            # serialises writers instead.
+            .with_for_update(skip_locked=True)
             .scalar_subquery()
         )
         with self.engine.begin() as conn:

@@ -1,0 +1,95 @@
+"""The task store on a real SQLite file: atomic claims, crash recovery, deadlines."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from photo_eraser.config import Settings
+from photo_eraser.service import open_store
+from photo_eraser.tasks.status import ImageStatus, TaskStatus
+from photo_eraser.tasks.store import TaskStore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> TaskStore:
+    return open_store(Settings(data_dir=tmp_path))
+
+
+def new_task(store: TaskStore, appkey: str, priority: int = 1, deadline: float = 60) -> str:
+    return store.create_task(
+        appkey=appkey,
+        urls=["http://a.example/1.png", "http://a.example/2.png"],
+        priority=priority,
+        engine="auto",
+        mask_url="http://a.example/m.png",
+        mask_data=None,
+        deadline_seconds=deadline,
+    )
+
+
+def test_concurrent_claims_never_take_a_task_twice(store: TaskStore) -> None:
+    appkey, _ = store.create_key("k")
+    created = {new_task(store, appkey, priority=i % 10) for i in range(60)}
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def claimer() -> None:
+        while (task := store.claim_next()) is not None:
+            with lock:
+                claimed.append(task.task_id)
+
+    threads = [threading.Thread(target=claimer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == sorted(created)
+
+
+def test_recovery_requeues_then_gives_up(store: TaskStore) -> None:
+    appkey, _ = store.create_key("k")
+    task_id = new_task(store, appkey)
+    for attempt in (1, 2):
+        task = store.claim_next()
+        assert task is not None and task.task_id == task_id and task.attempts == attempt
+        assert store.recover_interrupted(max_attempts=2) == ((1, 0) if attempt == 1 else (0, 1))
+    record = store.get_task(task_id)
+    assert record is not None and record.status == TaskStatus.FAILED
+    assert all(
+        im.status == ImageStatus.FAILED and "interrupted" in im.reason for im in record.images
+    )
+
+
+def test_overdue_tasks_time_out_and_stay_out(store: TaskStore) -> None:
+    appkey, _ = store.create_key("k")
+    task_id = new_task(store, appkey, deadline=0.01)
+    time.sleep(0.02)
+    [pk] = store.expire_overdue()
+    assert store.claim_next() is None
+    assert not store.finish(pk, TaskStatus.COMPLETE)  # a late worker cannot overwrite it
+    record = store.get_task(task_id)
+    assert record is not None and record.status == TaskStatus.TIMED_OUT
+
+
+def test_keys_verify_only_while_active(store: TaskStore) -> None:
+    appkey, secret = store.create_key("k")
+    assert store.verify_key(appkey, secret)
+    assert not store.verify_key(appkey, secret + "x")
+    assert not store.verify_key("pe_unknown", secret)
+    assert store.revoke_key(appkey)
+    assert not store.verify_key(appkey, secret)
+    assert not store.revoke_key(appkey)
+
+
+def test_tasks_belong_to_their_key(store: TaskStore) -> None:
+    a, _ = store.create_key("a")
+    b, _ = store.create_key("b")
+    task_id = new_task(store, a)
+    assert store.get_task(task_id, a) is not None
+    assert store.get_task(task_id, b) is None
+    assert store.close(task_id, b) is None
+    assert store.close(task_id, a) == TaskStatus.CLOSED
