@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import httpx
 import numpy as np
-from pathlib import Path
-
 import pytest
 
 from tests.helpers import ApiClient, ImageHost, ServerProcess, b64, encode, photo, rect_mask
