@@ -93,3 +93,36 @@ def test_tasks_belong_to_their_key(store: TaskStore) -> None:
     assert store.get_task(task_id, b) is None
     assert store.close(task_id, b) is None
     assert store.close(task_id, a) == TaskStatus.CLOSED
+
+
+def test_expired_results_and_inline_masks_are_deleted(tmp_path: Path) -> None:
+    from photo_eraser.service import Service
+    from photo_eraser.tasks.store import ImageRecord
+
+    service = Service(Settings(data_dir=tmp_path, result_ttl_seconds=0))
+    store = service.store
+    appkey, _ = store.create_key("k")
+    task_id = store.create_task(
+        appkey=appkey,
+        urls=["http://a.example/1.png"],
+        priority=1,
+        engine="auto",
+        mask_url=None,
+        mask_data=b"mask bytes",
+        deadline_seconds=60,
+    )
+    task = store.claim_next()
+    assert task is not None
+    key = f"results/{task_id}/0.png"
+    service.blobs.put(key, b"result")
+    store.set_images(
+        task.pk, [ImageRecord(0, "http://a.example/1.png", ImageStatus.DONE, result_key=key)]
+    )
+    assert store.finish(task.pk, TaskStatus.COMPLETE)
+    time.sleep(0.01)
+    service._delete_expired_results()
+    assert service.blobs.path(key) is None
+    record = store.get_task(task_id)
+    assert record is not None and record.images[0].result_key is None and record.mask_data is None
+    assert record.status == TaskStatus.COMPLETE
+    assert "retention" in record.images[0].reason

@@ -425,7 +425,9 @@ class TaskStore:
     def forget_results(self, pk: int) -> None:
         with self.engine.begin() as conn:
             conn.execute(
-                task_images.update().where(task_images.c.task_pk == pk).values(result_key=None)
+                task_images.update()
+                .where(task_images.c.task_pk == pk, task_images.c.result_key.is_not(None))
+                .values(result_key=None, reason="result deleted after its retention period")
             )
         with self.engine.begin() as conn:
             conn.execute(tasks.update().where(tasks.c.id == pk).values(mask_data=None))
