@@ -24,6 +24,7 @@ import numpy as np
 from photo_eraser.engines._watermark import (
     BlendEstimate,
     GridSolver,
+    batch_median,
     estimate_blend,
     ghost_scores,
     jackknife_groups,
@@ -116,29 +117,40 @@ class RestoreEngine(Engine):
         if len(images) != len(masks):
             raise ValueError("one mask per image is required")
         masks = [np.asarray(m, dtype=bool) for m in masks]
-        recoveries = self._recover(images, masks)
+        boxes = [mask_bbox(m) for m in masks]
+        recoveries = self._recover(images, masks, boxes)
         outputs = list(images) if in_place else [np.array(im, copy=True) for im in images]
         filled_idx: list[int] = []
         submasks: list[np.ndarray] = []
-        for i, (out, mask, rec) in enumerate(zip(outputs, masks, recoveries, strict=True)):
-            todo = mask.copy()
+        counts: list[tuple[int, int]] = []
+        for i, (out, mask, box, rec) in enumerate(
+            zip(outputs, masks, boxes, recoveries, strict=True)
+        ):
+            if box is None:
+                counts.append((0, 0))
+                continue
+            y0, y1, x0, x1 = box
+            todo = mask[y0:y1, x0:x1].copy()
             if rec is not None:
-                y0, y1, x0, x1 = rec.box
-                take = rec.usable & mask[y0:y1, x0:x1]
+                take = rec.usable & todo
                 out[y0:y1, x0:x1][take] = rec.pixels[take]
-                todo[y0:y1, x0:x1] &= ~take
-            if todo.any():
+                todo &= ~take
+            filled_px = int(todo.sum())
+            counts.append((int(mask[y0:y1, x0:x1].sum()), filled_px))
+            if filled_px:
+                sub = np.zeros_like(mask)
+                sub[y0:y1, x0:x1] = todo
                 filled_idx.append(i)
-                submasks.append(todo)
+                submasks.append(sub)
         if filled_idx:
-            filled = self.fallback.restore([outputs[i] for i in filled_idx], submasks)
+            # Our outputs are private (copies, or handed over): the fallback may write into them.
+            batch = [outputs[i] for i in filled_idx]
+            filled = self.fallback.restore(batch, submasks, in_place=True)
             for i, sub, res in zip(filled_idx, submasks, filled, strict=True):
-                outputs[i][sub] = res.image[sub]
+                if res.image is not outputs[i]:
+                    outputs[i][sub] = res.image[sub]
         results = []
-        fill_of = dict(zip(filled_idx, submasks, strict=True))
-        for i, (out, mask) in enumerate(zip(outputs, masks, strict=True)):
-            total = int(mask.sum())
-            filled_px = int(fill_of[i].sum()) if i in fill_of else 0
+        for i, (out, (total, filled_px)) in enumerate(zip(outputs, counts, strict=True)):
             share = 1.0 - filled_px / total if total else 1.0
             results.append(Restored(out, self._method(share), recovered_share=share))
             log.info(
@@ -162,18 +174,21 @@ class RestoreEngine(Engine):
         return self.fallback.name
 
     def _recover(
-        self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        boxes: Sequence[tuple[int, int, int, int] | None],
     ) -> list[_Recovery | None]:
         """Invert the blend wherever it is safe; ``None`` for images left to the fallback."""
         out: list[_Recovery | None] = [None] * len(images)
-        candidates = [i for i, m in enumerate(masks) if m.any()]
+        candidates = [i for i, box in enumerate(boxes) if box is not None]
         if len(candidates) < self.min_images:
             log.info(
                 "restore: batch too small to estimate the watermark",
                 extra={"engine": self.name, "images": len(candidates)},
             )
             return out
-        ref = max(candidates, key=lambda i: int(masks[i].sum()))
+        ref = max(candidates, key=lambda i: _box_area(boxes[i]))
         placements, grid_shape, domain = self._grid(images, masks, ref, candidates)
         if domain is None:
             return out
@@ -202,15 +217,23 @@ class RestoreEngine(Engine):
         )
         confident_alpha = cv2.dilate(opaque, np.ones((5, 5), np.uint8)) == 0
         offset = est.offset
+        # Where to measure each image's noise: off the mark, away from the grid's border.
+        outside = cv2.dilate(domain.astype(np.uint8), np.ones((3, 3), np.uint8)) == 0
+        outside[:1], outside[-1:], outside[:, :1], outside[:, -1:] = False, False, False, False
         for k, i in enumerate(used):
-            ok = self._invertible(stack[k], est, errors[k], domain) & confident_alpha
-            out[i] = _invert_on_image(
-                images[i], masks[i], placements[i], est.beta, offset, ok | ~domain
-            )
+            ok = self._invertible(stack[k], est, errors[k], domain, outside) & confident_alpha
+            box = boxes[i]
+            assert box is not None
+            out[i] = _invert_on_image(images[i], box, placements[i], est.beta, offset, ok | ~domain)
         return out
 
     def _invertible(
-        self, crop: np.ndarray, est: BlendEstimate, jack: np.ndarray, domain: np.ndarray
+        self,
+        crop: np.ndarray,
+        est: BlendEstimate,
+        jack: np.ndarray,
+        domain: np.ndarray,
+        outside: np.ndarray,
     ) -> np.ndarray:
         """Grid pixels where inverting is predicted to beat inpainting, for one image.
 
@@ -219,9 +242,11 @@ class RestoreEngine(Engine):
         from a smooth interpolation of the pixels around the mask (what an inpainter can at
         best reproduce).
         """
-        noise = _noise_level(crop, domain)
+        grey = np.ascontiguousarray(crop.mean(axis=2))
+        noise = _noise_level(grey, outside)
         inv_err2 = _local_mean(jack**2) + (noise / est.beta) ** 2
-        recovered = est.invert(crop).mean(axis=2)
+        # The blend is linear per channel, so the grey recovered photo is the inverted grey.
+        recovered = grey / est.beta - est.u.mean(axis=2)
         detail2 = _local_mean((recovered - _interpolate_from_outside(recovered, domain)) ** 2)
         fill_err2 = np.maximum(detail2 - inv_err2, 0.0)
         return inv_err2 <= np.maximum(self.max_error**2, self.error_ratio**2 * fill_err2)
@@ -290,7 +315,7 @@ class RestoreEngine(Engine):
         bias[r, r] = 0.0
         for _ in range(2):
             energy = {i: _gradient_energy(c) for i, c in crops.items()}
-            template = np.median(np.stack(list(energy.values())), axis=0)[y0:y1, x0:x1]
+            template = batch_median(np.stack(list(energy.values())), axis=0)[y0:y1, x0:x1]
             if float(template.std()) < 1e-6:
                 break
             moved = False
@@ -339,14 +364,10 @@ def _local_mean(a: np.ndarray) -> np.ndarray:
     return cv2.blur(a, (5, 5))
 
 
-def _noise_level(crop: np.ndarray, domain: np.ndarray) -> float:
-    """Noise standard deviation around the mask (Immerkaer 1996), clamped to [0.5, 4]."""
-    grey = np.ascontiguousarray(crop.mean(axis=2))
+def _noise_level(grey: np.ndarray, outside: np.ndarray) -> float:
+    """Noise standard deviation over ``outside`` (Immerkaer 1996), clamped to [0.5, 4]."""
     kernel = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float32)
-    lap = np.abs(cv2.filter2D(grey, -1, kernel))[1:-1, 1:-1]
-    outside = ~cv2.dilate(domain.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)[
-        1:-1, 1:-1
-    ]
+    lap = np.abs(cv2.filter2D(grey, -1, kernel))
     if not outside.any():
         return 2.0
     sigma = float(np.sqrt(np.pi / 2) / 6 * lap[outside].mean())
@@ -375,22 +396,27 @@ def _gradient_energy(crop: np.ndarray) -> np.ndarray:
 
     Colour, not grey: a coloured mark can have the luminance of the photo under it.
     """
-    gx = np.abs(np.diff(crop, axis=1, append=crop[:, -1:])).sum(axis=2)
-    gy = np.abs(np.diff(crop, axis=0, append=crop[-1:])).sum(axis=2)
-    return gx + gy
+    gx = cv2.absdiff(crop[:, 1:], crop[:, :-1])
+    gy = cv2.absdiff(crop[1:], crop[:-1])
+    energy = np.zeros(crop.shape[:2], dtype=np.float32)
+    energy[:, :-1] += cv2.transform(gx, np.ones((1, 3), np.float32))
+    energy[:-1] += cv2.transform(gy, np.ones((1, 3), np.float32))
+    return energy
+
+
+def _box_area(box: tuple[int, int, int, int] | None) -> int:
+    return 0 if box is None else (box[1] - box[0]) * (box[3] - box[2])
 
 
 def _invert_on_image(
     image: np.ndarray,
-    mask: np.ndarray,
+    box: tuple[int, int, int, int],
     placement: _Placement,
     beta: np.ndarray,
     offset: np.ndarray,
     usable: np.ndarray,
 ) -> _Recovery:
     """Invert the blend over the mask's box of one image, with grid maps resampled onto it."""
-    box = mask_bbox(mask)
-    assert box is not None
     y0, y1, x0, x1 = box
     size = (x1 - x0, y1 - y0)
     m = placement.image_to_grid(y0, x0)
