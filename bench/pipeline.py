@@ -15,6 +15,7 @@ import io
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -263,7 +264,36 @@ async def _create_load(
         return time.perf_counter() - t0, latencies
 
 
+def memory_child(n_images: int, engine_name: str) -> None:
+    """Run in a child process: peak RSS of decoding, restoring and encoding one task."""
+    import resource
+
+    from photo_eraser.engines.registry import EngineRegistry
+
+    payload = jpeg(test_photo(1920, 1080))
+    mask = decode_mask(png(watermark_mask(1920, 1080, 400, 100)), 10**8)
+    engine = EngineRegistry(Path(tempfile.mkdtemp())).get(engine_name)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    decoded = [decode_image(payload, ImageLimits()) for _ in range(n_images)]
+    results = restore_images(decoded, mask, engine, jpeg_quality=95)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    pixels_mb = n_images * 1920 * 1080 * 3 / 2**20
+    print(f"| {engine_name} | {n_images} | {(peak - base) / 1024:.0f} MB | {pixels_mb:.0f} MB |")
+    assert len(results) == n_images
+
+
+def bench_memory() -> None:
+    print("\n## Peak memory of one task (1920x1080 JPEGs), above the process baseline")
+    print("| engine | images | peak RSS growth | decoded pixels alone |\n|---|---|---|---|")
+    for engine in ("opencv", "restore"):
+        for n in (1, 20):
+            subprocess.run([sys.executable, __file__, "--memory-child", str(n), engine], check=True)
+
+
 def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--memory-child":
+        memory_child(int(sys.argv[2]), sys.argv[3])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--requests", type=int, default=400)
@@ -284,6 +314,7 @@ def main() -> None:
         bench_stages(args.repeat, host)
         bench_engine_scaling(max(3, args.repeat // 4))
         bench_radius_quality()
+        bench_memory()
         bench_server(args.requests, args.concurrency, host, args.iopaint_url)
     finally:
         host.close()
