@@ -33,6 +33,10 @@ from photo_eraser.engines.base import Engine, Restored, mask_bbox
 
 log = logging.getLogger(__name__)
 
+_UNMARKED_ALPHA = 0.03
+"""Estimated opacity below which (with a small offset) a pixel is taken as not marked."""
+_UNMARKED_OFFSET = 6.0
+"""Largest estimated ``alpha * W`` (grey levels, any channel) of a pixel taken as not marked."""
 _OPAQUE_SPREAD = 0.1
 """Pixels varying over the batch less than this share of their surroundings are opaque."""
 
@@ -199,7 +203,10 @@ class RestoreEngine(Engine):
         stack = np.stack([crops[i] for i in used])
         est, errors = estimate_blend(stack, solver, jackknife_groups(len(used)))
         scores = ghost_scores(stack, est, solver)
-        excluded = [i for i, score in zip(used, scores, strict=True) if score > 1.0]
+        # Inversion adds edges (a negative ghost) to an image without the mark: score above 1.
+        # Weak marks on busy photos come near 1 too, so the score must also stand out.
+        limit = max(1.0, 2.0 * float(np.median(scores)))
+        excluded = [i for i, score in zip(used, scores, strict=True) if score > limit]
         if excluded:
             used = [i for i in used if i not in excluded]
             log.info(
@@ -217,6 +224,13 @@ class RestoreEngine(Engine):
         )
         confident_alpha = cv2.dilate(opaque, np.ones((5, 5), np.uint8)) == 0
         offset = est.offset
+        # Masked pixels the mark does not reach (masks are drawn generously) are left as they
+        # are: inverting an estimate of "no mark" would only add its noise.
+        unmarked = (est.beta > 1.0 - _UNMARKED_ALPHA) & (
+            np.abs(offset).max(axis=2) < _UNMARKED_OFFSET
+        )
+        beta = np.where(unmarked, 1.0, est.beta).astype(np.float32)
+        offset = np.where(unmarked[..., None], 0.0, offset).astype(np.float32)
         # Where to measure each image's noise: off the mark, away from the grid's border.
         outside = cv2.dilate(domain.astype(np.uint8), np.ones((3, 3), np.uint8)) == 0
         outside[:1], outside[-1:], outside[:, :1], outside[:, -1:] = False, False, False, False
@@ -224,7 +238,8 @@ class RestoreEngine(Engine):
             ok = self._invertible(stack[k], est, errors[k], domain, outside) & confident_alpha
             box = boxes[i]
             assert box is not None
-            out[i] = _invert_on_image(images[i], box, placements[i], est.beta, offset, ok | ~domain)
+            usable = ok | unmarked | ~domain
+            out[i] = _invert_on_image(images[i], box, placements[i], beta, offset, usable)
         return out
 
     def _invertible(
