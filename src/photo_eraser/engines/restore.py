@@ -226,8 +226,10 @@ class RestoreEngine(Engine):
         offset = est.offset
         # Masked pixels the mark does not reach (masks are drawn generously) are left as they
         # are: inverting an estimate of "no mark" would only add its noise.
-        unmarked = (est.beta > 1.0 - _UNMARKED_ALPHA) & (
-            np.abs(offset).max(axis=2) < _UNMARKED_OFFSET
+        unmarked = (
+            (est.beta > 1.0 - _UNMARKED_ALPHA)
+            & (np.abs(offset).max(axis=2) < _UNMARKED_OFFSET)
+            & confident_alpha
         )
         beta = np.where(unmarked, 1.0, est.beta).astype(np.float32)
         offset = np.where(unmarked[..., None], 0.0, offset).astype(np.float32)
