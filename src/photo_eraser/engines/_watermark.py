@@ -289,16 +289,20 @@ def estimate_blend(
 def ghost_scores(stack: np.ndarray, est: BlendEstimate, solver: GridSolver) -> np.ndarray:
     """Per image: edge energy at the mark's edges after inversion relative to before.
 
-    Below 1 when inverting removes the mark's edges (the mark is there); above 1 when
-    inversion prints a negative ghost of the mark (the mark is missing or misplaced).
+    Inversion scales the photo's own edges by ``1/beta``; that is undone (the edges after
+    inversion are weighed by ``beta``) so that only the mark's part counts. Below 1 when
+    inverting removes the mark's edges (the mark is there); above 1 when inversion prints a
+    negative ghost of the mark (the mark is missing or misplaced).
     """
     values = solver.gather(stack).mean(axis=2)
     beta = solver.gather(est.beta)
     offset = solver.gather(est.offset).mean(axis=1)
-    weight = np.abs(offset[solver.ea] - offset[solver.eb])
+    ea, eb = solver.ea, solver.eb
+    # The mark's edges: steps of its colour or of its opacity (a black mark has no colour).
+    weight = np.abs(offset[ea] - offset[eb]) + 128.0 * np.abs(beta[ea] - beta[eb])
     inverted = values / beta - solver.gather(est.u).mean(axis=1)
-    after = np.abs(inverted[:, solver.ea] - inverted[:, solver.eb]) @ weight
-    before = np.abs(values[:, solver.ea] - values[:, solver.eb]) @ weight
+    after = np.abs(inverted[:, ea] - inverted[:, eb]) @ (weight * 0.5 * (beta[ea] + beta[eb]))
+    before = np.abs(values[:, ea] - values[:, eb]) @ weight
     return np.where(before > 0, after / np.maximum(before, 1e-6), 0.0)
 
 

@@ -37,6 +37,8 @@ _UNMARKED_ALPHA = 0.03
 """Estimated opacity below which (with a small offset) a pixel is taken as not marked."""
 _UNMARKED_OFFSET = 6.0
 """Largest estimated ``alpha * W`` (grey levels, any channel) of a pixel taken as not marked."""
+_GHOST_LIMIT = 1.25
+"""Ghost score (see ``ghost_scores``) above which an image is taken as not carrying the mark."""
 _OPAQUE_SPREAD = 0.1
 """Pixels varying over the batch less than this share of their surroundings are opaque."""
 
@@ -204,8 +206,8 @@ class RestoreEngine(Engine):
         est, errors = estimate_blend(stack, solver, jackknife_groups(len(used)))
         scores = ghost_scores(stack, est, solver)
         # Inversion adds edges (a negative ghost) to an image without the mark: score above 1.
-        # Weak marks on busy photos come near 1 too, so the score must also stand out.
-        limit = max(1.0, 2.0 * float(np.median(scores)))
+        # Faint marks come near 1 either way, so the score must clearly exceed 1 and stand out.
+        limit = max(_GHOST_LIMIT, 2.0 * float(np.median(scores)))
         excluded = [i for i, score in zip(used, scores, strict=True) if score > limit]
         if excluded:
             used = [i for i in used if i not in excluded]
