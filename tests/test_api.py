@@ -152,7 +152,15 @@ BAD_BODIES = [
     ({"images": ["ftp://a.example/x.png"], "mask": "x", "priority": 1}, "images"),
     ({"images": ["http:///x.png"], "mask": "x", "priority": 1}, "images"),
     ({"images": ["http://user:pw@a.example/x.png"], "mask": "x", "priority": 1}, "images"),
-    ({"images": ["http://a.example/x.png"], "mask": "ftp://a.example/m.png", "priority": 1}, "mask"),
+    (
+        {"images": ["http://a.example/x.png"], "mask": "ftp://a.example/m.png", "priority": 1},
+        "mask",
+    ),
+    ({"images": ["http://a.example/x.png"], "mask": "http://[::1/m.png", "priority": 1}, "mask"),
+    (
+        {"images": ["http://a.example/x.png"], "mask": "http://u:p@a.example/m.png", "priority": 1},
+        "mask",
+    ),
     ({"images": ["http://a.example/x.png"] * 21, "mask": "x", "priority": 1}, "images"),
     ({"images": ["http://a.example/x.png"], "priority": 1}, "mask"),
     ({"images": ["http://a.example/x.png"], "mask": "", "priority": 1}, "mask"),
@@ -279,6 +287,7 @@ def test_unknown_task_and_route_are_404_envelopes(client: ApiClient) -> None:
     assert r.status_code == 404 and set(r.json()) == {"code", "msg", "data"}
     r = client.http.get("/v3/pic/rw/batch")
     assert r.status_code == 405 and r.json()["code"] == 40501
+    assert r.headers["allow"] == "POST"
 
 
 def test_result_links_are_signed(client: ApiClient, assets: dict[str, str]) -> None:
@@ -290,6 +299,11 @@ def test_result_links_are_signed(client: ApiClient, assets: dict[str, str]) -> N
     assert httpx.get(tampered).status_code == 403
     other_file = url.replace("/0.png", "/1.png")
     assert httpx.get(other_file).status_code == 403
+    head = httpx.head(url)
+    assert head.status_code == 200 and int(head.headers["content-length"]) > 0
+    # Range requests get the whole file; a malformed Range is no reason to fail.
+    ranged = httpx.get(url, headers={"Range": "bytes=abc"})
+    assert ranged.status_code == 200 and ranged.content == httpx.get(url).content
     expired = f"{parts.scheme}://{parts.netloc}{parts.path}?expires=1&signature=" + "0" * 64
     r = httpx.get(expired)
     assert r.status_code == 403 and r.json()["code"] == 40301

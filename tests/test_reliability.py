@@ -194,3 +194,20 @@ def test_clean_shutdown_hands_running_task_back(
     c = ApiClient(restarted.base_url, appkey, appsecret)
     assert c.wait(task_id)["status"] == "3"
     c.close()
+
+
+def test_second_server_on_same_data_dir_refuses_to_start(
+    run_server, image_host: ImageHost, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    data_dir = tmp_path / "shared"
+    first = run_server(data_dir)
+    c = ApiClient(first.base_url, *first.create_key())
+    gate = threading.Event()
+    task_id = c.create_ok([image_host.add("/twice/held.png", encode(photo(W, H)), gate=gate)], MASK)
+    c.wait(task_id, until=("2",))
+    with pytest.raises(RuntimeError, match="another photo-eraser server"):
+        run_server(data_dir)
+    assert c.result(task_id).json()["data"]["status"] == "2"  # untouched by the second start
+    gate.set()
+    assert c.wait(task_id)["status"] == "3"
+    c.close()

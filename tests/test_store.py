@@ -126,3 +126,52 @@ def test_expired_results_and_inline_masks_are_deleted(tmp_path: Path) -> None:
     assert record is not None and record.images[0].result_key is None and record.mask_data is None
     assert record.status == TaskStatus.COMPLETE
     assert "retention" in record.images[0].reason
+
+
+def test_late_worker_writes_nothing_to_a_closed_task(store: TaskStore) -> None:
+    from photo_eraser.tasks.store import ImageRecord
+
+    appkey, _ = store.create_key("k")
+    task_id = new_task(store, appkey)
+    task = store.claim_next()
+    assert task is not None
+    assert store.close(task_id, appkey) == TaskStatus.CLOSED
+    late = [ImageRecord(i, "u", ImageStatus.DONE, result_key="k") for i in range(2)]
+    assert not store.set_images(task.pk, late)
+    store.release(task.pk)  # a shutdown after the close must not revive it either
+    record = store.get_task(task_id)
+    assert record is not None and record.status == TaskStatus.CLOSED
+    assert [(im.status, im.reason) for im in record.images] == [
+        (ImageStatus.FAILED, "task closed by client")
+    ] * 2
+
+
+def test_orphaned_in_progress_task_is_requeued(store: TaskStore) -> None:
+    appkey, _ = store.create_key("k")
+    new_task(store, appkey)
+    task = store.claim_next()
+    assert task is not None
+    assert store.requeue_orphans(owned={task.pk}, stale_seconds=0) == 0  # a worker holds it
+    assert store.requeue_orphans(owned=set(), stale_seconds=3600) == 0  # still fresh
+    time.sleep(0.01)
+    assert store.requeue_orphans(owned=set(), stale_seconds=0) == 1
+    again = store.claim_next()
+    assert again is not None and again.pk == task.pk and again.attempts == 2
+
+
+def test_inline_masks_of_failed_tasks_are_dropped(store: TaskStore) -> None:
+    appkey, _ = store.create_key("k")
+    task_id = store.create_task(
+        appkey=appkey,
+        urls=["http://a.example/1.png"],
+        priority=1,
+        engine="auto",
+        mask_url=None,
+        mask_data=b"mask",
+        deadline_seconds=60,
+    )
+    task = store.claim_next()
+    assert task is not None and store.finish(task.pk, TaskStatus.FAILED, "x")
+    assert store.forget_masks(before=time.time() + 1) == 1
+    record = store.get_task(task_id)
+    assert record is not None and record.mask_data is None

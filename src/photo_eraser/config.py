@@ -9,8 +9,16 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (respects CPU affinity, e.g. taskset or containers)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def _default_workers() -> int:
-    return max(1, os.cpu_count() or 1)
+    return usable_cores()
 
 
 class Settings(BaseSettings):

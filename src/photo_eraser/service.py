@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from statistics import mean
+from typing import TextIO
 
-from photo_eraser.config import Settings
+from photo_eraser.config import Settings, usable_cores
 from photo_eraser.engines.registry import EngineRegistry
 from photo_eraser.fetch import Fetcher
 from photo_eraser.storage import LocalBlobStore, UrlSigner
@@ -19,6 +22,9 @@ from photo_eraser.tasks.store import TaskRecord, TaskStore
 from photo_eraser.tasks.worker import WorkerContext, run_worker
 
 log = logging.getLogger(__name__)
+
+ORPHAN_SECONDS = 300.0
+"""An in-progress task no worker holds and that showed no progress this long is re-queued."""
 
 DEFAULT_TASK_SECONDS = 5.0
 """Assumed run time of one task before any has finished, for ``wait_time``."""
@@ -45,9 +51,13 @@ class Service:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.fetcher: Fetcher | None = None
+        self._cpu: ThreadPoolExecutor | None = None
+        self._ctx: WorkerContext | None = None
+        self._lock_file: TextIO | None = None
 
     async def start(self) -> None:
         s = self.settings
+        self._take_data_dir_lock()
         requeued, failed = await asyncio.to_thread(self.store.recover_interrupted, s.max_attempts)
         if requeued or failed:
             log.warning(
@@ -55,7 +65,9 @@ class Service:
             )
         log.info("engines available", extra={"engines": self.engines.availability()})
         self.fetcher = Fetcher.from_settings(s)
-        ctx = WorkerContext(s, self.store, self.blobs, self.fetcher, self.engines)
+        self._cpu = ThreadPoolExecutor(max_workers=max(1, s.workers), thread_name_prefix="cpu")
+        ctx = WorkerContext(s, self.store, self.blobs, self.fetcher, self.engines, self._cpu)
+        self._ctx = ctx
         self._stop.clear()
         for i in range(s.workers):
             self._tasks.append(asyncio.create_task(run_worker(ctx, f"w{i}", self.wake, self._stop)))
@@ -72,6 +84,24 @@ class Service:
         self._tasks.clear()
         if self.fetcher is not None:
             await self.fetcher.aclose()
+        if self._cpu is not None:
+            self._cpu.shutdown(wait=False, cancel_futures=True)
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the flock
+            self._lock_file = None
+
+    def _take_data_dir_lock(self) -> None:
+        """One serving process per data directory: crash recovery assumes no other workers."""
+        path = self.settings.data_dir / "serve.lock"
+        lock_file = path.open("a+")
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock_file.close()
+            raise RuntimeError(
+                f"another photo-eraser server is already using {self.settings.data_dir}"
+            ) from None
+        self._lock_file = lock_file
 
     async def _sweep(self) -> None:
         """Time out overdue tasks every second; delete expired results every minute."""
@@ -79,6 +109,9 @@ class Service:
         while not self._stop.is_set():
             try:
                 await asyncio.to_thread(self.store.expire_overdue)
+                if self._ctx is not None:
+                    owned = set(self._ctx.in_flight)
+                    await asyncio.to_thread(self.store.requeue_orphans, owned, ORPHAN_SECONDS)
                 if time.monotonic() - last_cleanup > 60:
                     last_cleanup = time.monotonic()
                     await asyncio.to_thread(self._delete_expired_results)
@@ -92,6 +125,7 @@ class Service:
             for key in keys:
                 self.blobs.delete(key)
             self.store.forget_results(pk)
+        self.store.forget_masks(before)
 
     def wait_time(self, task: TaskRecord) -> str:
         """Seconds until the next useful poll, from queue position and recent task durations."""
@@ -111,7 +145,4 @@ class Service:
 
 def _engine_threads(settings: Settings) -> int:
     """Split the cores between workers so concurrent inferences do not oversubscribe them."""
-    import os
-
-    cores = os.cpu_count() or 1
-    return max(1, cores // max(1, settings.workers))
+    return max(1, usable_cores() // max(1, settings.workers))

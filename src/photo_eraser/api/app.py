@@ -7,21 +7,22 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from photo_eraser import __version__
 from photo_eraser.api.auth import RateLimiter, authenticate
 from photo_eraser.api.errors import CODE_TABLE, ApiError, Code, envelope
-from photo_eraser.api.schemas import CreateTaskRequest, ResultData, ResultItem
+from photo_eraser.api.schemas import CreateTaskRequest, ResultData, ResultItem, check_http_url
 from photo_eraser.config import Settings
 from photo_eraser.engines.base import EngineUnavailable
-from photo_eraser.imaging import MaskError, decode_mask, parse_mask_field
+from photo_eraser.imaging import MaskError, MaskSource, decode_mask, parse_mask_field
 from photo_eraser.service import Service
 from photo_eraser.tasks.status import ImageStatus
 
@@ -91,9 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except EngineUnavailable as exc:
             raise ApiError(Code.BAD_PARAMETER, f"engine: {exc}") from None
         try:
-            mask = parse_mask_field(req.mask)
-            if mask.data is not None:
-                await asyncio.to_thread(decode_mask, mask.data, settings.max_image_bytes)
+            mask = await asyncio.to_thread(_check_mask, req.mask, settings.max_image_bytes)
         except MaskError as exc:
             raise ApiError(Code.BAD_PARAMETER, f"mask: {exc}") from None
         task_id = await asyncio.to_thread(
@@ -153,20 +152,49 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise ApiError(Code.NOT_FOUND, f"task {task_id} not found")
         return envelope(Code.OK, data={"task_id": task_id, "status": str(int(status))})
 
-    @app.get("/v3/pic/rw/files/{key:path}", tags=["results"], response_model=None)
-    async def get_file(key: str, expires: int = 0, signature: str = "") -> FileResponse:
+    @app.api_route(
+        "/v3/pic/rw/files/{key:path}",
+        methods=["GET", "HEAD"],
+        tags=["results"],
+        response_model=None,
+    )
+    async def get_file(key: str, expires: int = 0, signature: str = "") -> StreamingResponse:
         """A result image. The link is signed and expires; no Authorization header needed."""
         if not service.signer.verify(key, expires, signature):
             raise ApiError(Code.LINK_EXPIRED, "result link is invalid or has expired")
         path = service.blobs.path(key)
         if path is None:
             raise ApiError(Code.NOT_FOUND, "result no longer exists")
-        media = {"jpg": "image/jpeg", "png": "image/png"}.get(
-            path.suffix.lstrip("."), "application/octet-stream"
+        media = {".jpg": "image/jpeg", ".png": "image/png"}.get(
+            path.suffix, "application/octet-stream"
         )
-        return FileResponse(path, media_type=media)
+        # Whole files only (no Range): results are a few MB, and every error stays an envelope.
+        return StreamingResponse(
+            _file_chunks(path),
+            media_type=media,
+            headers={"Content-Length": str(path.stat().st_size), "Cache-Control": "private"},
+        )
 
     return app
+
+
+def _check_mask(value: str, max_bytes: int) -> MaskSource:
+    """Parse the mask field; decode inline data now so a bad mask is a 400, not a failed task."""
+    mask = parse_mask_field(value)
+    if mask.url is not None:
+        try:
+            check_http_url(mask.url)
+        except ValueError as exc:
+            raise MaskError(str(exc)) from None
+    if mask.data is not None:
+        decode_mask(mask.data, max_bytes)
+    return mask
+
+
+async def _file_chunks(path: Path, chunk: int = 1 << 20) -> AsyncIterator[bytes]:
+    with path.open("rb") as f:
+        while data := await asyncio.to_thread(f.read, chunk):
+            yield data
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -218,7 +246,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         code = {404: Code.NOT_FOUND, 405: Code.METHOD_NOT_ALLOWED, 413: Code.BODY_TOO_LARGE}.get(
             exc.status_code, Code.BAD_PARAMETER if exc.status_code < 500 else Code.INTERNAL
         )
-        return envelope(code, str(exc.detail))
+        return envelope(code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _internal(_request: Request, exc: Exception) -> JSONResponse:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import string
+import re
 from dataclasses import dataclass
 from io import BytesIO
 from urllib.parse import unquote_to_bytes, urlsplit
@@ -37,7 +37,8 @@ __all__ = ["MaskError", "MaskSource", "decode_mask", "fit_mask", "parse_mask_fie
 MASK_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
 _LOSSY_FORMATS = frozenset({"JPEG", "WEBP"})
 _LOSSY_THRESHOLD = 127
-_BASE64_CHARS = frozenset(string.ascii_letters + string.digits + "+/-_=")
+_WHITESPACE = re.compile(r"\s+")
+_NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/\-_=]")
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 
 
@@ -69,7 +70,11 @@ def parse_mask_field(value: str) -> MaskSource:
         raise MaskError("mask is empty")
     head = text[:16].lower()
     if head.startswith(("http://", "https://")):
-        if not urlsplit(text).hostname:
+        try:
+            host = urlsplit(text).hostname
+        except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+            raise MaskError(f"mask URL is malformed: {exc}") from None
+        if not host:
             raise MaskError("mask URL has no host")
         return MaskSource(url=text)
     if head.startswith("data:"):
@@ -154,17 +159,16 @@ def _decode_data_uri(text: str) -> bytes:
 
 def _decode_base64(text: str) -> bytes:
     """Decode standard or URL-safe base64, padding optional, whitespace ignored."""
-    compact: list[str] = []
-    for position, char in enumerate(text):
-        if char.isspace():
-            continue
-        if char not in _BASE64_CHARS:
-            raise MaskError(
-                f"mask is not valid base64 (or an http/https URL): "
-                f"invalid character {char!r} at position {position}"
-            )
-        compact.append(char)
-    encoded = "".join(compact).rstrip("=")
+    compact = _WHITESPACE.sub("", text)
+    bad = _NOT_BASE64.search(compact)
+    if bad is not None:
+        # Report the position in the text as the user sent it.
+        position = _position_in(text, bad.start())
+        raise MaskError(
+            f"mask is not valid base64 (or an http/https URL): "
+            f"invalid character {bad.group()!r} at position {position}"
+        )
+    encoded = compact.rstrip("=")
     if "=" in encoded:
         raise MaskError("mask is not valid base64: '=' padding in the middle of the data")
     if len(encoded) % 4 == 1:
@@ -177,3 +181,14 @@ def _decode_base64(text: str) -> bytes:
     if not decoded:
         raise MaskError("mask is empty")
     return decoded
+
+
+def _position_in(text: str, compact_index: int) -> int:
+    """Index in ``text`` of the character at ``compact_index`` once whitespace is removed."""
+    seen = -1
+    for position, char in enumerate(text):
+        if not char.isspace():
+            seen += 1
+            if seen == compact_index:
+                return position
+    return len(text)

@@ -216,9 +216,15 @@ class TaskStore:
                 conn.execute(sa.select(tasks.c.status).where(tasks.c.id == pk)).scalar_one()
             )
 
-    def set_images(self, pk: int, updates: Sequence[ImageRecord]) -> None:
-        """Write per-image progress of a task that is still in progress."""
+    def set_images(self, pk: int, updates: Sequence[ImageRecord]) -> bool:
+        """Write per-image progress of a task that is still in progress.
+
+        Returns False, writing nothing, if the task was closed or timed out meanwhile.
+        """
         with self.engine.begin() as conn:
+            status = conn.execute(sa.select(tasks.c.status).where(tasks.c.id == pk)).scalar_one()
+            if status != TaskStatus.IN_PROGRESS:
+                return False
             for im in updates:
                 conn.execute(
                     task_images.update()
@@ -232,6 +238,7 @@ class TaskStore:
                     )
                 )
             conn.execute(tasks.update().where(tasks.c.id == pk).values(heartbeat_at=time.time()))
+        return True
 
     def finish(self, pk: int, status: TaskStatus, reason: str = "") -> bool:
         """Move an in-progress task to a final status; False if it was closed or timed out meanwhile."""
@@ -265,16 +272,46 @@ class TaskStore:
     def release(self, pk: int) -> None:
         """Give back a task interrupted by a clean shutdown; the attempt does not count."""
         with self.engine.begin() as conn:
-            conn.execute(
+            released = conn.execute(
                 tasks.update()
                 .where(tasks.c.id == pk, tasks.c.status == TaskStatus.IN_PROGRESS)
                 .values(status=TaskStatus.WAITING, started_at=None, attempts=tasks.c.attempts - 1)
             )
+            if not released.rowcount:
+                return  # closed or timed out meanwhile: its verdict stands
             conn.execute(
                 task_images.update()
                 .where(task_images.c.task_pk == pk)
                 .values(status=ImageStatus.WAITING, reason="", result_key=None)
             )
+
+    def requeue_orphans(self, owned: set[int], stale_seconds: float) -> int:
+        """Re-queue in-progress tasks that no worker of this process holds and that have shown
+        no progress for ``stale_seconds`` (a worker lost them to an error). Single-process only.
+        """
+        cutoff = time.time() - stale_seconds
+        with self.engine.begin() as conn:
+            pks = [
+                pk
+                for pk in conn.execute(
+                    sa.select(tasks.c.id).where(
+                        tasks.c.status == TaskStatus.IN_PROGRESS, tasks.c.heartbeat_at < cutoff
+                    )
+                ).scalars()
+                if pk not in owned
+            ]
+            if pks:
+                conn.execute(
+                    tasks.update()
+                    .where(tasks.c.id.in_(pks), tasks.c.status == TaskStatus.IN_PROGRESS)
+                    .values(status=TaskStatus.WAITING, started_at=None)
+                )
+                conn.execute(
+                    task_images.update()
+                    .where(task_images.c.task_pk.in_(pks))
+                    .values(status=ImageStatus.WAITING, reason="", result_key=None)
+                )
+        return len(pks)
 
     def close(self, task_id: str, appkey: str) -> TaskStatus | None:
         """Close a waiting or running task for its owner; return the resulting status."""
@@ -422,15 +459,24 @@ class TaskStore:
             grouped.setdefault(r.task_pk, []).append(r.result_key)
         return list(grouped.items())
 
+    def forget_masks(self, before: float) -> int:
+        """Drop the inline masks of tasks finished before ``before`` (whatever their outcome)."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                tasks.update()
+                .where(tasks.c.finished_at < before, tasks.c.mask_data.is_not(None))
+                .values(mask_data=None)
+            )
+        return int(result.rowcount)
+
     def forget_results(self, pk: int) -> None:
+        """Mark a task's result files as deleted (the caller deleted the blobs)."""
         with self.engine.begin() as conn:
             conn.execute(
                 task_images.update()
                 .where(task_images.c.task_pk == pk, task_images.c.result_key.is_not(None))
                 .values(result_key=None, reason="result deleted after its retention period")
             )
-        with self.engine.begin() as conn:
-            conn.execute(tasks.update().where(tasks.c.id == pk).values(mask_data=None))
 
 
 def _task_from_row(row: sa.Row) -> TaskRecord:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -28,6 +31,8 @@ from photo_eraser.tasks.store import ImageRecord, TaskRecord, TaskStore
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 class TaskAbandoned(Exception):
     """The task was closed or timed out while we worked on it; drop the work silently."""
@@ -42,6 +47,10 @@ class WorkerContext:
     blobs: LocalBlobStore
     fetcher: Fetcher
     engines: EngineRegistry
+    cpu: ThreadPoolExecutor
+    """Decode, engine and encode run here, one thread per worker, apart from the API's threads."""
+    in_flight: set[int] = field(default_factory=set)
+    """Primary keys of the tasks this process's workers hold right now."""
 
     @property
     def limits(self) -> ImageLimits:
@@ -53,6 +62,10 @@ class WorkerContext:
             max_aspect=s.max_aspect,
         )
 
+    async def run_cpu(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.cpu, lambda: fn(*args, **kwargs))
+
 
 async def run_worker(
     ctx: WorkerContext, name: str, wake: asyncio.Event, stop: asyncio.Event
@@ -60,7 +73,9 @@ async def run_worker(
     """Process tasks until ``stop`` is set; sleep on ``wake`` (or a short poll) when idle."""
     while not stop.is_set():
         try:
-            task = await asyncio.to_thread(ctx.store.claim_next)
+            task = await _claim(ctx)
+        except asyncio.CancelledError:
+            raise
         except Exception:
             log.exception("claiming a task failed", extra={"worker": name})
             task = None
@@ -76,10 +91,27 @@ async def run_worker(
         except asyncio.CancelledError:
             raise
         except Exception:
-            # The store itself failed (disk full, database locked...): the task stays in
-            # progress and is re-queued at the next start; keep this worker alive meanwhile.
+            # The store itself failed (disk full, database locked...). The sweeper re-queues the
+            # task once it has shown no progress for a while; keep this worker alive meanwhile.
             log.exception("recording a task's outcome failed", extra={"task_id": task.task_id})
             await asyncio.sleep(1.0)
+        finally:
+            ctx.in_flight.discard(task.pk)
+
+
+async def _claim(ctx: WorkerContext) -> TaskRecord | None:
+    """Claim the next task; a shutdown during the claim hands the claimed task straight back."""
+    claim = asyncio.ensure_future(asyncio.to_thread(ctx.store.claim_next))
+    try:
+        task = await asyncio.shield(claim)
+    except asyncio.CancelledError:
+        task = await claim
+        if task is not None:
+            ctx.store.release(task.pk)
+        raise
+    if task is not None:
+        ctx.in_flight.add(task.pk)
+    return task
 
 
 async def process_task(ctx: WorkerContext, task: TaskRecord, worker: str = "") -> None:
@@ -87,9 +119,10 @@ async def process_task(ctx: WorkerContext, task: TaskRecord, worker: str = "") -
     started = time.perf_counter()
     extra = {"task_id": task.task_id, "worker": worker, "attempt": task.attempts}
     log.info("task started", extra=extra)
+    records = {im.idx: ImageRecord(im.idx, im.url, ImageStatus.PROCESSING) for im in task.images}
     try:
         timeout = max(0.0, task.deadline_at - time.time())
-        status, reason = await asyncio.wait_for(_run(ctx, task), timeout=timeout)
+        status, reason = await asyncio.wait_for(_run(ctx, task, records), timeout=timeout)
     except asyncio.CancelledError:
         # Shutdown: hand the task back without counting this attempt against it.
         ctx.store.release(task.pk)
@@ -103,6 +136,8 @@ async def process_task(ctx: WorkerContext, task: TaskRecord, worker: str = "") -
         log.info("task timed out", extra=extra)
         return
     except EngineError as exc:
+        # Keep the per-image verdicts we already have (download or format failures).
+        await asyncio.to_thread(ctx.store.set_images, task.pk, list(records.values()))
         status, reason = TaskStatus.FAILED, str(exc)
     except Exception:
         log.exception("task crashed", extra=extra)
@@ -125,16 +160,24 @@ async def process_task(ctx: WorkerContext, task: TaskRecord, worker: str = "") -
     )
 
 
+async def _save_images(
+    ctx: WorkerContext, task: TaskRecord, records: dict[int, ImageRecord]
+) -> None:
+    if not await asyncio.to_thread(ctx.store.set_images, task.pk, list(records.values())):
+        raise TaskAbandoned
+
+
 async def _checkpoint(ctx: WorkerContext, task: TaskRecord) -> None:
     status = await asyncio.to_thread(ctx.store.task_status, task.pk)
     if status != TaskStatus.IN_PROGRESS:
         raise TaskAbandoned
 
 
-async def _run(ctx: WorkerContext, task: TaskRecord) -> tuple[TaskStatus, str]:
+async def _run(
+    ctx: WorkerContext, task: TaskRecord, records: dict[int, ImageRecord]
+) -> tuple[TaskStatus, str]:
     times = StageTimes()
-    records = {im.idx: ImageRecord(im.idx, im.url, ImageStatus.PROCESSING) for im in task.images}
-    await asyncio.to_thread(ctx.store.set_images, task.pk, list(records.values()))
+    await _save_images(ctx, task, records)
 
     t = time.perf_counter()
     try:
@@ -144,22 +187,26 @@ async def _run(ctx: WorkerContext, task: TaskRecord) -> tuple[TaskStatus, str]:
     times.add("mask", t)
 
     t = time.perf_counter()
-    payloads = await asyncio.gather(
-        *(ctx.fetcher.fetch(im.url) for im in task.images), return_exceptions=True
+    payloads: list[bytes | BaseException | None] = list(
+        await asyncio.gather(
+            *(ctx.fetcher.fetch(im.url) for im in task.images), return_exceptions=True
+        )
     )
     times.add("download", t)
     await _checkpoint(ctx, task)
 
     t = time.perf_counter()
     decoded: dict[int, DecodedImage] = {}
-    for im, payload in zip(task.images, payloads, strict=True):
+    for i, im in enumerate(task.images):
+        payload, payloads[i] = payloads[i], None  # free each download once decoded
         if isinstance(payload, FetchError):
             _fail(records[im.idx], str(payload))
         elif isinstance(payload, BaseException):
             raise payload
         else:
+            assert payload is not None
             try:
-                decoded[im.idx] = await asyncio.to_thread(decode_image, payload, ctx.limits)
+                decoded[im.idx] = await ctx.run_cpu(decode_image, payload, ctx.limits)
             except ImageError as exc:
                 _fail(records[im.idx], str(exc))
     times.add("decode", t)
@@ -167,17 +214,17 @@ async def _run(ctx: WorkerContext, task: TaskRecord) -> tuple[TaskStatus, str]:
     if decoded:
         engine = await asyncio.to_thread(ctx.engines.get, task.engine)
         order = sorted(decoded)
-        results = await asyncio.to_thread(
+        results = await ctx.run_cpu(
             restore_images,
-            [decoded[i] for i in order],
+            [decoded.pop(i) for i in order],
             mask,
             engine,
             jpeg_quality=ctx.settings.jpeg_quality,
             times=times,
         )
-        await _checkpoint(ctx, task)
         t = time.perf_counter()
         for idx, result in zip(order, results, strict=True):
+            await _checkpoint(ctx, task)
             key = f"results/{task.task_id}/{idx}.{result.encoded.extension}"
             await asyncio.to_thread(ctx.blobs.put, key, result.encoded.data)
             rec = records[idx]
@@ -187,13 +234,15 @@ async def _run(ctx: WorkerContext, task: TaskRecord) -> tuple[TaskStatus, str]:
             rec.recovered_share = result.restored.recovered_share
         times.add("store", t)
 
-    await asyncio.to_thread(ctx.store.set_images, task.pk, list(records.values()))
+    await _save_images(ctx, task, records)
     log.info(
         "task stages",
         extra={
             "task_id": task.task_id,
             "engine": task.engine,
             "stages": {k: round(v, 4) for k, v in times.seconds.items()},
+            "methods": [r.method for r in records.values()],
+            "recovered_share": [r.recovered_share for r in records.values()],
         },
     )
     if any(r.status == ImageStatus.DONE for r in records.values()):
@@ -212,4 +261,4 @@ async def _load_mask(ctx: WorkerContext, task: TaskRecord) -> np.ndarray:
     else:
         assert task.mask_url is not None
         data = await ctx.fetcher.fetch(task.mask_url)
-    return await asyncio.to_thread(decode_mask, data, ctx.settings.max_image_bytes)
+    return await ctx.run_cpu(decode_mask, data, ctx.settings.max_image_bytes)
