@@ -104,7 +104,7 @@ class RestoreEngine(Engine):
         *,
         max_alpha: float = 0.85,
         max_error: float = 3.0,
-        error_ratio: float = 0.8,
+        error_ratio: float = 1.5,
         min_images: int = 4,
         align_radius: int = 4,
         max_grid_pixels: int = 250_000,
