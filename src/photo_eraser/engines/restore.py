@@ -342,8 +342,8 @@ class RestoreEngine(Engine):
                 score = cv2.matchTemplate(
                     e[y0 - r : y1 + r, x0 - r : x1 + r], template, cv2.TM_CCOEFF_NORMED
                 )
-                dy, dx = np.unravel_index(int(np.argmax(score + bias)), score.shape)
-                dy, dx = int(dy) - r, int(dx) - r
+                best = int(np.argmax(score + bias))
+                dy, dx = best // score.shape[1] - r, best % score.shape[1] - r
                 if dy or dx:
                     p = placements[i]
                     placements[i] = p.shifted(p.dy + dy, p.dx + dx)
