@@ -19,14 +19,22 @@ def store(tmp_path: Path) -> TaskStore:
     return open_store(Settings(data_dir=tmp_path))
 
 
-def new_task(store: TaskStore, appkey: str, priority: int = 1, deadline: float = 60) -> str:
+def new_task(
+    store: TaskStore,
+    appkey: str,
+    priority: int = 1,
+    deadline: float = 60,
+    inline_mask: bytes | None = None,
+    images: int = 2,
+) -> str:
+    """A task over ``images`` URLs, with a mask URL unless ``inline_mask`` is given."""
     return store.create_task(
         appkey=appkey,
-        urls=["http://a.example/1.png", "http://a.example/2.png"],
+        urls=[f"http://a.example/{i}.png" for i in range(images)],
         priority=priority,
         engine="auto",
-        mask_url="http://a.example/m.png",
-        mask_data=None,
+        mask_url=None if inline_mask else "http://a.example/m.png",
+        mask_data=inline_mask,
         deadline_seconds=deadline,
     )
 
@@ -102,21 +110,13 @@ def test_expired_results_and_inline_masks_are_deleted(tmp_path: Path) -> None:
     service = Service(Settings(data_dir=tmp_path, result_ttl_seconds=0))
     store = service.store
     appkey, _ = store.create_key("k")
-    task_id = store.create_task(
-        appkey=appkey,
-        urls=["http://a.example/1.png"],
-        priority=1,
-        engine="auto",
-        mask_url=None,
-        mask_data=b"mask bytes",
-        deadline_seconds=60,
-    )
+    task_id = new_task(store, appkey, inline_mask=b"mask bytes", images=1)
     task = store.claim_next()
     assert task is not None
     key = f"results/{task_id}/0.png"
     service.blobs.put(key, b"result")
     store.set_images(
-        task.pk, [ImageRecord(0, "http://a.example/1.png", ImageStatus.DONE, result_key=key)]
+        task.pk, [ImageRecord(0, "http://a.example/0.png", ImageStatus.DONE, result_key=key)]
     )
     assert store.finish(task.pk, TaskStatus.COMPLETE)
     time.sleep(0.01)
@@ -161,15 +161,7 @@ def test_orphaned_in_progress_task_is_requeued(store: TaskStore) -> None:
 
 def test_inline_masks_of_failed_tasks_are_dropped(store: TaskStore) -> None:
     appkey, _ = store.create_key("k")
-    task_id = store.create_task(
-        appkey=appkey,
-        urls=["http://a.example/1.png"],
-        priority=1,
-        engine="auto",
-        mask_url=None,
-        mask_data=b"mask",
-        deadline_seconds=60,
-    )
+    task_id = new_task(store, appkey, inline_mask=b"mask", images=1)
     task = store.claim_next()
     assert task is not None and store.finish(task.pk, TaskStatus.FAILED, "x")
     assert store.forget_masks(before=time.time() + 1) == 1
