@@ -148,6 +148,19 @@ def test_opaque_mark_is_filled_by_the_fallback() -> None:
         assert _psnr(r.image, p, mask) > _psnr(t.image, p, mask) - 0.5
 
 
+def test_batch_without_a_shared_mark_is_inpainted() -> None:
+    # A mask over content that differs between the photos (nothing stamped): the engine
+    # must erase it like the fallback, not hand the photos back unchanged.
+    mask = np.zeros((H, W), bool)
+    mask[40:110, 60:240] = True
+    photos = _crops(8, seed=9)
+    results = _engine().restore(photos, [mask] * 8)
+    telea = OpenCVEngine().restore(photos, [mask] * 8)
+    for r, t in zip(results, telea, strict=True):
+        assert r.method == "opencv" and r.recovered_share == 0.0
+        assert np.array_equal(r.image, t.image)
+
+
 def test_images_without_the_mark_are_excluded() -> None:
     cov = _coverage()
     mask = _mask(cov)

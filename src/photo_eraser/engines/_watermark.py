@@ -286,7 +286,9 @@ def estimate_blend(
     return est, errors
 
 
-def ghost_scores(stack: np.ndarray, est: BlendEstimate, solver: GridSolver) -> np.ndarray:
+def ghost_scores(
+    stack: np.ndarray, est: BlendEstimate, solver: GridSolver, min_beta: float = 0.15
+) -> np.ndarray:
     """Per image: edge energy at the mark's edges after inversion relative to before.
 
     Inversion scales the photo's own edges by ``1/beta``; that is undone (the edges after
@@ -297,9 +299,14 @@ def ghost_scores(stack: np.ndarray, est: BlendEstimate, solver: GridSolver) -> n
     values = solver.gather(stack).mean(axis=2)
     beta = solver.gather(est.beta)
     offset = solver.gather(est.offset).mean(axis=1)
+    spread = solver.gather(est.spread)
     ea, eb = solver.ea, solver.eb
     # The mark's edges: steps of its colour or of its opacity (a black mark has no colour).
     weight = np.abs(offset[ea] - offset[eb]) + 128.0 * np.abs(beta[ea] - beta[eb])
+    # Only where inversion is attempted at all (not under an opaque mark).
+    weight *= (np.minimum(beta[ea], beta[eb]) >= min_beta) & (
+        np.minimum(spread[ea], spread[eb]) >= 0.1
+    )
     inverted = values / beta - solver.gather(est.u).mean(axis=1)
     after = np.abs(inverted[:, ea] - inverted[:, eb]) @ (weight * 0.5 * (beta[ea] + beta[eb]))
     before = np.abs(values[:, ea] - values[:, eb]) @ weight

@@ -37,6 +37,17 @@ _UNMARKED_ALPHA = 0.03
 """Estimated opacity below which (with a small offset) a pixel is taken as not marked."""
 _UNMARKED_OFFSET = 6.0
 """Largest estimated ``alpha * W`` (grey levels, any channel) of a pixel taken as not marked."""
+_MARKED_ALPHA = 0.1
+"""Estimated opacity from which a pixel is clearly under the mark."""
+_MARKED_OFFSET = 15.0
+"""Estimated ``alpha * W`` (grey levels, any channel) from which a pixel is clearly marked."""
+_MIN_MARKED_PIXELS = 20
+_MIN_MARKED_SHARE = 0.02
+"""Fewest clearly marked grid pixels (count and share of the mask) to call it a mark at all."""
+_NEAR = 8
+"""Grid pixels around the clearly marked ones that are treated as the mark's surroundings."""
+_NO_MARK_SCORE = 0.85
+"""Median ghost score above which the batch is taken as carrying no shared mark."""
 _GHOST_LIMIT = 1.25
 """Ghost score (see ``ghost_scores``) above which an image is taken as not carrying the mark."""
 _OPAQUE_SPREAD = 0.1
@@ -201,33 +212,27 @@ class RestoreEngine(Engine):
         crops = {i: _extract(images[i], placements[i], grid_shape) for i in candidates}
         placements, crops = self._align(images, placements, crops, domain, grid_shape)
         solver = GridSolver(domain)
-        used = list(candidates)
-        stack = np.stack([crops[i] for i in used])
-        est, errors = estimate_blend(stack, solver, jackknife_groups(len(used)))
-        scores = ghost_scores(stack, est, solver)
-        # Inversion adds edges (a negative ghost) to an image without the mark: score above 1.
-        # Faint marks come near 1 either way, so the score must clearly exceed 1 and stand out.
-        limit = max(_GHOST_LIMIT, 2.0 * float(np.median(scores)))
-        excluded = [i for i, score in zip(used, scores, strict=True) if score > limit]
-        if excluded:
-            used = [i for i in used if i not in excluded]
-            log.info(
-                "restore: images without the mark excluded",
-                extra={"engine": self.name, "excluded": excluded},
-            )
-            if len(used) < self.min_images:
-                return out
-            stack = np.stack([crops[i] for i in used])
-            est, errors = estimate_blend(stack, solver, jackknife_groups(len(used)))
-        assert errors is not None
+        batch = self._estimate(crops, candidates, solver)
+        if batch is None:
+            return out
+        used, stack, est, errors = batch
         # Next to (nearly) opaque pixels the ratio fits have no signal: keep a margin.
         opaque = ((est.beta < 1.0 - self.max_alpha) | (est.spread < _OPAQUE_SPREAD)).astype(
             np.uint8
         )
         confident_alpha = cv2.dilate(opaque, np.ones((5, 5), np.uint8)) == 0
         offset = est.offset
-        # Masked pixels the mark does not reach (masks are drawn generously) are left as they
-        # are: inverting an estimate of "no mark" would only add its noise.
+        # A pixel clearly under the mark; without enough of them there is no shared mark
+        # (e.g. a mask over an object that differs between the photos): inpaint everything.
+        marked = domain & (
+            (est.beta < 1.0 - _MARKED_ALPHA) | (np.abs(offset).max(axis=2) >= _MARKED_OFFSET)
+        )
+        if marked.sum() < max(_MIN_MARKED_PIXELS, _MIN_MARKED_SHARE * domain.sum()):
+            log.info("restore: no shared watermark found", extra={"engine": self.name})
+            return out
+        near = cv2.dilate(marked.astype(np.uint8), np.ones((2 * _NEAR + 1,) * 2, np.uint8)) > 0
+        # Masked pixels next to the mark that it does not reach (masks are drawn with a margin)
+        # are left as they are: inverting an estimate of "no mark" would only add its noise.
         unmarked = (
             (est.beta > 1.0 - _UNMARKED_ALPHA)
             & (np.abs(offset).max(axis=2) < _UNMARKED_OFFSET)
@@ -242,9 +247,44 @@ class RestoreEngine(Engine):
             ok = self._invertible(stack[k], est, errors[k], domain, outside) & confident_alpha
             box = boxes[i]
             assert box is not None
-            usable = ok | unmarked | ~domain
+            # Masked pixels away from the mark, or off the estimated domain (a mask unlike the
+            # others), are inpainted.
+            usable = (ok | unmarked) & near
             out[i] = _invert_on_image(images[i], box, placements[i], beta, offset, usable)
         return out
+
+    def _estimate(
+        self, crops: dict[int, np.ndarray], candidates: Sequence[int], solver: GridSolver
+    ) -> tuple[list[int], np.ndarray, BlendEstimate, np.ndarray] | None:
+        """Estimate the blend from the images that carry the mark; ``None`` if too few do.
+
+        Returns the images used, their crops, the estimate and its per-image jackknife errors.
+        """
+        used = list(candidates)
+        stack = np.stack([crops[i] for i in used])
+        est, errors = estimate_blend(stack, solver, jackknife_groups(len(used)))
+        scores = ghost_scores(stack, est, solver, min_beta=1.0 - self.max_alpha)
+        if float(np.median(scores)) > _NO_MARK_SCORE:
+            # Inverting barely changes the edges of a typical image: no shared mark was found
+            # (e.g. the mask covers an object that differs between the photos).
+            log.info("restore: no shared watermark found", extra={"engine": self.name})
+            return None
+        # Inversion adds edges (a negative ghost) to an image without the mark: score above 1.
+        # Faint marks come near 1 either way, so the score must clearly exceed 1 and stand out.
+        limit = max(_GHOST_LIMIT, 2.0 * float(np.median(scores)))
+        excluded = [i for i, score in zip(used, scores, strict=True) if score > limit]
+        if excluded:
+            used = [i for i in used if i not in excluded]
+            log.info(
+                "restore: images without the mark excluded",
+                extra={"engine": self.name, "excluded": excluded},
+            )
+            if len(used) < self.min_images:
+                return None
+            stack = np.stack([crops[i] for i in used])
+            est, errors = estimate_blend(stack, solver, jackknife_groups(len(used)))
+        assert errors is not None
+        return used, stack, est, errors
 
     def _invertible(
         self,
@@ -440,10 +480,10 @@ def _invert_on_image(
     size = (x1 - x0, y1 - y0)
     m = placement.image_to_grid(y0, x0)
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    # Outside the grid there is no mark: beta 1, offset 0, and inversion is the identity.
+    # Off the grid nothing is known: those pixels are not usable (the fallback fills them).
     b = cv2.warpAffine(beta, m, size, flags=flags, borderValue=1.0)
     c = cv2.warpAffine(offset, m, size, flags=flags, borderValue=(0.0, 0.0, 0.0))
-    ok = cv2.warpAffine(usable.astype(np.float32), m, size, flags=flags, borderValue=1.0)
+    ok = cv2.warpAffine(usable.astype(np.float32), m, size, flags=flags, borderValue=0.0)
     crop = image[y0:y1, x0:x1].astype(np.float32)
     pixels = np.clip(np.rint((crop - c) / b[..., None]), 0, 255).astype(np.uint8)
     return _Recovery(box=box, pixels=pixels, usable=ok > 0.999)
