@@ -137,7 +137,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 url = f"{base}/v3/pic/rw/files/{im.result_key}?expires={expires}&signature={sig}"
             items.append(
                 ResultItem(
-                    image_result=url, status=str(int(im.status)), reason=im.reason, method=im.method
+                    image_result=url,
+                    status=str(int(im.status)),
+                    reason=im.reason,
+                    method=im.method,
+                    recovered_share=(
+                        None if im.recovered_share is None else round(im.recovered_share, 3)
+                    ),
                 )
             )
         data = ResultData(status=str(int(task.status)), wait_time=wait_time, list=items)

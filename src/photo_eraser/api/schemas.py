@@ -49,6 +49,10 @@ class ResultItem(BaseModel):
     method: str | None = Field(
         default=None, description="extension: how the image was restored (engine name)"
     )
+    recovered_share: float | None = Field(
+        default=None,
+        description="extension, engine restore: share of masked pixels recovered, not inpainted",
+    )
 
 
 class ResultData(BaseModel):
