@@ -380,7 +380,7 @@ def test_batch_of_stamped_photos_is_recovered_not_inpainted(
     gains = []
     for i, item in enumerate(restored["list"]):
         assert item["method"].startswith("restore"), item
-        assert 0.5 <= item["recovered_share"] <= 1
+        assert 0.3 < item["recovered_share"] <= 1
         gains.append(psnr(restored, i) - psnr(telea, i))
     # Recovering the real pixels beats inventing them on every image, by a wide margin overall.
     assert min(gains) > 2 and float(np.mean(gains)) > 8, gains
