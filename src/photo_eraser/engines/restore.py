@@ -243,8 +243,9 @@ class RestoreEngine(Engine):
         # Where to measure each image's noise: off the mark, away from the grid's border.
         outside = cv2.dilate(domain.astype(np.uint8), np.ones((3, 3), np.uint8)) == 0
         outside[:1], outside[-1:], outside[:, :1], outside[:, -1:] = False, False, False, False
+        plan = _fill_plan(domain)
         for k, i in enumerate(used):
-            ok = self._invertible(stack[k], est, errors[k], domain, outside) & confident_alpha
+            ok = self._invertible(stack[k], est, errors[k], plan, outside) & confident_alpha
             box = boxes[i]
             assert box is not None
             # Masked pixels away from the mark, or off the estimated domain (a mask unlike the
@@ -291,7 +292,7 @@ class RestoreEngine(Engine):
         crop: np.ndarray,
         est: BlendEstimate,
         jack: np.ndarray,
-        domain: np.ndarray,
+        plan: list[_FillStep],
         outside: np.ndarray,
     ) -> np.ndarray:
         """Grid pixels where inverting is predicted to beat inpainting, for one image.
@@ -306,7 +307,7 @@ class RestoreEngine(Engine):
         inv_err2 = _local_mean(jack**2) + (noise / est.beta) ** 2
         # The blend is linear per channel, so the grey recovered photo is the inverted grey.
         recovered = grey / est.beta - est.u.mean(axis=2)
-        detail2 = _local_mean((recovered - _interpolate_from_outside(recovered, domain)) ** 2)
+        detail2 = _local_mean((recovered - _interpolate_from_outside(recovered, plan)) ** 2)
         fill_err2 = np.maximum(detail2 - inv_err2, 0.0)
         return inv_err2 <= np.maximum(self.max_error**2, self.error_ratio**2 * fill_err2)
 
@@ -433,20 +434,37 @@ def _noise_level(grey: np.ndarray, outside: np.ndarray) -> float:
     return min(4.0, max(0.5, sigma))
 
 
-def _interpolate_from_outside(image: np.ndarray, domain: np.ndarray) -> np.ndarray:
-    """A smooth fill of the domain (grey HxW) from the pixels around it (normalised convolution)."""
-    out = image.copy()
+@dataclass(frozen=True)
+class _FillStep:
+    """One pass of ``_interpolate_from_outside``: blur width, known pixels, pixels it fills."""
+
+    sigma: float
+    known: np.ndarray
+    fill: np.ndarray
+    density: np.ndarray
+
+
+def _fill_plan(domain: np.ndarray) -> list[_FillStep]:
+    """The passes filling ``domain`` from outside; they depend on the domain only."""
+    steps = []
     known = (~domain).astype(np.float32)
     for sigma in (3.0, 9.0, 27.0):
-        den = cv2.GaussianBlur(known, (0, 0), sigma)
-        num = cv2.GaussianBlur(image * known, (0, 0), sigma)
-        fill = domain & (den > 0.05)
-        out[fill] = num[fill] / den[fill]
+        density = cv2.GaussianBlur(known, (0, 0), sigma)
+        fill = domain & (density > 0.05)
+        steps.append(_FillStep(sigma, known, fill, density))
         known = np.where(fill, 1.0, known).astype(np.float32)
-        image = out
         domain = domain & ~fill
         if not domain.any():
             break
+    return steps
+
+
+def _interpolate_from_outside(image: np.ndarray, plan: list[_FillStep]) -> np.ndarray:
+    """A smooth fill of the domain (grey HxW) from the pixels around it (normalised convolution)."""
+    out = image.copy()
+    for step in plan:
+        num = cv2.GaussianBlur(out * step.known, (0, 0), step.sigma)
+        out[step.fill] = num[step.fill] / step.density[step.fill]
     return out
 
 
