@@ -222,3 +222,22 @@ def test_empty_mask_and_length_mismatch() -> None:
         assert np.array_equal(r.image, p)
     with pytest.raises(ValueError):
         _engine().restore(photos, [empty] * 3)
+
+
+def test_in_place_writes_into_the_given_arrays_and_logs_shares(caplog) -> None:
+    cov = _coverage()
+    mask = _mask(cov)
+    photos = _crops(8, seed=10)
+    stamped = _stamp(photos, 0.4 * cov, _colour())
+    given = [s.copy() for s in stamped]
+    with caplog.at_level("INFO", logger="photo_eraser.engines.restore"):
+        results = _engine().restore(given, [mask] * 8, in_place=True)
+    for r, g, s in zip(results, given, stamped, strict=True):
+        assert r.image is g
+        assert np.array_equal(g[~mask], s[~mask])
+        assert not np.array_equal(g[mask], s[mask])
+    logged = [rec for rec in caplog.records if rec.getMessage() == "restore image"]
+    assert [rec.image_index for rec in logged] == list(range(8))
+    for rec, r in zip(logged, results, strict=True):
+        assert rec.recovered_share == round(r.recovered_share, 4)
+        assert rec.filled_share == round(1.0 - r.recovered_share, 4)
