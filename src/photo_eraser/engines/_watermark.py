@@ -189,23 +189,37 @@ class _EdgeFit:
         info = np.minimum(sxx, syy) / (x.shape[0] * sw)
         return r, sw, sx, sy, info
 
+    def residuals(
+        self, r: np.ndarray, sw: np.ndarray, sx: np.ndarray, sy: np.ndarray
+    ) -> np.ndarray:
+        """Residual norm over channels of every image at every edge (N, E) for a fit."""
+        d = (sy - r * sx) / sw
+        proj = np.einsum("cne,ce->ne", self.y, d) - r * np.einsum("cne,ce->ne", self.x, d)
+        res2 = self.yy - 2 * r * self.xy + r * r * self.xx - 2 * proj + (d * d).sum(axis=0)
+        return np.sqrt(np.maximum(res2, 0.0))
+
     def robust(
         self, iterations: int = _IRLS_ITERATIONS
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """IRLS over all images: slope and signal variance per edge, final weights (N, E)."""
+        """IRLS over all images: slope and Poisson weight per edge, final weights (N, E).
+
+        The Poisson weight is the slope's precision (signal over residual variance, relative
+        to the median edge), damped where the ends barely vary over the batch (an opaque
+        mark, flat photos): there the ratio says little whatever the residuals.
+        """
         w = np.ones(self.xx.shape, dtype=np.float32)
         r, sw, sx, sy, info = self.slope(w)
-        if self.xx.shape[0] < 3:
-            return r, info, w
-        for _ in range(iterations):
-            d = (sy - r * sx) / sw
-            proj = np.einsum("cne,ce->ne", self.y, d) - r * np.einsum("cne,ce->ne", self.x, d)
-            res2 = self.yy - 2 * r * self.xy + r * r * self.xx - 2 * proj + (d * d).sum(axis=0)
-            res = np.sqrt(np.maximum(res2, 0.0))
+        for _ in range(iterations if self.xx.shape[0] >= 3 else 0):
+            res = self.residuals(r, sw, sx, sy)
             scale = 1.4826 * batch_median(res, axis=0) + _RESIDUAL_FLOOR
             w = 1.0 / (1.0 + (res / (_CAUCHY * scale)) ** 2)
             r, sw, sx, sy, info = self.slope(w)
-        return r, info, w
+        res = self.residuals(r, sw, sx, sy)
+        noise = (w * res * res).sum(axis=0) / sw + _RESIDUAL_FLOOR**2
+        precision = info / noise
+        precision /= max(float(np.median(precision)), 1e-12)
+        weight = np.clip(precision, 0.01, 100.0) * info / (info + _SIGNAL_VARIANCE)
+        return r, weight, w
 
 
 def batch_median(a: np.ndarray, axis: int) -> np.ndarray:
@@ -279,9 +293,8 @@ def estimate_blend(
     """
     values = np.ascontiguousarray(np.moveaxis(solver.gather(stack), -1, 0))
     fit = _EdgeFit(values, solver)
-    slope, info, weights = fit.robust()
-    # Edges whose ends barely vary over the batch (opaque mark, flat photos) count little.
-    poisson = solver.poisson(info / (info + _SIGNAL_VARIANCE), _ANCHOR)
+    slope, edge_weight, weights = fit.robust()
+    poisson = solver.poisson(edge_weight, _ANCHOR)
     beta, u = _integrate(fit, slope, poisson)
     est = BlendEstimate(
         beta=solver.scatter(beta, 1.0),
