@@ -241,3 +241,13 @@ def test_in_place_writes_into_the_given_arrays_and_logs_shares(caplog) -> None:
     for rec, r in zip(logged, results, strict=True):
         assert rec.recovered_share == round(r.recovered_share, 4)
         assert rec.filled_share == round(1.0 - r.recovered_share, 4)
+
+
+def test_deterministic() -> None:
+    cov = _coverage()
+    mask = _mask(cov)
+    stamped = _stamp(_crops(6, seed=11), 0.5 * cov, _colour())
+    first = _engine().restore(stamped, [mask] * 6)
+    second = _engine().restore(stamped, [mask] * 6)
+    for a, b in zip(first, second, strict=True):
+        assert np.array_equal(a.image, b.image) and a.recovered_share == b.recovered_share
