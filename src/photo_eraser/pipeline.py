@@ -3,14 +3,17 @@ decoded images + one mask -> engine -> encoded results."""
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from photo_eraser.engines.base import Engine, Restored
-from photo_eraser.imaging import DecodedImage, EncodedImage, encode_image, fit_mask
+from photo_eraser.imaging import DecodedImage, EncodedImage, decode_mask, encode_image, fit_mask
 
 
 @dataclass
@@ -62,3 +65,29 @@ def restore_images(
     ]
     times.add("encode", t)
     return out
+
+
+class MaskCache:
+    """Decoded masks by content hash: shops send the same mask with every task, so it is
+    decoded once (checked at creation, reused by the worker). Arrays are read-only."""
+
+    def __init__(self, max_bytes: int, size: int = 32) -> None:
+        self.max_bytes = max_bytes
+        self.size = size
+        self._masks: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def decode(self, data: bytes) -> np.ndarray:
+        """Like `decode_mask` (raises `MaskError` alike), served from the cache when seen."""
+        digest = hashlib.sha256(data).digest()
+        with self._lock:
+            if digest in self._masks:
+                self._masks.move_to_end(digest)
+                return self._masks[digest]
+        mask = decode_mask(data, self.max_bytes)
+        mask.flags.writeable = False
+        with self._lock:
+            self._masks[digest] = mask
+            while len(self._masks) > self.size:
+                self._masks.popitem(last=False)
+        return mask

@@ -15,6 +15,7 @@ from typing import TextIO
 from photo_eraser.config import Settings, usable_cores
 from photo_eraser.engines.registry import EngineRegistry
 from photo_eraser.fetch import Fetcher
+from photo_eraser.pipeline import MaskCache
 from photo_eraser.storage import LocalBlobStore, UrlSigner
 from photo_eraser.tasks.db import create_db_engine, migrate
 from photo_eraser.tasks.status import TaskStatus
@@ -47,6 +48,7 @@ class Service:
         self.blobs = LocalBlobStore(settings.data_dir / "blobs")
         self.signer = UrlSigner.from_data_dir(settings.data_dir, settings.signing_secret)
         self.engines = EngineRegistry(settings.models_path, threads=_engine_threads(settings))
+        self.masks = MaskCache(settings.max_image_bytes)
         self.wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -66,7 +68,9 @@ class Service:
         log.info("engines available", extra={"engines": self.engines.availability()})
         self.fetcher = Fetcher.from_settings(s)
         self._cpu = ThreadPoolExecutor(max_workers=max(1, s.workers), thread_name_prefix="cpu")
-        ctx = WorkerContext(s, self.store, self.blobs, self.fetcher, self.engines, self._cpu)
+        ctx = WorkerContext(
+            s, self.store, self.blobs, self.fetcher, self.engines, self._cpu, self.masks
+        )
         self._ctx = ctx
         self._stop.clear()
         for i in range(s.workers):

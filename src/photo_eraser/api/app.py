@@ -22,7 +22,8 @@ from photo_eraser.api.errors import CODE_TABLE, ApiError, Code, envelope
 from photo_eraser.api.schemas import CreateTaskRequest, ResultData, ResultItem, check_http_url
 from photo_eraser.config import Settings
 from photo_eraser.engines.base import EngineUnavailable
-from photo_eraser.imaging import MaskError, MaskSource, decode_mask, parse_mask_field
+from photo_eraser.imaging import MaskError, MaskSource, parse_mask_field
+from photo_eraser.pipeline import MaskCache
 from photo_eraser.service import Service
 from photo_eraser.tasks.status import ImageStatus
 
@@ -92,7 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except EngineUnavailable as exc:
             raise ApiError(Code.BAD_PARAMETER, f"engine: {exc}") from None
         try:
-            mask = await asyncio.to_thread(_check_mask, req.mask, settings.max_image_bytes)
+            mask = await asyncio.to_thread(_check_mask, req.mask, service.masks)
         except MaskError as exc:
             raise ApiError(Code.BAD_PARAMETER, f"mask: {exc}") from None
         task_id = await asyncio.to_thread(
@@ -184,7 +185,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _check_mask(value: str, max_bytes: int) -> MaskSource:
+def _check_mask(value: str, masks: MaskCache) -> MaskSource:
     """Parse the mask field; decode inline data now so a bad mask is a 400, not a failed task."""
     mask = parse_mask_field(value)
     if mask.url is not None:
@@ -193,7 +194,7 @@ def _check_mask(value: str, max_bytes: int) -> MaskSource:
         except ValueError as exc:
             raise MaskError(str(exc)) from None
     if mask.data is not None:
-        decode_mask(mask.data, max_bytes)
+        masks.decode(mask.data)
     return mask
 
 

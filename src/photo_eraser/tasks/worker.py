@@ -22,9 +22,8 @@ from photo_eraser.imaging import (
     ImageLimits,
     MaskError,
     decode_image,
-    decode_mask,
 )
-from photo_eraser.pipeline import StageTimes, restore_images
+from photo_eraser.pipeline import MaskCache, StageTimes, restore_images
 from photo_eraser.storage import LocalBlobStore
 from photo_eraser.tasks.status import ImageStatus, TaskStatus
 from photo_eraser.tasks.store import ImageRecord, TaskRecord, TaskStore
@@ -49,6 +48,7 @@ class WorkerContext:
     engines: EngineRegistry
     cpu: ThreadPoolExecutor
     """Decode, engine and encode run here, one thread per worker, apart from the API's threads."""
+    masks: MaskCache
     in_flight: set[int] = field(default_factory=set)
     """Primary keys of the tasks this process's workers hold right now."""
 
@@ -261,4 +261,4 @@ async def _load_mask(ctx: WorkerContext, task: TaskRecord) -> np.ndarray:
     else:
         assert task.mask_url is not None
         data = await ctx.fetcher.fetch(task.mask_url)
-    return await ctx.run_cpu(decode_mask, data, ctx.settings.max_image_bytes)
+    return await ctx.run_cpu(ctx.masks.decode, data)

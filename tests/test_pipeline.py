@@ -1,0 +1,40 @@
+"""The shared pipeline pieces: mask cache, and restore_images on real decoded images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from photo_eraser.engines.opencv import OpenCVEngine
+from photo_eraser.imaging import MaskError, decode_image
+from photo_eraser.pipeline import MaskCache, restore_images
+from tests.helpers import encode, photo, rect_mask
+
+
+def test_mask_cache_decodes_each_mask_once_and_guards_it() -> None:
+    cache = MaskCache(max_bytes=10**7, size=2)
+    a, b, c = (encode(rect_mask(300, 300, (i, i, i + 20, i + 20))) for i in (1, 50, 100))
+    first = cache.decode(a)
+    assert cache.decode(a) is first
+    with pytest.raises(ValueError):
+        first[0, 0] = True  # shared between tasks: read-only
+    cache.decode(b)
+    cache.decode(c)  # evicts a (least recently used)
+    assert cache.decode(a) is not first
+    assert np.array_equal(cache.decode(a), first)
+    with pytest.raises(MaskError):
+        cache.decode(b"not an image")
+
+
+def test_restore_images_fits_mask_and_keeps_format() -> None:
+    decoded = [
+        decode_image(encode(photo(400, 300, seed=s), fmt)) for s, fmt in ((1, "PNG"), (2, "JPEG"))
+    ]
+    originals = [d.pixels.copy() for d in decoded]
+    mask = MaskCache(10**7).decode(encode(rect_mask(200, 150, (10, 10, 30, 20))))  # half size
+    results = restore_images(decoded, mask, OpenCVEngine(), jpeg_quality=95)
+    assert [r.encoded.extension for r in results] == ["png", "jpg"]
+    png = decode_image(results[0].encoded.data).pixels
+    full = rect_mask(400, 300, (20, 20, 60, 40)) > 0
+    assert np.array_equal(png[~full], originals[0][~full])
+    assert not np.array_equal(png[full], originals[0][full])
