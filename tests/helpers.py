@@ -120,6 +120,10 @@ class ImageHost:
         self.server.server_close()
 
 
+class PortTaken(Exception):
+    """Another process bound the port between our choosing it and the server binding it."""
+
+
 class ServerProcess:
     """``photo-eraser serve`` in a child process, as a user would run it."""
 
@@ -138,7 +142,18 @@ class ServerProcess:
         self.log_path = data_dir / "server.log"
 
     def start(self) -> ServerProcess:
+        """Start and wait for /healthz; retry on another port if ours was taken meanwhile."""
+        for _ in range(3):
+            try:
+                return self._start_once()
+            except PortTaken:
+                self.port = free_port()
+                self.base_url = f"http://127.0.0.1:{self.port}"
+        raise RuntimeError("no free port after 3 tries")
+
+    def _start_once(self) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "photo_eraser", "serve", "--port", str(self.port)],
@@ -149,7 +164,10 @@ class ServerProcess:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
+                log = self.log_path.read_text()[log_start:]
+                if "address already in use" in log:
+                    raise PortTaken
+                raise RuntimeError(f"server exited: {log[-3000:]}")
             try:
                 if httpx.get(self.base_url + "/healthz", timeout=1).status_code == 200:
                     return self
