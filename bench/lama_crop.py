@@ -87,7 +87,7 @@ def time_processing(
         engine.model_seconds = 0.0
         start = time.perf_counter()
         if in_place:
-            engine.restore_in_place([image], [mask])
+            engine.restore([image], [mask], in_place=True)
         else:
             engine.inpaint(image, mask)
         total = time.perf_counter() - start
@@ -146,8 +146,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         engine = TimedEngine(stand_in_model(Path(tmp) / "stand_in.onnx"), threads=args.threads)
         for label, in_place in [
-            ("inpaint (returns a new array, as the Engine interface requires)", False),
-            ("restore_in_place (writes into the caller's array, no full-size copy)", True),
+            ("inpaint (returns a new array; e.g. the restore engine's fallback calls)", False),
+            ("restore(in_place=True), what the service pipeline calls (no full-size copy)", True),
         ]:
             print(label)
             seconds = []
