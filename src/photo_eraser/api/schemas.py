@@ -38,10 +38,6 @@ class CreateTaskRequest(BaseModel):
         return [check_http_url(u) for u in urls]
 
 
-class TaskIdData(BaseModel):
-    task_id: str
-
-
 class ResultItem(BaseModel):
     image_result: str
     status: str
@@ -59,9 +55,3 @@ class ResultData(BaseModel):
     status: str
     wait_time: str
     list: list[ResultItem]
-
-
-class Envelope(BaseModel):
-    code: int
-    msg: str
-    data: dict[str, object]
