@@ -529,3 +529,33 @@ def test_fit_mask_nearest_neighbour() -> None:
     assert np.array_equal(big, np.kron(small, np.ones((2, 3), bool)))
     assert np.array_equal(fit_mask(big, 2, 2), small)
     assert fit_mask(small, 2, 2) is small
+
+
+def _png_with_late_exif(pixels: np.ndarray, orientation: int) -> bytes:
+    """A valid PNG whose eXIf chunk follows the image data (Pillow writes it before)."""
+    import struct
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG", exif=exif.tobytes())
+    data = buf.getvalue()
+    chunks, pos = [], 8
+    while pos < len(data):
+        (n,) = struct.unpack(">I", data[pos : pos + 4])
+        chunks.append((data[pos + 4 : pos + 8], data[pos : pos + 12 + n]))
+        pos += 12 + n
+    body = b"".join(c for t, c in chunks if t not in (b"eXIf", b"IEND"))
+    late = b"".join(c for t, c in chunks if t == b"eXIf")
+    return data[:8] + body + late + b"".join(c for t, c in chunks if t == b"IEND")
+
+
+def test_image_and_mask_from_the_same_png_turn_alike() -> None:
+    pixels = np.zeros((300, 400, 3), np.uint8)
+    pixels[:, :100] = 255
+    for orientation in (1, 6):
+        data = _png_with_late_exif(pixels, orientation)
+        image = decode_image(data)
+        mask = decode_mask(data, 10**8)
+        assert image.pixels.shape[:2] == mask.shape
+        assert np.array_equal(image.pixels[..., 0] > 0, mask)

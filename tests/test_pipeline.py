@@ -26,6 +26,14 @@ def test_mask_cache_decodes_each_mask_once_and_guards_it() -> None:
         cache.decode(b"not an image")
 
 
+def test_mask_cache_bounds_the_memory_it_holds() -> None:
+    cache = MaskCache(max_bytes=10**7, max_held=2 * 300 * 300)  # room for two 300x300 masks
+    masks = [encode(rect_mask(300, 300, (i, i, i + 20, i + 20))) for i in range(4)]
+    decoded = [cache.decode(m) for m in masks]
+    assert cache.decode(masks[3]) is decoded[3] and cache.decode(masks[2]) is decoded[2]
+    assert cache.decode(masks[0]) is not decoded[0]  # evicted to stay within max_held
+
+
 def test_restore_images_fits_mask_and_keeps_format() -> None:
     decoded = [
         decode_image(encode(photo(400, 300, seed=s), fmt)) for s, fmt in ((1, "PNG"), (2, "JPEG"))

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Self
 
 import httpx
 
+from photo_eraser.sizes import format_size
+
 if TYPE_CHECKING:
     from photo_eraser.config import Settings
 
@@ -99,13 +101,6 @@ def is_public_address(ip: IPAddress) -> bool:
         ):
             return False
     return True
-
-
-def _format_size(n: int) -> str:
-    for unit, size in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
-        if n >= size and n % size == 0:
-            return f"{n // size} {unit}"
-    return f"{n} bytes"
 
 
 class _HostSlots:
@@ -329,7 +324,7 @@ class Fetcher:
 
     async def _read_body(self, response: httpx.Response) -> bytes:
         """Read at most ``max_bytes``; stop (without buffering more) once the limit is passed."""
-        too_large = FetchError(f"image exceeds {_format_size(self._max_bytes)}")
+        too_large = FetchError(f"image exceeds {format_size(self._max_bytes)}")
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self._max_bytes:
             raise too_large

@@ -43,7 +43,12 @@ def restore_images(
     """Fit the mask to each image, restore the whole batch at once, encode each result."""
     times = times if times is not None else StageTimes()
     t = time.perf_counter()
-    masks = [fit_mask(mask, im.pixels.shape[0], im.pixels.shape[1]) for im in images]
+    fitted: dict[tuple[int, int], np.ndarray] = {}  # batches are mostly one size: resize once
+    for im in images:
+        shape = (im.height, im.width)
+        if shape not in fitted:
+            fitted[shape] = fit_mask(mask, *shape)
+    masks = [fitted[(im.height, im.width)] for im in images]
     times.add("mask", t)
     t = time.perf_counter()
     # The decoded arrays are ours and not used again: let the engine write into them.
@@ -71,9 +76,12 @@ class MaskCache:
     """Decoded masks by content hash: shops send the same mask with every task, so it is
     decoded once (checked at creation, reused by the worker). Arrays are read-only."""
 
-    def __init__(self, max_bytes: int, size: int = 32) -> None:
+    def __init__(self, max_bytes: int, size: int = 32, max_held: int = 256 << 20) -> None:
         self.max_bytes = max_bytes
         self.size = size
+        self.max_held = max_held
+        """Bytes of decoded masks kept at most (a mask may be 8192x8192 = 64 MiB)."""
+        self._held = 0
         self._masks: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -87,7 +95,9 @@ class MaskCache:
         mask = decode_mask(data, self.max_bytes)
         mask.flags.writeable = False
         with self._lock:
-            self._masks[digest] = mask
-            while len(self._masks) > self.size:
-                self._masks.popitem(last=False)
+            if digest not in self._masks:
+                self._masks[digest] = mask
+                self._held += mask.nbytes
+            while self._masks and (len(self._masks) > self.size or self._held > self.max_held):
+                self._held -= self._masks.popitem(last=False)[1].nbytes
         return mask

@@ -27,19 +27,10 @@ from io import BytesIO
 import numpy as np
 from PIL import Image, ImageCms
 
-from photo_eraser.imaging.limits import ImageError, ImageLimits, open_checked
+from photo_eraser.imaging.limits import ImageError, ImageLimits, open_checked, upright
 
 __all__ = ["DecodedImage", "EncodedImage", "decode_image", "encode_image"]
 
-_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 _HIGH_DEPTH_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 _GREY_MODES = frozenset({"1", "L", "LA", "La"}) | _HIGH_DEPTH_MODES
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
@@ -93,14 +84,16 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> DecodedImage
         except Exception:  # Pillow raises OSError, SyntaxError, ValueError, zlib.error, ...
             raise ImageError("image is truncated or corrupt") from None
         color, alpha, icc_profile = _split(image, image.info.get("icc_profile") or None)
-    transpose = _TRANSPOSE.get(info.orientation)
-    if transpose is not None:
-        color = color.transpose(transpose)
-        alpha = alpha.transpose(transpose) if alpha is not None else None
-    alpha_plane = np.array(alpha, dtype=np.uint8) if alpha is not None else None
+        # `color` may be `image` itself: take the arrays before the image is closed.
+        pixels = np.array(upright(color, info.orientation), dtype=np.uint8)
+        alpha_plane = (
+            np.array(upright(alpha, info.orientation), dtype=np.uint8)
+            if alpha is not None
+            else None
+        )
     if alpha_plane is not None and alpha_plane.min() == 255:
         alpha_plane = None
-    return DecodedImage(np.array(color, dtype=np.uint8), info.format, icc_profile, alpha_plane)
+    return DecodedImage(pixels, info.format, icc_profile, alpha_plane)
 
 
 def encode_image(
@@ -171,7 +164,8 @@ def _split(
     if image.mode in _ALPHA_MODES or "transparency" in image.info:
         rgba = image.convert("RGBA")
         return rgba.convert("RGB"), rgba.getchannel("A"), icc_profile
-    return image.convert("RGB"), None, icc_profile
+    # An RGB image is used as it is: convert() would copy all its pixels for nothing.
+    return (image if image.mode == "RGB" else image.convert("RGB")), None, icc_profile
 
 
 def _cmyk_to_srgb(

@@ -14,11 +14,21 @@ from io import BytesIO
 from PIL import Image
 
 from photo_eraser.imaging.formats import ACCEPTED_FORMATS, header_size, sniff_format
+from photo_eraser.sizes import format_size
 
 __all__ = ["ImageError", "ImageInfo", "ImageLimits", "probe"]
 
 # EXIF orientations 5..8 turn the image by a quarter, swapping width and height.
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -44,14 +54,6 @@ class ImageInfo:
     width: int
     height: int
     orientation: int = 1
-
-
-def format_size(n: int) -> str:
-    """``52428800`` -> ``50 MB``; exact units only, else bytes."""
-    for unit, size in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
-        if n >= size and n % size == 0:
-            return f"{n // size} {unit}"
-    return f"{n} bytes"
 
 
 def probe(data: bytes, limits: ImageLimits | None = None) -> ImageInfo:
@@ -125,3 +127,9 @@ def read_orientation(image: Image.Image) -> int:
     except Exception:  # malformed EXIF: treat as upright rather than fail the image
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def upright(image: Image.Image, orientation: int) -> Image.Image:
+    """The image turned as its EXIF orientation (from `read_orientation`) says."""
+    transpose = _TRANSPOSE.get(orientation)
+    return image if transpose is None else image.transpose(transpose)

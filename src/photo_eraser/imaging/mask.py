@@ -27,10 +27,11 @@ from urllib.parse import unquote_to_bytes, urlsplit
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from photo_eraser.imaging.formats import ACCEPTED_FORMATS, header_size, sniff_format
-from photo_eraser.imaging.limits import format_size
+from photo_eraser.imaging.limits import read_orientation, upright
+from photo_eraser.sizes import format_size
 
 __all__ = ["MaskError", "MaskSource", "decode_mask", "fit_mask", "parse_mask_field"]
 
@@ -111,12 +112,15 @@ def decode_mask(data: bytes, max_bytes: int, *, max_side: int = 8192) -> np.ndar
         width, height = image.size
         if max(width, height) > max_side:
             raise MaskError(f"mask resolution {width}x{height} {too_large}")
+        # Read before decoding, exactly as for images, so a mask and its image turn alike.
+        orientation = read_orientation(image)
         try:
             image.load()
-            upright = ImageOps.exif_transpose(image)
         except Exception:  # Pillow raises OSError, SyntaxError, ValueError, zlib.error, ...
             raise MaskError("mask image is truncated or corrupt") from None
-    marked = _marked_pixels(upright, _LOSSY_THRESHOLD if fmt in _LOSSY_FORMATS else 0)
+        marked = _marked_pixels(
+            upright(image, orientation), _LOSSY_THRESHOLD if fmt in _LOSSY_FORMATS else 0
+        )
     if not marked.any():
         raise MaskError("mask marks no pixels (white or non-zero pixels mark the area)")
     return marked
