@@ -53,26 +53,24 @@ class Engine(ABC):
 
 
 class InpaintingEngine(Engine):
-    """An engine that fills each image on its own; the batch is a plain map."""
+    """An engine that fills each image from its own pixels (a batch may share model calls)."""
 
     @abstractmethod
-    def inpaint(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Fill ``mask`` in ``image``; return a new RGB uint8 array of the same shape."""
-
     def restore_in_place(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> None:
-        """Write each fill into the given arrays. Engines override this to skip the copy."""
-        for image, mask in zip(images, masks, strict=True):
-            image[mask] = self.inpaint(image, mask)[mask]
+        """Fill each mask, writing into the given arrays."""
+
+    def inpaint(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Fill ``mask`` in a copy of ``image``."""
+        out = image.copy()
+        self.restore_in_place([out], [mask])
+        return out
 
     def restore(
         self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], *, in_place: bool = False
     ) -> list[Restored]:
-        if in_place:
-            self.restore_in_place(images, masks)
-            return [Restored(image, self.name) for image in images]
-        return [
-            Restored(self.inpaint(im, m), self.name) for im, m in zip(images, masks, strict=True)
-        ]
+        outputs = list(images) if in_place else [image.copy() for image in images]
+        self.restore_in_place(outputs, masks)
+        return [Restored(out, self.name) for out in outputs]
 
 
 def mask_bbox(mask: np.ndarray, pad: int = 0) -> tuple[int, int, int, int] | None:

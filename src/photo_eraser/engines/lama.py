@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from photo_eraser.engines.base import EngineError, InpaintingEngine, Restored
+from photo_eraser.engines.base import EngineError, InpaintingEngine
 
 log = logging.getLogger(__name__)
 
@@ -106,25 +106,8 @@ class LamaEngine(InpaintingEngine):
     def is_available(self) -> bool:
         return self.model_path.is_file()
 
-    def inpaint(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        return self.restore([image], [mask])[0].image
-
-    def restore(
-        self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], *, in_place: bool = False
-    ) -> list[Restored]:
-        """Inpaint every image; crops of all images share inference batches."""
-        if len(images) != len(masks):
-            raise ValueError("one mask per image")
-        outputs = list(images) if in_place else [image.copy() for image in images]
-        self.restore_in_place(outputs, masks)
-        return [Restored(out, self.name) for out in outputs]
-
     def restore_in_place(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> None:
-        """Like ``restore`` but writes into ``images``, for callers that own the arrays.
-
-        This skips the copy of each image, the only step whose cost follows the image's size
-        rather than the mask's.
-        """
+        """Inpaint every image in place; crops of all images share inference batches."""
         masks = [_check(image, mask) for image, mask in zip(images, masks, strict=True)]
         holes = [_holes(mask) for mask in masks]
         if not any(holes):

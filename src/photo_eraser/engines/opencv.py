@@ -18,11 +18,6 @@ class OpenCVEngine(InpaintingEngine):
     def __init__(self, radius: int = 3) -> None:
         self.radius = radius
 
-    def inpaint(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        out = image.copy()
-        self.restore_in_place([out], [mask])
-        return out
-
     def restore_in_place(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> None:
         for image, mask in zip(images, masks, strict=True):
             box = mask_bbox(mask, pad=2 * self.radius + 2)
