@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 from skimage import data
 
-from photo_eraser.engines._watermark import GridSolver, estimate_blend
+from photo_eraser.engines._watermark import (
+    GridSolver,
+    _EdgeFit,
+    _integrate_ratio,
+    _refinable,
+    _spread,
+    estimate_blend,
+)
 from photo_eraser.engines.opencv import OpenCVEngine
 from photo_eraser.engines.restore import RestoreEngine
 
@@ -80,14 +87,30 @@ def test_estimator_recovers_exact_blend() -> None:
     photos = _crops(16)
     stamped = _stamp(photos, alpha, _colour())
     est, _ = estimate_blend(np.stack(stamped).astype(np.float32), GridSolver(mask))
-    assert float(np.abs(est.beta - (1 - alpha))[mask].mean()) < 0.02
+    # Refined with texture weights: about 0.006 / 0.55 / 44.8 / 47.7 here (41.0 / 43.5 dB
+    # without the refinement).
+    assert float(np.abs(est.beta - (1 - alpha))[mask].mean()) < 0.01
     offset_err = np.abs(est.offset - alpha[..., None] * _colour())[mask]
-    assert float(offset_err.mean()) < 3.0
+    assert float(offset_err.mean()) < 1.0
     psnrs = [
         _psnr(np.clip(est.invert(s.astype(np.float32)), 0, 255), p, mask)
         for s, p in zip(stamped, photos, strict=True)
     ]
-    assert min(psnrs) > 33.0 and float(np.mean(psnrs)) > 36.0
+    assert min(psnrs) > 42.0 and float(np.mean(psnrs)) > 45.0
+
+
+def test_refinement_only_for_semi_transparent_marks() -> None:
+    cov = _coverage()
+    mask = _mask(cov)
+    solver = GridSolver(mask)
+    photos = _crops(8, seed=12)
+    for alpha, refined in ((0.5 * cov, True), (cov, False)):
+        stack = np.stack(_stamp(photos, alpha, _colour())).astype(np.float32)
+        values = np.ascontiguousarray(np.moveaxis(solver.gather(stack), -1, 0))
+        fit = _EdgeFit(values, solver)
+        slope, edge_weight, _ = fit.robust(2)
+        beta = _integrate_ratio(slope, solver.poisson(edge_weight, 1e-6))
+        assert _refinable(beta, _spread(values, solver), solver) is refined
 
 
 def test_semi_transparent_batch_is_recovered_much_better_than_inpainting() -> None:
