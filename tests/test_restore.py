@@ -274,3 +274,23 @@ def test_deterministic() -> None:
     second = _engine().restore(stamped, [mask] * 6)
     for a, b in zip(first, second, strict=True):
         assert np.array_equal(a.image, b.image) and a.recovered_share == b.recovered_share
+
+
+def test_a_flat_image_without_the_mark_is_not_inverted() -> None:
+    # A flat area shows no mark edges: that is "no mark here", not "the mark fits perfectly".
+    coverage = _coverage()
+    mask = _mask(coverage)
+    stamped = _stamp(_crops(8), 0.5 * coverage, _colour())
+    blank = np.full_like(stamped[0], 128)
+    results = _engine().restore([*stamped, blank], [mask] * 9)
+    assert results[-1].method == "opencv"
+    assert np.abs(results[-1].image.astype(int) - 128)[mask].max() <= 1
+    assert all(r.method.startswith("restore") for r in results[:-1])
+
+
+def test_an_image_with_nothing_masked_reports_no_recovery() -> None:
+    images = _crops(2)
+    masks = [_mask(_coverage()), np.zeros((H, W), bool)]
+    results = _engine().restore(images, masks)
+    assert results[1].method == "opencv" and results[1].recovered_share is None
+    assert np.array_equal(results[1].image, images[1])

@@ -513,7 +513,8 @@ def ghost_scores(
     inverted = values / beta - solver.gather(est.u).mean(axis=1)
     after = np.abs(inverted[:, ea] - inverted[:, eb]) @ (weight * 0.5 * (beta[ea] + beta[eb]))
     before = np.abs(values[:, ea] - values[:, eb]) @ weight
-    return np.where(before > 0, after / np.maximum(before, 1e-6), 0.0)
+    # No edge energy at the mark's edges means no mark to see: score it as absent, not present.
+    return np.where(before > 0, after / np.maximum(before, 1e-6), np.inf)
 
 
 def jackknife_groups(n: int) -> list[np.ndarray]:

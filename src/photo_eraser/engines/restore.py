@@ -168,7 +168,10 @@ class RestoreEngine(Engine):
                     outputs[i][sub] = res.image[sub]
         results = []
         for i, (out, (total, filled_px)) in enumerate(zip(outputs, counts, strict=True)):
-            share = 1.0 - filled_px / total if total else 1.0
+            if not total:  # nothing masked in this image: nothing was recovered or filled
+                results.append(Restored(out, self.fallback.name))
+                continue
+            share = 1.0 - filled_px / total
             results.append(Restored(out, self._method(share), recovered_share=share))
             log.info(
                 "restore image",
