@@ -97,9 +97,13 @@ class GridSolver:
     The batch is handled as compact arrays over the solver's ``nodes`` (the domain's pixels and
     the ring of pixels just outside it); ``solve(g)`` returns the node values ``v`` (``0``
     outside the domain) whose differences ``v[ea] - v[eb]`` best fit ``g`` in least squares.
+    With ``valid`` (HxW bool), only edges between valid pixels are used: invalid pixels are
+    no nodes (``scatter`` fills them; ``known`` is false for those in the domain), and where
+    the domain meets them its border is free. If that leaves the domain no border at all,
+    ``valid`` is ignored; ``self.valid`` is the map used.
     """
 
-    def __init__(self, domain: np.ndarray) -> None:
+    def __init__(self, domain: np.ndarray, valid: np.ndarray | None = None) -> None:
         h, w = domain.shape
         if domain[0].any() or domain[-1].any() or domain[:, 0].any() or domain[:, -1].any():
             raise ValueError("the domain must not touch the grid's border")
@@ -111,12 +115,26 @@ class GridSolver:
         a = np.concatenate([ids[:, 1:].ravel(), ids[1:, :].ravel()])
         b = np.concatenate([ids[:, :-1].ravel(), ids[:-1, :].ravel()])
         keep = flat[a] | flat[b]
+        self.valid = np.ones((h, w), dtype=bool)
+        if valid is not None:
+            # Off the images (a mask at the image's edge) nothing is known, in particular not
+            # that the mark ends there: no edges reach those pixels, so the image's edge is a
+            # free (Neumann) boundary rather than a beta = 1 anchor. Unless that leaves no
+            # border at all to anchor to (the mask covers the whole image).
+            ok = valid.ravel()
+            on = keep & ok[a] & ok[b]
+            if (on & ~(flat[a] & flat[b])).any():
+                keep = on
+                self.valid = valid
         a, b = a[keep], b[keep]
         self.nodes = np.union1d(a, b)
         self.ea = np.searchsorted(self.nodes, a)
         self.eb = np.searchsorted(self.nodes, b)
         inside = flat[self.nodes]
         self.inside = inside
+        # Pixels with a value: off the domain (no mark), or nodes in it.
+        self.known = ~domain
+        self.known.ravel()[self.nodes[inside]] = True
         unknown = np.full(self.nodes.size, -1, dtype=np.int64)
         unknown[inside] = np.arange(int(inside.sum()))
         ia, ib = unknown[self.ea], unknown[self.eb]

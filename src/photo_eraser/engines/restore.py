@@ -214,7 +214,13 @@ class RestoreEngine(Engine):
             return out
         crops = {i: _extract(images[i], placements[i], grid_shape) for i in candidates}
         placements, crops = self._align(images, placements, crops, domain, grid_shape)
-        solver = GridSolver(domain)
+        # Grid pixels off an image (a mask at its edge) hold mirrored pixels, not the photo:
+        # the estimate ignores them, and masked ones are inverted in no image.
+        valid = np.logical_and.reduce(
+            [_on_image(images[i], placements[i], grid_shape) for i in candidates]
+        )
+        solver = GridSolver(domain, valid)
+        valid = solver.valid
         batch = self._estimate(crops, candidates, solver)
         if batch is None:
             return out
@@ -246,14 +252,15 @@ class RestoreEngine(Engine):
         # Where to measure each image's noise: off the mark, away from the grid's border.
         outside = cv2.dilate(domain.astype(np.uint8), np.ones((3, 3), np.uint8)) == 0
         outside[:1], outside[-1:], outside[:, :1], outside[:, -1:] = False, False, False, False
-        plan = _fill_plan(domain)
+        outside &= valid
+        plan = _fill_plan(domain, valid)
         for k, i in enumerate(used):
             ok = self._invertible(stack[k], est, errors[k], plan, outside) & confident_alpha
             box = boxes[i]
             assert box is not None
-            # Masked pixels away from the mark, or off the estimated domain (a mask unlike the
-            # others), are inpainted.
-            usable = (ok | unmarked) & near
+            # Masked pixels away from the mark, off the estimated domain (a mask unlike the
+            # others), or off an image of the batch (not estimated), are inpainted.
+            usable = (ok | unmarked) & near & solver.known
             out[i] = _invert_on_image(images[i], box, placements[i], beta, offset, usable)
         return out
 
@@ -422,6 +429,19 @@ def _extract(image: np.ndarray, placement: _Placement, grid_shape: tuple[int, in
     )
 
 
+def _on_image(image: np.ndarray, placement: _Placement, grid_shape: tuple[int, int]) -> np.ndarray:
+    """Grid pixels (HxW bool) that ``_extract`` interpolates from the image's own pixels only."""
+    gh, gw = grid_shape
+    m = placement.grid_to_image()
+    h, w = image.shape[:2]
+    y = m[1, 1] * np.arange(gh) + m[1, 2]
+    x = m[0, 0] * np.arange(gw) + m[0, 2]
+    eps = 1e-3
+    rows = (y > -eps) & (y < h - 1 + eps)
+    cols = (x > -eps) & (x < w - 1 + eps)
+    return rows[:, None] & cols[None, :]
+
+
 def _local_mean(a: np.ndarray) -> np.ndarray:
     """5x5 box average (the scale the fallback decision is taken at)."""
     return cv2.blur(a, (5, 5))
@@ -447,10 +467,10 @@ class _FillStep:
     density: np.ndarray
 
 
-def _fill_plan(domain: np.ndarray) -> list[_FillStep]:
-    """The passes filling ``domain`` from outside; they depend on the domain only."""
+def _fill_plan(domain: np.ndarray, valid: np.ndarray) -> list[_FillStep]:
+    """The passes filling ``domain`` from the ``valid`` pixels outside it (masks only)."""
     steps = []
-    known = (~domain).astype(np.float32)
+    known = (~domain & valid).astype(np.float32)
     for sigma in (3.0, 9.0, 27.0):
         density = cv2.GaussianBlur(known, (0, 0), sigma)
         fill = domain & (density > 0.05)
