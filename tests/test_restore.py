@@ -141,6 +141,48 @@ def test_single_image_is_left_to_the_fallback() -> None:
     assert result.method == "opencv" and result.recovered_share == 0.0
 
 
+def _logo(h: int = H, w: int = W) -> np.ndarray:
+    """Anti-aliased coverage of a bold logo (a thick ring over a bar) in [0, 1]."""
+    m = np.zeros((h, w), np.uint8)
+    cv2.circle(m, (w // 2, h // 2), 45, 255, 11, cv2.LINE_AA)
+    cv2.rectangle(m, (w // 2 - 90, h // 2 + 55), (w // 2 + 90, h // 2 + 68), 255, -1, cv2.LINE_AA)
+    return m.astype(np.float32) / 255
+
+
+def test_single_image_constant_mark_is_recovered_better_than_inpainting() -> None:
+    # One colour, one opacity over the mark's body: a single image is enough to fit and invert.
+    cov = _logo()
+    mask = _mask(cov)
+    photos = _crops(1, seed=1)
+    white = np.full((H, W, 3), 255.0, np.float32)
+    stamped = _stamp(photos, 0.5 * cov, white)
+    [result] = _engine().restore(stamped, [mask])
+    [telea] = OpenCVEngine().restore(stamped, [mask])
+    _assert_outside_unchanged(stamped, [mask], [result])
+    assert _psnr(result.image, photos[0], mask) > _psnr(telea.image, photos[0], mask) + 1.0
+    assert result.method == "restore+opencv"
+    assert result.recovered_share is not None and result.recovered_share > 0.1
+
+
+def test_single_image_over_an_object_falls_back_to_inpainting() -> None:
+    # The mask covers an object (a disc cut from another photo, or a flat one), not a blend:
+    # no constant-colour, constant-opacity mark explains it, so the fallback inpaints it all.
+    disc = np.zeros((H, W), np.uint8)
+    cv2.circle(disc, (W // 2, H // 2), 50, 255, -1)
+    inside = disc > 0
+    mask = _mask(inside.astype(np.float32))
+    for seed in range(3):
+        photo = _crops(1, seed=seed)[0].copy()
+        objects = (_crops(1, seed=seed + 5)[0], np.full((H, W, 3), (200, 40, 40), np.uint8))
+        for obj in objects:
+            image = photo.copy()
+            image[inside] = obj[inside]
+            [result] = _engine().restore([image], [mask])
+            [telea] = OpenCVEngine().restore([image], [mask])
+            assert result.method == "opencv" and result.recovered_share == 0.0
+            assert np.array_equal(result.image, telea.image)
+
+
 class _RecordingFallback(OpenCVEngine):
     """Telea, remembering which pixels it was asked to fill."""
 

@@ -8,8 +8,8 @@ filled by the fallback engine instead.
 
 Per image, ``Restored.method`` is ``"restore"`` when at least half of the mask was recovered by
 inversion, ``"restore+<fallback>"`` when less than half (the rest inpainted), and the
-fallback's own name when nothing was recovered (e.g. a single image, an opaque mark, or an
-image where the mark was missing). ``recovered_share`` is the recovered fraction of the mask.
+fallback's own name when nothing was recovered (e.g. an opaque mark, an image where the mark
+was missing, or a single image the one-image fit (``_single``) is not confident about). ``recovered_share`` is the recovered fraction of the mask.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from photo_eraser.engines._single import recover_single
 from photo_eraser.engines._watermark import (
     BlendEstimate,
     GridSolver,
@@ -103,8 +104,10 @@ class RestoreEngine(Engine):
     ``max_alpha``: pixels whose estimated opacity is higher are inpainted (inversion would
     amplify noise by ``1/(1-alpha)``). A pixel is inverted when its predicted error (grey
     levels RMS) is at most ``max_error`` or at most ``error_ratio`` times the predicted
-    inpainting error; otherwise it is inpainted. ``min_images``: smaller batches
-    (after excluding images without the mark) are inpainted entirely.
+    inpainting error; otherwise it is inpainted. ``min_images``: in smaller batches each image
+    is handled alone (a constant-colour, constant-opacity fit, see ``_single``, used only where
+    confident; otherwise inpainted). Smaller batches after excluding images without the mark
+    are inpainted entirely.
     """
 
     name = "restore"
@@ -204,9 +207,11 @@ class RestoreEngine(Engine):
         candidates = [i for i, box in enumerate(boxes) if box is not None]
         if len(candidates) < self.min_images:
             log.info(
-                "restore: batch too small to estimate the watermark",
+                "restore: batch too small to estimate the watermark, trying each image alone",
                 extra={"engine": self.name, "images": len(candidates)},
             )
+            for i in candidates:
+                out[i] = _single_recovery(images[i], masks[i], boxes[i])
             return out
         ref = max(candidates, key=lambda i: _box_area(boxes[i]))
         placements, grid_shape, domain = self._grid(images, masks, ref, candidates)
@@ -502,6 +507,21 @@ def _gradient_energy(crop: np.ndarray) -> np.ndarray:
     energy[:, :-1] += cv2.transform(gx, np.ones((1, 3), np.float32))
     energy[:-1] += cv2.transform(gy, np.ones((1, 3), np.float32))
     return energy
+
+
+def _single_recovery(
+    image: np.ndarray, mask: np.ndarray, box: tuple[int, int, int, int] | None
+) -> _Recovery | None:
+    """One image's recovery from a constant-colour, constant-opacity fit (``_single``)."""
+    if box is None:
+        return None
+    rec = recover_single(image, mask)
+    if rec is None:
+        return None
+    y0, y1, x0, x1 = box
+    ry0, _, rx0, _ = rec.box
+    sl = (slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0))
+    return _Recovery(box=box, pixels=rec.pixels[sl], usable=rec.usable[sl])
 
 
 def _box_area(box: tuple[int, int, int, int] | None) -> int:

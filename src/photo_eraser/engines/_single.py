@@ -1,0 +1,233 @@
+"""Recovering the pixels under a watermark from one image alone (batches of one to three).
+
+Many real marks have one colour ``W`` and one opacity ``a`` over their body (anti-aliased
+only at the rim). Inside the mask an inpainting ``F`` (OpenCV Telea from the mask's border)
+predicts the photo's local colour, so the marked pixels follow ``J ~ a*W + (1-a)*F`` up to the
+photo's texture. With ``F`` nearly constant over the mark, ``a`` and ``W`` trade off against
+each other, so two estimates are combined:
+
+* the least opaque mark that explains the pixels (``W`` on the boundary of the colour gamut;
+  the median over the marked pixels of the smallest feasible opacity): exact for white and
+  black marks, a lower bound for others;
+* where ``F`` varies enough, the regression slope of ``J`` on ``F`` (``1 - a``), corrected by
+  how much an inpainting flattens the photo, measured on copies of the mask shifted beside it
+  where the truth is known (a hold-out);
+
+``a`` is the larger, ``W`` the median of ``(J - (1-a)*F) / a``. Pixels whose own opacity (the
+projection of ``J - F`` on ``W - F``) is near ``a`` and whose neighbours' is too form the body
+and are inverted; masked pixels the mark does not reach are kept; the rest (the rim) is left
+to the fallback.
+
+The fit is used only when it is clearly a blend: it must explain most of ``J - F`` on the body,
+inverting must weaken the mark's outline, the recovered body must show texture like the photo
+around the mask, and per pixel the predicted inversion error (noise amplified by
+``1/(1-a)`` plus the gap between the recovered and the inpainted local mean colour, where a
+wrong ``a`` or ``W`` shows) must be below the predicted inpainting error (the recovered
+detail around the local mean), on at least a fifth of the body. Otherwise ``None``: the image
+is inpainted as before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+_PAD = 8
+"""Pixels around the mask's box used as its surroundings."""
+_MIN_ALPHA = 0.08
+_MAX_ALPHA = 0.8
+"""Opacity range attempted: fainter marks are hard to tell from texture, more opaque ones
+amplify noise too much."""
+_MIN_BODY = 40
+_MIN_BODY_SHARE = 0.05
+"""Fewest body pixels (count and share of the mask) to attempt an inversion."""
+_BODY_TOLERANCE = 0.3
+"""A pixel is in the body when its own opacity is within this share of ``a``."""
+_MAX_UNEXPLAINED = 0.35
+"""Largest median fit residual on the body, relative to the median ``|J - F|`` there."""
+_MAX_GHOST = 0.9
+"""Largest edge energy at the body's outline after inversion relative to before."""
+_TEXTURE_RANGE = (0.6, 1.6)
+"""Allowed RMS gradient of the recovered body relative to the photo around the mask."""
+_MIN_CAL_STD = 15.0
+"""Spread (grey levels) of the fill over the marked pixels from which ``a`` is also regressed."""
+_MIN_OK = 0.2
+"""Smallest share of the body predicted to beat inpainting for the fit to be used at all."""
+
+
+@dataclass
+class SingleRecovery:
+    box: tuple[int, int, int, int]
+    pixels: np.ndarray
+    usable: np.ndarray
+    alpha: float
+    colour: np.ndarray
+
+
+def _noise(grey: np.ndarray, where: np.ndarray) -> float:
+    kernel = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float32)
+    lap = np.abs(cv2.filter2D(grey, -1, kernel))
+    if where.sum() < 20:
+        return 2.0
+    return min(4.0, max(0.5, float(np.sqrt(np.pi / 2) / 6 * lap[where].mean())))
+
+
+def _attenuation(image: np.ndarray, mask: np.ndarray) -> float | None:
+    """Hold-out slope of the true photo on its inpainting, for masks like ``mask`` nearby.
+
+    The inpainting misses part of the photo's variation, so regressing ``J`` on the fill
+    underestimates ``1 - a`` by this factor. Measured on copies of the mask shifted beside it
+    (on unmarked pixels), where the truth is known.
+    """
+    h, w = mask.shape
+    ys, xs = np.nonzero(mask)
+    bh, bw = int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)
+    big = cv2.dilate(mask.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+    num = den = 0.0
+    m8 = mask.astype(np.uint8)
+    for dy, dx in ((-bh - 8, 0), (bh + 8, 0), (0, -bw - 8), (0, bw + 8)):
+        shift = np.array([[1, 0, dx], [0, 1, dy]], dtype=np.float32)
+        sm = cv2.warpAffine(m8, shift, (w, h), flags=cv2.INTER_NEAREST) > 0
+        sm &= ~big
+        sm[:4], sm[-4:], sm[:, :4], sm[:, -4:] = False, False, False, False
+        if sm.sum() < 200:
+            continue
+        sy, sx = np.nonzero(sm)
+        y0, y1 = max(0, sy.min() - _PAD), min(h, sy.max() + 1 + _PAD)
+        x0, x1 = max(0, sx.min() - _PAD), min(w, sx.max() + 1 + _PAD)
+        crop = np.ascontiguousarray(image[y0:y1, x0:x1])
+        sub = sm[y0:y1, x0:x1]
+        fill = cv2.inpaint(crop, sub.astype(np.uint8), 3, cv2.INPAINT_TELEA)
+        f = fill[sub].astype(np.float64)
+        t = crop[sub].astype(np.float64)
+        f -= f.mean(axis=0)
+        t -= t.mean(axis=0)
+        num += float((f * t).sum())
+        den += float((f * f).sum())
+    if den <= 0:
+        return None
+    return float(np.clip(num / den, 0.3, 1.0))
+
+
+def _slope(j: np.ndarray, f: np.ndarray) -> float:
+    """Robust slope ``b`` of ``J = c + b*F`` (one per pixel set, intercept per channel)."""
+    wt = np.ones(len(j), np.float64)
+    b = 1.0
+    for _ in range(4):
+        sw = wt.sum()
+        fm = (wt[:, None] * f).sum(axis=0) / sw
+        jm = (wt[:, None] * j).sum(axis=0) / sw
+        fc, jc = f - fm, j - jm
+        b = float((wt[:, None] * fc * jc).sum() / max((wt[:, None] * fc * fc).sum(), 1e-9))
+        res = np.linalg.norm(jc - b * fc, axis=1)
+        scale = 1.4826 * float(np.median(res)) + 1.0
+        wt = 1.0 / (1.0 + (res / (2.0 * scale)) ** 2)
+    return b
+
+
+def recover_single(image: np.ndarray, mask: np.ndarray) -> SingleRecovery | None:
+    """Inverted pixels over the mask's box and where to use them; ``None`` if not confident."""
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return None
+    h, w = mask.shape
+    y0, y1 = max(0, ys.min() - _PAD), min(h, ys.max() + 1 + _PAD)
+    x0, x1 = max(0, xs.min() - _PAD), min(w, xs.max() + 1 + _PAD)
+    crop = np.ascontiguousarray(image[y0:y1, x0:x1])
+    m = mask[y0:y1, x0:x1]
+    m8 = m.astype(np.uint8)
+    fill = cv2.inpaint(crop, m8, 3, cv2.INPAINT_TELEA).astype(np.float32)
+    j = crop.astype(np.float32)
+    grey = np.ascontiguousarray(j.mean(axis=2))
+    ring = (cv2.dilate(m8, np.ones((7, 7), np.uint8)) > 0) & ~m
+    noise = _noise(grey, ring)
+    d = np.linalg.norm(j - fill, axis=2)
+    lap = np.abs(cv2.Laplacian(grey, cv2.CV_32F))
+    ring_dev = float(np.median(lap[ring])) if ring.any() else 4.0
+    thr = max(6.0 * noise, 2.0 * ring_dev, 10.0)
+    cand = m & (d > thr)
+    if cand.sum() < _MIN_BODY:
+        return None
+    jc, fc = j[cand], fill[cand]
+    # The least opaque mark explaining the pixels (W on the colour gamut's boundary): exact
+    # for white and black marks, a lower bound for others.
+    up = (jc - fc) / np.maximum(255.0 - fc, 1.0)
+    down = (fc - jc) / np.maximum(fc, 1.0)
+    a = float(np.median(np.maximum(up, down).max(axis=1)))
+    if float(fc.std(axis=0).mean()) >= _MIN_CAL_STD:
+        lam = _attenuation(image, mask)
+        if lam is not None:
+            a_cal = 1.0 - _slope(jc, fc) / lam
+            a = max(a, a_cal)
+    if not _MIN_ALPHA <= a <= _MAX_ALPHA:
+        return None
+    colour = np.clip(np.median((jc - (1.0 - a) * fc) / a, axis=0), 0.0, 255.0).astype(np.float32)
+    # Per-pixel opacity: projection of J - F on W - F.
+    dw = colour[None, None, :] - fill
+    own = ((j - fill) * dw).sum(axis=2) / np.maximum((dw * dw).sum(axis=2), 1.0)
+    own = cv2.medianBlur(own.astype(np.float32), 3)
+    full_body = m & (np.abs(own - a) <= _BODY_TOLERANCE * a)
+    # The rim (partial opacity) is not the body: keep pixels whose neighbours are body too.
+    body = cv2.erode(full_body.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    # Masked pixels the mark does not reach (masks are drawn with a margin) are kept as they
+    # are: far from the fill, and not next to a pixel that is.
+    near = cv2.dilate(cand.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    unmarked = m & (own < 0.1 * a) & (d < thr) & ~near
+    if body.sum() < max(_MIN_BODY, _MIN_BODY_SHARE * m.sum()):
+        return None
+    beta = 1.0 - a
+    rec = (j - a * colour) / beta
+    # How much of J - F the fit explains on the body.
+    res = np.linalg.norm(j - a * colour - beta * fill, axis=2)[full_body]
+    if float(np.median(res)) > _MAX_UNEXPLAINED * float(np.median(d[full_body])):
+        return None
+    # The recovered body must show texture like the photo around the mask.
+    gx = np.zeros_like(grey)
+    gy = np.zeros_like(grey)
+    rg = np.ascontiguousarray(rec.mean(axis=2))
+    gx[:, :-1] = rg[:, 1:] - rg[:, :-1]
+    gy[:-1] = rg[1:] - rg[:-1]
+    g_rec = float(np.mean((gx * gx + gy * gy)[body]))
+    gx[:, :-1] = grey[:, 1:] - grey[:, :-1]
+    gy[:-1] = grey[1:] - grey[:-1]
+    outer = (cv2.dilate(m8, np.ones((15, 15), np.uint8)) > 0) & ~(
+        cv2.dilate(m8, np.ones((3, 3), np.uint8)) > 0
+    )
+    g_out = float(np.mean((gx * gx + gy * gy)[outer])) if outer.any() else 0.0
+    tex = np.sqrt((g_rec + 1.0) / (g_out + 1.0))
+    if not _TEXTURE_RANGE[0] <= tex <= _TEXTURE_RANGE[1]:
+        return None
+    # Inverting must remove the mark's edges.
+    edge = (
+        cv2.morphologyEx(full_body.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
+        > 0
+    )
+
+    def _grad(x: np.ndarray) -> np.ndarray:
+        g = x.mean(axis=2)
+        return np.abs(cv2.Sobel(g, cv2.CV_32F, 1, 0)) + np.abs(cv2.Sobel(g, cv2.CV_32F, 0, 1))
+
+    before = float(_grad(j)[edge].sum())
+    after = float(_grad(np.where(full_body[..., None], j - a * colour + a * fill, j))[edge].sum())
+    ghost = after / max(before, 1e-6)
+    if ghost > _MAX_GHOST:
+        return None
+    # Per pixel: predicted inversion error vs predicted inpainting error. An inpainting gets
+    # the local mean colour about right and misses the detail; the inversion's local mean
+    # departing from the inpainting's counts as its error (a wrong a or W shows up there).
+    bf = body.astype(np.float32)
+    wsum = np.maximum(cv2.blur(bf, (7, 7)), 1e-6)[..., None]
+    lm_rec = cv2.blur(rec * bf[..., None], (7, 7)) / wsum
+    lm_fill = cv2.blur(fill * bf[..., None], (7, 7)) / wsum
+    bias2 = ((lm_rec - lm_fill) ** 2).mean(axis=2)
+    inv_err2 = (noise / beta) ** 2 + bias2
+    detail2 = cv2.blur((((rec - lm_rec) ** 2).mean(axis=2)) * bf, (7, 7)) / wsum[..., 0]
+    ok = body & (inv_err2 <= detail2)
+    if ok.sum() < _MIN_OK * body.sum():
+        return None
+    usable = ok | unmarked
+    out = np.where(body[..., None], rec, j)
+    pixels = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return SingleRecovery((y0, y1, x0, x1), pixels, usable, a, colour)
