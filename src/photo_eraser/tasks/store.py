@@ -250,14 +250,7 @@ class TaskStore:
             )
             if result.rowcount and status != TaskStatus.COMPLETE:
                 # Images that never got a verdict share the task's reason.
-                conn.execute(
-                    task_images.update()
-                    .where(
-                        task_images.c.task_pk == pk,
-                        task_images.c.status.in_([ImageStatus.WAITING, ImageStatus.PROCESSING]),
-                    )
-                    .values(status=ImageStatus.FAILED, reason=reason)
-                )
+                _fail_open_images(conn, [pk], reason)
         return bool(result.rowcount)
 
     def requeue(self, pk: int, reason: str) -> None:
@@ -279,11 +272,7 @@ class TaskStore:
             )
             if not released.rowcount:
                 return  # closed or timed out meanwhile: its verdict stands
-            conn.execute(
-                task_images.update()
-                .where(task_images.c.task_pk == pk)
-                .values(status=ImageStatus.WAITING, reason="", result_key=None)
-            )
+            _reset_images(conn, [pk])
 
     def requeue_orphans(self, owned: set[int], stale_seconds: float) -> int:
         """Re-queue in-progress tasks that no worker of this process holds and that have shown
@@ -306,11 +295,7 @@ class TaskStore:
                     .where(tasks.c.id.in_(pks), tasks.c.status == TaskStatus.IN_PROGRESS)
                     .values(status=TaskStatus.WAITING, started_at=None)
                 )
-                conn.execute(
-                    task_images.update()
-                    .where(task_images.c.task_pk.in_(pks))
-                    .values(status=ImageStatus.WAITING, reason="", result_key=None)
-                )
+                _reset_images(conn, pks)
         return len(pks)
 
     def close(self, task_id: str, appkey: str) -> TaskStatus | None:
@@ -332,14 +317,7 @@ class TaskStore:
                     status=TaskStatus.CLOSED, reason="closed by client", finished_at=time.time()
                 )
             )
-            conn.execute(
-                task_images.update()
-                .where(
-                    task_images.c.task_pk == row.id,
-                    task_images.c.status.in_([ImageStatus.WAITING, ImageStatus.PROCESSING]),
-                )
-                .values(status=ImageStatus.FAILED, reason="task closed by client")
-            )
+            _fail_open_images(conn, [row.id], "task closed by client")
         return TaskStatus.CLOSED
 
     def recover_interrupted(self, max_attempts: int) -> tuple[int, int]:
@@ -362,11 +340,7 @@ class TaskStore:
                     .where(tasks.c.id.in_(retry))
                     .values(status=TaskStatus.WAITING, started_at=None)
                 )
-                conn.execute(
-                    task_images.update()
-                    .where(task_images.c.task_pk.in_(retry))
-                    .values(status=ImageStatus.WAITING, reason="", result_key=None)
-                )
+                _reset_images(conn, retry)
             if give_up:
                 conn.execute(
                     tasks.update()
@@ -401,14 +375,7 @@ class TaskStore:
                     .where(tasks.c.id.in_(pks), tasks.c.status.in_(active))
                     .values(status=TaskStatus.TIMED_OUT, reason=reason, finished_at=now)
                 )
-                conn.execute(
-                    task_images.update()
-                    .where(
-                        task_images.c.task_pk.in_(pks),
-                        task_images.c.status.in_([ImageStatus.WAITING, ImageStatus.PROCESSING]),
-                    )
-                    .values(status=ImageStatus.FAILED, reason=reason)
-                )
+                _fail_open_images(conn, pks, reason)
         return pks
 
     def queue_position(self, record: TaskRecord) -> int:
@@ -477,6 +444,27 @@ class TaskStore:
                 .where(task_images.c.task_pk == pk, task_images.c.result_key.is_not(None))
                 .values(result_key=None, reason="result deleted after its retention period")
             )
+
+
+def _fail_open_images(conn: sa.Connection, pks: Sequence[int], reason: str) -> None:
+    """Images of these tasks that never got a verdict fail with ``reason``."""
+    conn.execute(
+        task_images.update()
+        .where(
+            task_images.c.task_pk.in_(pks),
+            task_images.c.status.in_([ImageStatus.WAITING, ImageStatus.PROCESSING]),
+        )
+        .values(status=ImageStatus.FAILED, reason=reason)
+    )
+
+
+def _reset_images(conn: sa.Connection, pks: Sequence[int]) -> None:
+    """Images of these tasks back to waiting, for a fresh run."""
+    conn.execute(
+        task_images.update()
+        .where(task_images.c.task_pk.in_(pks))
+        .values(status=ImageStatus.WAITING, reason="", result_key=None)
+    )
 
 
 def _task_from_row(row: sa.Row) -> TaskRecord:
