@@ -167,3 +167,17 @@ def test_inline_masks_of_failed_tasks_are_dropped(store: TaskStore) -> None:
     assert store.forget_masks(before=time.time() + 1) == 1
     record = store.get_task(task_id)
     assert record is not None and record.mask_data is None
+
+
+def test_requeued_task_shows_its_images_waiting_again(store: TaskStore) -> None:
+    from photo_eraser.tasks.store import ImageRecord
+
+    appkey, _ = store.create_key("k")
+    task_id = new_task(store, appkey)
+    task = store.claim_next()
+    assert task is not None
+    store.set_images(task.pk, [ImageRecord(i, "u", ImageStatus.PROCESSING) for i in range(2)])
+    store.requeue(task.pk, "internal error; retrying")
+    record = store.get_task(task_id)
+    assert record is not None and record.status == TaskStatus.WAITING
+    assert [im.status for im in record.images] == [ImageStatus.WAITING] * 2

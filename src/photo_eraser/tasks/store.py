@@ -256,11 +256,13 @@ class TaskStore:
     def requeue(self, pk: int, reason: str) -> None:
         """Give an in-progress task back to the queue after a failure of ours (not the input's)."""
         with self.engine.begin() as conn:
-            conn.execute(
+            requeued = conn.execute(
                 tasks.update()
                 .where(tasks.c.id == pk, tasks.c.status == TaskStatus.IN_PROGRESS)
                 .values(status=TaskStatus.WAITING, reason=reason, started_at=None)
             )
+            if requeued.rowcount:
+                _reset_images(conn, [pk])
 
     def release(self, pk: int) -> None:
         """Give back a task interrupted by a clean shutdown; the attempt does not count."""
