@@ -153,12 +153,7 @@ def erase(
     from photo_eraser.pipeline import restore_images
 
     settings = load_settings(data_dir)
-    limits = ImageLimits(
-        max_bytes=settings.max_image_bytes,
-        min_side=settings.min_side,
-        max_side=settings.max_side,
-        max_aspect=settings.max_aspect,
-    )
+    limits = ImageLimits.from_settings(settings)
     registry = EngineRegistry(settings.models_path, threads=settings.workers)
     try:
         registry.check(engine)

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from io import BytesIO
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from photo_eraser.imaging.formats import ACCEPTED_FORMATS, header_size, sniff_format
 from photo_eraser.sizes import format_size
+
+if TYPE_CHECKING:
+    from photo_eraser.config import Settings
 
 __all__ = ["ImageError", "ImageInfo", "ImageLimits", "probe"]
 
@@ -44,6 +48,16 @@ class ImageLimits:
     min_side: int = 256
     max_side: int = 5000
     max_aspect: float = 4.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ImageLimits:
+        """The limits configured for the service."""
+        return cls(
+            max_bytes=settings.max_image_bytes,
+            min_side=settings.min_side,
+            max_side=settings.max_side,
+            max_aspect=settings.max_aspect,
+        )
 
 
 @dataclass(frozen=True)

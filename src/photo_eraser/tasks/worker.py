@@ -54,13 +54,7 @@ class WorkerContext:
 
     @property
     def limits(self) -> ImageLimits:
-        s = self.settings
-        return ImageLimits(
-            max_bytes=s.max_image_bytes,
-            min_side=s.min_side,
-            max_side=s.max_side,
-            max_aspect=s.max_aspect,
-        )
+        return ImageLimits.from_settings(self.settings)
 
     async def run_cpu(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
