@@ -190,7 +190,7 @@ class _RecordingFallback(OpenCVEngine):
         super().__init__()
         self.filled: list[np.ndarray] = []
 
-    def restore(self, images, masks, *, in_place=False):
+    def restore(self, images, masks, *, in_place=False, lossless=None):
         self.filled += [m.copy() for m in masks]
         return super().restore(images, masks, in_place=in_place)
 

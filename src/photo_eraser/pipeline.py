@@ -13,7 +13,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from photo_eraser.engines.base import Engine, Restored
-from photo_eraser.imaging import DecodedImage, EncodedImage, decode_mask, encode_image, fit_mask
+from photo_eraser.imaging import (
+    LOSSLESS_FORMATS,
+    DecodedImage,
+    EncodedImage,
+    decode_mask,
+    encode_image,
+    fit_mask,
+)
 
 
 @dataclass
@@ -52,7 +59,12 @@ def restore_images(
     times.add("mask", t)
     t = time.perf_counter()
     # The decoded arrays are ours and not used again: let the engine write into them.
-    restored = engine.restore([im.pixels for im in images], masks, in_place=True)
+    restored = engine.restore(
+        [im.pixels for im in images],
+        masks,
+        in_place=True,
+        lossless=[im.format in LOSSLESS_FORMATS for im in images],
+    )
     times.add("engine", t)
     t = time.perf_counter()
     out = [

@@ -68,6 +68,32 @@ discount most photo edges, so it is wider than ``_CAUCHY``."""
 _REFINE_FLOOR = 0.5
 """Residual-scale floor (grey levels) of the refinement's robust mean."""
 
+_EXACT_ITERATIONS = 4
+"""Rounds of the exact-blend fit (opacity, then colour)."""
+_EXACT_SNAP = 1.5
+"""Edges whose log opacity ratio is within this many standard errors of 0 are taken as flat:
+a mark's opacity is mostly constant, with steps at its outline (its anti-aliased rim)."""
+_EXACT_SNAP_MAX_ERROR = 0.03
+"""... and only when that standard error is below this (imprecise edges keep their ratio)."""
+_EXACT_PLATEAU_ITERATIONS = 2
+"""Further rounds with the mark's body (its most common opacity) as one value."""
+_EXACT_PLATEAU_BIN = 0.005
+_EXACT_PLATEAU_WIDTH = 0.01
+_EXACT_PLATEAU_MIN_SHARE = 0.2
+"""The body is pooled only if at least this share of the marked pixels is at its opacity."""
+_EXACT_DEGREE = 2
+"""Degree of the polynomial (in x and y) that the mark's colour W follows in the exact fit."""
+_EXACT_MIN_ALPHA = 0.1
+"""Pixels at least this opaque (first fit) give the exact fit's starting colour."""
+_EXACT_MAX_RSS_RATIO = 1.5
+"""The exact fit is kept only if, at the mark's outline, its residuals (one ratio per edge) are
+at most this times the free fit's (a ratio and three offsets per edge): about 1.2 when the
+batch is an exact blend of one smooth colour, 2 and more after JPEG or with a two-colour mark."""
+_EXACT_MAX_COLOUR_RESIDUAL = 3.0
+"""... and if the free fit's offset ``alpha * W`` departs from ``alpha`` times the smooth
+colour by at most this (grey levels, median over the marked pixels): 1-1.5 for one colour,
+6 and more with two colours or after JPEG."""
+
 
 @dataclass(frozen=True)
 class BlendEstimate:
@@ -80,6 +106,8 @@ class BlendEstimate:
     beta: np.ndarray
     u: np.ndarray
     spread: np.ndarray
+    exact: bool = False
+    """Whether the exact-blend fit (one smooth colour, lossless images) was used."""
 
     def invert(self, crop: np.ndarray) -> np.ndarray:
         """The photo under the watermark for one grid crop (float32, not clipped)."""
@@ -166,21 +194,41 @@ class GridSolver:
         out[self.nodes] = values
         return out.reshape((h, w) + values.shape[1:])
 
-    def poisson(self, weights: np.ndarray, anchor: float) -> _Poisson:
+    def poisson(
+        self, weights: np.ndarray, anchor: float, tied: np.ndarray | None = None
+    ) -> _Poisson:
         """A factorised weighted Poisson problem on the domain (see ``_Poisson``)."""
-        return _Poisson(self, weights, anchor)
+        return _Poisson(self, weights, anchor, tied)
 
 
 class _Poisson:
     """Least-squares integration of edge differences with a zero Dirichlet border.
 
     ``solve(g)`` returns node values ``v`` (``0`` outside the domain) minimising
-    ``sum_e w_e (v[ea] - v[eb] - g_e)^2 + anchor * sum_p v_p^2``.
+    ``sum_e w_e (v[ea] - v[eb] - g_e)^2 + anchor * sum_p v_p^2``. With ``tied`` (a bool per
+    domain node), those nodes share one value.
     """
 
-    def __init__(self, solver: GridSolver, weights: np.ndarray, anchor: float) -> None:
+    def __init__(
+        self,
+        solver: GridSolver,
+        weights: np.ndarray,
+        anchor: float,
+        tied: np.ndarray | None = None,
+    ) -> None:
         self._solver = solver
         inc = solver._incidence
+        self._expand = None
+        if tied is not None and tied.any():
+            n = inc.shape[1]
+            free = ~tied
+            column = np.empty(n, dtype=np.int64)
+            column[free] = np.arange(int(free.sum()))
+            column[tied] = int(free.sum())
+            self._expand = sparse.csr_matrix(
+                (np.ones(n), (np.arange(n), column)), shape=(n, int(free.sum()) + 1)
+            )
+            inc = inc @ self._expand
         self._weights = weights.astype(np.float64)
         self._weighted_t = (inc.T @ sparse.diags(self._weights)).tocsr()
         n = inc.shape[1]
@@ -191,8 +239,11 @@ class _Poisson:
         """Integrate edge differences ``g`` (E or ExC) into node values (M or MxC)."""
         solver = self._solver
         rhs = self._weighted_t @ g.astype(np.float64)
+        values = self._lu.solve(rhs)
+        if self._expand is not None:
+            values = self._expand @ values
         out = np.zeros((solver.nodes.size,) + g.shape[1:], dtype=np.float32)
-        out[solver.inside] = self._lu.solve(rhs)
+        out[solver.inside] = values
         return out
 
 
@@ -434,6 +485,241 @@ def _refined_without(
     return beta, poisson.solve(_weighted_mean(grad, w_grad[rows]).T).T
 
 
+def _colour_basis(solver: GridSolver) -> np.ndarray:
+    """Monomials in x and y up to ``_EXACT_DEGREE`` at the nodes (T x M), x and y in [-1, 1]."""
+    h, w = solver.shape
+    yy, xx = np.divmod(solver.nodes, w)
+    size = float(max(h, w))
+    x, y = (xx - w / 2) / size, (yy - h / 2) / size
+    terms = [x**i * y ** (d - i) for d in range(_EXACT_DEGREE + 1) for i in range(d + 1)]
+    return np.stack(terms).astype(np.float64)
+
+
+def _colour_from_offset(
+    beta: np.ndarray, u: np.ndarray, basis: np.ndarray, inside: np.ndarray
+) -> np.ndarray | None:
+    """Smooth colour (3 x T coefficients) best explaining a fit's offset ``c = alpha * W``."""
+    alpha = 1.0 - beta
+    marked = inside & (alpha >= _EXACT_MIN_ALPHA)
+    if marked.sum() < 4 * basis.shape[0]:
+        return None
+    design = (basis[:, marked] * alpha[marked]).T
+    offset = (u * beta)[:, marked].T.astype(np.float64)
+    return np.linalg.lstsq(design, offset, rcond=None)[0].T
+
+
+def _colour_from_gradients(
+    values: np.ndarray,
+    beta: np.ndarray,
+    basis: np.ndarray,
+    texture: np.ndarray,
+    solver: GridSolver,
+) -> np.ndarray:
+    """Smooth colour (3 x T) whose term ``W * alpha / beta`` best explains the gradients of J/beta.
+
+    ``J_k / beta = I_k + W * gamma`` with ``gamma = alpha / beta``: across each edge, the mark's
+    part of the gradient is linear in the colour's few coefficients; photo gradients are the
+    noise, down-weighted by texture and Cauchy weights (one small least-squares problem).
+    """
+    ea, eb = solver.ea, solver.eb
+    grad = _gradients_of(values, beta, solver)
+    gamma = (1.0 - beta) / beta
+    design = basis[:, ea] * gamma[ea] - basis[:, eb] * gamma[eb]  # T x E
+    w = texture
+    theta = np.zeros((3, basis.shape[0]))
+    for _ in range(_REFINE_REWEIGHTS + 2):
+        total = w.sum(axis=0)
+        lhs = (design * total) @ design.T + 1e-9 * np.eye(basis.shape[0])
+        rhs = design @ np.einsum("ne,cne->ce", w, grad).T
+        theta = np.linalg.solve(lhs, rhs).T
+        res = np.sqrt(((grad - (theta @ design)[:, None].astype(np.float32)) ** 2).sum(axis=0))
+        scale = 1.4826 * batch_median(res, axis=0) + _REFINE_FLOOR
+        w = texture / (1.0 + (res / (_REFINE_CAUCHY * scale)) ** 2)
+    return theta
+
+
+def _gradients_of(values: np.ndarray, beta: np.ndarray, solver: GridSolver) -> np.ndarray:
+    """Gradient of ``J/beta`` along every edge, per image (3 x N x E), from node values."""
+    ea, eb = solver.ea, solver.eb
+    return values[:, :, ea] / beta[ea] - values[:, :, eb] / beta[eb]
+
+
+@dataclass
+class _ExactRatios:
+    """Per-edge fits of ``J(a) - W(a) = (beta_a / beta_b) * (J(b) - W(b))`` over the images."""
+
+    log_ratio: np.ndarray
+    precision: np.ndarray
+    weights: np.ndarray
+
+
+def _exact_ratios(
+    values: np.ndarray, colour: np.ndarray, texture: np.ndarray, solver: GridSolver
+) -> _ExactRatios:
+    """Ratio fits through the origin: with the colour known, ``J - W = beta * (I - W)``.
+
+    No offsets to fit, and the lever arm is the distance of each pixel from the mark's colour
+    (not its spread over the batch), so each ratio is far more precise than the free fit's.
+    """
+    y = values[:, :, solver.ea] - colour[:, None, solver.ea]
+    x = values[:, :, solver.eb] - colour[:, None, solver.eb]
+    w = texture
+    for _ in range(_REFINE_REWEIGHTS + 2):
+        syy = np.einsum("ne,cne->e", w, y * y)
+        sxx = np.einsum("ne,cne->e", w, x * x)
+        r = np.sqrt((syy + 1e-3) / (sxx + 1e-3))
+        res = np.sqrt(((y - r * x) ** 2).sum(axis=0))
+        scale = 1.4826 * batch_median(res, axis=0) + _REFINE_FLOOR
+        w = texture / (1.0 + (res / (_REFINE_CAUCHY * scale)) ** 2)
+    noise = (w * res * res).sum(axis=0) / w.sum(axis=0) + _REFINE_FLOOR**2
+    return _ExactRatios(np.log(r), (sxx / noise).astype(np.float64), w)
+
+
+@dataclass
+class _ExactFit:
+    """The exact-blend fit: ``beta`` (M), ``u`` (3 x M) and what the jackknife re-uses."""
+
+    beta: np.ndarray
+    u: np.ndarray
+    colour: np.ndarray
+    flat: np.ndarray
+    weights: np.ndarray
+    poisson: _Poisson
+
+    def without(self, values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The fit on the images ``rows`` only, keeping its colour, weights and flat edges."""
+        solver = self.poisson._solver
+        y = values[:, rows][:, :, solver.ea] - self.colour[:, None, solver.ea]
+        x = values[:, rows][:, :, solver.eb] - self.colour[:, None, solver.eb]
+        w = self.weights[rows]
+        syy = np.einsum("ne,cne->e", w, y * y)
+        sxx = np.einsum("ne,cne->e", w, x * x)
+        log_ratio = np.where(self.flat, 0.0, 0.5 * np.log((syy + 1e-3) / (sxx + 1e-3)))
+        beta = _beta_from_log_ratio(log_ratio, self.poisson)
+        return beta, ((1.0 - beta) / beta)[None] * self.colour
+
+
+def _beta_from_log_ratio(log_ratio: np.ndarray, poisson: _Poisson) -> np.ndarray:
+    return np.clip(np.exp(poisson.solve(log_ratio)), _MIN_BETA, 1.0).astype(np.float32)
+
+
+def _exact_fit(
+    values: np.ndarray,
+    stack: np.ndarray,
+    fit: _EdgeFit,
+    solver: GridSolver,
+    beta: np.ndarray,
+    u: np.ndarray,
+) -> _ExactFit | None:
+    """Refit a lossless batch as an exact blend of one smoothly varying colour; ``None`` if not.
+
+    The free fit gives every pixel its own offset ``c``; on lossless images the estimate can be
+    much tighter by tying ``c = alpha * W`` to one colour ``W`` that varies smoothly (a
+    polynomial) across the mark, by taking the opacity as flat wherever the data cannot tell
+    its steps from 0, and by giving the pixels at the mark's most common opacity (its body,
+    drawn at one opacity) one shared value. Opacity (ratio fits through the origin) and colour
+    (from the gradients) are fitted in turn. The result is kept only if it explains the batch
+    nearly as well as the free fit does (see ``_EXACT_MAX_RSS_RATIO`` and
+    ``_EXACT_MAX_COLOUR_RESIDUAL``): a mark of two colours, or compression, fits clearly worse.
+    """
+    basis = _colour_basis(solver)
+    theta = _colour_from_offset(beta, u, basis, solver.inside)
+    if theta is None:
+        return None
+    free_beta, free_u = beta, u
+    colour = np.clip(theta @ basis, 0.0, 255.0).astype(np.float32)
+    tied = None
+    for i in range(_EXACT_ITERATIONS + _EXACT_PLATEAU_ITERATIONS):
+        if i == _EXACT_ITERATIONS:
+            tied = _plateau(beta, solver)
+            if tied is None:
+                break
+        texture = _texture_weights(stack, beta, u, solver)
+        exact = _exact_round(values, solver, texture, colour, tied)
+        beta = exact.beta
+        theta = _colour_from_gradients(values, beta, basis, texture, solver)
+        colour = exact.colour = np.clip(theta @ basis, 0.0, 255.0).astype(np.float32)
+        u = exact.u = ((1.0 - beta) / beta)[None] * colour
+    if not _explains_batch(values, fit, solver, texture, free_beta, free_u, beta, colour):
+        return None
+    return exact
+
+
+def _exact_round(
+    values: np.ndarray,
+    solver: GridSolver,
+    texture: np.ndarray,
+    colour: np.ndarray,
+    tied: np.ndarray | None,
+) -> _ExactFit:
+    """One opacity fit of the exact model, for a given colour."""
+    ratios = _exact_ratios(values, colour, texture, solver)
+    standard_error = 1.0 / np.sqrt(np.maximum(ratios.precision, 1e-9))
+    # Imprecise edges keep their measured ratio: taking them as flat could join a whole letter
+    # to its unmarked surroundings.
+    flat = (np.abs(ratios.log_ratio) < _EXACT_SNAP * standard_error) & (
+        standard_error < _EXACT_SNAP_MAX_ERROR
+    )
+    weight = ratios.precision / max(float(np.median(ratios.precision)), 1e-12)
+    poisson = solver.poisson(
+        np.clip(weight, 0.01, 100.0), _ANCHOR, None if tied is None else tied[solver.inside]
+    )
+    beta = _beta_from_log_ratio(np.where(flat, 0.0, ratios.log_ratio), poisson)
+    u = ((1.0 - beta) / beta)[None] * colour
+    return _ExactFit(beta, u, colour, flat, ratios.weights, poisson)
+
+
+def _plateau(beta: np.ndarray, solver: GridSolver) -> np.ndarray | None:
+    """Nodes at the mark's most common opacity (within ``_EXACT_PLATEAU_WIDTH``), if many.
+
+    A watermark is usually drawn at one opacity, its anti-aliased rim aside; pooling that body
+    into one value removes the slow drift that integrating many small ratios leaves.
+    """
+    marked = solver.inside & (beta <= 1.0 - _EXACT_MIN_ALPHA)
+    if not marked.any():
+        return None
+    bins = np.arange(0.0, 1.0 + _EXACT_PLATEAU_BIN, _EXACT_PLATEAU_BIN)
+    counts = np.convolve(np.histogram(beta[marked], bins=bins)[0], [1, 2, 3, 2, 1], mode="same")
+    mode = bins[int(np.argmax(counts))] + _EXACT_PLATEAU_BIN / 2
+    plateau = marked & (np.abs(beta - mode) < _EXACT_PLATEAU_WIDTH)
+    return plateau if plateau.sum() >= _EXACT_PLATEAU_MIN_SHARE * marked.sum() else None
+
+
+def _explains_batch(
+    values: np.ndarray,
+    fit: _EdgeFit,
+    solver: GridSolver,
+    texture: np.ndarray,
+    free_beta: np.ndarray,
+    free_u: np.ndarray,
+    beta: np.ndarray,
+    colour: np.ndarray,
+) -> bool:
+    """Whether the exact fit explains the batch about as well as the free fit, at the mark."""
+    ea, eb = solver.ea, solver.eb
+    free_c = free_u * free_beta
+    # The mark's outline, as the free fit sees it: steps of its opacity or of its offset.
+    outline = (
+        np.abs(np.log(free_beta[ea]) - np.log(free_beta[eb]))
+        + np.abs(free_c[:, ea] - free_c[:, eb]).mean(axis=0) / 128.0
+    ) > 0.05
+    alpha = 1.0 - free_beta
+    marked = solver.inside & (alpha >= _EXACT_MIN_ALPHA)
+    if not outline.any() or not marked.any():
+        return False
+    r, sw, sx, sy, _ = fit.slope(texture)
+    free_rss = (texture * fit.residuals(r, sw, sx, sy) ** 2)[:, outline].sum()
+    y = values[:, :, ea][:, :, outline] - colour[:, None, ea[outline]]
+    x = values[:, :, eb][:, :, outline] - colour[:, None, eb[outline]]
+    ratio = (beta[ea] / beta[eb])[outline]
+    exact_rss = (texture[:, outline] * ((y - ratio * x) ** 2).sum(axis=0)).sum()
+    colour_residual = np.abs(free_c[:, marked] - alpha[marked] * colour[:, marked]).max(axis=0)
+    return bool(
+        exact_rss <= _EXACT_MAX_RSS_RATIO * max(float(free_rss), 1e-6)
+        and float(np.median(colour_residual)) <= _EXACT_MAX_COLOUR_RESIDUAL
+    )
+
+
 def _spread(values: np.ndarray, solver: GridSolver) -> np.ndarray:
     """Rough ``beta`` per node: its spread over the batch relative to the surroundings'.
 
@@ -448,9 +734,16 @@ def _spread(values: np.ndarray, solver: GridSolver) -> np.ndarray:
 
 
 def estimate_blend(
-    stack: np.ndarray, solver: GridSolver, groups: Sequence[np.ndarray] = ()
+    stack: np.ndarray,
+    solver: GridSolver,
+    groups: Sequence[np.ndarray] = (),
+    *,
+    lossless: bool = False,
 ) -> tuple[BlendEstimate, np.ndarray | None]:
     """Estimate ``beta`` and ``u`` from aligned crops ``stack`` (N x H x W x 3, float32).
+
+    ``lossless``: the crops are exactly the blend (no lossy compression after the mark was
+    put on), so the exact-blend fit may be tried (see ``_exact_fit``).
 
     With ``groups``, also returns each image's per-pixel standard error of the recovered
     photo (N x H x W, grey levels RMS over channels): a jackknife that re-fits the blend
@@ -469,8 +762,13 @@ def estimate_blend(
         # The ratio fits' robust weights already discount photo edges: a weighted mean will do.
         u = poisson.solve(_weighted_mean(_gradients(fit, beta, solver), weights).T).T
         refine = _refinable(beta, spread, solver)
+    exact = None
     if refine:
         beta, u, w_slope, w_grad = _refine(fit, poisson, stack, beta, u)
+        if lossless:
+            exact = _exact_fit(values, stack, fit, solver, beta, u)
+        if exact is not None:
+            beta, u = exact.beta, exact.u
     else:
         slope, edge_weight, weights = fit.robust()
         poisson = solver.poisson(edge_weight, _ANCHOR)
@@ -479,6 +777,7 @@ def estimate_blend(
         beta=solver.scatter(beta, 1.0),
         u=solver.scatter(u.T, 0.0),
         spread=solver.scatter(spread, 1.0),
+        exact=exact is not None,
     )
     if not groups:
         return est, None
@@ -486,7 +785,9 @@ def estimate_blend(
     inv_beta, offsets = [], []
     for group in groups:
         keep = np.setdiff1d(np.arange(n), group)
-        if refine:
+        if exact is not None:
+            beta_g, u_g = exact.without(values, keep)
+        elif refine:
             beta_g, u_g = _refined_without(fit, poisson, w_slope, w_grad, keep)
         else:
             beta_g, u_g = _integrate(fit, fit.slope(weights, keep)[0], poisson, keep)

@@ -42,13 +42,22 @@ class Engine(ABC):
 
     @abstractmethod
     def restore(
-        self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], *, in_place: bool = False
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        *,
+        in_place: bool = False,
+        lossless: Sequence[bool] | None = None,
     ) -> list[Restored]:
         """Return one result per input, same size; pixels outside each mask unchanged.
 
         With ``in_place=True`` the caller hands the arrays over: the engine may write into them
         and return them, which saves a full-size copy per image (the only cost that would
         otherwise follow the image's size rather than the mask's).
+
+        ``lossless`` (one per image, optional) says which images came in a lossless format
+        (PNG, BMP): their pixels are exactly what was stamped. Inpainters ignore it; ``restore``
+        fits an exact blend model when the whole batch is lossless.
         """
 
 
@@ -66,7 +75,12 @@ class InpaintingEngine(Engine):
         return out
 
     def restore(
-        self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], *, in_place: bool = False
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        *,
+        in_place: bool = False,
+        lossless: Sequence[bool] | None = None,
     ) -> list[Restored]:
         outputs = list(images) if in_place else [image.copy() for image in images]
         self.restore_in_place(outputs, masks)

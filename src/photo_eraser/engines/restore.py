@@ -52,6 +52,8 @@ _NO_MARK_SCORE = 0.85
 _GHOST_LIMIT = 1.25
 """Ghost score (see ``ghost_scores``) above which an image is taken as not carrying the mark."""
 _OPAQUE_SPREAD = 0.1
+_ROUNDING_NOISE = float(np.sqrt(1 / 12))
+"""Standard deviation (grey levels) of rounding to whole levels."""
 """Pixels varying over the batch less than this share of their surroundings are opaque."""
 
 
@@ -132,13 +134,21 @@ class RestoreEngine(Engine):
         self.max_grid_pixels = max_grid_pixels
 
     def restore(
-        self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], *, in_place: bool = False
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        *,
+        in_place: bool = False,
+        lossless: Sequence[bool] | None = None,
     ) -> list[Restored]:
         if len(images) != len(masks):
             raise ValueError("one mask per image is required")
+        if lossless is not None and len(lossless) != len(images):
+            raise ValueError("one lossless flag per image is required")
         masks = [np.asarray(m, dtype=bool) for m in masks]
         boxes = [mask_bbox(m) for m in masks]
-        recoveries = self._recover(images, masks, boxes)
+        flags = list(lossless) if lossless is not None else [False] * len(images)
+        recoveries = self._recover(images, masks, boxes, flags)
         outputs = list(images) if in_place else [np.array(im, copy=True) for im in images]
         filled_idx: list[int] = []
         submasks: list[np.ndarray] = []
@@ -201,6 +211,7 @@ class RestoreEngine(Engine):
         images: Sequence[np.ndarray],
         masks: Sequence[np.ndarray],
         boxes: Sequence[tuple[int, int, int, int] | None],
+        lossless: Sequence[bool],
     ) -> list[_Recovery | None]:
         """Invert the blend wherever it is safe; ``None`` for images left to the fallback."""
         out: list[_Recovery | None] = [None] * len(images)
@@ -226,7 +237,7 @@ class RestoreEngine(Engine):
         )
         solver = GridSolver(domain, valid)
         valid = solver.valid
-        batch = self._estimate(crops, candidates, solver)
+        batch = self._estimate(crops, candidates, solver, lossless)
         if batch is None:
             return out
         used, stack, est, errors = batch
@@ -270,7 +281,11 @@ class RestoreEngine(Engine):
         return out
 
     def _estimate(
-        self, crops: dict[int, np.ndarray], candidates: Sequence[int], solver: GridSolver
+        self,
+        crops: dict[int, np.ndarray],
+        candidates: Sequence[int],
+        solver: GridSolver,
+        lossless: Sequence[bool],
     ) -> tuple[list[int], np.ndarray, BlendEstimate, np.ndarray] | None:
         """Estimate the blend from the images that carry the mark; ``None`` if too few do.
 
@@ -278,7 +293,9 @@ class RestoreEngine(Engine):
         """
         used = list(candidates)
         stack = np.stack([crops[i] for i in used])
-        est, errors = estimate_blend(stack, solver, jackknife_groups(len(used)))
+        est, errors = estimate_blend(
+            stack, solver, jackknife_groups(len(used)), lossless=all(lossless[i] for i in used)
+        )
         scores = ghost_scores(stack, est, solver, min_beta=1.0 - self.max_alpha)
         if float(np.median(scores)) > _NO_MARK_SCORE:
             # Inverting barely changes the edges of a typical image: no shared mark was found
@@ -298,8 +315,15 @@ class RestoreEngine(Engine):
             if len(used) < self.min_images:
                 return None
             stack = np.stack([crops[i] for i in used])
-            est, errors = estimate_blend(stack, solver, jackknife_groups(len(used)))
+            est, errors = estimate_blend(
+                stack, solver, jackknife_groups(len(used)), lossless=all(lossless[i] for i in used)
+            )
         assert errors is not None
+        if all(lossless[i] for i in used):
+            log.info(
+                "restore: lossless batch",
+                extra={"engine": self.name, "exact_blend_model": est.exact},
+            )
         return used, stack, est, errors
 
     def _invertible(
@@ -318,7 +342,9 @@ class RestoreEngine(Engine):
         best reproduce).
         """
         grey = np.ascontiguousarray(crop.mean(axis=2))
-        noise = _noise_level(grey, outside)
+        # After an exact fit the images are lossless: rounding to whole grey levels is the only
+        # noise added after the mark (the photo's own fine texture is not noise here).
+        noise = _ROUNDING_NOISE if est.exact else _noise_level(grey, outside)
         inv_err2 = _local_mean(jack**2) + (noise / est.beta) ** 2
         # The blend is linear per channel, so the grey recovered photo is the inverted grey.
         recovered = grey / est.beta - est.u.mean(axis=2)

@@ -7,7 +7,7 @@ arrays, True = restore. OpenCV (BGR) never leaks out of this package.
 from __future__ import annotations
 
 from photo_eraser.imaging.codec import DecodedImage, EncodedImage, decode_image, encode_image
-from photo_eraser.imaging.formats import ACCEPTED_FORMATS, sniff_format
+from photo_eraser.imaging.formats import ACCEPTED_FORMATS, LOSSLESS_FORMATS, sniff_format
 from photo_eraser.imaging.limits import ImageError, ImageInfo, ImageLimits, probe
 from photo_eraser.imaging.mask import (
     MaskError,
@@ -19,6 +19,7 @@ from photo_eraser.imaging.mask import (
 
 __all__ = [
     "ACCEPTED_FORMATS",
+    "LOSSLESS_FORMATS",
     "DecodedImage",
     "EncodedImage",
     "ImageError",

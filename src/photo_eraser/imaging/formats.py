@@ -7,6 +7,8 @@ Sizes come from the header alone, without Pillow, so that a file claiming huge d
 from __future__ import annotations
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "BMP")
+LOSSLESS_FORMATS = frozenset({"PNG", "BMP"})
+"""Formats whose pixels are exactly what was saved (no lossy compression)."""
 
 _ISO_BRANDS = {
     b"avif": "AVIF",
