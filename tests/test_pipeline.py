@@ -46,3 +46,26 @@ def test_restore_images_fits_mask_and_keeps_format() -> None:
     full = rect_mask(400, 300, (20, 20, 60, 40)) > 0
     assert np.array_equal(png[~full], originals[0][~full])
     assert not np.array_equal(png[full], originals[0][full])
+
+
+class _HintRecorder(OpenCVEngine):
+    """Telea, remembering the lossless hints it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lossless: list[bool] | None = None
+
+    def restore(self, images, masks, *, in_place=False, lossless=None):
+        self.lossless = list(lossless) if lossless is not None else None
+        return super().restore(images, masks, in_place=in_place)
+
+
+def test_restore_images_tells_the_engine_which_inputs_were_lossless() -> None:
+    decoded = [
+        decode_image(encode(photo(300, 300, seed=s), fmt))
+        for s, fmt in ((1, "PNG"), (2, "JPEG"), (3, "BMP"))
+    ]
+    mask = MaskCache(10**7).decode(encode(rect_mask(300, 300, (10, 10, 30, 20))))
+    engine = _HintRecorder()
+    restore_images(decoded, mask, engine, jpeg_quality=95)
+    assert engine.lossless == [True, False, True]
