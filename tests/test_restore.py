@@ -110,7 +110,8 @@ def test_exact_fit_on_a_lossless_batch_is_near_exact() -> None:
         est, _ = estimate_blend(stack, GridSolver(mask), lossless=lossless)
         assert est.exact is lossless
         psnrs = [
-            _psnr(np.clip(est.invert(s), 0, 255), p, mask) for s, p in zip(stack, photos, strict=True)
+            _psnr(np.clip(est.invert(s), 0, 255), p, mask)
+            for s, p in zip(stack, photos, strict=True)
         ]
         results[lossless] = (float(np.abs(est.beta - (1 - alpha))[mask].mean()), min(psnrs))
     # Measured: beta off by 0.0014 on average, worst image 53.5 dB (free fit: 0.006, 44.8 dB);
@@ -141,7 +142,9 @@ def test_exact_fit_is_refused_when_the_batch_is_not_one_exact_blend() -> None:
     }
     masks = [mask] * len(photos)
     for name, stamped in batches.items():
-        est, _ = estimate_blend(np.stack(stamped).astype(np.float32), GridSolver(mask), lossless=True)
+        est, _ = estimate_blend(
+            np.stack(stamped).astype(np.float32), GridSolver(mask), lossless=True
+        )
         assert not est.exact, name
         hinted = _engine().restore(stamped, masks, lossless=[True] * len(stamped))
         plain = _engine().restore(stamped, masks)
@@ -163,7 +166,9 @@ def test_engine_uses_the_exact_fit_only_for_all_lossless_batches(caplog) -> None
         _assert_outside_unchanged(stamped, masks, results)
         exact = [r.exact_blend_model for r in caplog.records if hasattr(r, "exact_blend_model")]
         assert exact == ([True] if name == "lossless" else [])
-        psnr[name] = np.mean([_psnr(r.image, p, mask) for r, p in zip(results, photos, strict=True)])
+        psnr[name] = np.mean(
+            [_psnr(r.image, p, mask) for r, p in zip(results, photos, strict=True)]
+        )
     assert psnr["lossless"] > psnr["one jpeg"] + 3.0
     with pytest.raises(ValueError, match="lossless"):
         _engine().restore(stamped, masks, lossless=[True])
