@@ -81,6 +81,22 @@ _EXACT_PLATEAU_BIN = 0.005
 _EXACT_PLATEAU_WIDTH = 0.01
 _EXACT_PLATEAU_MIN_SHARE = 0.2
 """The body is pooled only if at least this share of the marked pixels is at its opacity."""
+_EXACT_IRLS = 4
+"""Reweighting steps of the first round's ratio fits (later rounds start from the last
+weights and take one step)."""
+_EXACT_TEXTURE_EVERY = 2
+"""Rounds between updates of the texture weights (they change slowly)."""
+_EXACT_COLOUR_IRLS = 2
+"""Reweighting steps of each colour fit."""
+_EXACT_MAX_IMAGES = 12
+"""Larger batches are fitted on an evenly spread subset of this many images (the cost grows
+with the images; the precision, beyond a dozen, hardly)."""
+_EXACT_UNMARKED_ALPHA = 0.02
+_EXACT_UNMARKED_OFFSET = 1.0
+"""A first fit's pixel with less opacity and offset than these (and no such neighbour) is
+taken as unmarked by the exact fit."""
+_EXACT_RIM_STEP = 0.01
+"""Edges across which ``alpha / beta`` changes by more than this inform the colour fit."""
 _EXACT_DEGREE = 2
 """Degree of the polynomial (in x and y) that the mark's colour W follows in the exact fit."""
 _EXACT_MIN_ALPHA = 0.1
@@ -269,6 +285,17 @@ class _EdgeFit:
         self.xx = np.einsum("cne,cne->ne", self.x, self.x)
         self.yy = np.einsum("cne,cne->ne", self.y, self.y)
         self.xy = np.einsum("cne,cne->ne", self.x, self.y)
+
+    def subset(self, images: np.ndarray, edges: np.ndarray | None = None) -> _EdgeFit:
+        """The same data for some images (indices) and edges (E bool, all by default); still
+        centred on the whole batch's means, which every use here allows."""
+        sub = object.__new__(_EdgeFit)
+        keep = slice(None) if edges is None else edges
+        sub.y, sub.x = self.y[:, images][:, :, keep], self.x[:, images][:, :, keep]
+        sub.y_mean, sub.x_mean = self.y_mean[:, keep], self.x_mean[:, keep]
+        sub.xx, sub.yy = self.xx[images][:, keep], self.yy[images][:, keep]
+        sub.xy = self.xy[images][:, keep]
+        return sub
 
     def slope(self, w: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
         """Weighted fit on the images ``rows`` (all by default): slope, sums of w, x, y."""
@@ -521,27 +548,23 @@ def _colour_from_gradients(
     part of the gradient is linear in the colour's few coefficients; photo gradients are the
     noise, down-weighted by texture and Cauchy weights (one small least-squares problem).
     """
-    ea, eb = solver.ea, solver.eb
-    grad = _gradients_of(values, beta, solver)
     gamma = (1.0 - beta) / beta
+    # Only edges across which the mark's strength changes say much about its colour.
+    rim = np.abs(gamma[solver.ea] - gamma[solver.eb]) > _EXACT_RIM_STEP
+    ea, eb = solver.ea[rim], solver.eb[rim]
+    grad = values[:, :, ea] / beta[ea] - values[:, :, eb] / beta[eb]
     design = basis[:, ea] * gamma[ea] - basis[:, eb] * gamma[eb]  # T x E
-    w = texture
+    w = texture[:, rim]
     theta = np.zeros((3, basis.shape[0]))
-    for _ in range(_REFINE_REWEIGHTS + 2):
+    for _ in range(_EXACT_COLOUR_IRLS):
         total = w.sum(axis=0)
         lhs = (design * total) @ design.T + 1e-9 * np.eye(basis.shape[0])
         rhs = design @ np.einsum("ne,cne->ce", w, grad).T
         theta = np.linalg.solve(lhs, rhs).T
         res = np.sqrt(((grad - (theta @ design)[:, None].astype(np.float32)) ** 2).sum(axis=0))
         scale = 1.4826 * batch_median(res, axis=0) + _REFINE_FLOOR
-        w = texture / (1.0 + (res / (_REFINE_CAUCHY * scale)) ** 2)
+        w = texture[:, rim] / (1.0 + (res / (_REFINE_CAUCHY * scale)) ** 2)
     return theta
-
-
-def _gradients_of(values: np.ndarray, beta: np.ndarray, solver: GridSolver) -> np.ndarray:
-    """Gradient of ``J/beta`` along every edge, per image (3 x N x E), from node values."""
-    ea, eb = solver.ea, solver.eb
-    return values[:, :, ea] / beta[ea] - values[:, :, eb] / beta[eb]
 
 
 @dataclass
@@ -554,25 +577,56 @@ class _ExactRatios:
 
 
 def _exact_ratios(
-    values: np.ndarray, colour: np.ndarray, texture: np.ndarray, solver: GridSolver
+    fit: _EdgeFit,
+    colour_a: np.ndarray,
+    colour_b: np.ndarray,
+    texture: np.ndarray,
+    start: np.ndarray | None,
 ) -> _ExactRatios:
     """Ratio fits through the origin: with the colour known, ``J - W = beta * (I - W)``.
 
     No offsets to fit, and the lever arm is the distance of each pixel from the mark's colour
     (not its spread over the batch), so each ratio is far more precise than the free fit's.
+    ``colour_a`` and ``colour_b`` (3 x E) are the colour at each edge's ends; ``start``: robust
+    weights of the previous round (fewer reweighting steps are needed).
     """
-    y = values[:, :, solver.ea] - colour[:, None, solver.ea]
-    x = values[:, :, solver.eb] - colour[:, None, solver.eb]
-    w = texture
-    for _ in range(_REFINE_REWEIGHTS + 2):
-        syy = np.einsum("ne,cne->e", w, y * y)
-        sxx = np.einsum("ne,cne->e", w, x * x)
-        r = np.sqrt((syy + 1e-3) / (sxx + 1e-3))
-        res = np.sqrt(((y - r * x) ** 2).sum(axis=0))
-        scale = 1.4826 * batch_median(res, axis=0) + _REFINE_FLOOR
-        w = texture / (1.0 + (res / (_REFINE_CAUCHY * scale)) ** 2)
-    noise = (w * res * res).sum(axis=0) / w.sum(axis=0) + _REFINE_FLOOR**2
+    yy, xx, xy = _origin_moments(fit, colour_a, colour_b)
+    w = texture if start is None else start
+    for _ in range(_EXACT_IRLS if start is None else 1):
+        r = _origin_slope(yy, xx, w)
+        res2 = np.maximum(yy - 2.0 * r * xy + r * r * xx, 0.0)
+        scale = 1.4826 * batch_median(np.sqrt(res2), axis=0) + _REFINE_FLOOR
+        w = texture / (1.0 + res2 / (_REFINE_CAUCHY * scale) ** 2)
+    noise = (w * res2).sum(axis=0) / w.sum(axis=0) + _REFINE_FLOOR**2
+    sxx = np.einsum("ne,ne->e", w, xx)
     return _ExactRatios(np.log(r), (sxx / noise).astype(np.float64), w)
+
+
+def _origin_moments(
+    fit: _EdgeFit, colour_a: np.ndarray, colour_b: np.ndarray, rows: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per image and edge (N x E): sums over channels of y*y, x*x and x*y, where
+    ``y = J(a) - W(a)`` and ``x = J(b) - W(b)``; from the edge fit's centred values."""
+    y, x, yy, xx, xy = fit.y, fit.x, fit.yy, fit.xx, fit.xy
+    if rows is not None:
+        y, x, yy, xx, xy = y[:, rows], x[:, rows], yy[rows], xx[rows], xy[rows]
+    my = fit.y_mean - colour_a
+    mx = fit.x_mean - colour_b
+    return (
+        yy + 2.0 * np.einsum("cne,ce->ne", y, my) + (my * my).sum(axis=0),
+        xx + 2.0 * np.einsum("cne,ce->ne", x, mx) + (mx * mx).sum(axis=0),
+        xy
+        + np.einsum("cne,ce->ne", x, my)
+        + np.einsum("cne,ce->ne", y, mx)
+        + (mx * my).sum(axis=0),
+    )
+
+
+def _origin_slope(yy: np.ndarray, xx: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Symmetric slope through the origin per edge (noise in x does not bias it)."""
+    syy = np.einsum("ne,ne->e", w, yy)
+    sxx = np.einsum("ne,ne->e", w, xx)
+    return np.sqrt((syy + 1e-3) / (sxx + 1e-3))
 
 
 @dataclass
@@ -583,19 +637,19 @@ class _ExactFit:
     u: np.ndarray
     colour: np.ndarray
     flat: np.ndarray
+    active: np.ndarray
+    sub: _EdgeFit
     weights: np.ndarray
     poisson: _Poisson
 
-    def without(self, values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def without(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The fit on the images ``rows`` only, keeping its colour, weights and flat edges."""
         solver = self.poisson._solver
-        y = values[:, rows][:, :, solver.ea] - self.colour[:, None, solver.ea]
-        x = values[:, rows][:, :, solver.eb] - self.colour[:, None, solver.eb]
-        w = self.weights[rows]
-        syy = np.einsum("ne,cne->e", w, y * y)
-        sxx = np.einsum("ne,cne->e", w, x * x)
-        log_ratio = np.where(self.flat, 0.0, 0.5 * np.log((syy + 1e-3) / (sxx + 1e-3)))
-        beta = _beta_from_log_ratio(log_ratio, self.poisson)
+        ea, eb = solver.ea[self.active], solver.eb[self.active]
+        yy, xx, _ = _origin_moments(self.sub, self.colour[:, ea], self.colour[:, eb], rows)
+        log_ratio = np.zeros(self.flat.shape)
+        log_ratio[self.active] = np.log(_origin_slope(yy, xx, self.weights[rows]))
+        beta = _beta_from_log_ratio(np.where(self.flat, 0.0, log_ratio), self.poisson)
         return beta, ((1.0 - beta) / beta)[None] * self.colour
 
 
@@ -610,6 +664,7 @@ def _exact_fit(
     solver: GridSolver,
     beta: np.ndarray,
     u: np.ndarray,
+    poisson: _Poisson | None,
 ) -> _ExactFit | None:
     """Refit a lossless batch as an exact blend of one smoothly varying colour; ``None`` if not.
 
@@ -621,6 +676,9 @@ def _exact_fit(
     (from the gradients) are fitted in turn. The result is kept only if it explains the batch
     nearly as well as the free fit does (see ``_EXACT_MAX_RSS_RATIO`` and
     ``_EXACT_MAX_COLOUR_RESIDUAL``): a mark of two colours, or compression, fits clearly worse.
+
+    ``beta`` and ``u`` are a first (free) fit; ``poisson`` its factorised Poisson matrix, reused
+    until the body is pooled (refactorising each round cost time and gained nothing).
     """
     basis = _colour_basis(solver)
     theta = _colour_from_offset(beta, u, basis, solver.inside)
@@ -628,45 +686,54 @@ def _exact_fit(
         return None
     free_beta, free_u = beta, u
     colour = np.clip(theta @ basis, 0.0, 255.0).astype(np.float32)
-    tied = None
+    # Edges between pixels that the first fit finds clearly unmarked are not fitted: their
+    # ratio is 1 (flat). Most of a mask drawn with a margin is such pixels.
+    active = _near_the_mark(beta, u, solver)
+    sub = fit.subset(np.arange(values.shape[1]), active)
+    ea, eb = solver.ea[active], solver.eb[active]
+    tied = weights = None
     for i in range(_EXACT_ITERATIONS + _EXACT_PLATEAU_ITERATIONS):
         if i == _EXACT_ITERATIONS:
             tied = _plateau(beta, solver)
             if tied is None:
                 break
-        texture = _texture_weights(stack, beta, u, solver)
-        exact = _exact_round(values, solver, texture, colour, tied)
-        beta = exact.beta
+            poisson = None  # the body's nodes become one unknown: a new factorisation
+        if i % _EXACT_TEXTURE_EVERY == 0 or i == _EXACT_ITERATIONS:
+            texture = _texture_weights(stack, beta, u, solver)
+        ratios = _exact_ratios(sub, colour[:, ea], colour[:, eb], texture[:, active], weights)
+        weights = ratios.weights
+        standard_error = 1.0 / np.sqrt(np.maximum(ratios.precision, 1e-9))
+        # Imprecise edges keep their measured ratio: taking them as flat could join a whole
+        # letter to its unmarked surroundings.
+        flat = np.ones(active.shape, dtype=bool)
+        flat[active] = (np.abs(ratios.log_ratio) < _EXACT_SNAP * standard_error) & (
+            standard_error < _EXACT_SNAP_MAX_ERROR
+        )
+        if poisson is None:
+            typical = max(float(np.median(ratios.precision)), 1e-12)
+            weight = np.ones(active.shape)
+            weight[active] = np.clip(ratios.precision / typical, 0.01, 100.0)
+            poisson = solver.poisson(weight, _ANCHOR, None if tied is None else tied[solver.inside])
+        log_ratio = np.zeros(active.shape)
+        log_ratio[active] = ratios.log_ratio
+        beta = _beta_from_log_ratio(np.where(flat, 0.0, log_ratio), poisson)
         theta = _colour_from_gradients(values, beta, basis, texture, solver)
-        colour = exact.colour = np.clip(theta @ basis, 0.0, 255.0).astype(np.float32)
-        u = exact.u = ((1.0 - beta) / beta)[None] * colour
+        colour = np.clip(theta @ basis, 0.0, 255.0).astype(np.float32)
+        u = ((1.0 - beta) / beta)[None] * colour
+    assert poisson is not None and weights is not None
     if not _explains_batch(values, fit, solver, texture, free_beta, free_u, beta, colour):
         return None
-    return exact
+    return _ExactFit(beta, u, colour, flat, active, sub, weights, poisson)
 
 
-def _exact_round(
-    values: np.ndarray,
-    solver: GridSolver,
-    texture: np.ndarray,
-    colour: np.ndarray,
-    tied: np.ndarray | None,
-) -> _ExactFit:
-    """One opacity fit of the exact model, for a given colour."""
-    ratios = _exact_ratios(values, colour, texture, solver)
-    standard_error = 1.0 / np.sqrt(np.maximum(ratios.precision, 1e-9))
-    # Imprecise edges keep their measured ratio: taking them as flat could join a whole letter
-    # to its unmarked surroundings.
-    flat = (np.abs(ratios.log_ratio) < _EXACT_SNAP * standard_error) & (
-        standard_error < _EXACT_SNAP_MAX_ERROR
+def _near_the_mark(beta: np.ndarray, u: np.ndarray, solver: GridSolver) -> np.ndarray:
+    """Edges (E bool) with an end at, or next to, a pixel a first fit finds marked at all."""
+    marked = (beta < 1.0 - _EXACT_UNMARKED_ALPHA) | (
+        np.abs(u * beta).max(axis=0) > _EXACT_UNMARKED_OFFSET
     )
-    weight = ratios.precision / max(float(np.median(ratios.precision)), 1e-12)
-    poisson = solver.poisson(
-        np.clip(weight, 0.01, 100.0), _ANCHOR, None if tied is None else tied[solver.inside]
-    )
-    beta = _beta_from_log_ratio(np.where(flat, 0.0, ratios.log_ratio), poisson)
-    u = ((1.0 - beta) / beta)[None] * colour
-    return _ExactFit(beta, u, colour, flat, ratios.weights, poisson)
+    grid = solver.scatter(marked.astype(np.float32), 0.0)
+    near = solver.gather(cv2.dilate(grid, np.ones((3, 3), np.uint8))) > 0
+    return near[solver.ea] | near[solver.eb]
 
 
 def _plateau(beta: np.ndarray, solver: GridSolver) -> np.ndarray | None:
@@ -751,6 +818,7 @@ def estimate_blend(
     how much the recovered photos move. The engine decides on this confidence.
     """
     values = np.ascontiguousarray(np.moveaxis(solver.gather(stack), -1, 0))
+    n = values.shape[1]
     fit = _EdgeFit(values, solver)
     spread = _spread(values, solver)
     refine = values.shape[1] >= _REFINE_MIN_IMAGES
@@ -763,13 +831,17 @@ def estimate_blend(
         u = poisson.solve(_weighted_mean(_gradients(fit, beta, solver), weights).T).T
         refine = _refinable(beta, spread, solver)
     exact = None
-    if refine:
-        beta, u, w_slope, w_grad = _refine(fit, poisson, stack, beta, u)
-        if lossless:
-            exact = _exact_fit(values, stack, fit, solver, beta, u)
+    if refine and lossless:
+        # Starts from the short first fit: the exact fit replaces the refinement when it holds.
+        # In a large batch it uses an evenly spread subset: its cost grows with the images,
+        # while beyond a dozen its precision barely does.
+        rows = np.linspace(0, n - 1, min(n, _EXACT_MAX_IMAGES)).round().astype(int)
+        exact = _exact_fit(values[:, rows], stack[rows], fit.subset(rows), solver, beta, u, poisson)
         if exact is not None:
             beta, u = exact.beta, exact.u
-    else:
+    if refine and exact is None:
+        beta, u, w_slope, w_grad = _refine(fit, poisson, stack, beta, u)
+    elif not refine:
         slope, edge_weight, weights = fit.robust()
         poisson = solver.poisson(edge_weight, _ANCHOR)
         beta, u = _integrate(fit, slope, poisson)
@@ -781,12 +853,12 @@ def estimate_blend(
     )
     if not groups:
         return est, None
-    n, g = values.shape[1], len(groups)
+    g = len(groups)
     inv_beta, offsets = [], []
     for group in groups:
         keep = np.setdiff1d(np.arange(n), group)
         if exact is not None:
-            beta_g, u_g = exact.without(values, keep)
+            beta_g, u_g = exact.without(np.flatnonzero(~np.isin(rows, group)))
         elif refine:
             beta_g, u_g = _refined_without(fit, poisson, w_slope, w_grad, keep)
         else:
