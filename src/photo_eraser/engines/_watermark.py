@@ -105,10 +105,10 @@ _EXACT_MAX_RSS_RATIO = 1.5
 """The exact fit is kept only if, at the mark's outline, its residuals (one ratio per edge) are
 at most this times the free fit's (a ratio and three offsets per edge): about 1.2 when the
 batch is an exact blend of one smooth colour, 2 and more after JPEG or with a two-colour mark."""
-_EXACT_MAX_COLOUR_RESIDUAL = 3.0
-"""... and if the free fit's offset ``alpha * W`` departs from ``alpha`` times the smooth
-colour by at most this (grey levels, median over the marked pixels): 1-1.5 for one colour,
-6 and more with two colours or after JPEG."""
+_EXACT_MAX_COLOUR_RESIDUAL = 5.0
+"""... and if the first fit's offset ``alpha * W`` departs from ``alpha`` times the smooth
+colour by at most this (grey levels, median over the marked pixels): 1-3.5 for one colour,
+6 and more after JPEG, 20 and more with two colours."""
 
 
 @dataclass(frozen=True)
