@@ -79,6 +79,9 @@ _EXACT_PLATEAU_ITERATIONS = 2
 """Further rounds with the mark's body (its most common opacity) as one value."""
 _EXACT_PLATEAU_BIN = 0.005
 _EXACT_PLATEAU_WIDTH = 0.01
+_EXACT_PLATEAU_ERRORS = 2.0
+"""A pixel also joins the body if within this many of its standard errors of the mode (the
+standard error from the precisions of its edges' ratio fits)."""
 _EXACT_PLATEAU_MIN_SHARE = 0.2
 """The body is pooled only if at least this share of the marked pixels is at its opacity."""
 _EXACT_IRLS = 4
@@ -88,9 +91,11 @@ _EXACT_TEXTURE_EVERY = 2
 """Rounds between updates of the texture weights (they change slowly)."""
 _EXACT_COLOUR_IRLS = 2
 """Reweighting steps of each colour fit."""
-_EXACT_MAX_IMAGES = 12
-"""Larger batches are fitted on an evenly spread subset of this many images (the cost grows
-with the images; the precision, beyond a dozen, hardly)."""
+_EXACT_IMAGE_EDGES = 1_100_000
+_EXACT_MIN_IMAGES = 8
+"""Larger batches are fitted on an evenly spread subset of images: as many as keep images x
+edges under ``_EXACT_IMAGE_EDGES`` (12 for 20 full-HD photos with a 2% text mark), at least
+``_EXACT_MIN_IMAGES``. The cost grows with the images, the precision beyond a dozen hardly."""
 _EXACT_UNMARKED_ALPHA = 0.02
 _EXACT_UNMARKED_OFFSET = 1.0
 """A first fit's pixel with less opacity and offset than these (and no such neighbour) is
@@ -691,10 +696,11 @@ def _exact_fit(
     active = _near_the_mark(beta, u, solver)
     sub = fit.subset(np.arange(values.shape[1]), active)
     ea, eb = solver.ea[active], solver.eb[active]
-    tied = weights = None
+    tied = weights = ratios = None
     for i in range(_EXACT_ITERATIONS + _EXACT_PLATEAU_ITERATIONS):
         if i == _EXACT_ITERATIONS:
-            tied = _plateau(beta, solver)
+            assert ratios is not None
+            tied = _plateau(beta, solver, _node_error(ratios.precision, active, solver))
             if tied is None:
                 break
             poisson = None  # the body's nodes become one unknown: a new factorisation
@@ -726,6 +732,14 @@ def _exact_fit(
     return _ExactFit(beta, u, colour, flat, active, sub, weights, poisson)
 
 
+def _node_error(precision: np.ndarray, active: np.ndarray, solver: GridSolver) -> np.ndarray:
+    """Standard error of each node's ``log beta`` from the precisions of its edges' ratios."""
+    total = np.zeros(solver.nodes.size)
+    np.add.at(total, solver.ea[active], precision)
+    np.add.at(total, solver.eb[active], precision)
+    return 1.0 / np.sqrt(np.maximum(total, 1e-12))
+
+
 def _near_the_mark(beta: np.ndarray, u: np.ndarray, solver: GridSolver) -> np.ndarray:
     """Edges (E bool) with an end at, or next to, a pixel a first fit finds marked at all."""
     marked = (beta < 1.0 - _EXACT_UNMARKED_ALPHA) | (
@@ -736,8 +750,10 @@ def _near_the_mark(beta: np.ndarray, u: np.ndarray, solver: GridSolver) -> np.nd
     return near[solver.ea] | near[solver.eb]
 
 
-def _plateau(beta: np.ndarray, solver: GridSolver) -> np.ndarray | None:
+def _plateau(beta: np.ndarray, solver: GridSolver, error: np.ndarray) -> np.ndarray | None:
     """Nodes at the mark's most common opacity (within ``_EXACT_PLATEAU_WIDTH``), if many.
+
+    ``error``: each node's standard error of ``log beta`` (see ``_EXACT_PLATEAU_ERRORS``).
 
     A watermark is usually drawn at one opacity, its anti-aliased rim aside; pooling that body
     into one value removes the slow drift that integrating many small ratios leaves.
@@ -748,7 +764,9 @@ def _plateau(beta: np.ndarray, solver: GridSolver) -> np.ndarray | None:
     bins = np.arange(0.0, 1.0 + _EXACT_PLATEAU_BIN, _EXACT_PLATEAU_BIN)
     counts = np.convolve(np.histogram(beta[marked], bins=bins)[0], [1, 2, 3, 2, 1], mode="same")
     mode = bins[int(np.argmax(counts))] + _EXACT_PLATEAU_BIN / 2
-    plateau = marked & (np.abs(beta - mode) < _EXACT_PLATEAU_WIDTH)
+    # Imprecisely known pixels may join too: within a few of their standard errors.
+    width = np.maximum(_EXACT_PLATEAU_WIDTH, _EXACT_PLATEAU_ERRORS * error * beta)
+    plateau = marked & (np.abs(beta - mode) < width)
     return plateau if plateau.sum() >= _EXACT_PLATEAU_MIN_SHARE * marked.sum() else None
 
 
@@ -833,9 +851,9 @@ def estimate_blend(
     exact = None
     if refine and lossless:
         # Starts from the short first fit: the exact fit replaces the refinement when it holds.
-        # In a large batch it uses an evenly spread subset: its cost grows with the images,
-        # while beyond a dozen its precision barely does.
-        rows = np.linspace(0, n - 1, min(n, _EXACT_MAX_IMAGES)).round().astype(int)
+        # A large batch is fitted on a subset (see _EXACT_IMAGE_EDGES).
+        most = max(_EXACT_MIN_IMAGES, _EXACT_IMAGE_EDGES // max(solver.ea.size, 1))
+        rows = np.linspace(0, n - 1, min(n, most)).round().astype(int)
         exact = _exact_fit(values[:, rows], stack[rows], fit.subset(rows), solver, beta, u, poisson)
         if exact is not None:
             beta, u = exact.beta, exact.u
