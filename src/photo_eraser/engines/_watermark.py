@@ -81,7 +81,9 @@ _EXACT_PLATEAU_BIN = 0.005
 _EXACT_PLATEAU_WIDTH = 0.01
 _EXACT_PLATEAU_ERRORS = 2.0
 """A pixel also joins the body if within this many of its standard errors of the mode (the
-standard error from the precisions of its edges' ratio fits)."""
+standard error from the precisions of its edges' ratio fits), but never farther than twice
+``_EXACT_PLATEAU_WIDTH``: pixels with few edges (at the image's edge) have large errors, and
+rim pixels there were pulled into the body."""
 _EXACT_PLATEAU_MIN_SHARE = 0.2
 """The body is pooled only if at least this share of the marked pixels is at its opacity."""
 _EXACT_IRLS = 4
@@ -765,7 +767,9 @@ def _plateau(beta: np.ndarray, solver: GridSolver, error: np.ndarray) -> np.ndar
     counts = np.convolve(np.histogram(beta[marked], bins=bins)[0], [1, 2, 3, 2, 1], mode="same")
     mode = bins[int(np.argmax(counts))] + _EXACT_PLATEAU_BIN / 2
     # Imprecisely known pixels may join too: within a few of their standard errors.
-    width = np.maximum(_EXACT_PLATEAU_WIDTH, _EXACT_PLATEAU_ERRORS * error * beta)
+    width = np.clip(
+        _EXACT_PLATEAU_ERRORS * error * beta, _EXACT_PLATEAU_WIDTH, 2 * _EXACT_PLATEAU_WIDTH
+    )
     plateau = marked & (np.abs(beta - mode) < width)
     return plateau if plateau.sum() >= _EXACT_PLATEAU_MIN_SHARE * marked.sum() else None
 
