@@ -643,6 +643,8 @@ class _ExactFit:
     beta: np.ndarray
     u: np.ndarray
     colour: np.ndarray
+    ratio_colour: np.ndarray
+    """The colour the last ratio fits used (``colour`` is refitted after them)."""
     flat: np.ndarray
     active: np.ndarray
     sub: _EdgeFit
@@ -653,7 +655,8 @@ class _ExactFit:
         """The fit on the images ``rows`` only, keeping its colour, weights and flat edges."""
         solver = self.poisson._solver
         ea, eb = solver.ea[self.active], solver.eb[self.active]
-        yy, xx, _ = _origin_moments(self.sub, self.colour[:, ea], self.colour[:, eb], rows)
+        colour = self.ratio_colour
+        yy, xx, _ = _origin_moments(self.sub, colour[:, ea], colour[:, eb], rows)
         log_ratio = np.zeros(self.flat.shape)
         log_ratio[self.active] = np.log(_origin_slope(yy, xx, self.weights[rows]))
         beta = _beta_from_log_ratio(np.where(self.flat, 0.0, log_ratio), self.poisson)
@@ -708,6 +711,7 @@ def _exact_fit(
             poisson = None  # the body's nodes become one unknown: a new factorisation
         if i % _EXACT_TEXTURE_EVERY == 0 or i == _EXACT_ITERATIONS:
             texture = _texture_weights(stack, beta, u, solver)
+        ratio_colour = colour
         ratios = _exact_ratios(sub, colour[:, ea], colour[:, eb], texture[:, active], weights)
         weights = ratios.weights
         standard_error = 1.0 / np.sqrt(np.maximum(ratios.precision, 1e-9))
@@ -731,7 +735,7 @@ def _exact_fit(
     assert poisson is not None and weights is not None
     if not _explains_batch(values, fit, solver, texture, free_beta, free_u, beta, colour):
         return None
-    return _ExactFit(beta, u, colour, flat, active, sub, weights, poisson)
+    return _ExactFit(beta, u, colour, ratio_colour, flat, active, sub, weights, poisson)
 
 
 def _node_error(precision: np.ndarray, active: np.ndarray, solver: GridSolver) -> np.ndarray:
@@ -875,12 +879,16 @@ def estimate_blend(
     )
     if not groups:
         return est, None
+    if exact is not None:
+        # The exact fit saw only its subset: leave out groups of that subset (groups of the
+        # whole batch could leave a subset half empty).
+        groups = jackknife_groups(rows.size)
     g = len(groups)
     inv_beta, offsets = [], []
     for group in groups:
         keep = np.setdiff1d(np.arange(n), group)
         if exact is not None:
-            beta_g, u_g = exact.without(np.flatnonzero(~np.isin(rows, group)))
+            beta_g, u_g = exact.without(np.setdiff1d(np.arange(rows.size), group))
         elif refine:
             beta_g, u_g = _refined_without(fit, poisson, w_slope, w_grad, keep)
         else:

@@ -52,9 +52,9 @@ _NO_MARK_SCORE = 0.85
 _GHOST_LIMIT = 1.25
 """Ghost score (see ``ghost_scores``) above which an image is taken as not carrying the mark."""
 _OPAQUE_SPREAD = 0.1
+"""Pixels varying over the batch less than this share of their surroundings are opaque."""
 _ROUNDING_NOISE = float(np.sqrt(1 / 12))
 """Standard deviation (grey levels) of rounding to whole levels."""
-"""Pixels varying over the batch less than this share of their surroundings are opaque."""
 
 
 @dataclass(frozen=True)
@@ -237,7 +237,11 @@ class RestoreEngine(Engine):
         )
         solver = GridSolver(domain, valid)
         valid = solver.valid
-        batch = self._estimate(crops, candidates, solver, lossless)
+        # Resampling (images of another size, a scaled-down grid) mixes pixels: the crops are
+        # no longer exactly the blend, whatever the format.
+        shifts_only = all(placements[i].sy == 1 and placements[i].sx == 1 for i in candidates)
+        exact = [bool(flag) and shifts_only for flag in lossless]
+        batch = self._estimate(crops, candidates, solver, exact)
         if batch is None:
             return out
         used, stack, est, errors = batch
