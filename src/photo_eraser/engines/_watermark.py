@@ -93,10 +93,10 @@ _EXACT_TEXTURE_EVERY = 2
 """Rounds between updates of the texture weights (they change slowly)."""
 _EXACT_COLOUR_IRLS = 2
 """Reweighting steps of each colour fit."""
-_EXACT_IMAGE_EDGES = 1_100_000
+_EXACT_IMAGE_EDGES = 950_000
 _EXACT_MIN_IMAGES = 8
 """Larger batches are fitted on an evenly spread subset of images: as many as keep images x
-edges under ``_EXACT_IMAGE_EDGES`` (12 for 20 full-HD photos with a 2% text mark), at least
+edges under ``_EXACT_IMAGE_EDGES`` (10 for 20 full-HD photos with a 2% text mark), at least
 ``_EXACT_MIN_IMAGES``. The cost grows with the images, the precision beyond a dozen hardly."""
 _EXACT_UNMARKED_ALPHA = 0.02
 _EXACT_UNMARKED_OFFSET = 1.0
