@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from photo_eraser.engines._watermark import (
     estimate_blend,
 )
 from photo_eraser.engines.opencv import OpenCVEngine
+from photo_eraser.engines.registry import EngineRegistry
 from photo_eraser.engines.restore import RestoreEngine
 
 H, W = 150, 300
@@ -160,10 +163,16 @@ def test_engine_uses_the_exact_fit_only_for_all_lossless_batches(caplog) -> None
     stamped = _stamp(photos, 0.5 * cov, _colour())
     masks = [mask] * len(stamped)
     psnr = {}
-    for name, flags in (("lossless", [True] * 8), ("one jpeg", [True] * 7 + [False])):
+    switched_off = EngineRegistry(Path("/nonexistent"), restore_exact_fit=False).get("restore")
+    engines = {"lossless": _engine(), "one jpeg": _engine(), "switched off": switched_off}
+    for name, flags in (
+        ("lossless", [True] * 8),
+        ("one jpeg", [True] * 7 + [False]),
+        ("switched off", [True] * 8),
+    ):
         caplog.clear()
         with caplog.at_level("INFO", logger="photo_eraser.engines.restore"):
-            results = _engine().restore(stamped, masks, lossless=flags)
+            results = engines[name].restore(stamped, masks, lossless=flags)
         _assert_outside_unchanged(stamped, masks, results)
         exact = [r.exact_blend_model for r in caplog.records if hasattr(r, "exact_blend_model")]
         assert exact == ([True] if name == "lossless" else [])
@@ -171,6 +180,7 @@ def test_engine_uses_the_exact_fit_only_for_all_lossless_batches(caplog) -> None
             [_psnr(r.image, p, mask) for r, p in zip(results, photos, strict=True)]
         )
     assert psnr["lossless"] > psnr["one jpeg"] + 3.0
+    assert psnr["switched off"] == psnr["one jpeg"]
     with pytest.raises(ValueError, match="lossless"):
         _engine().restore(stamped, masks, lossless=[True])
 
@@ -476,3 +486,15 @@ def test_mark_cut_by_the_image_edge_is_recovered_as_well_as_inside(lossless: boo
         whole, rim = recover(cut)
         assert whole > inside - 2.5
         assert rim > 34.0
+
+
+def test_exact_fit_can_be_switched_off_in_the_settings(tmp_path: Path, monkeypatch) -> None:
+    from photo_eraser.config import Settings
+    from photo_eraser.service import Service
+
+    monkeypatch.setenv("PHOTO_ERASER_RESTORE_EXACT_FIT", "0")
+    settings = Settings(data_dir=tmp_path)
+    assert settings.restore_exact_fit is False
+    engine = Service(settings).engines.get("auto")
+    assert isinstance(engine, RestoreEngine) and engine.exact_fit is False
+    assert isinstance(_engine(), RestoreEngine) and _engine().exact_fit is True

@@ -154,7 +154,11 @@ def erase(
 
     settings = load_settings(data_dir)
     limits = ImageLimits.from_settings(settings)
-    registry = EngineRegistry(settings.models_path, threads=settings.workers)
+    registry = EngineRegistry(
+        settings.models_path,
+        threads=settings.workers,
+        restore_exact_fit=settings.restore_exact_fit,
+    )
     try:
         registry.check(engine)
         mask = decode_mask(mask_path.read_bytes(), settings.max_image_bytes)

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
         default=600, ge=0, description="task creations per key; 0 = off"
     )
     jpeg_quality: int = Field(default=95, ge=1, le=100)
+    restore_exact_fit: bool = Field(
+        default=True,
+        description="let `restore` fit an exact blend on all-lossless (PNG/BMP) batches",
+    )
     create_demo_key: bool = True
 
     @property

@@ -47,7 +47,11 @@ class Service:
         self.store = open_store(settings)
         self.blobs = LocalBlobStore(settings.data_dir / "blobs")
         self.signer = UrlSigner.from_data_dir(settings.data_dir, settings.signing_secret)
-        self.engines = EngineRegistry(settings.models_path, threads=_engine_threads(settings))
+        self.engines = EngineRegistry(
+            settings.models_path,
+            threads=_engine_threads(settings),
+            restore_exact_fit=settings.restore_exact_fit,
+        )
         self.masks = MaskCache(settings.max_image_bytes)
         self.wake = asyncio.Event()
         self._stop = asyncio.Event()

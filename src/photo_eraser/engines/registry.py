@@ -17,9 +17,10 @@ ENGINE_NAMES = ("auto", "opencv", "lama", "restore")
 class EngineRegistry:
     """Builds each engine once per process and shares it between workers."""
 
-    def __init__(self, model_dir: Path, threads: int = 1) -> None:
+    def __init__(self, model_dir: Path, threads: int = 1, restore_exact_fit: bool = True) -> None:
         self.model_dir = model_dir
         self.threads = max(1, threads)
+        self.restore_exact_fit = restore_exact_fit
         self._engines: dict[str, Engine] = {}
         self._lock = threading.Lock()
 
@@ -69,7 +70,9 @@ class EngineRegistry:
         if name == "restore":
             from photo_eraser.engines.restore import RestoreEngine
 
-            return RestoreEngine(fallback=self._fallback_for_restore())
+            return RestoreEngine(
+                fallback=self._fallback_for_restore(), exact_fit=self.restore_exact_fit
+            )
         raise EngineUnavailable(f"unknown engine {name!r}")
 
     def _fallback_for_restore(self) -> Engine:

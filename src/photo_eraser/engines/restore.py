@@ -109,7 +109,8 @@ class RestoreEngine(Engine):
     inpainting error; otherwise it is inpainted. ``min_images``: in smaller batches each image
     is handled alone (a constant-colour, constant-opacity fit, see ``_single``, used only where
     confident; otherwise inpainted). Smaller batches after excluding images without the mark
-    are inpainted entirely.
+    are inpainted entirely. ``exact_fit``: whether batches whose images are all lossless (see
+    ``Engine.restore``) may get the exact-blend fit (docs/restore.md, step 6).
     """
 
     name = "restore"
@@ -124,6 +125,7 @@ class RestoreEngine(Engine):
         min_images: int = 4,
         align_radius: int = 4,
         max_grid_pixels: int = 250_000,
+        exact_fit: bool = True,
     ) -> None:
         self.fallback = fallback
         self.max_alpha = max_alpha
@@ -132,6 +134,7 @@ class RestoreEngine(Engine):
         self.min_images = max(3, min_images)
         self.align_radius = align_radius
         self.max_grid_pixels = max_grid_pixels
+        self.exact_fit = exact_fit
 
     def restore(
         self,
@@ -240,7 +243,7 @@ class RestoreEngine(Engine):
         # Resampling (images of another size, a scaled-down grid) mixes pixels: the crops are
         # no longer exactly the blend, whatever the format.
         shifts_only = all(placements[i].sy == 1 and placements[i].sx == 1 for i in candidates)
-        exact = [bool(flag) and shifts_only for flag in lossless]
+        exact = [bool(flag) and shifts_only and self.exact_fit for flag in lossless]
         batch = self._estimate(crops, candidates, solver, exact)
         if batch is None:
             return out
