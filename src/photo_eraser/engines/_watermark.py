@@ -16,6 +16,11 @@ Two facts about natural photos identify ``beta`` and ``c`` from a batch:
   ``u``.
 
 Then ``I_k = J_k / beta - u``. All arrays here are float32 crops on a common grid.
+
+On lossless batches (``estimate_blend(..., lossless=True)``) an exact-blend fit may replace
+the second half of this: ``c = alpha * W`` with one smoothly varying colour ``W``, ratio fits
+through the origin of ``J - W``, flat opacity where the data cannot tell a step, and the mark's
+body pooled into one value (``_exact_fit``); it is kept only if it explains the batch.
 """
 
 from __future__ import annotations
