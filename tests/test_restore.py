@@ -124,6 +124,30 @@ def test_exact_fit_on_a_lossless_batch_is_near_exact() -> None:
     assert results[True][1] > 51.0 and results[True][1] > results[False][1] + 5.0
 
 
+def test_exact_fit_on_four_or_five_lossless_images() -> None:
+    cov = _coverage()
+    mask = _mask(cov)
+    two_colours = np.array(_colour())
+    two_colours[:, W // 2 :] = 0
+    for n in (4, 5):
+        photos = _crops(n, seed=7)
+        psnr = {}
+        for name, colour in (("one colour", _colour()), ("two colours", two_colours)):
+            stack = np.stack(_stamp(photos, 0.5 * cov, colour)).astype(np.float32)
+            for lossless in (False, True):
+                est, _ = estimate_blend(stack, GridSolver(mask), lossless=lossless)
+                assert est.exact is (lossless and name == "one colour"), (n, name)
+                psnr[name, lossless] = np.mean(
+                    [
+                        _psnr(np.clip(est.invert(s), 0, 255), p, mask)
+                        for s, p in zip(stack, photos, strict=True)
+                    ]
+                )
+        # Measured: 40.1 / 48.0 dB with 4 / 5 images, against 34.2 / 37.6 dB for the free fit.
+        assert psnr["one colour", True] > psnr["one colour", False] + 4.0, (n, psnr)
+        assert psnr["two colours", True] == psnr["two colours", False]
+
+
 def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     ok, buf = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
     assert ok

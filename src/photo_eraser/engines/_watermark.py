@@ -98,6 +98,8 @@ _EXACT_TEXTURE_EVERY = 2
 """Rounds between updates of the texture weights (they change slowly)."""
 _EXACT_COLOUR_IRLS = 2
 """Reweighting steps of each colour fit."""
+_EXACT_MIN_BATCH = 4
+"""Smallest batch the exact fit is tried on (four images already constrain it well)."""
 _EXACT_IMAGE_EDGES = 950_000
 _EXACT_MIN_IMAGES = 8
 """Larger batches are fitted on an evenly spread subset of images: as many as keep images x
@@ -113,10 +115,12 @@ _EXACT_DEGREE = 2
 """Degree of the polynomial (in x and y) that the mark's colour W follows in the exact fit."""
 _EXACT_MIN_ALPHA = 0.1
 """Pixels at least this opaque (first fit) give the exact fit's starting colour."""
-_EXACT_MAX_RSS_RATIO = 1.5
+_EXACT_MAX_RSS_RATIO = 1.4
 """The exact fit is kept only if, at the mark's outline, its residuals (one ratio per edge) are
-at most this times the free fit's (a ratio and three offsets per edge): about 1.2 when the
-batch is an exact blend of one smooth colour, 2 and more after JPEG or with a two-colour mark."""
+at most this times the free fit's (a ratio and three offsets per edge), relative to what the
+free fit's extra parameters alone explain (``(3N - 1) / (3N - 4)`` for N images): about 1.0-1.2
+for an exact blend of one smooth colour, 1.4 and more after JPEG, 2 and more with a mark of
+two colours."""
 _EXACT_MAX_COLOUR_RESIDUAL = 5.0
 """... and if the first fit's offset ``alpha * W`` departs from ``alpha`` times the smooth
 colour by at most this (grey levels, median over the marked pixels): 1-3.5 for one colour,
@@ -811,11 +815,17 @@ def _explains_batch(
     x = values[:, :, eb][:, :, outline] - colour[:, None, eb[outline]]
     ratio = (beta[ea] / beta[eb])[outline]
     exact_rss = (texture[:, outline] * ((y - ratio * x) ** 2).sum(axis=0)).sum()
+    # Per edge the free fit has 4 parameters (a ratio and 3 offsets) for 3 samples per image,
+    # the exact fit 1: with nothing but noise its residuals are larger by this much.
+    samples = 3 * values.shape[1]
+    expected = (samples - 1) / (samples - 4)
+    if exact_rss > _EXACT_MAX_RSS_RATIO * expected * max(float(free_rss), 1e-6):
+        return False
+    if values.shape[1] < _REFINE_MIN_IMAGES:
+        # The first fit of so few images is too rough to compare colours with.
+        return True
     colour_residual = np.abs(free_c[:, marked] - alpha[marked] * colour[:, marked]).max(axis=0)
-    return bool(
-        exact_rss <= _EXACT_MAX_RSS_RATIO * max(float(free_rss), 1e-6)
-        and float(np.median(colour_residual)) <= _EXACT_MAX_COLOUR_RESIDUAL
-    )
+    return float(np.median(colour_residual)) <= _EXACT_MAX_COLOUR_RESIDUAL
 
 
 def _spread(values: np.ndarray, solver: GridSolver) -> np.ndarray:
@@ -852,17 +862,19 @@ def estimate_blend(
     n = values.shape[1]
     fit = _EdgeFit(values, solver)
     spread = _spread(values, solver)
-    refine = values.shape[1] >= _REFINE_MIN_IMAGES
-    if refine:
+    refine = n >= _REFINE_MIN_IMAGES
+    try_exact = lossless and n >= _EXACT_MIN_BATCH
+    if refine or try_exact:
         # A short first fit, only good enough to tell smooth from textured neighbourhoods.
         slope, edge_weight, weights = fit.robust(_REFINE_IRLS_ITERATIONS)
         poisson = solver.poisson(edge_weight, _ANCHOR)
         beta = _integrate_ratio(slope, poisson)
         # The ratio fits' robust weights already discount photo edges: a weighted mean will do.
         u = poisson.solve(_weighted_mean(_gradients(fit, beta, solver), weights).T).T
-        refine = _refinable(beta, spread, solver)
+        refinable = _refinable(beta, spread, solver)
+        refine, try_exact = refine and refinable, try_exact and refinable
     exact = None
-    if refine and lossless:
+    if try_exact:
         # Starts from the short first fit: the exact fit replaces the refinement when it holds.
         # A large batch is fitted on a subset (see _EXACT_IMAGE_EDGES).
         most = max(_EXACT_MIN_IMAGES, _EXACT_IMAGE_EDGES // max(solver.ea.size, 1))
@@ -870,9 +882,9 @@ def estimate_blend(
         exact = _exact_fit(values[:, rows], stack[rows], fit.subset(rows), solver, beta, u, poisson)
         if exact is not None:
             beta, u = exact.beta, exact.u
-    if refine and exact is None:
+    if exact is None and refine:
         beta, u, w_slope, w_grad = _refine(fit, poisson, stack, beta, u)
-    elif not refine:
+    elif exact is None:
         slope, edge_weight, weights = fit.robust()
         poisson = solver.poisson(edge_weight, _ANCHOR)
         beta, u = _integrate(fit, slope, poisson)
