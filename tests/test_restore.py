@@ -148,6 +148,31 @@ def test_exact_fit_on_four_or_five_lossless_images() -> None:
         assert psnr["two colours", True] == psnr["two colours", False]
 
 
+def test_three_lossless_images_are_estimated_together_with_the_exact_fit() -> None:
+    cov = _coverage()
+    mask = _mask(cov)
+    photos = _crops(3, seed=4)
+    masks = [mask] * 3
+    two_colours = np.array(_colour())
+    two_colours[:, W // 2 :] = 0
+    psnr, methods = {}, {}
+    for name, colour in (("one colour", _colour()), ("two colours", two_colours)):
+        stamped = _stamp(photos, 0.5 * cov, colour)
+        for lossless in (False, True):
+            results = _engine().restore(stamped, masks, lossless=[lossless] * 3)
+            _assert_outside_unchanged(stamped, masks, results)
+            psnr[name, lossless] = np.mean(
+                [_psnr(r.image, p, mask) for r, p in zip(results, photos, strict=True)]
+            )
+            methods[name, lossless] = {r.method for r in results}
+    # Measured: 31.8 dB against 19.0 dB when each image is inpainted alone.
+    assert methods["one colour", True] == {"restore"}
+    assert psnr["one colour", True] > psnr["one colour", False] + 8.0
+    # A mark the exact fit does not explain: each image alone, exactly as without the hint.
+    assert psnr["two colours", True] == psnr["two colours", False]
+    assert methods["two colours", True] == methods["two colours", False]
+
+
 def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     ok, buf = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
     assert ok

@@ -98,8 +98,8 @@ _EXACT_TEXTURE_EVERY = 2
 """Rounds between updates of the texture weights (they change slowly)."""
 _EXACT_COLOUR_IRLS = 2
 """Reweighting steps of each colour fit."""
-_EXACT_MIN_BATCH = 4
-"""Smallest batch the exact fit is tried on (four images already constrain it well)."""
+_EXACT_MIN_BATCH = 3
+"""Smallest batch the exact fit is tried on (with three images it often holds already)."""
 _EXACT_IMAGE_EDGES = 950_000
 _EXACT_MIN_IMAGES = 8
 """Larger batches are fitted on an evenly spread subset of images: as many as keep images x

@@ -53,6 +53,8 @@ _GHOST_LIMIT = 1.25
 """Ghost score (see ``ghost_scores``) above which an image is taken as not carrying the mark."""
 _OPAQUE_SPREAD = 0.1
 """Pixels varying over the batch less than this share of their surroundings are opaque."""
+_EXACT_ONLY_IMAGES = 3
+"""Smallest lossless batch estimated together, with the exact-blend fit only."""
 _ROUNDING_NOISE = float(np.sqrt(1 / 12))
 """Standard deviation (grey levels) of rounding to whole levels."""
 
@@ -108,7 +110,7 @@ class RestoreEngine(Engine):
     levels RMS) is at most ``max_error`` or at most ``error_ratio`` times the predicted
     inpainting error; otherwise it is inpainted. ``min_images``: in smaller batches each image
     is handled alone (a constant-colour, constant-opacity fit, see ``_single``, used only where
-    confident; otherwise inpainted). Smaller batches after excluding images without the mark
+    confident; otherwise inpainted), except three lossless images whose exact-blend fit holds. Smaller batches after excluding images without the mark
     are inpainted entirely. ``exact_fit``: whether batches whose images are all lossless (see
     ``Engine.restore``) may get the exact-blend fit (docs/restore.md, step 6).
     """
@@ -219,18 +221,19 @@ class RestoreEngine(Engine):
         """Invert the blend wherever it is safe; ``None`` for images left to the fallback."""
         out: list[_Recovery | None] = [None] * len(images)
         candidates = [i for i, box in enumerate(boxes) if box is not None]
-        if len(candidates) < self.min_images:
-            log.info(
-                "restore: batch too small to estimate the watermark, trying each image alone",
-                extra={"engine": self.name, "images": len(candidates)},
-            )
-            for i in candidates:
-                out[i] = _single_recovery(images[i], masks[i], boxes[i])
-            return out
+        # Three lossless images are too few for the free fit, but may be enough for the exact
+        # one (docs/restore.md, step 6); if it does not hold, each image is handled alone.
+        exact_only = (
+            _EXACT_ONLY_IMAGES <= len(candidates) < self.min_images
+            and self.exact_fit
+            and all(lossless[i] for i in candidates)
+        )
+        if len(candidates) < self.min_images and not exact_only:
+            return self._each_alone(images, masks, boxes, candidates)
         ref = max(candidates, key=lambda i: _box_area(boxes[i]))
         placements, grid_shape, domain = self._grid(images, masks, ref, candidates)
         if domain is None:
-            return out
+            return self._each_alone(images, masks, boxes, candidates) if exact_only else out
         crops = {i: _extract(images[i], placements[i], grid_shape) for i in candidates}
         placements, crops = self._align(images, placements, crops, domain, grid_shape)
         # Grid pixels off an image (a mask at its edge) hold mirrored pixels, not the photo:
@@ -244,9 +247,9 @@ class RestoreEngine(Engine):
         # no longer exactly the blend, whatever the format.
         shifts_only = all(placements[i].sy == 1 and placements[i].sx == 1 for i in candidates)
         exact = [bool(flag) and shifts_only and self.exact_fit for flag in lossless]
-        batch = self._estimate(crops, candidates, solver, exact)
+        batch = self._estimate(crops, candidates, solver, exact, exact_only)
         if batch is None:
-            return out
+            return self._each_alone(images, masks, boxes, candidates) if exact_only else out
         used, stack, est, errors = batch
         # Next to (nearly) opaque pixels the ratio fits have no signal: keep a margin.
         opaque = ((est.beta < 1.0 - self.max_alpha) | (est.spread < _OPAQUE_SPREAD)).astype(
@@ -287,17 +290,37 @@ class RestoreEngine(Engine):
             out[i] = _invert_on_image(images[i], box, placements[i], beta, offset, usable)
         return out
 
+    def _each_alone(
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        boxes: Sequence[tuple[int, int, int, int] | None],
+        candidates: Sequence[int],
+    ) -> list[_Recovery | None]:
+        """Too few images to estimate the mark together: each is tried alone (``_single``)."""
+        log.info(
+            "restore: batch too small to estimate the watermark, trying each image alone",
+            extra={"engine": self.name, "images": len(candidates)},
+        )
+        out: list[_Recovery | None] = [None] * len(images)
+        for i in candidates:
+            out[i] = _single_recovery(images[i], masks[i], boxes[i])
+        return out
+
     def _estimate(
         self,
         crops: dict[int, np.ndarray],
         candidates: Sequence[int],
         solver: GridSolver,
         lossless: Sequence[bool],
+        exact_only: bool = False,
     ) -> tuple[list[int], np.ndarray, BlendEstimate, np.ndarray] | None:
         """Estimate the blend from the images that carry the mark; ``None`` if too few do.
 
         Returns the images used, their crops, the estimate and its per-image jackknife errors.
+        ``exact_only``: ``None`` as well unless the exact-blend fit holds.
         """
+        fewest = _EXACT_ONLY_IMAGES if exact_only else self.min_images
         used = list(candidates)
         stack = np.stack([crops[i] for i in used])
         est, errors = estimate_blend(
@@ -319,13 +342,15 @@ class RestoreEngine(Engine):
                 "restore: images without the mark excluded",
                 extra={"engine": self.name, "excluded": excluded},
             )
-            if len(used) < self.min_images:
+            if len(used) < fewest:
                 return None
             stack = np.stack([crops[i] for i in used])
             est, errors = estimate_blend(
                 stack, solver, jackknife_groups(len(used)), lossless=all(lossless[i] for i in used)
             )
         assert errors is not None
+        if exact_only and not est.exact:
+            return None
         if all(lossless[i] for i in used):
             log.info(
                 "restore: lossless batch",
