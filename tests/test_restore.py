@@ -149,28 +149,33 @@ def test_exact_fit_on_four_or_five_lossless_images() -> None:
 
 
 def test_three_lossless_images_are_estimated_together_with_the_exact_fit() -> None:
+    """Three images are few for the acceptance check, so it is taken over several batches:
+    the fit must hold in most and gain clearly; a two-colour mark must change nothing."""
     cov = _coverage()
     mask = _mask(cov)
-    photos = _crops(3, seed=4)
     masks = [mask] * 3
     two_colours = np.array(_colour())
     two_colours[:, W // 2 :] = 0
-    psnr, methods = {}, {}
-    for name, colour in (("one colour", _colour()), ("two colours", two_colours)):
-        stamped = _stamp(photos, 0.5 * cov, colour)
-        for lossless in (False, True):
-            results = _engine().restore(stamped, masks, lossless=[lossless] * 3)
-            _assert_outside_unchanged(stamped, masks, results)
-            psnr[name, lossless] = np.mean(
-                [_psnr(r.image, p, mask) for r, p in zip(results, photos, strict=True)]
-            )
-            methods[name, lossless] = {r.method for r in results}
-    # Measured: 31.8 dB against 19.0 dB when each image is inpainted alone.
-    assert methods["one colour", True] == {"restore"}
-    assert psnr["one colour", True] > psnr["one colour", False] + 8.0
-    # A mark the exact fit does not explain: each image alone, exactly as without the hint.
-    assert psnr["two colours", True] == psnr["two colours", False]
-    assert methods["two colours", True] == methods["two colours", False]
+    gains, held = [], 0
+    for seed in range(4):
+        photos = _crops(3, seed=seed)
+        stamped = _stamp(photos, 0.5 * cov, _colour())
+        hinted = _engine().restore(stamped, masks, lossless=[True] * 3)
+        plain = _engine().restore(stamped, masks)
+        _assert_outside_unchanged(stamped, masks, hinted)
+        held += {r.method for r in hinted} == {"restore"}
+        gains.append(
+            np.mean([_psnr(r.image, p, mask) for r, p in zip(hinted, photos, strict=True)])
+            - np.mean([_psnr(r.image, p, mask) for r, p in zip(plain, photos, strict=True)])
+        )
+        # A mark the exact fit does not explain: each image alone, exactly as without the hint.
+        stamped = _stamp(photos, 0.5 * cov, two_colours)
+        hinted = _engine().restore(stamped, masks, lossless=[True] * 3)
+        plain = _engine().restore(stamped, masks)
+        for a, b in zip(hinted, plain, strict=True):
+            assert np.array_equal(a.image, b.image) and a.method == b.method
+    # Measured: held in all four, gaining 6-12 dB over each image alone (about 19-20 dB).
+    assert held >= 3 and min(gains) >= 0.0 and float(np.mean(gains)) > 5.0, (held, gains)
 
 
 def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:

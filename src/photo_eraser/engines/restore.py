@@ -110,8 +110,9 @@ class RestoreEngine(Engine):
     levels RMS) is at most ``max_error`` or at most ``error_ratio`` times the predicted
     inpainting error; otherwise it is inpainted. ``min_images``: in smaller batches each image
     is handled alone (a constant-colour, constant-opacity fit, see ``_single``, used only where
-    confident; otherwise inpainted), except three lossless images whose exact-blend fit holds. Smaller batches after excluding images without the mark
-    are inpainted entirely. ``exact_fit``: whether batches whose images are all lossless (see
+    confident; otherwise inpainted), except three lossless images whose exact-blend fit
+    holds. Smaller batches after excluding images without the mark are inpainted entirely.
+    ``exact_fit``: whether batches whose images are all lossless (see
     ``Engine.restore``) may get the exact-blend fit (docs/restore.md, step 6).
     """
 
@@ -247,6 +248,8 @@ class RestoreEngine(Engine):
         # no longer exactly the blend, whatever the format.
         shifts_only = all(placements[i].sy == 1 and placements[i].sx == 1 for i in candidates)
         exact = [bool(flag) and shifts_only and self.exact_fit for flag in lossless]
+        if exact_only and not shifts_only:
+            return self._each_alone(images, masks, boxes, candidates)
         batch = self._estimate(crops, candidates, solver, exact, exact_only)
         if batch is None:
             return self._each_alone(images, masks, boxes, candidates) if exact_only else out
@@ -264,7 +267,7 @@ class RestoreEngine(Engine):
         )
         if marked.sum() < max(_MIN_MARKED_PIXELS, _MIN_MARKED_SHARE * domain.sum()):
             log.info("restore: no shared watermark found", extra={"engine": self.name})
-            return out
+            return self._each_alone(images, masks, boxes, candidates) if exact_only else out
         near = cv2.dilate(marked.astype(np.uint8), np.ones((2 * _NEAR + 1,) * 2, np.uint8)) > 0
         # Masked pixels next to the mark that it does not reach (masks are drawn with a margin)
         # are left as they are: inverting an estimate of "no mark" would only add its noise.
