@@ -220,7 +220,6 @@ class RestoreEngine(Engine):
         lossless: Sequence[bool],
     ) -> list[_Recovery | None]:
         """Invert the blend wherever it is safe; ``None`` for images left to the fallback."""
-        out: list[_Recovery | None] = [None] * len(images)
         candidates = [i for i, box in enumerate(boxes) if box is not None]
         # Three lossless images are too few for the free fit, but may be enough for the exact
         # one (docs/restore.md, step 6); if it does not hold, each image is handled alone.
@@ -231,10 +230,28 @@ class RestoreEngine(Engine):
         )
         if len(candidates) < self.min_images and not exact_only:
             return self._each_alone(images, masks, boxes, candidates)
+        together = self._recover_together(images, masks, boxes, lossless, candidates, exact_only)
+        if together is not None:
+            return together
+        if exact_only:
+            return self._each_alone(images, masks, boxes, candidates)
+        return [None] * len(images)
+
+    def _recover_together(
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        boxes: Sequence[tuple[int, int, int, int] | None],
+        lossless: Sequence[bool],
+        candidates: Sequence[int],
+        exact_only: bool,
+    ) -> list[_Recovery | None] | None:
+        """The batch estimate and inversion; ``None`` when the batch shows no usable mark."""
+        out: list[_Recovery | None] = [None] * len(images)
         ref = max(candidates, key=lambda i: _box_area(boxes[i]))
         placements, grid_shape, domain = self._grid(images, masks, ref, candidates)
         if domain is None:
-            return self._each_alone(images, masks, boxes, candidates) if exact_only else out
+            return None
         crops = {i: _extract(images[i], placements[i], grid_shape) for i in candidates}
         placements, crops = self._align(images, placements, crops, domain, grid_shape)
         # Grid pixels off an image (a mask at its edge) hold mirrored pixels, not the photo:
@@ -249,10 +266,10 @@ class RestoreEngine(Engine):
         shifts_only = all(placements[i].sy == 1 and placements[i].sx == 1 for i in candidates)
         exact = [bool(flag) and shifts_only and self.exact_fit for flag in lossless]
         if exact_only and not shifts_only:
-            return self._each_alone(images, masks, boxes, candidates)
+            return None
         batch = self._estimate(crops, candidates, solver, exact, exact_only)
         if batch is None:
-            return self._each_alone(images, masks, boxes, candidates) if exact_only else out
+            return None
         used, stack, est, errors = batch
         # Next to (nearly) opaque pixels the ratio fits have no signal: keep a margin.
         opaque = ((est.beta < 1.0 - self.max_alpha) | (est.spread < _OPAQUE_SPREAD)).astype(
@@ -267,7 +284,7 @@ class RestoreEngine(Engine):
         )
         if marked.sum() < max(_MIN_MARKED_PIXELS, _MIN_MARKED_SHARE * domain.sum()):
             log.info("restore: no shared watermark found", extra={"engine": self.name})
-            return self._each_alone(images, masks, boxes, candidates) if exact_only else out
+            return None
         near = cv2.dilate(marked.astype(np.uint8), np.ones((2 * _NEAR + 1,) * 2, np.uint8)) > 0
         # Masked pixels next to the mark that it does not reach (masks are drawn with a margin)
         # are left as they are: inverting an estimate of "no mark" would only add its noise.
