@@ -343,10 +343,22 @@ class RestoreEngine(Engine):
         fewest = _EXACT_ONLY_IMAGES if exact_only else self.min_images
         used = list(candidates)
         stack = np.stack([crops[i] for i in used])
+        free_only = False
         est, errors = estimate_blend(
             stack, solver, jackknife_groups(len(used)), lossless=all(lossless[i] for i in used)
         )
         scores = ghost_scores(stack, est, solver, min_beta=1.0 - self.max_alpha)
+        if est.exact and not exact_only and float(np.median(scores)) > _NO_MARK_SCORE:
+            # An exact fit that finds no mark where the free fit may well find one: the images
+            # are not exactly the blend after all (e.g. PNG files JPEG-compressed after the
+            # mark). The free fit decides.
+            log.info(
+                "restore: the exact-blend fit found no mark, trying the free fit",
+                extra={"engine": self.name},
+            )
+            free_only = True
+            est, errors = estimate_blend(stack, solver, jackknife_groups(len(used)))
+            scores = ghost_scores(stack, est, solver, min_beta=1.0 - self.max_alpha)
         if float(np.median(scores)) > _NO_MARK_SCORE:
             # Inverting barely changes the edges of a typical image: no shared mark was found
             # (e.g. the mask covers an object that differs between the photos).
@@ -365,13 +377,12 @@ class RestoreEngine(Engine):
             if len(used) < fewest:
                 return None
             stack = np.stack([crops[i] for i in used])
-            est, errors = estimate_blend(
-                stack, solver, jackknife_groups(len(used)), lossless=all(lossless[i] for i in used)
-            )
+            exact = not free_only and all(lossless[i] for i in used)
+            est, errors = estimate_blend(stack, solver, jackknife_groups(len(used)), lossless=exact)
         assert errors is not None
         if exact_only and not est.exact:
             return None
-        if all(lossless[i] for i in used):
+        if all(lossless[i] for i in used):  # a lossless batch: say whether the exact fit held
             log.info(
                 "restore: lossless batch",
                 extra={"engine": self.name, "exact_blend_model": est.exact},
