@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from photo_eraser.config import Settings
 from photo_eraser.service import open_store
@@ -144,6 +145,44 @@ def test_late_worker_writes_nothing_to_a_closed_task(store: TaskStore) -> None:
     assert [(im.status, im.reason) for im in record.images] == [
         (ImageStatus.FAILED, "task closed by client")
     ] * 2
+
+
+def test_a_close_racing_a_claim_still_closes(store: TaskStore) -> None:
+    """A worker claims the task between the close's read and its write (seen over HTTP in 2 of
+    53 tries): the close must still win, and the worker's verdict must be refused."""
+    appkey, _ = store.create_key("k")
+    task_id = new_task(store, appkey)
+    claimed = []
+
+    def claim_first(conn, cursor, statement: str, parameters, *_) -> None:  # noqa: ANN001
+        closing = statement.lstrip().upper().startswith("UPDATE TASKS") and (
+            "closed by client" in str(parameters)
+        )
+        if closing and not claimed:
+            claimed.append(store.claim_next())
+
+    sa.event.listen(store.engine, "before_cursor_execute", claim_first)
+    try:
+        assert store.close(task_id, appkey) == TaskStatus.CLOSED
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", claim_first)
+    assert claimed and claimed[0] is not None and claimed[0].task_id == task_id
+    assert not store.finish(claimed[0].pk, TaskStatus.COMPLETE)
+    record = store.get_task(task_id)
+    assert record is not None and record.status == TaskStatus.CLOSED
+    assert {im.status for im in record.images} == {ImageStatus.FAILED}
+
+
+def test_closing_a_finished_task_keeps_its_verdict(store: TaskStore) -> None:
+    appkey, _ = store.create_key("k")
+    task_id = new_task(store, appkey)
+    task = store.claim_next()
+    assert task is not None and store.finish(task.pk, TaskStatus.FAILED, "bad input")
+    assert store.close(task_id, appkey) == TaskStatus.FAILED
+    record = store.get_task(task_id)
+    assert (
+        record is not None and record.status == TaskStatus.FAILED and record.reason == "bad input"
+    )
 
 
 def test_orphaned_in_progress_task_is_requeued(store: TaskStore) -> None:

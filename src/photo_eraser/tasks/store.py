@@ -312,13 +312,21 @@ class TaskStore:
                 return None
             if TaskStatus(row.status).finished:
                 return TaskStatus(row.status)
-            conn.execute(
+            # Still open when written, whatever it was when read: a worker may have claimed
+            # the task in between (SQLite takes the write lock only now).
+            closed = conn.execute(
                 tasks.update()
-                .where(tasks.c.id == row.id, tasks.c.status == row.status)
+                .where(
+                    tasks.c.id == row.id,
+                    tasks.c.status.in_([TaskStatus.WAITING, TaskStatus.IN_PROGRESS]),
+                )
                 .values(
                     status=TaskStatus.CLOSED, reason="closed by client", finished_at=time.time()
                 )
             )
+            if not closed.rowcount:  # finished meanwhile: that verdict stands
+                status = conn.execute(sa.select(tasks.c.status).where(tasks.c.id == row.id))
+                return TaskStatus(status.scalar_one())
             _fail_open_images(conn, [row.id], "task closed by client")
         return TaskStatus.CLOSED
 
