@@ -380,11 +380,16 @@ class TaskStore:
                 ).scalars()
             )
             if pks:
-                conn.execute(
-                    tasks.update()
-                    .where(tasks.c.id.in_(pks), tasks.c.status.in_(active))
-                    .values(status=TaskStatus.TIMED_OUT, reason=reason, finished_at=now)
+                # Only those still open when written (one may have finished since the read).
+                pks = list(
+                    conn.execute(
+                        tasks.update()
+                        .where(tasks.c.id.in_(pks), tasks.c.status.in_(active))
+                        .values(status=TaskStatus.TIMED_OUT, reason=reason, finished_at=now)
+                        .returning(tasks.c.id)
+                    ).scalars()
                 )
+            if pks:
                 _fail_open_images(conn, pks, reason)
         return pks
 
