@@ -1,4 +1,4 @@
-"""How close to the oracle can any batch estimate get on lossless (PNG) batches? A bound.
+"""How much of the gap to the oracle on lossless (PNG) batches is the rim's opacity? A genie.
 
     .venv/bin/python bench/rim_bound.py     # the 16 PNG cases of target T1 (~1 min)
 
@@ -14,14 +14,16 @@ neighbours in every image). Each rim pixel's ``beta`` is then fitted over the ba
 least squares through the origin) from a linear prediction of the photo there:
 
 * ``genie-8``: the 8-neighbour bilinear prediction ``(2*(n+s+e+w) - diagonals) / 4``;
-* ``genie-best``: per image and pixel, the best of five predictions (4-neighbour mean,
+* ``genie-best``: per image and pixel, the best of six predictions (4-neighbour mean,
   horizontal and vertical means, the two diagonal means, 8-neighbour), chosen *knowing the
-  truth*: an optimistic predictor no estimator can have.
+  truth*.
 
-If even these stay more than 1.5 dB under the oracle, target T1 on that case is out of reach
-of any estimate whose knowledge of a rim pixel comes from the photo's local smoothness.
-Printed per case: restore (the engine as shipped), genie-8, genie-best and oracle PSNR (dB,
-pooled over the masked pixels of the batch).
+It is one estimator, not an optimal one, so it proves nothing either way; it shows where
+the gap lies. Where a genie comes within 1.5 dB of the oracle, the rim's opacity can be told
+from the batch well enough for target T1, given the photo around it: what ``restore`` lacks
+is that photo (its neighbours are estimates too) and an exact body and border. Printed per
+case: restore (the engine as shipped), genie-8, genie-best and oracle PSNR (dB, pooled over
+the masked pixels of the batch).
 """
 
 from __future__ import annotations

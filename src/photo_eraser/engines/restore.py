@@ -38,8 +38,8 @@ _UNMARKED_ALPHA = 0.03
 """Estimated opacity below which (with a small offset) a pixel is taken as not marked."""
 _UNMARKED_OFFSET = 6.0
 """Largest estimated ``alpha * W`` (grey levels, any channel) of a pixel taken as not marked."""
-_EXACT_UNMARKED_ALPHA = 0.01
-_EXACT_UNMARKED_OFFSET = 2.0
+_UNMARKED_ALPHA_AFTER_EXACT = 0.01
+_UNMARKED_OFFSET_AFTER_EXACT = 2.0
 """The same after an exact-blend fit: taking a faint rim pixel as unmarked costs
 ``alpha * |I - W|``, 2-3 grey levels at alpha 0.02, far above such a fit's error (with 0.03 and
 6, lossless batches of 16 lost 0.8 dB)."""
@@ -282,20 +282,13 @@ class RestoreEngine(Engine):
         )
         confident_alpha = cv2.dilate(opaque, np.ones((5, 5), np.uint8)) == 0
         offset = est.offset
-        # A pixel clearly under the mark; without enough of them there is no shared mark
-        # (e.g. a mask over an object that differs between the photos): inpaint everything.
-        marked = domain & (
-            (est.beta < 1.0 - _MARKED_ALPHA) | (np.abs(offset).max(axis=2) >= _MARKED_OFFSET)
-        )
-        if marked.sum() < max(_MIN_MARKED_PIXELS, _MIN_MARKED_SHARE * domain.sum()):
-            log.info("restore: no shared watermark found", extra={"engine": self.name})
-            return None
+        marked = _clearly_marked(est, domain)
         near = cv2.dilate(marked.astype(np.uint8), np.ones((2 * _NEAR + 1,) * 2, np.uint8)) > 0
         # Masked pixels next to the mark that it does not reach (masks are drawn with a margin)
         # are left as they are: inverting an estimate of "no mark" would only add its noise.
         # An exact fit is precise enough to keep faint rim pixels (alpha 0.01-0.03) as marked.
         most_alpha, most_offset = (
-            (_EXACT_UNMARKED_ALPHA, _EXACT_UNMARKED_OFFSET)
+            (_UNMARKED_ALPHA_AFTER_EXACT, _UNMARKED_OFFSET_AFTER_EXACT)
             if est.exact
             else (_UNMARKED_ALPHA, _UNMARKED_OFFSET)
         )
@@ -354,22 +347,9 @@ class RestoreEngine(Engine):
         fewest = _EXACT_ONLY_IMAGES if exact_only else self.min_images
         used = list(candidates)
         stack = np.stack([crops[i] for i in used])
-        free_only = False
-        est, errors = estimate_blend(
-            stack, solver, jackknife_groups(len(used)), lossless=all(lossless[i] for i in used)
+        est, errors, scores, gave_way = self._fit(
+            stack, solver, all(lossless[i] for i in used), exact_only
         )
-        scores = ghost_scores(stack, est, solver, min_beta=1.0 - self.max_alpha)
-        if est.exact and not exact_only and float(np.median(scores)) > _NO_MARK_SCORE:
-            # An exact fit that finds no mark where the free fit may well find one: the images
-            # are not exactly the blend after all (e.g. PNG files JPEG-compressed after the
-            # mark). The free fit decides.
-            log.info(
-                "restore: the exact-blend fit found no mark, trying the free fit",
-                extra={"engine": self.name},
-            )
-            free_only = True
-            est, errors = estimate_blend(stack, solver, jackknife_groups(len(used)))
-            scores = ghost_scores(stack, est, solver, min_beta=1.0 - self.max_alpha)
         if float(np.median(scores)) > _NO_MARK_SCORE:
             # Inverting barely changes the edges of a typical image: no shared mark was found
             # (e.g. the mask covers an object that differs between the photos).
@@ -388,17 +368,50 @@ class RestoreEngine(Engine):
             if len(used) < fewest:
                 return None
             stack = np.stack([crops[i] for i in used])
-            exact = not free_only and all(lossless[i] for i in used)
-            est, errors = estimate_blend(stack, solver, jackknife_groups(len(used)), lossless=exact)
-        assert errors is not None
+            exact = not gave_way and all(lossless[i] for i in used)
+            est, errors, scores, again = self._fit(stack, solver, exact, exact_only)
+            gave_way = gave_way or again
         if exact_only and not est.exact:
             return None
-        if all(lossless[i] for i in used):  # a lossless batch: say whether the exact fit held
+        if not _enough_marked(est, solver.domain):
+            # Without enough pixels clearly under the mark there is no shared mark either.
+            log.info("restore: no shared watermark found", extra={"engine": self.name})
+            return None
+        if all(lossless[i] for i in used):  # a lossless batch: say how the exact fit fared
             log.info(
                 "restore: lossless batch",
-                extra={"engine": self.name, "exact_blend_model": est.exact},
+                extra={
+                    "engine": self.name,
+                    "exact_blend_model": est.exact,
+                    "exact_fit_found_no_mark": gave_way,
+                },
             )
         return used, stack, est, errors
+
+    def _fit(
+        self, stack: np.ndarray, solver: GridSolver, lossless: bool, exact_only: bool
+    ) -> tuple[BlendEstimate, np.ndarray, np.ndarray, bool]:
+        """The estimate, its jackknife errors and ghost scores, and whether an exact fit that
+        found no mark gave way to the free fit.
+
+        An exact fit that finds no mark, where the free fit may well find one, means the images
+        are not exactly the blend after all (e.g. PNG files JPEG-compressed after the mark):
+        the free fit decides. (``exact_only`` batches have no free fit to fall back on.)
+        """
+        groups = jackknife_groups(stack.shape[0])
+        min_beta = 1.0 - self.max_alpha
+        est, errors = estimate_blend(stack, solver, groups, lossless=lossless)
+        scores = ghost_scores(stack, est, solver, min_beta=min_beta)
+        if not est.exact or exact_only or _shows_mark(est, scores, solver.domain):
+            assert errors is not None
+            return est, errors, scores, False
+        log.info(
+            "restore: the exact-blend fit found no mark, trying the free fit",
+            extra={"engine": self.name},
+        )
+        est, errors = estimate_blend(stack, solver, groups)
+        assert errors is not None
+        return est, errors, ghost_scores(stack, est, solver, min_beta=min_beta), True
 
     def _invertible(
         self,
@@ -622,6 +635,24 @@ def _single_recovery(
     ry0, _, rx0, _ = rec.box
     sl = (slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0))
     return _Recovery(box=box, pixels=rec.pixels[sl], usable=rec.usable[sl])
+
+
+def _clearly_marked(est: BlendEstimate, domain: np.ndarray) -> np.ndarray:
+    """Grid pixels clearly under the mark (HxW bool)."""
+    return domain & (
+        (est.beta < 1.0 - _MARKED_ALPHA) | (np.abs(est.offset).max(axis=2) >= _MARKED_OFFSET)
+    )
+
+
+def _enough_marked(est: BlendEstimate, domain: np.ndarray) -> bool:
+    marked = int(_clearly_marked(est, domain).sum())
+    return marked >= max(_MIN_MARKED_PIXELS, _MIN_MARKED_SHARE * int(domain.sum()))
+
+
+def _shows_mark(est: BlendEstimate, scores: np.ndarray, domain: np.ndarray) -> bool:
+    """Whether the estimate found a shared mark: inverting it weakens the edges of a typical
+    image (median ghost score), and enough pixels are clearly marked."""
+    return float(np.median(scores)) <= _NO_MARK_SCORE and _enough_marked(est, domain)
 
 
 def _box_area(box: tuple[int, int, int, int] | None) -> int:
