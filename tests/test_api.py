@@ -211,6 +211,13 @@ def test_bad_parameters_are_400_naming_the_field(
     assert payload["data"] == {}
 
 
+def test_a_bad_url_among_several_is_named_by_its_index(client: ApiClient) -> None:
+    urls = ["http://a.example/0.png", "ftp://a.example/1.png", "http://a.example/2.png"]
+    r = client.http.post("/v3/pic/rw/batch", json={"images": urls, "mask": "x", "priority": 1})
+    assert r.status_code == 400
+    assert r.json()["msg"] == "images.1: only http and https URLs are accepted"
+
+
 def test_lama_without_model_says_how_to_install_it(
     client: ApiClient, assets: dict[str, str]
 ) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from photo_eraser.fetch import FetchError, parse_url
 
@@ -25,17 +27,15 @@ class CreateTaskRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    images: list[StrictStr] = Field(min_length=1, description="1 to 20 http(s) image URLs")
+    # Each URL is checked on its own, so an error names the entry: "images.2: ...".
+    images: list[Annotated[StrictStr, AfterValidator(check_http_url)]] = Field(
+        min_length=1, description="1 to 20 http(s) image URLs"
+    )
     mask: StrictStr = Field(min_length=1, description="mask as a URL, raw base64 or data: URI")
     priority: StrictInt = Field(ge=0, le=9, description="0 (lowest) to 9 (highest)")
     engine: StrictStr = Field(
         default="auto", description="extension: auto, opencv, lama or restore"
     )
-
-    @field_validator("images")
-    @classmethod
-    def _urls(cls, urls: list[str]) -> list[str]:
-        return [check_http_url(u) for u in urls]
 
 
 class ResultItem(BaseModel):
