@@ -201,14 +201,30 @@ class Row:
         return out
 
 
-def run_case(mark: Mark, alpha0: float, n: int, fmt: str, engine: RestoreEngine, seed: int) -> Row:
+@dataclass
+class Batch:
+    """One benchmark case: the true photos, the mark's alpha, the mask, the stamped images."""
+
+    truths: list[np.ndarray]
+    alpha: np.ndarray
+    mask: np.ndarray
+    stamped: list[np.ndarray]
+
+
+def make_batch(mark: Mark, alpha0: float, n: int, fmt: str, seed: int) -> Batch:
+    """N different photo crops stamped with ``mark`` at opacity ``alpha0`` (seeded)."""
     rng = np.random.default_rng(seed)
     sources = photos()
     start = int(rng.integers(0, len(sources)))
     truths = [photo_crop(sources[(start + k) % len(sources)], H, W, rng) for k in range(n)]
     alpha = alpha0 * mark.coverage
     mask = cv2.dilate((mark.coverage > 0).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-    stamped = [stamp(t, alpha, mark.colour, fmt) for t in truths]
+    return Batch(truths, alpha, mask, [stamp(t, alpha, mark.colour, fmt) for t in truths])
+
+
+def run_case(mark: Mark, alpha0: float, n: int, fmt: str, engine: RestoreEngine, seed: int) -> Row:
+    case = make_batch(mark, alpha0, n, fmt, seed)
+    truths, alpha, mask, stamped = case.truths, case.alpha, case.mask, case.stamped
     masks = [mask] * n
     # PNG cases are what a PNG upload gives the engine: pixels exactly as stamped.
     restored = engine.restore(stamped, masks, lossless=[fmt == "png"] * n)

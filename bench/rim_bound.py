@@ -43,15 +43,11 @@ from quality import (  # noqa: E402
     ALPHAS,
     COUNTS,
     FORMATS,
-    H,
-    W,
     machine,
+    make_batch,
     marks,
     masked_psnr,
     oracle,
-    photo_crop,
-    photos,
-    stamp,
 )
 
 _K = {
@@ -113,13 +109,8 @@ def main() -> None:
         if fmt != "png" or a > 0.5 or n < 8:
             continue
         # The same batch as bench/quality.py's row (same seed).
-        rng = np.random.default_rng(1000 + k)
-        sources = photos()
-        start = int(rng.integers(0, len(sources)))
-        truths = [photo_crop(sources[(start + i) % len(sources)], H, W, rng) for i in range(n)]
-        alpha = a * mark.coverage
-        mask = cv2.dilate((mark.coverage > 0).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-        stamped = [stamp(t, alpha, mark.colour, fmt) for t in truths]
+        case = make_batch(mark, a, n, fmt, seed=1000 + k)
+        truths, alpha, mask, stamped = case.truths, case.alpha, case.mask, case.stamped
         masks = [mask] * n
         restored = [r.image for r in engine.restore(stamped, masks, lossless=[True] * n)]
         g8 = genie(stamped, truths, alpha, mark.colour, mask, best=False)
