@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import sqlalchemy as sa
 from photo_eraser.config import Settings
 from photo_eraser.service import open_store
 from photo_eraser.tasks.status import ImageStatus, TaskStatus
-from photo_eraser.tasks.store import TaskStore
+from photo_eraser.tasks.store import TaskRecord, TaskStore
 
 
 @pytest.fixture
@@ -152,25 +153,87 @@ def test_a_close_racing_a_claim_still_closes(store: TaskStore) -> None:
     53 tries): the close must still win, and the worker's verdict must be refused."""
     appkey, _ = store.create_key("k")
     task_id = new_task(store, appkey)
-    claimed = []
-
-    def claim_first(conn, cursor, statement: str, parameters, *_) -> None:  # noqa: ANN001
-        closing = statement.lstrip().upper().startswith("UPDATE TASKS") and (
-            "closed by client" in str(parameters)
-        )
-        if closing and not claimed:
-            claimed.append(store.claim_next())
-
-    sa.event.listen(store.engine, "before_cursor_execute", claim_first)
+    claimed: list[TaskRecord | None] = []
+    hook = _before_first_write(store, lambda: claimed.append(store.claim_next()))
+    sa.event.listen(store.engine, "before_cursor_execute", hook)
     try:
         assert store.close(task_id, appkey) == TaskStatus.CLOSED
     finally:
-        sa.event.remove(store.engine, "before_cursor_execute", claim_first)
+        sa.event.remove(store.engine, "before_cursor_execute", hook)
     assert claimed and claimed[0] is not None and claimed[0].task_id == task_id
     assert not store.finish(claimed[0].pk, TaskStatus.COMPLETE)
     record = store.get_task(task_id)
     assert record is not None and record.status == TaskStatus.CLOSED
     assert {im.status for im in record.images} == {ImageStatus.FAILED}
+
+
+def _before_first_write(store: TaskStore, action: Callable[[], object]) -> Callable[..., None]:
+    """An event hook that runs ``action`` (on another connection) just before the next write
+    statement: between a read and the write that depends on it."""
+    done: list[object] = []
+
+    def hook(conn, cursor, statement: str, *_) -> None:  # noqa: ANN001
+        if not done and statement.lstrip().upper().startswith("UPDATE"):
+            done.append(True)
+            action()
+
+    return hook
+
+
+def test_progress_racing_a_close_writes_nothing(store: TaskStore) -> None:
+    """A close lands between the worker's status check and its image writes: the images must
+    not turn done (with live result links) on a closed task."""
+    from photo_eraser.tasks.store import ImageRecord
+
+    appkey, _ = store.create_key("k")
+    task_id = new_task(store, appkey)
+    task = store.claim_next()
+    assert task is not None
+    hook = _before_first_write(store, lambda: store.close(task_id, appkey))
+    done = [ImageRecord(i, "u", ImageStatus.DONE, result_key=f"k{i}") for i in range(2)]
+    sa.event.listen(store.engine, "before_cursor_execute", hook)
+    try:
+        assert not store.set_images(task.pk, done)
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", hook)
+    record = store.get_task(task_id)
+    assert record is not None and record.status == TaskStatus.CLOSED
+    assert [(im.status, im.result_key) for im in record.images] == [(ImageStatus.FAILED, None)] * 2
+
+
+def test_orphan_requeue_racing_a_close_leaves_the_closed_task_alone(store: TaskStore) -> None:
+    appkey, _ = store.create_key("k")
+    task_id = new_task(store, appkey)
+    assert store.claim_next() is not None
+    hook = _before_first_write(store, lambda: store.close(task_id, appkey))
+    sa.event.listen(store.engine, "before_cursor_execute", hook)
+    try:
+        # Not held by this process and no progress "for a second from now": an orphan.
+        assert store.requeue_orphans(owned=set(), stale_seconds=-1.0) == 0
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", hook)
+    record = store.get_task(task_id)
+    assert record is not None and record.status == TaskStatus.CLOSED
+    assert [(im.status, im.reason) for im in record.images] == [
+        (ImageStatus.FAILED, "task closed by client")
+    ] * 2
+
+
+def test_finish_writes_the_images_with_the_status_or_nothing(store: TaskStore) -> None:
+    from photo_eraser.tasks.store import ImageRecord
+
+    appkey, _ = store.create_key("k")
+    done = [ImageRecord(i, "u", ImageStatus.DONE, result_key=f"k{i}") for i in range(2)]
+    first, second = new_task(store, appkey), new_task(store, appkey)
+    a, b = store.claim_next(), store.claim_next()
+    assert a is not None and b is not None
+    assert store.finish(a.pk, TaskStatus.COMPLETE, "", done)
+    assert store.close(second, appkey) == TaskStatus.CLOSED
+    assert not store.finish(b.pk, TaskStatus.COMPLETE, "", done)
+    kept, closed = store.get_task(first), store.get_task(second)
+    assert kept is not None and kept.status == TaskStatus.COMPLETE
+    assert [im.result_key for im in kept.images] == ["k0", "k1"]
+    assert closed is not None and [im.result_key for im in closed.images] == [None, None]
 
 
 def test_closing_a_finished_task_keeps_its_verdict(store: TaskStore) -> None:

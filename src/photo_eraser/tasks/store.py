@@ -222,36 +222,42 @@ class TaskStore:
         Returns False, writing nothing, if the task was closed or timed out meanwhile.
         """
         with self.engine.begin() as conn:
-            status = conn.execute(sa.select(tasks.c.status).where(tasks.c.id == pk)).scalar_one()
-            if status != TaskStatus.IN_PROGRESS:
+            # The guard and the write come in one statement: SQLite takes its write lock only at
+            # the first write, so a status read first could be stale by the time the images
+            # are written (a close or a timeout in between).
+            held = conn.execute(
+                tasks.update()
+                .where(tasks.c.id == pk, tasks.c.status == TaskStatus.IN_PROGRESS)
+                .values(heartbeat_at=time.time())
+            )
+            if not held.rowcount:
                 return False
-            for im in updates:
-                conn.execute(
-                    task_images.update()
-                    .where(task_images.c.task_pk == pk, task_images.c.idx == im.idx)
-                    .values(
-                        status=im.status,
-                        reason=im.reason,
-                        result_key=im.result_key,
-                        method=im.method,
-                        recovered_share=im.recovered_share,
-                    )
-                )
-            conn.execute(tasks.update().where(tasks.c.id == pk).values(heartbeat_at=time.time()))
+            _write_images(conn, pk, updates)
         return True
 
-    def finish(self, pk: int, status: TaskStatus, reason: str = "") -> bool:
-        """Move an in-progress task to a final status; False if it was closed or timed out meanwhile."""
+    def finish(
+        self,
+        pk: int,
+        status: TaskStatus,
+        reason: str = "",
+        images: Sequence[ImageRecord] = (),
+    ) -> bool:
+        """Move an in-progress task to a final status, with its images' last verdicts in the
+        same transaction (a crash cannot leave one without the other); False, writing nothing,
+        if it was closed or timed out meanwhile."""
         with self.engine.begin() as conn:
             result = conn.execute(
                 tasks.update()
                 .where(tasks.c.id == pk, tasks.c.status == TaskStatus.IN_PROGRESS)
                 .values(status=status, reason=reason, finished_at=time.time())
             )
-            if result.rowcount and status != TaskStatus.COMPLETE:
+            if not result.rowcount:
+                return False
+            _write_images(conn, pk, images)
+            if status != TaskStatus.COMPLETE:
                 # Images that never got a verdict share the task's reason.
                 _fail_open_images(conn, [pk], reason)
-        return bool(result.rowcount)
+        return True
 
     def requeue(self, pk: int, reason: str) -> None:
         """Give an in-progress task back to the queue after a failure of ours (not the input's)."""
@@ -292,11 +298,16 @@ class TaskStore:
                 if pk not in owned
             ]
             if pks:
-                conn.execute(
-                    tasks.update()
-                    .where(tasks.c.id.in_(pks), tasks.c.status == TaskStatus.IN_PROGRESS)
-                    .values(status=TaskStatus.WAITING, started_at=None)
+                # Only those still in progress when written (one may have been closed since).
+                pks = list(
+                    conn.execute(
+                        tasks.update()
+                        .where(tasks.c.id.in_(pks), tasks.c.status == TaskStatus.IN_PROGRESS)
+                        .values(status=TaskStatus.WAITING, started_at=None)
+                        .returning(tasks.c.id)
+                    ).scalars()
                 )
+            if pks:
                 _reset_images(conn, pks)
         return len(pks)
 
@@ -459,6 +470,21 @@ class TaskStore:
                 .where(task_images.c.task_pk == pk, task_images.c.result_key.is_not(None))
                 .values(result_key=None, reason="result deleted after its retention period")
             )
+
+
+def _write_images(conn: sa.Connection, pk: int, images: Sequence[ImageRecord]) -> None:
+    for im in images:
+        conn.execute(
+            task_images.update()
+            .where(task_images.c.task_pk == pk, task_images.c.idx == im.idx)
+            .values(
+                status=im.status,
+                reason=im.reason,
+                result_key=im.result_key,
+                method=im.method,
+                recovered_share=im.recovered_share,
+            )
+        )
 
 
 def _fail_open_images(conn: sa.Connection, pks: Sequence[int], reason: str) -> None:

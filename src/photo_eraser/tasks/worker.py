@@ -130,8 +130,7 @@ async def process_task(ctx: WorkerContext, task: TaskRecord, worker: str = "") -
         log.info("task timed out", extra=extra)
         return
     except EngineError as exc:
-        # Keep the per-image verdicts we already have (download or format failures).
-        await asyncio.to_thread(ctx.store.set_images, task.pk, list(records.values()))
+        # The per-image verdicts we already have (download or format failures) are kept.
         status, reason = TaskStatus.FAILED, str(exc)
     except Exception:
         log.exception("task crashed", extra=extra)
@@ -142,7 +141,10 @@ async def process_task(ctx: WorkerContext, task: TaskRecord, worker: str = "") -
                 ctx.store.finish, task.pk, TaskStatus.FAILED, "internal error while processing"
             )
         return
-    finished = await asyncio.to_thread(ctx.store.finish, task.pk, status, reason)
+    # The images' verdicts and the task's status are written together (see TaskStore.finish).
+    finished = await asyncio.to_thread(
+        ctx.store.finish, task.pk, status, reason, list(records.values())
+    )
     log.info(
         "task finished",
         extra={
@@ -228,7 +230,6 @@ async def _run(
             rec.recovered_share = result.restored.recovered_share
         times.add("store", t)
 
-    await _save_images(ctx, task, records)
     log.info(
         "task stages",
         extra={
