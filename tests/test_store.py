@@ -130,6 +130,27 @@ def test_expired_results_and_inline_masks_are_deleted(tmp_path: Path) -> None:
     assert "retention" in record.images[0].reason
 
 
+def test_result_files_nobody_recorded_are_deleted_after_the_retention(tmp_path: Path) -> None:
+    """A worker that loses its task (closed, timed out, killed) between writing a result file
+    and recording it leaves a file the database does not know: it goes with its task's folder.
+    Folders of tasks still running stay."""
+    from photo_eraser.service import Service
+
+    service = Service(Settings(data_dir=tmp_path, result_ttl_seconds=0))
+    store = service.store
+    appkey, _ = store.create_key("k")
+    closed, running = new_task(store, appkey), new_task(store, appkey)
+    assert store.claim_next() is not None and store.claim_next() is not None
+    service.blobs.put(f"results/{closed}/0.png", b"written, then the task was closed")
+    service.blobs.put(f"results/{running}/0.png", b"still being worked on")
+    service.blobs.put("results/00000000-0000-4000-8000-000000000000/0.png", b"no such task")
+    assert store.close(closed, appkey) == TaskStatus.CLOSED
+    time.sleep(0.01)
+    service._delete_expired_results()
+    assert service.blobs.folders("results") == [running]
+    assert service.blobs.path(f"results/{running}/0.png") is not None
+
+
 def test_late_worker_writes_nothing_to_a_closed_task(store: TaskStore) -> None:
     from photo_eraser.tasks.store import ImageRecord
 

@@ -129,6 +129,10 @@ class Service:
 
     def _delete_expired_results(self) -> None:
         before = time.time() - self.settings.result_ttl_seconds
+        # Whole folders first: a worker that lost its task (closed, timed out, interrupted)
+        # while saving may have written files the database never recorded.
+        for task_id in self.store.finished_before(self.blobs.folders("results"), before):
+            self.blobs.delete_folder(f"results/{task_id}")
         for pk, keys in self.store.expired_result_keys(before):
             for key in keys:
                 self.blobs.delete(key)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -35,6 +36,7 @@ class LocalBlobStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        _fsync_dir(path.parent)  # the rename itself must survive a power cut
 
     def path(self, key: str) -> Path | None:
         """The file holding ``key``, or None if absent (the HTTP layer streams it)."""
@@ -44,6 +46,15 @@ class LocalBlobStore:
             return None
         return path if path.is_file() else None
 
+    def folders(self, key: str) -> list[str]:
+        """Names of the folders directly under ``key`` (e.g. the task ids under ``results``)."""
+        path = self._path(key)
+        return sorted(p.name for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
+
+    def delete_folder(self, key: str) -> None:
+        """Delete a folder of blobs with everything in it (also files no key was kept for)."""
+        shutil.rmtree(self._path(key), ignore_errors=True)
+
     def delete(self, key: str) -> None:
         path = self._path(key)
         path.unlink(missing_ok=True)
@@ -51,3 +62,11 @@ class LocalBlobStore:
             path.parent.rmdir()
         except OSError:
             pass
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -452,6 +452,24 @@ class TaskStore:
             grouped.setdefault(r.task_pk, []).append(r.result_key)
         return list(grouped.items())
 
+    def finished_before(self, task_ids: Sequence[str], before: float) -> list[str]:
+        """Those of ``task_ids`` that finished before ``before``, or that no task has (any
+        more): whatever files they still have are past their retention."""
+        out: list[str] = []
+        for start in range(0, len(task_ids), 500):
+            chunk = list(task_ids[start : start + 500])
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    sa.select(tasks.c.task_id, tasks.c.finished_at).where(
+                        tasks.c.task_id.in_(chunk)
+                    )
+                ).all()
+            known = {r.task_id: r.finished_at for r in rows}
+            out += [
+                t for t in chunk if t not in known or (known[t] is not None and known[t] < before)
+            ]
+        return out
+
     def forget_masks(self, before: float) -> int:
         """Drop the inline masks of tasks finished before ``before`` (whatever their outcome)."""
         with self.engine.begin() as conn:
