@@ -211,3 +211,37 @@ def test_second_server_on_same_data_dir_refuses_to_start(
     gate.set()
     assert c.wait(task_id)["status"] == "3"
     c.close()
+
+
+def test_second_server_on_the_same_database_refuses_to_start(
+    run_server, image_host: ImageHost, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Two data directories, one database: the second server would re-queue the first one's
+    running task at start-up (crash recovery) and process it twice. It refuses instead; once
+    the first has stopped cleanly, it starts."""
+    shared = {"PHOTO_ERASER_DATABASE_URL": f"sqlite:///{tmp_path / 'shared.db'}"}
+    first = run_server(tmp_path / "one", **shared)
+    c = ApiClient(first.base_url, *first.create_key())
+    gate = threading.Event()
+    task_id = c.create_ok([image_host.add("/lease/held.png", encode(photo(W, H)), gate=gate)], MASK)
+    c.wait(task_id, until=("2",))
+    with pytest.raises(RuntimeError, match="another photo-eraser server .* is using this database"):
+        run_server(tmp_path / "two", **shared)
+    assert c.result(task_id).json()["data"]["status"] == "2"  # untouched by the second start
+    gate.set()
+    assert c.wait(task_id)["status"] == "3"
+    first.stop()
+    c.close()
+    second = run_server(tmp_path / "two", **shared)
+    assert httpx.get(second.base_url + "/healthz").status_code == 200
+
+
+def test_a_server_killed_without_shutdown_restarts_at_once_on_its_data_dir(
+    run_server, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The lease is held in the name of the host and data directory, so kill -9 and restart
+    need not wait for it to go stale (the data directory's file lock keeps others out)."""
+    server = run_server(tmp_path / "crashy")
+    server.kill9()
+    restarted = run_server(tmp_path / "crashy")
+    assert httpx.get(restarted.base_url + "/healthz").status_code == 200

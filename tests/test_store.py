@@ -304,3 +304,19 @@ def test_requeued_task_shows_its_images_waiting_again(store: TaskStore) -> None:
     record = store.get_task(task_id)
     assert record is not None and record.status == TaskStatus.WAITING
     assert [im.status for im in record.images] == [ImageStatus.WAITING] * 2
+
+
+def test_the_serving_lease_is_held_by_one_server_at_a_time(store: TaskStore) -> None:
+    now = time.time()
+    assert store.acquire_lease("host-a:/data", 30.0, now) is None
+    assert store.acquire_lease("host-b:/data", 30.0, now + 1) == "host-a:/data"
+    assert store.acquire_lease("host-a:/data", 30.0, now + 2) is None  # its own restart
+    assert store.renew_lease("host-a:/data")
+    assert not store.renew_lease("host-b:/data")
+    # Not renewed for longer than the stale limit: another server may take it over...
+    assert store.acquire_lease("host-b:/data", 30.0, time.time() + 31) is None
+    assert not store.renew_lease("host-a:/data")  # ...and the old holder learns it lost it
+    store.release_lease("host-a:/data")  # not its lease any more: nothing happens
+    assert store.acquire_lease("host-a:/data", 30.0) == "host-b:/data"
+    store.release_lease("host-b:/data")
+    assert store.acquire_lease("host-a:/data", 30.0) is None

@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import logging
 import math
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from statistics import mean
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 
 ORPHAN_SECONDS = 300.0
 """An in-progress task no worker holds and that showed no progress this long is re-queued."""
+LEASE_STALE_SECONDS = 30.0
+"""A database lease not renewed for this long (the sweeper renews it every second) is free."""
 
 DEFAULT_TASK_SECONDS = 5.0
 """Assumed run time of one task before any has finished, for ``wait_time``."""
@@ -60,10 +63,19 @@ class Service:
         self._cpu: ThreadPoolExecutor | None = None
         self._ctx: WorkerContext | None = None
         self._lock_file: TextIO | None = None
+        # Stable across restarts of this data directory on this host (its file lock already
+        # keeps out a second process here), so a restart after a crash need not wait.
+        self.lease_holder = f"{socket.gethostname()}:{settings.data_dir.resolve()}"
+        self._holds_lease = False
 
     async def start(self) -> None:
         s = self.settings
         self._take_data_dir_lock()
+        try:
+            self._take_database_lease()
+        except BaseException:
+            self._release_data_dir_lock()
+            raise
         requeued, failed = await asyncio.to_thread(self.store.recover_interrupted, s.max_attempts)
         if requeued or failed:
             log.warning(
@@ -94,9 +106,27 @@ class Service:
             await self.fetcher.aclose()
         if self._cpu is not None:
             self._cpu.shutdown(wait=False, cancel_futures=True)
+        if self._holds_lease:
+            await asyncio.to_thread(self.store.release_lease, self.lease_holder)
+            self._holds_lease = False
+        self._release_data_dir_lock()
+
+    def _release_data_dir_lock(self) -> None:
         if self._lock_file is not None:
             self._lock_file.close()  # releases the flock
             self._lock_file = None
+
+    def _take_database_lease(self) -> None:
+        """One serving process per database too: several data directories (or hosts) may
+        point at one ``PHOTO_ERASER_DATABASE_URL``, and crash recovery would re-queue the
+        other server's running tasks."""
+        other = self.store.acquire_lease(self.lease_holder, LEASE_STALE_SECONDS)
+        if other is not None:
+            raise RuntimeError(
+                f"another photo-eraser server ({other}) is using this database; a server that "
+                f"stopped without a clean shutdown frees it after {LEASE_STALE_SECONDS:.0f} s"
+            )
+        self._holds_lease = True
 
     def _take_data_dir_lock(self) -> None:
         """One serving process per data directory: crash recovery assumes no other workers."""
@@ -116,6 +146,15 @@ class Service:
         last_cleanup = 0.0
         while not self._stop.is_set():
             try:
+                if not await asyncio.to_thread(self.store.renew_lease, self.lease_holder):
+                    log.error(
+                        "lost the database lease to another server: stopping work on tasks",
+                        extra={"holder": self.lease_holder},
+                    )
+                    self._holds_lease = False
+                    self._stop.set()
+                    self.wake.set()
+                    return
                 await asyncio.to_thread(self.store.expire_overdue)
                 if self._ctx is not None:
                     owned = set(self._ctx.in_flight)

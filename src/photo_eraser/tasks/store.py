@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from photo_eraser.tasks.status import ImageStatus, TaskStatus
-from photo_eraser.tasks.tables import api_keys, task_images, tasks
+from photo_eraser.tasks.tables import api_keys, server_lease, task_images, tasks
+
+_LEASE = "serve"
 
 
 @dataclass
@@ -340,6 +342,61 @@ class TaskStore:
                 return TaskStatus(status.scalar_one())
             _fail_open_images(conn, [row.id], "task closed by client")
         return TaskStatus.CLOSED
+
+    def acquire_lease(
+        self, holder: str, stale_after: float, now: float | None = None
+    ) -> str | None:
+        """Take the database's serving lease for ``holder``; ``None`` if taken, else who holds it.
+
+        Free when nobody holds it, when ``holder`` itself does (a restart after a crash), or when
+        its holder has not renewed it for ``stale_after`` seconds. Crash recovery re-queues
+        every task in progress, so it must never run while another server works on them.
+        """
+        now = time.time() if now is None else now
+        take = (
+            server_lease.update()
+            .where(
+                server_lease.c.name == _LEASE,
+                sa.or_(
+                    server_lease.c.holder == holder,
+                    server_lease.c.heartbeat_at < now - stale_after,
+                ),
+            )
+            .values(holder=holder, heartbeat_at=now)
+        )
+        with self.engine.begin() as conn:
+            if conn.execute(take).rowcount:
+                return None
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    server_lease.insert().values(name=_LEASE, holder=holder, heartbeat_at=now)
+                )
+            return None
+        except sa.exc.IntegrityError:  # someone else holds it (or took it just now)
+            with self.engine.connect() as conn:
+                other = conn.execute(
+                    sa.select(server_lease.c.holder).where(server_lease.c.name == _LEASE)
+                ).scalar_one_or_none()
+            return other or "another server"
+
+    def renew_lease(self, holder: str) -> bool:
+        """Show ``holder`` is alive; False if it has lost the lease to another server."""
+        with self.engine.begin() as conn:
+            renewed = conn.execute(
+                server_lease.update()
+                .where(server_lease.c.name == _LEASE, server_lease.c.holder == holder)
+                .values(heartbeat_at=time.time())
+            )
+        return bool(renewed.rowcount)
+
+    def release_lease(self, holder: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                server_lease.delete().where(
+                    server_lease.c.name == _LEASE, server_lease.c.holder == holder
+                )
+            )
 
     def recover_interrupted(self, max_attempts: int) -> tuple[int, int]:
         """After a crash: re-queue in-progress tasks, or fail those out of attempts.

@@ -63,3 +63,12 @@ task_images = Table(
     Column("method", String(64), nullable=True),
     Column("recovered_share", Float, nullable=True),
 )
+
+# One row, "serve": which server process works on this database (see TaskStore.acquire_lease).
+server_lease = Table(
+    "server_lease",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("holder", Text, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+)
