@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+from photo_eraser.config import Settings
+from photo_eraser.service import open_store
+from photo_eraser.tasks.status import TaskStatus
 from tests.helpers import ApiClient, ImageHost, ServerProcess, b64, encode, photo, rect_mask
 
 W, H = 320, 256
@@ -245,3 +249,30 @@ def test_a_server_killed_without_shutdown_restarts_at_once_on_its_data_dir(
     server.kill9()
     restarted = run_server(tmp_path / "crashy")
     assert httpx.get(restarted.base_url + "/healthz").status_code == 200
+
+
+def test_a_server_that_loses_its_lease_stops_working_on_tasks(
+    run_server, image_host: ImageHost, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Another server takes the database over (here: by hand, as one whose clock ran ahead
+    would): the first stops its workers without handing their tasks back (that would re-queue
+    the other's work), and /healthz says so."""
+    url = f"sqlite:///{tmp_path / 'taken.db'}"
+    server = run_server(tmp_path / "loser", PHOTO_ERASER_DATABASE_URL=url)
+    c = ApiClient(server.base_url, *server.create_key())
+    gate = threading.Event()
+    task_id = c.create_ok([image_host.add("/lost/held.png", encode(photo(W, H)), gate=gate)], MASK)
+    c.wait(task_id, until=("2",))
+    thief = open_store(Settings(data_dir=tmp_path / "thief", database_url=url))
+    assert thief.acquire_lease("thief", 0.0, now=time.time() + 3600) is None
+    deadline = time.monotonic() + 20
+    while httpx.get(server.base_url + "/healthz").status_code == 200:
+        assert time.monotonic() < deadline, "the server did not notice it lost its lease"
+        time.sleep(0.2)
+    health = httpx.get(server.base_url + "/healthz")
+    assert health.status_code == 503 and health.json()["code"] == 50301
+    gate.set()
+    server.stop()
+    record = thief.get_task(task_id)
+    assert record is not None and record.status == TaskStatus.IN_PROGRESS  # not handed back
+    c.close()

@@ -7,9 +7,12 @@ import contextlib
 import fcntl
 import logging
 import math
+import re
+import secrets
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from statistics import mean
 from typing import TextIO
 
@@ -27,8 +30,10 @@ log = logging.getLogger(__name__)
 
 ORPHAN_SECONDS = 300.0
 """An in-progress task no worker holds and that showed no progress this long is re-queued."""
-LEASE_STALE_SECONDS = 30.0
-"""A database lease not renewed for this long (the sweeper renews it every second) is free."""
+LEASE_STALE_SECONDS = 120.0
+"""A database lease not renewed for this long is free. It is renewed every second; the margin
+covers the database's 30 s busy timeout and clocks of hosts that disagree by up to a minute."""
+_TASK_FOLDER = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 DEFAULT_TASK_SECONDS = 5.0
 """Assumed run time of one task before any has finished, for ``wait_time``."""
@@ -63,10 +68,15 @@ class Service:
         self._cpu: ThreadPoolExecutor | None = None
         self._ctx: WorkerContext | None = None
         self._lock_file: TextIO | None = None
-        # Stable across restarts of this data directory on this host (its file lock already
-        # keeps out a second process here), so a restart after a crash need not wait.
-        self.lease_holder = f"{socket.gethostname()}:{settings.data_dir.resolve()}"
+        # Stable across restarts of this data directory (its file lock already keeps out a
+        # second process here), so a restart after a crash need not wait; the directory's own
+        # random id tells apart containers with the same host name and path.
+        self.lease_holder = (
+            f"{socket.gethostname()}:{settings.data_dir.resolve()}:{_server_id(settings.data_dir)}"
+        )
         self._holds_lease = False
+        self.lease_lost = False
+        self._workers: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         s = self.settings
@@ -90,8 +100,11 @@ class Service:
         self._ctx = ctx
         self._stop.clear()
         for i in range(s.workers):
-            self._tasks.append(asyncio.create_task(run_worker(ctx, f"w{i}", self.wake, self._stop)))
+            worker = asyncio.create_task(run_worker(ctx, f"w{i}", self.wake, self._stop))
+            self._workers.append(worker)
+            self._tasks.append(worker)
         self._tasks.append(asyncio.create_task(self._sweep()))
+        self._tasks.append(asyncio.create_task(self._keep_lease()))
 
     async def stop(self) -> None:
         self._stop.set()
@@ -102,6 +115,7 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        self._workers.clear()
         if self.fetcher is not None:
             await self.fetcher.aclose()
         if self._cpu is not None:
@@ -146,15 +160,6 @@ class Service:
         last_cleanup = 0.0
         while not self._stop.is_set():
             try:
-                if not await asyncio.to_thread(self.store.renew_lease, self.lease_holder):
-                    log.error(
-                        "lost the database lease to another server: stopping work on tasks",
-                        extra={"holder": self.lease_holder},
-                    )
-                    self._holds_lease = False
-                    self._stop.set()
-                    self.wake.set()
-                    return
                 await asyncio.to_thread(self.store.expire_overdue)
                 if self._ctx is not None:
                     owned = set(self._ctx.in_flight)
@@ -166,12 +171,58 @@ class Service:
                 log.exception("sweeper pass failed")
             await asyncio.sleep(1.0)
 
+    async def _keep_lease(self) -> None:
+        """Renew the database lease every second, apart from the sweeper (whose passes can be
+        slow). If another server has taken it over, stop working on tasks at once."""
+        while not self._stop.is_set():
+            try:
+                holder = self.lease_holder
+                if not await asyncio.to_thread(self.store.renew_lease, holder):
+                    # Gone (e.g. the row was deleted) or someone else's now.
+                    other = await asyncio.to_thread(
+                        self.store.acquire_lease, holder, LEASE_STALE_SECONDS
+                    )
+                    if other is not None:
+                        self._lease_lost(other)
+                        return
+            except Exception:
+                log.exception("lease renewal failed")
+            await asyncio.sleep(1.0)
+
+    def _lease_lost(self, other: str) -> None:
+        log.error(
+            "lost the database lease to another server: stopped working on tasks",
+            extra={"holder": self.lease_holder, "taken_by": other},
+        )
+        self.lease_lost = True
+        self._holds_lease = False
+        if self._ctx is not None:
+            self._ctx.lease_lost = True  # cancelled workers must not hand back its tasks
+        self._stop.set()
+        self.wake.set()
+        for worker in self._workers:
+            worker.cancel()
+
     def _delete_expired_results(self) -> None:
         before = time.time() - self.settings.result_ttl_seconds
         # Whole folders first: a worker that lost its task (closed, timed out, interrupted)
-        # while saving may have written files the database never recorded.
-        for task_id in self.store.finished_before(self.blobs.folders("results"), before):
-            self.blobs.delete_folder(f"results/{task_id}")
+        # while saving may have written files the database never recorded. Folders of tasks
+        # the database does not know (any more) go once they are as old as a result may be.
+        folders = [f for f in self.blobs.folders("results") if _TASK_FOLDER.match(f)]
+        finished = self.store.finish_times(folders)
+        for task_id in folders:
+            key = f"results/{task_id}"
+            if task_id in finished:
+                at = finished[task_id]
+                expired = at is not None and at < before
+            else:
+                changed = self.blobs.modified(key)
+                expired = changed is not None and changed < before
+            if expired:
+                try:
+                    self.blobs.delete_folder(key)
+                except OSError:
+                    log.exception("could not delete a result folder", extra={"key": key})
         for pk, keys in self.store.expired_result_keys(before):
             for key in keys:
                 self.blobs.delete(key)
@@ -197,3 +248,15 @@ class Service:
 def _engine_threads(settings: Settings) -> int:
     """Split the cores between workers so concurrent inferences do not oversubscribe them."""
     return max(1, usable_cores() // max(1, settings.workers))
+
+
+def _server_id(data_dir: Path) -> str:
+    """A random id made once per data directory (``DATA_DIR/server.id``)."""
+    path = data_dir / "server.id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        value = secrets.token_hex(8)
+        path.write_text(value + "\n")
+        return value

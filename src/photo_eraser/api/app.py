@@ -62,6 +62,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> JSONResponse:
+        if service.lease_lost:
+            return envelope(
+                Code.UNAVAILABLE,
+                "lost the database lease to another server; not working on tasks (restart it)",
+            )
         return envelope(Code.OK, data={"status": "ok", "engines": service.engines.availability()})
 
     @app.post(

@@ -26,6 +26,7 @@ class Code(IntEnum):
     BODY_TOO_LARGE = 41301
     RATE_LIMITED = 42901
     INTERNAL = 50001
+    UNAVAILABLE = 50301
 
     @property
     def http_status(self) -> int:
@@ -44,6 +45,8 @@ CODE_TABLE = {
     Code.BODY_TOO_LARGE: "the request body exceeds the configured limit",
     Code.RATE_LIMITED: "too many task creations for this key; retry after Retry-After seconds",
     Code.INTERNAL: "internal error; the request may be retried",
+    Code.UNAVAILABLE: "the server lost its database lease to another server and stopped working "
+    "on tasks (/healthz only)",
 }
 
 

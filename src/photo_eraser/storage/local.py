@@ -51,6 +51,13 @@ class LocalBlobStore:
         path = self._path(key)
         return sorted(p.name for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
 
+    def modified(self, key: str) -> float | None:
+        """When the file or folder ``key`` last changed (seconds since the epoch), if it exists."""
+        try:
+            return self._path(key).stat().st_mtime
+        except (OSError, ValueError):
+            return None
+
     def delete_folder(self, key: str) -> None:
         """Delete a folder of blobs with everything in it (also files no key was kept for)."""
         shutil.rmtree(self._path(key), ignore_errors=True)

@@ -304,7 +304,11 @@ class TaskStore:
                 pks = list(
                     conn.execute(
                         tasks.update()
-                        .where(tasks.c.id.in_(pks), tasks.c.status == TaskStatus.IN_PROGRESS)
+                        .where(
+                            tasks.c.id.in_(pks),
+                            tasks.c.status == TaskStatus.IN_PROGRESS,
+                            tasks.c.heartbeat_at < cutoff,  # not claimed again since the read
+                        )
                         .values(status=TaskStatus.WAITING, started_at=None)
                         .returning(tasks.c.id)
                     ).scalars()
@@ -509,22 +513,17 @@ class TaskStore:
             grouped.setdefault(r.task_pk, []).append(r.result_key)
         return list(grouped.items())
 
-    def finished_before(self, task_ids: Sequence[str], before: float) -> list[str]:
-        """Those of ``task_ids`` that finished before ``before``, or that no task has (any
-        more): whatever files they still have are past their retention."""
-        out: list[str] = []
+    def finish_times(self, task_ids: Sequence[str]) -> dict[str, float | None]:
+        """When each of ``task_ids`` that exists finished (``None``: not yet)."""
+        out: dict[str, float | None] = {}
         for start in range(0, len(task_ids), 500):
-            chunk = list(task_ids[start : start + 500])
             with self.engine.connect() as conn:
                 rows = conn.execute(
                     sa.select(tasks.c.task_id, tasks.c.finished_at).where(
-                        tasks.c.task_id.in_(chunk)
+                        tasks.c.task_id.in_(list(task_ids[start : start + 500]))
                     )
                 ).all()
-            known = {r.task_id: r.finished_at for r in rows}
-            out += [
-                t for t in chunk if t not in known or (known[t] is not None and known[t] < before)
-            ]
+            out.update({r.task_id: r.finished_at for r in rows})
         return out
 
     def forget_masks(self, before: float) -> int:
