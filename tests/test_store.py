@@ -321,3 +321,36 @@ def test_the_serving_lease_is_held_by_one_server_at_a_time(store: TaskStore) -> 
     assert store.acquire_lease("host-a:/data", 30.0) == "host-b:/data"
     store.release_lease("host-b:/data")
     assert store.acquire_lease("host-a:/data", 30.0) is None
+
+
+def test_a_server_that_lost_the_lease_writes_nothing_to_tasks(store: TaskStore) -> None:
+    """Server A's worker is still under way when B takes the database over, re-queues A's
+    task at recovery and claims it: whatever A writes then (progress, result, hand-back) must
+    not land on B's run, nor may A claim anything more."""
+    from photo_eraser.tasks.store import ImageRecord
+
+    appkey, _ = store.create_key("k")
+    task_id = new_task(store, appkey)
+    other = new_task(store, appkey)
+    assert store.acquire_lease("a", 120.0) is None
+    store.owner = "a"
+    mine = store.claim_next()
+    assert mine is not None and mine.task_id == task_id
+    b = TaskStore(store.engine)
+    assert b.acquire_lease("b", 120.0, now=time.time() + 3600) is None
+    b.owner = "b"
+    assert b.recover_interrupted(max_attempts=3) == (1, 0)
+    theirs = b.claim_next()
+    assert theirs is not None and theirs.task_id == task_id
+    done = [ImageRecord(i, "u", ImageStatus.DONE, result_key=f"a{i}") for i in range(2)]
+    assert not store.set_images(mine.pk, done)
+    assert not store.finish(mine.pk, TaskStatus.COMPLETE, "", done)
+    store.release(mine.pk)
+    store.requeue(mine.pk, "internal error; retrying")
+    assert store.claim_next() is None  # the other task stays for B
+    record = store.get_task(task_id)
+    assert record is not None and record.status == TaskStatus.IN_PROGRESS
+    assert [im.result_key for im in record.images] == [None, None]
+    theirs_done = [ImageRecord(i, "u", ImageStatus.DONE, result_key=f"b{i}") for i in range(2)]
+    assert b.finish(theirs.pk, TaskStatus.COMPLETE, "", theirs_done)
+    assert b.claim_next() is not None and b.get_task(other) is not None

@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import logging
 import math
+import os
 import re
 import secrets
 import socket
@@ -68,12 +69,7 @@ class Service:
         self._cpu: ThreadPoolExecutor | None = None
         self._ctx: WorkerContext | None = None
         self._lock_file: TextIO | None = None
-        # Stable across restarts of this data directory (its file lock already keeps out a
-        # second process here), so a restart after a crash need not wait; the directory's own
-        # random id tells apart containers with the same host name and path.
-        self.lease_holder = (
-            f"{socket.gethostname()}:{settings.data_dir.resolve()}:{_server_id(settings.data_dir)}"
-        )
+        self.lease_holder = ""  # set at start, once the data directory is ours
         self._holds_lease = False
         self.lease_lost = False
         self._workers: list[asyncio.Task[None]] = []
@@ -134,6 +130,11 @@ class Service:
         """One serving process per database too: several data directories (or hosts) may
         point at one ``PHOTO_ERASER_DATABASE_URL``, and crash recovery would re-queue the
         other server's running tasks."""
+        # Stable across restarts of this data directory (its file lock already keeps out a
+        # second process here), so a restart after a crash need not wait; the directory's own
+        # random id tells apart containers with the same host name and path.
+        data_dir = self.settings.data_dir
+        self.lease_holder = f"{socket.gethostname()}:{data_dir.resolve()}:{_server_id(data_dir)}"
         other = self.store.acquire_lease(self.lease_holder, LEASE_STALE_SECONDS)
         if other is not None:
             raise RuntimeError(
@@ -141,6 +142,8 @@ class Service:
                 f"stopped without a clean shutdown frees it after {LEASE_STALE_SECONDS:.0f} s"
             )
         self._holds_lease = True
+        # From now on the workers' writes land only while this server holds the lease.
+        self.store.owner = self.lease_holder
 
     def _take_data_dir_lock(self) -> None:
         """One serving process per data directory: crash recovery assumes no other workers."""
@@ -194,10 +197,9 @@ class Service:
             "lost the database lease to another server: stopped working on tasks",
             extra={"holder": self.lease_holder, "taken_by": other},
         )
+        # Their writes are refused already (TaskStore.owner); stop them wasting work.
         self.lease_lost = True
         self._holds_lease = False
-        if self._ctx is not None:
-            self._ctx.lease_lost = True  # cancelled workers must not hand back its tasks
         self._stop.set()
         self.wake.set()
         for worker in self._workers:
@@ -251,12 +253,16 @@ def _engine_threads(settings: Settings) -> int:
 
 
 def _server_id(data_dir: Path) -> str:
-    """A random id made once per data directory (``DATA_DIR/server.id``)."""
+    """A random id made once per data directory (``DATA_DIR/server.id``); call with the data
+    directory's lock held."""
     path = data_dir / "server.id"
     try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        value = secrets.token_hex(8)
-        path.write_text(value + "\n")
-        return value
+        value = path.read_text().strip() if path.exists() else ""
+        if not value:
+            value = secrets.token_hex(8)
+            tmp = path.with_name(".server.id.tmp")
+            tmp.write_text(value + "\n")
+            os.replace(tmp, path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RuntimeError(f"cannot read or write {path}: {exc}") from None
+    return value

@@ -65,7 +65,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if service.lease_lost:
             return envelope(
                 Code.UNAVAILABLE,
-                "lost the database lease to another server; not working on tasks (restart it)",
+                "lost the database lease to another server, which now runs the tasks; this one "
+                "no longer does (stop it: it can start again once the other has stopped)",
             )
         return envelope(Code.OK, data={"status": "ok", "engines": service.engines.availability()})
 

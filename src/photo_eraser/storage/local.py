@@ -60,7 +60,9 @@ class LocalBlobStore:
 
     def delete_folder(self, key: str) -> None:
         """Delete a folder of blobs with everything in it (also files no key was kept for)."""
-        shutil.rmtree(self._path(key), ignore_errors=True)
+        path = self._path(key)
+        if path.is_dir():
+            shutil.rmtree(path)
 
     def delete(self, key: str) -> None:
         path = self._path(key)

@@ -66,6 +66,17 @@ class TaskStore:
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
+        self.owner: str | None = None
+        """The lease holder of the server whose workers use this store (``Service`` sets it):
+        their writes to tasks then land only while it holds the database's lease."""
+
+    def _leased(self) -> sa.ColumnElement[bool]:
+        """Part of the WHERE of every write of a worker: this server still holds the lease,
+        checked in the same statement (a server that lost it to another writes nothing, even
+        from a call already under way)."""
+        if self.owner is None:
+            return sa.true()
+        return sa.exists().where(server_lease.c.name == _LEASE, server_lease.c.holder == self.owner)
 
     # ---- API keys -------------------------------------------------------------------------
 
@@ -201,7 +212,7 @@ class TaskStore:
         with self.engine.begin() as conn:
             row = conn.execute(
                 tasks.update()
-                .where(tasks.c.id == next_id, tasks.c.status == TaskStatus.WAITING)
+                .where(tasks.c.id == next_id, tasks.c.status == TaskStatus.WAITING, self._leased())
                 .values(
                     status=TaskStatus.IN_PROGRESS,
                     attempts=tasks.c.attempts + 1,
@@ -229,7 +240,7 @@ class TaskStore:
             # are written (a close or a timeout in between).
             held = conn.execute(
                 tasks.update()
-                .where(tasks.c.id == pk, tasks.c.status == TaskStatus.IN_PROGRESS)
+                .where(tasks.c.id == pk, tasks.c.status == TaskStatus.IN_PROGRESS, self._leased())
                 .values(heartbeat_at=time.time())
             )
             if not held.rowcount:
@@ -250,7 +261,7 @@ class TaskStore:
         with self.engine.begin() as conn:
             result = conn.execute(
                 tasks.update()
-                .where(tasks.c.id == pk, tasks.c.status == TaskStatus.IN_PROGRESS)
+                .where(tasks.c.id == pk, tasks.c.status == TaskStatus.IN_PROGRESS, self._leased())
                 .values(status=status, reason=reason, finished_at=time.time())
             )
             if not result.rowcount:
@@ -266,7 +277,7 @@ class TaskStore:
         with self.engine.begin() as conn:
             requeued = conn.execute(
                 tasks.update()
-                .where(tasks.c.id == pk, tasks.c.status == TaskStatus.IN_PROGRESS)
+                .where(tasks.c.id == pk, tasks.c.status == TaskStatus.IN_PROGRESS, self._leased())
                 .values(status=TaskStatus.WAITING, reason=reason, started_at=None)
             )
             if requeued.rowcount:
@@ -277,7 +288,7 @@ class TaskStore:
         with self.engine.begin() as conn:
             released = conn.execute(
                 tasks.update()
-                .where(tasks.c.id == pk, tasks.c.status == TaskStatus.IN_PROGRESS)
+                .where(tasks.c.id == pk, tasks.c.status == TaskStatus.IN_PROGRESS, self._leased())
                 .values(status=TaskStatus.WAITING, started_at=None, attempts=tasks.c.attempts - 1)
             )
             if not released.rowcount:
@@ -308,6 +319,7 @@ class TaskStore:
                             tasks.c.id.in_(pks),
                             tasks.c.status == TaskStatus.IN_PROGRESS,
                             tasks.c.heartbeat_at < cutoff,  # not claimed again since the read
+                            self._leased(),
                         )
                         .values(status=TaskStatus.WAITING, started_at=None)
                         .returning(tasks.c.id)

@@ -51,9 +51,6 @@ class WorkerContext:
     masks: MaskCache
     in_flight: set[int] = field(default_factory=set)
     """Primary keys of the tasks this process's workers hold right now."""
-    lease_lost: bool = False
-    """Another server took over the database: this one's tasks are not its own any more, so
-    cancelled workers must not hand them back (``release`` would re-queue the other's work)."""
 
     @property
     def limits(self) -> ImageLimits:
@@ -103,7 +100,7 @@ async def _claim(ctx: WorkerContext) -> TaskRecord | None:
         task = await asyncio.shield(claim)
     except asyncio.CancelledError:
         task = await claim
-        if task is not None and not ctx.lease_lost:
+        if task is not None:
             ctx.store.release(task.pk)
         raise
     if task is not None:
@@ -122,9 +119,8 @@ async def process_task(ctx: WorkerContext, task: TaskRecord, worker: str = "") -
         status, reason = await asyncio.wait_for(_run(ctx, task, records), timeout=timeout)
     except asyncio.CancelledError:
         # Shutdown: hand the task back without counting this attempt against it.
-        if not ctx.lease_lost:
-            ctx.store.release(task.pk)
-            log.info("task released at shutdown", extra=extra)
+        ctx.store.release(task.pk)
+        log.info("task released at shutdown", extra=extra)
         raise
     except TaskAbandoned:
         log.info("task abandoned (closed or timed out)", extra=extra)
