@@ -283,6 +283,20 @@ def test_orphaned_in_progress_task_is_requeued(store: TaskStore) -> None:
     assert again is not None and again.pk == task.pk and again.attempts == 2
 
 
+def test_an_orphan_out_of_attempts_fails_instead_of_looping(store: TaskStore) -> None:
+    appkey, _ = store.create_key("k")
+    task_id = new_task(store, appkey)
+    for attempt in (1, 2):
+        task = store.claim_next()
+        assert task is not None and task.attempts == attempt
+        time.sleep(0.01)
+        assert store.requeue_orphans(owned=set(), stale_seconds=0, max_attempts=2) == 1
+    record = store.get_task(task_id)
+    assert record is not None and record.status == TaskStatus.FAILED
+    assert record.reason == "processing was interrupted 2 times; giving up"
+    assert {im.status for im in record.images} == {ImageStatus.FAILED}
+
+
 def test_inline_masks_of_failed_tasks_are_dropped(store: TaskStore) -> None:
     appkey, _ = store.create_key("k")
     task_id = new_task(store, appkey, inline_mask=b"mask", images=1)

@@ -166,7 +166,12 @@ class Service:
                 await asyncio.to_thread(self.store.expire_overdue)
                 if self._ctx is not None:
                     owned = set(self._ctx.in_flight)
-                    await asyncio.to_thread(self.store.requeue_orphans, owned, ORPHAN_SECONDS)
+                    await asyncio.to_thread(
+                        self.store.requeue_orphans,
+                        owned,
+                        ORPHAN_SECONDS,
+                        self.settings.max_attempts,
+                    )
                 if time.monotonic() - last_cleanup > 60:
                     last_cleanup = time.monotonic()
                     await asyncio.to_thread(self._delete_expired_results)

@@ -295,9 +295,13 @@ class TaskStore:
                 return  # closed or timed out meanwhile: its verdict stands
             _reset_images(conn, [pk])
 
-    def requeue_orphans(self, owned: set[int], stale_seconds: float) -> int:
+    def requeue_orphans(
+        self, owned: set[int], stale_seconds: float, max_attempts: int | None = None
+    ) -> int:
         """Re-queue in-progress tasks that no worker of this process holds and that have shown
-        no progress for ``stale_seconds`` (a worker lost them to an error). Single-process only.
+        no progress for ``stale_seconds`` (a worker lost them to an error), or fail those that
+        have had ``max_attempts`` already. Returns how many were re-queued or failed.
+        Single-process only.
         """
         cutoff = time.time() - stale_seconds
         with self.engine.begin() as conn:
@@ -310,24 +314,39 @@ class TaskStore:
                 ).scalars()
                 if pk not in owned
             ]
-            if pks:
-                # Only those still in progress when written (one may have been closed since).
-                pks = list(
-                    conn.execute(
-                        tasks.update()
-                        .where(
-                            tasks.c.id.in_(pks),
-                            tasks.c.status == TaskStatus.IN_PROGRESS,
-                            tasks.c.heartbeat_at < cutoff,  # not claimed again since the read
-                            self._leased(),
-                        )
-                        .values(status=TaskStatus.WAITING, started_at=None)
-                        .returning(tasks.c.id)
-                    ).scalars()
-                )
-            if pks:
-                _reset_images(conn, pks)
-        return len(pks)
+            if not pks:
+                return 0
+            # Only those still in progress when written (one may have been closed since) and
+            # not claimed again since the read.
+            still = (
+                tasks.c.id.in_(pks),
+                tasks.c.status == TaskStatus.IN_PROGRESS,
+                tasks.c.heartbeat_at < cutoff,
+                self._leased(),
+            )
+            spent = tasks.c.attempts >= max_attempts if max_attempts is not None else sa.false()
+            reason = f"processing was interrupted {max_attempts} times; giving up"
+            failed = list(
+                conn.execute(
+                    tasks.update()
+                    .where(*still, spent)
+                    .values(status=TaskStatus.FAILED, reason=reason, finished_at=time.time())
+                    .returning(tasks.c.id)
+                ).scalars()
+            )
+            if failed:
+                _fail_open_images(conn, failed, reason)
+            requeued = list(
+                conn.execute(
+                    tasks.update()
+                    .where(*still, sa.not_(spent))
+                    .values(status=TaskStatus.WAITING, started_at=None)
+                    .returning(tasks.c.id)
+                ).scalars()
+            )
+            if requeued:
+                _reset_images(conn, requeued)
+        return len(failed) + len(requeued)
 
     def close(self, task_id: str, appkey: str) -> TaskStatus | None:
         """Close a waiting or running task for its owner; return the resulting status."""
