@@ -325,7 +325,7 @@ class TaskStore:
                 self._leased(),
             )
             spent = tasks.c.attempts >= max_attempts if max_attempts is not None else sa.false()
-            reason = f"processing was interrupted {max_attempts} times; giving up"
+            reason = _gave_up(max_attempts)
             failed = list(
                 conn.execute(
                     tasks.update()
@@ -438,7 +438,7 @@ class TaskStore:
 
         Returns ``(requeued, failed)``. Safe only while no worker of this database runs.
         """
-        reason = f"processing was interrupted {max_attempts} times; giving up"
+        reason = _gave_up(max_attempts)
         with self.engine.begin() as conn:
             stuck = conn.execute(
                 sa.select(tasks.c.id, tasks.c.attempts).where(
@@ -575,6 +575,10 @@ class TaskStore:
                 .where(task_images.c.task_pk == pk, task_images.c.result_key.is_not(None))
                 .values(result_key=None, reason="result deleted after its retention period")
             )
+
+
+def _gave_up(max_attempts: int | None) -> str:
+    return f"processing was interrupted {max_attempts} times; giving up"
 
 
 def _write_images(conn: sa.Connection, pk: int, images: Sequence[ImageRecord]) -> None:
