@@ -70,6 +70,10 @@ class TaskStore:
         """The lease holder of the server whose workers use this store (``Service`` sets it):
         their writes to tasks then land only while it holds the database's lease."""
 
+    def _held(self, pk: int) -> tuple[sa.ColumnElement[bool], ...]:
+        """WHERE of a worker's write to its task ``pk``: still in progress, its lease still ours."""
+        return (tasks.c.id == pk, tasks.c.status == TaskStatus.IN_PROGRESS, self._leased())
+
     def _leased(self) -> sa.ColumnElement[bool]:
         """Part of the WHERE of every write of a worker: this server still holds the lease,
         checked in the same statement (a server that lost it to another writes nothing, even
@@ -239,9 +243,7 @@ class TaskStore:
             # the first write, so a status read first could be stale by the time the images
             # are written (a close or a timeout in between).
             held = conn.execute(
-                tasks.update()
-                .where(tasks.c.id == pk, tasks.c.status == TaskStatus.IN_PROGRESS, self._leased())
-                .values(heartbeat_at=time.time())
+                tasks.update().where(*self._held(pk)).values(heartbeat_at=time.time())
             )
             if not held.rowcount:
                 return False
@@ -261,7 +263,7 @@ class TaskStore:
         with self.engine.begin() as conn:
             result = conn.execute(
                 tasks.update()
-                .where(tasks.c.id == pk, tasks.c.status == TaskStatus.IN_PROGRESS, self._leased())
+                .where(*self._held(pk))
                 .values(status=status, reason=reason, finished_at=time.time())
             )
             if not result.rowcount:
@@ -277,7 +279,7 @@ class TaskStore:
         with self.engine.begin() as conn:
             requeued = conn.execute(
                 tasks.update()
-                .where(tasks.c.id == pk, tasks.c.status == TaskStatus.IN_PROGRESS, self._leased())
+                .where(*self._held(pk))
                 .values(status=TaskStatus.WAITING, reason=reason, started_at=None)
             )
             if requeued.rowcount:
@@ -288,7 +290,7 @@ class TaskStore:
         with self.engine.begin() as conn:
             released = conn.execute(
                 tasks.update()
-                .where(tasks.c.id == pk, tasks.c.status == TaskStatus.IN_PROGRESS, self._leased())
+                .where(*self._held(pk))
                 .values(status=TaskStatus.WAITING, started_at=None, attempts=tasks.c.attempts - 1)
             )
             if not released.rowcount:
