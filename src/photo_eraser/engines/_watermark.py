@@ -937,7 +937,11 @@ def estimate_blend(
 
 
 def ghost_scores(
-    stack: np.ndarray, est: BlendEstimate, solver: GridSolver, min_beta: float = 0.15
+    stack: np.ndarray,
+    est: BlendEstimate,
+    solver: GridSolver,
+    min_beta: float = 0.15,
+    parts: np.ndarray | None = None,
 ) -> np.ndarray:
     """Per image: edge energy at the mark's edges after inversion relative to before.
 
@@ -945,6 +949,9 @@ def ghost_scores(
     inversion are weighed by ``beta``) so that only the mark's part counts. Below 1 when
     inverting removes the mark's edges (the mark is there); above 1 when inversion prints a
     negative ghost of the mark (the mark is missing or misplaced).
+
+    With ``parts`` (HxW int, the part of the domain each pixel belongs to, ``0`` off it) the
+    score is taken per part: N x P for parts ``1..P``.
     """
     values = solver.gather(stack).mean(axis=2)
     beta = solver.gather(est.beta)
@@ -958,8 +965,16 @@ def ghost_scores(
         np.minimum(spread[ea], spread[eb]) >= 0.1
     )
     inverted = values / beta - solver.gather(est.u).mean(axis=1)
-    after = np.abs(inverted[:, ea] - inverted[:, eb]) @ (weight * 0.5 * (beta[ea] + beta[eb]))
-    before = np.abs(values[:, ea] - values[:, eb]) @ weight
+    weight_after = weight * 0.5 * (beta[ea] + beta[eb])
+    if parts is not None:  # one column of weights per part (sparse: each edge is in one)
+        node_part = solver.gather(parts)
+        edge_part = np.maximum(node_part[ea], node_part[eb]) - 1  # -1: no part
+        rows, cols = np.flatnonzero(edge_part >= 0), edge_part[edge_part >= 0]
+        shape = (ea.size, int(parts.max()))
+        weight = sparse.csc_matrix((weight[rows], (rows, cols)), shape=shape)
+        weight_after = sparse.csc_matrix((weight_after[rows], (rows, cols)), shape=shape)
+    after = np.asarray(np.abs(inverted[:, ea] - inverted[:, eb]) @ weight_after)
+    before = np.asarray(np.abs(values[:, ea] - values[:, eb]) @ weight)
     # No edge energy at the mark's edges means no mark to see: score it as absent, not present.
     return np.where(before > 0, after / np.maximum(before, 1e-6), np.inf)
 
