@@ -719,11 +719,13 @@ def _narrowed(est: BlendEstimate, domain: np.ndarray, with_mark: np.ndarray) -> 
     around them, if more than ``_LOOSE_SHARE`` of it lies beyond ``_TIGHT_MARGIN`` of those
     pixels (a loose mask, or parts without the mark); else ``None``.
 
-    Pixels that hardly vary over the batch count as marked: under an opaque mark the ratio
-    fits have no signal, and the estimate may well find no mark there.
+    The mark is where the estimate finds opacity (its offset alone is not enough: next to an
+    opaque mark the free fit's offset drifts far into a loose mask), or where pixels hardly vary
+    over the batch (under an opaque mark the ratio fits have no signal).
     """
     opaque = est.spread < _OPAQUE_SPREAD
-    marked = ((_clearly_marked(est, domain) | opaque) & domain & with_mark).astype(np.uint8)
+    marked = ((est.beta < 1.0 - _MARKED_ALPHA) | opaque) & domain & with_mark
+    marked = marked.astype(np.uint8)
 
     def around(margin: int) -> np.ndarray:
         size = 2 * margin + 1
