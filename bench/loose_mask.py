@@ -13,8 +13,8 @@ restored under these masks:
 * ``2 + object``: ``dilate 2`` plus a separate 40 x 60 px rectangle away from the mark, over
   photo content that differs between the images (an object to erase). Its PSNR is taken over
   the ``dilate 2`` part only (the photo under the "object" is no truth for an eraser), and
-  ``kept`` is the share of the rectangle's pixels ``restore`` left as they were (an eraser
-  should leave none: the rectangle is inpainted).
+  ``object inpainted`` is the share of the rectangle's pixels that ``restore`` filled exactly
+  as Telea did (it should inpaint all of them, with its fallback, Telea).
 
 Printed per mask, format and N: the masked PSNR (dB, pooled over the batch) of ``restore``
 and of Telea, averaged over the designs and alphas, and the worst ``restore - Telea`` of any
@@ -74,12 +74,12 @@ def mask_for(kind: str, support: np.ndarray) -> tuple[np.ndarray, np.ndarray | N
 def main() -> None:
     logging.disable(logging.INFO)
     engine, telea = RestoreEngine(fallback=OpenCVEngine()), OpenCVEngine()
-    print("| mask | format | N | restore | Telea | worst restore - Telea | kept |")
+    print("| mask | format | N | restore | Telea | worst restore - Telea | object inpainted |")
     print("|---|---|---|---|---|---|---|")
     for kind in MASKS:
         for fi, fmt in enumerate(FORMATS):
             for ni, n in enumerate(COUNTS):
-                ours, theirs, kept = [], [], []
+                ours, theirs, inpainted = [], [], []
                 for mi, mark in enumerate(marks()):
                     support = mark.coverage > 0
                     mask, thing = mask_for(kind, support)
@@ -94,14 +94,14 @@ def main() -> None:
                         ours.append(masked_psnr([r.image for r in restored], case.truths, scored))
                         theirs.append(masked_psnr([r.image for r in filled], case.truths, scored))
                         if thing is not None:
-                            kept += [
-                                float((r.image[thing] == s[thing]).all(axis=-1).mean())
-                                for r, s in zip(restored, case.stamped, strict=True)
+                            inpainted += [
+                                float((r.image[thing] == f.image[thing]).all(axis=-1).mean())
+                                for r, f in zip(restored, filled, strict=True)
                             ]
                 worst = min(a - b for a, b in zip(ours, theirs, strict=True))
                 print(
                     f"| {kind} | {fmt} | {n} | {np.mean(ours):.1f} | {np.mean(theirs):.1f} "
-                    f"| {worst:+.1f} | {f'{np.mean(kept):.2f}' if kept else '-'} |",
+                    f"| {worst:+.1f} | {f'{np.mean(inpainted):.2f}' if inpainted else '-'} |",
                     flush=True,
                 )
     print(machine())
