@@ -51,7 +51,8 @@ _MIN_MARKED_PIXELS = 20
 _MIN_MARKED_SHARE = 0.02
 """Fewest clearly marked grid pixels (count and share of the mask) to call it a mark at all."""
 _NEAR = 8
-"""Grid pixels around the clearly marked ones that are treated as the mark's surroundings."""
+"""Grid pixels around the clearly marked ones that are the mark's surroundings in a part of the
+mask that does not carry the mark itself, and the gap that chains parts (``_parts_with_mark``)."""
 _TIGHT_MARGIN = 2
 """Grid pixels around the clearly marked ones that a loose mask is narrowed to (see
 ``_narrowed``): the mark's faint anti-aliased rim and a margin of unmarked pixels."""
@@ -295,9 +296,10 @@ class RestoreEngine(Engine):
         # margin (twice: a first estimate over a loose mask finds a few stray marked pixels);
         # the rest of the mask is taken as unmarked.
         whole = solver
-        with_mark = keep = self._parts_with_mark(batch, whole)
+        with_mark = narrowed_to = self._parts_with_mark(batch[1], batch[2], whole)
+        narrowing_failed = False
         for _ in range(_NARROWING_ROUNDS):
-            tight = _narrowed(batch[2], solver.domain, keep)
+            tight = _narrowed(batch[2], solver.domain, narrowed_to)
             if tight is None:
                 break
             log.info(
@@ -311,10 +313,13 @@ class RestoreEngine(Engine):
             narrow = GridSolver(tight, valid)
             again = self._estimate(crops, candidates, narrow, exact, exact_only)
             if again is None:
+                narrowing_failed = solver is whole
                 break
-            batch, solver, keep = again, narrow, tight
+            batch, solver, narrowed_to = again, narrow, tight
         if solver is not whole:  # judge the mask's parts again, with the final estimate
-            with_mark = self._parts_with_mark(batch, whole)
+            with_mark = self._parts_with_mark(batch[1], batch[2], whole)
+        elif narrowing_failed:  # far from the mark the whole mask's estimate is only noise
+            with_mark &= _near(_clearly_marked(batch[2], domain))
         used, stack, est, errors = batch
         # Next to (nearly) opaque pixels the ratio fits have no signal: keep a margin.
         opaque = ((est.beta < 1.0 - self.max_alpha) | (est.spread < _OPAQUE_SPREAD)).astype(
@@ -351,7 +356,7 @@ class RestoreEngine(Engine):
             # Masked pixels in parts of the mask without the mark, off the estimated domain (a
             # mask unlike the others), or off an image of the batch (not estimated), are
             # inpainted.
-            usable = (ok | unmarked) & with_mark & solver.known
+            usable = (ok | unmarked) & with_mark & solver.known & whole.known
             out[i] = _invert_on_image(images[i], box, placements[i], beta, offset, usable)
         return out
 
@@ -455,30 +460,33 @@ class RestoreEngine(Engine):
         return est, errors, ghost_scores(stack, est, solver, min_beta=min_beta), True
 
     def _parts_with_mark(
-        self, batch: tuple[list[int], np.ndarray, BlendEstimate, np.ndarray], solver: GridSolver
+        self, stack: np.ndarray, est: BlendEstimate, solver: GridSolver
     ) -> np.ndarray:
-        """The connected parts of the mask (HxW bool) that carry the mark, or lie next to it.
+        """The pixels of the mask (HxW bool) that belong to the mark or its surroundings.
 
-        A part with enough clearly marked pixels carries the mark if inverting it weakens the
-        edges there in a typical image (the median ghost score of the part) about as much as
-        in the mark's typical part: an estimate over a part without the mark (an object masked
-        apart from it) can be far from "no mark", but inverting it weakens little or prints a
-        ghost. Parts within ``_NEAR`` of those (the mark's other letters, however they score,
-        the opaque parts of a logo) are taken with the mark; the rest is something else to
-        erase.
+        Each connected part of the mask with enough clearly marked pixels carries the mark if
+        inverting it weakens the edges there in a typical image (the median ghost score of
+        the part) about as much as in the mark's typical part: an estimate over a part
+        without the mark (an object masked apart from it) can be far from "no mark", but
+        inverting it weakens little or prints a ghost. Those parts are the mark's, however far
+        they reach. So are the pixels within ``_NEAR`` of clearly marked ones in chains of parts
+        each within about ``_NEAR`` of the next (the mark's letters that score worse, the
+        opaque parts of a logo, where the score means nothing). The rest is something else to
+        erase. If no part has enough clearly marked pixels (a mark of many small parts), the
+        pixels within ``_NEAR`` of clearly marked ones are the mark's.
         """
-        _, stack, est, _ = batch
         domain = solver.domain
         count, labels, stats, _ = cv2.connectedComponentsWithStats(
             domain.astype(np.uint8), connectivity=8
         )
         marked = _clearly_marked(est, domain)
+        near = domain & _near(marked)
         held = np.bincount(labels[marked], minlength=count)[1:]
         enough = held >= np.maximum(
             _MIN_MARKED_PIXELS, _MIN_MARKED_SHARE * stats[1:, cv2.CC_STAT_AREA]
         )
         if not enough.any():
-            return np.zeros(domain.shape, dtype=bool)
+            return near
         scores = np.median(ghost_scores(stack, est, solver, 1.0 - self.max_alpha, labels), 0)
         # The typical part: the median score over the clearly marked pixels of the parts that
         # have enough of them. Free fits of four JPEG images gave parts over no mark 0.72-0.82
@@ -488,12 +496,11 @@ class RestoreEngine(Engine):
         typical = float(scores[order[int(np.searchsorted(weight, weight[-1] / 2))]])
         limit = min(_NO_MARK_SCORE, max(_PART_SCORE_FLOOR, _PART_SCORE_RATIO * typical))
         carries = np.concatenate([[False], enough & (scores <= limit)])[labels]
-        # Chains of parts each within about _NEAR of the next (the letters of a text) are one
-        # group: where the mask, widened by half that on every side, is connected.
+        # Chains of parts: where the mask, widened by half of _NEAR on every side, is connected.
         size = _NEAR + 1
         widened = cv2.dilate(domain.astype(np.uint8), np.ones((size, size), np.uint8))
-        _, groups = cv2.connectedComponents(widened, connectivity=8)
-        return domain & np.isin(groups, np.unique(groups[carries]))
+        _, chains = cv2.connectedComponents(widened, connectivity=8)
+        return carries | (near & np.isin(chains, np.unique(chains[carries])))
 
     def _invertible(
         self,
@@ -717,6 +724,12 @@ def _single_recovery(
     ry0, _, rx0, _ = rec.box
     sl = (slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0))
     return _Recovery(box=box, pixels=rec.pixels[sl], usable=rec.usable[sl])
+
+
+def _near(marked: np.ndarray) -> np.ndarray:
+    """Pixels within ``_NEAR`` of marked ones (HxW bool)."""
+    size = 2 * _NEAR + 1
+    return cv2.dilate(marked.astype(np.uint8), np.ones((size, size), np.uint8)) > 0
 
 
 def _clearly_marked(est: BlendEstimate, domain: np.ndarray) -> np.ndarray:
