@@ -319,13 +319,11 @@ class RestoreEngine(Engine):
         if solver is not whole:  # judge the mask's parts again, with the final estimate
             with_mark = self._parts_with_mark(batch[1], batch[2], whole)
         elif narrowing_failed:  # far from the mark the whole mask's estimate is only noise
-            with_mark &= _near(_clearly_marked(batch[2], domain))
+            with_mark &= _within(_clearly_marked(batch[2], domain), _NEAR)
         used, stack, est, errors = batch
         # Next to (nearly) opaque pixels the ratio fits have no signal: keep a margin.
-        opaque = ((est.beta < 1.0 - self.max_alpha) | (est.spread < _OPAQUE_SPREAD)).astype(
-            np.uint8
-        )
-        confident_alpha = cv2.dilate(opaque, np.ones((5, 5), np.uint8)) == 0
+        opaque = (est.beta < 1.0 - self.max_alpha) | (est.spread < _OPAQUE_SPREAD)
+        confident_alpha = ~_within(opaque, 2)
         offset = est.offset
         # Masked pixels around the mark that it does not reach (masks are drawn with a margin,
         # or as a box) are left as they are: inverting an estimate of "no mark" would only add
@@ -345,7 +343,7 @@ class RestoreEngine(Engine):
         beta = np.where(unmarked, 1.0, est.beta).astype(np.float32)
         offset = np.where(unmarked[..., None], 0.0, offset).astype(np.float32)
         # Where to measure each image's noise: off the mark, away from the grid's border.
-        outside = cv2.dilate(domain.astype(np.uint8), np.ones((3, 3), np.uint8)) == 0
+        outside = ~_within(domain, 1)
         outside[:1], outside[-1:], outside[:, :1], outside[:, -1:] = False, False, False, False
         outside &= valid
         plan = _fill_plan(domain, valid)
@@ -480,7 +478,7 @@ class RestoreEngine(Engine):
             domain.astype(np.uint8), connectivity=8
         )
         marked = _clearly_marked(est, domain)
-        near = domain & _near(marked)
+        near = domain & _within(marked, _NEAR)
         held = np.bincount(labels[marked], minlength=count)[1:]
         enough = held >= np.maximum(
             _MIN_MARKED_PIXELS, _MIN_MARKED_SHARE * stats[1:, cv2.CC_STAT_AREA]
@@ -497,8 +495,7 @@ class RestoreEngine(Engine):
         limit = min(_NO_MARK_SCORE, max(_PART_SCORE_FLOOR, _PART_SCORE_RATIO * typical))
         carries = np.concatenate([[False], enough & (scores <= limit)])[labels]
         # Chains of parts: where the mask, widened by half of _NEAR on every side, is connected.
-        size = _NEAR + 1
-        widened = cv2.dilate(domain.astype(np.uint8), np.ones((size, size), np.uint8))
+        widened = _within(domain, _NEAR // 2).astype(np.uint8)
         _, chains = cv2.connectedComponents(widened, connectivity=8)
         return carries | (near & np.isin(chains, np.unique(chains[carries])))
 
@@ -581,7 +578,7 @@ class RestoreEngine(Engine):
         r = self.align_radius
         if r <= 0:
             return placements, crops
-        near = cv2.dilate(domain.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        near = _within(domain, 2)
         box = mask_bbox(near)
         assert box is not None
         y0, y1, x0, x1 = box
@@ -726,10 +723,10 @@ def _single_recovery(
     return _Recovery(box=box, pixels=rec.pixels[sl], usable=rec.usable[sl])
 
 
-def _near(marked: np.ndarray) -> np.ndarray:
-    """Pixels within ``_NEAR`` of marked ones (HxW bool)."""
-    size = 2 * _NEAR + 1
-    return cv2.dilate(marked.astype(np.uint8), np.ones((size, size), np.uint8)) > 0
+def _within(pixels: np.ndarray, radius: int) -> np.ndarray:
+    """Pixels at most ``radius`` away (in x and in y) from the given ones (HxW bool)."""
+    size = 2 * radius + 1
+    return cv2.dilate(pixels.astype(np.uint8), np.ones((size, size), np.uint8)) > 0
 
 
 def _clearly_marked(est: BlendEstimate, domain: np.ndarray) -> np.ndarray:
@@ -750,11 +747,9 @@ def _narrowed(est: BlendEstimate, domain: np.ndarray, with_mark: np.ndarray) -> 
     """
     opaque = est.spread < _OPAQUE_SPREAD
     marked = ((est.beta < 1.0 - _MARKED_ALPHA) | opaque) & domain & with_mark
-    marked = marked.astype(np.uint8)
 
     def around(margin: int) -> np.ndarray:
-        size = 2 * margin + 1
-        return domain & with_mark & (cv2.dilate(marked, np.ones((size, size), np.uint8)) > 0)
+        return domain & with_mark & _within(marked, margin)
 
     if not marked.any() or around(_TIGHT_MARGIN).sum() > (1.0 - _LOOSE_SHARE) * domain.sum():
         return None
