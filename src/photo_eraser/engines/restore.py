@@ -292,44 +292,10 @@ class RestoreEngine(Engine):
         batch = self._estimate(crops, candidates, solver, exact, exact_only)
         if batch is None:
             return None
-        # A loose mask (a box or a broad brush around the mark): the estimate takes the
-        # domain's border as unmarked and integrates across all of it, so far from the mark it
-        # only adds noise, and the exact fit breaks down. Estimate again on the mark and a thin
-        # margin (twice: a first estimate over a loose mask finds a few stray marked pixels);
-        # the rest of the mask is taken as unmarked.
         whole = solver
-        with_mark, limit = self._parts_with_mark(batch[1], batch[2], whole)
-        narrowed_to = with_mark
-        narrowing_failed = False
-        for _ in range(_NARROWING_ROUNDS):
-            tight = _narrowed(batch[2], solver.domain, narrowed_to)
-            if tight is None:
-                break
-            # Narrowing must not drop a faint part of the mark (found by its offset alone):
-            # where inverting the estimate weakens the edges of what it would drop about as
-            # much as in the mark's parts, it keeps the mask as it is.
-            dropped = (solver.domain & ~tight).astype(np.int32)
-            scores = ghost_scores(batch[1], batch[2], solver, 1.0 - self.max_alpha, dropped)
-            if float(np.median(scores)) <= limit:
-                break
-            log.info(
-                "restore: the mask reaches well beyond the mark, estimating around the mark",
-                extra={
-                    "engine": self.name,
-                    "mask_pixels": int(solver.domain.sum()),
-                    "narrowed_pixels": int(tight.sum()),
-                },
-            )
-            narrow = GridSolver(tight, valid)
-            again = self._estimate(crops, candidates, narrow, exact, exact_only)
-            if again is None:
-                narrowing_failed = solver is whole
-                break
-            batch, solver, narrowed_to = again, narrow, tight
-        if solver is not whole:  # judge the mask's parts again, with the final estimate
-            with_mark = self._parts_with_mark(batch[1], batch[2], whole)[0]
-        elif narrowing_failed:  # far from the mark the whole mask's estimate is only noise
-            with_mark &= _within(_clearly_marked(batch[2], domain), _NEAR)
+        batch, solver, with_mark = self._around_the_mark(
+            batch, whole, crops, candidates, exact, exact_only
+        )
         used, stack, est, errors = batch
         # Next to (nearly) opaque pixels the ratio fits have no signal: keep a margin.
         opaque = (est.beta < 1.0 - self.max_alpha) | (est.spread < _OPAQUE_SPREAD)
@@ -363,12 +329,64 @@ class RestoreEngine(Engine):
             assert box is not None
             # Masked pixels in parts of the mask without the mark, off the estimated domain (a
             # mask unlike the others), or off an image of the batch (not estimated), are
-            # inpainted.
-            # Grid pixels off the mask count as usable: an image's pixels at the mask's edge are
-            # resampled from both sides of it on a scaled grid or an image of another size.
+            # inpainted. Grid pixels off the mask count as usable: an image's pixels at the
+            # mask's edge are resampled from both sides of it (a scaled grid, another size).
             usable = (ok | unmarked) & (with_mark | ~domain) & solver.known & whole.known
             out[i] = _invert_on_image(images[i], box, placements[i], beta, offset, usable)
         return out
+
+    def _around_the_mark(
+        self,
+        batch: tuple[list[int], np.ndarray, BlendEstimate, np.ndarray],
+        whole: GridSolver,
+        crops: dict[int, np.ndarray],
+        candidates: Sequence[int],
+        exact: Sequence[bool],
+        exact_only: bool,
+    ) -> tuple[tuple[list[int], np.ndarray, BlendEstimate, np.ndarray], GridSolver, np.ndarray]:
+        """The estimate narrowed to the mark if the mask is loose, its solver, and the mask's
+        pixels that belong to the mark or its surroundings (``_parts_with_mark``).
+
+        A loose mask (a box or a broad brush around the mark): the estimate takes the domain's
+        border as unmarked and integrates across all of it, so far from the mark it only adds
+        noise, and the exact fit breaks down. Estimate again on the mark and a thin margin
+        (twice: a first estimate over a loose mask finds a few stray marked pixels); the rest
+        of the mask is taken as unmarked.
+        """
+        solver, domain = whole, whole.domain
+        with_mark, limit = self._parts_with_mark(batch[1], batch[2], whole)
+        narrowed_to = with_mark
+        narrowing_failed = False
+        for _ in range(_NARROWING_ROUNDS):
+            tight = _narrowed(batch[2], solver.domain, narrowed_to)
+            if tight is None:
+                break
+            # Narrowing must not drop a faint part of the mark (found by its offset alone):
+            # where inverting the estimate weakens the edges of what it would drop about as
+            # much as in the mark's parts, it keeps the mask as it is.
+            dropped = (solver.domain & ~tight).astype(np.int32)
+            scores = ghost_scores(batch[1], batch[2], solver, 1.0 - self.max_alpha, dropped)
+            if float(np.median(scores)) <= limit:
+                break
+            log.info(
+                "restore: the mask reaches well beyond the mark, estimating around the mark",
+                extra={
+                    "engine": self.name,
+                    "mask_pixels": int(solver.domain.sum()),
+                    "narrowed_pixels": int(tight.sum()),
+                },
+            )
+            narrow = GridSolver(tight, whole.valid)
+            again = self._estimate(crops, candidates, narrow, exact, exact_only)
+            if again is None:
+                narrowing_failed = solver is whole
+                break
+            batch, solver, narrowed_to = again, narrow, tight
+        if solver is not whole:  # judge the mask's parts again, with the final estimate
+            with_mark = self._parts_with_mark(batch[1], batch[2], whole)[0]
+        elif narrowing_failed:  # far from the mark the whole mask's estimate is only noise
+            with_mark &= _within(_clearly_marked(batch[2], domain), _NEAR)
+        return batch, solver, with_mark
 
     def _each_alone(
         self,
