@@ -299,8 +299,10 @@ class _EdgeFit:
     """
 
     def __init__(self, values: np.ndarray, solver: GridSolver) -> None:
-        self.y = values[:, :, solver.ea]
-        self.x = values[:, :, solver.eb]
+        # Indexing the last axis leaves the edges outermost in memory; the sums over channels
+        # below run several times faster on C-ordered copies.
+        self.y = np.ascontiguousarray(values[:, :, solver.ea])
+        self.x = np.ascontiguousarray(values[:, :, solver.eb])
         # Centre once so the float32 moment sums below do not cancel catastrophically.
         self.y_mean = self.y.mean(axis=1)
         self.x_mean = self.x.mean(axis=1)
@@ -315,10 +317,11 @@ class _EdgeFit:
         centred on the whole batch's means, which every use here allows."""
         sub = object.__new__(_EdgeFit)
         keep = slice(None) if edges is None else edges
-        sub.y, sub.x = self.y[:, images][:, :, keep], self.x[:, images][:, :, keep]
-        sub.y_mean, sub.x_mean = self.y_mean[:, keep], self.x_mean[:, keep]
-        sub.xx, sub.yy = self.xx[images][:, keep], self.yy[images][:, keep]
-        sub.xy = self.xy[images][:, keep]
+        c = np.ascontiguousarray  # as in __init__
+        sub.y, sub.x = c(self.y[:, images][:, :, keep]), c(self.x[:, images][:, :, keep])
+        sub.y_mean, sub.x_mean = c(self.y_mean[:, keep]), c(self.x_mean[:, keep])
+        sub.xx, sub.yy = c(self.xx[images][:, keep]), c(self.yy[images][:, keep])
+        sub.xy = c(self.xy[images][:, keep])
         return sub
 
     def slope(self, w: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
@@ -375,6 +378,12 @@ def batch_median(a: np.ndarray, axis: int) -> np.ndarray:
     s = np.sort(a, axis=axis)
     n = a.shape[axis]
     return (np.take(s, (n - 1) // 2, axis=axis) + np.take(s, n // 2, axis=axis)) * 0.5
+
+
+def channel_mean(a: np.ndarray) -> np.ndarray:
+    """Mean over the last axis of 3 colour channels; equal to ``a.mean(axis=-1)`` and many
+    times faster (numpy reduces a short last axis slowly)."""
+    return (a[..., 0] + a[..., 1] + a[..., 2]) / a.dtype.type(3)
 
 
 def _robust_mean(a: np.ndarray, iterations: int = 2) -> np.ndarray:
@@ -953,7 +962,7 @@ def ghost_scores(
     With ``parts`` (HxW int, the part of the domain each pixel belongs to, ``0`` off it) the
     score is taken per part: N x P for parts ``1..P``.
     """
-    values = solver.gather(stack).mean(axis=2)
+    values = channel_mean(solver.gather(stack))
     beta = solver.gather(est.beta)
     offset = solver.gather(est.offset).mean(axis=1)
     spread = solver.gather(est.spread)

@@ -26,6 +26,7 @@ from photo_eraser.engines._watermark import (
     BlendEstimate,
     GridSolver,
     batch_median,
+    channel_mean,
     estimate_blend,
     ghost_scores,
     jackknife_groups,
@@ -546,13 +547,13 @@ class RestoreEngine(Engine):
         from a smooth interpolation of the pixels around the mask (what an inpainter can at
         best reproduce).
         """
-        grey = np.ascontiguousarray(crop.mean(axis=2))
+        grey = channel_mean(crop)
         # After an exact fit the images are lossless: rounding to whole grey levels is the only
         # noise added after the mark (the photo's own fine texture is not noise here).
         noise = _ROUNDING_NOISE if est.exact else _noise_level(grey, outside)
         inv_err2 = _local_mean(jack**2) + (noise / est.beta) ** 2
         # The blend is linear per channel, so the grey recovered photo is the inverted grey.
-        recovered = grey / est.beta - est.u.mean(axis=2)
+        recovered = grey / est.beta - channel_mean(est.u)
         detail2 = _local_mean((recovered - _interpolate_from_outside(recovered, plan)) ** 2)
         fill_err2 = np.maximum(detail2 - inv_err2, 0.0)
         return inv_err2 <= np.maximum(self.max_error**2, self.error_ratio**2 * fill_err2)
