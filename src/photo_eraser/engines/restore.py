@@ -86,8 +86,6 @@ _GHOST_LIMIT = 1.25
 """Ghost score (see ``ghost_scores``) above which an image is taken as not carrying the mark."""
 _OPAQUE_SPREAD = 0.1
 """Pixels varying over the batch less than this share of their surroundings are opaque."""
-_OPAQUE_BETA = 0.02
-"""``beta`` given to the opaque pixels left out of an estimate (as the estimate's lower clamp)."""
 _EXACT_ONLY_IMAGES = 3
 """Smallest lossless batch estimated together, with the exact-blend fit only."""
 _ROUNDING_NOISE = float(np.sqrt(1 / 12))
@@ -305,20 +303,9 @@ class RestoreEngine(Engine):
         batch = self._estimate(crops, candidates, solver, exact, exact_only)
         if batch is None:
             return None
-        # Opaque pixels tell nothing of the blend, and their ratio fits (no signal) and offsets
-        # (W / beta) spill into their neighbours' estimate: estimate again without them.
-        left_out = solver.domain & (batch[2].spread < _OPAQUE_SPREAD)
-        again = None
-        if left_out.sum() >= _MIN_MARKED_PIXELS:
-            around = GridSolver(domain, valid & ~left_out)
-            again = self._estimate(crops, candidates, around, exact, exact_only, left_out)
-        if again is None:
-            left_out = None
-        else:
-            batch, solver = again, around
         whole = solver
         batch, solver, with_mark = self._around_the_mark(
-            batch, whole, crops, candidates, exact, exact_only, left_out
+            batch, whole, crops, candidates, exact, exact_only
         )
         used, stack, est, errors = batch
         # Next to (nearly) opaque pixels the ratio fits have no signal: keep a margin.
@@ -367,7 +354,6 @@ class RestoreEngine(Engine):
         candidates: Sequence[int],
         exact: Sequence[bool],
         exact_only: bool,
-        left_out: np.ndarray | None,
     ) -> tuple[tuple[list[int], np.ndarray, BlendEstimate, np.ndarray], GridSolver, np.ndarray]:
         """The estimate narrowed to the mark if the mask is loose, its solver, and the mask's
         pixels that belong to the mark or its surroundings (``_parts_with_mark``).
@@ -408,7 +394,7 @@ class RestoreEngine(Engine):
                 },
             )
             narrow = GridSolver(tight, whole.valid)
-            again = self._estimate(crops, candidates, narrow, exact, exact_only, left_out)
+            again = self._estimate(crops, candidates, narrow, exact, exact_only)
             if again is None:
                 narrowing_failed = solver is whole
                 break
@@ -465,14 +451,11 @@ class RestoreEngine(Engine):
         solver: GridSolver,
         lossless: Sequence[bool],
         exact_only: bool = False,
-        opaque: np.ndarray | None = None,
     ) -> tuple[list[int], np.ndarray, BlendEstimate, np.ndarray] | None:
         """Estimate the blend from the images that carry the mark; ``None`` if too few do.
 
         Returns the images used, their crops, the estimate and its per-image jackknife errors.
-        ``exact_only``: ``None`` as well unless the exact-blend fit holds. ``opaque``: pixels
-        a first estimate found opaque, left out of ``solver``'s domain; the estimate marks
-        them opaque again.
+        ``exact_only``: ``None`` as well unless the exact-blend fit holds.
         """
         fewest = _EXACT_ONLY_IMAGES if exact_only else self.min_images
         used = list(candidates)
@@ -515,13 +498,6 @@ class RestoreEngine(Engine):
                     "exact_blend_model": est.exact,
                     "exact_fit_found_no_mark": gave_way,
                 },
-            )
-        if opaque is not None:
-            est = BlendEstimate(
-                np.where(opaque, _OPAQUE_BETA, est.beta).astype(np.float32),
-                est.u,
-                np.where(opaque, 0.0, est.spread).astype(np.float32),
-                est.exact,
             )
         return used, stack, est, errors
 
