@@ -964,7 +964,7 @@ def ghost_scores(
     """
     values = channel_mean(solver.gather(stack))
     beta = solver.gather(est.beta)
-    offset = solver.gather(est.offset).mean(axis=1)
+    offset = channel_mean(solver.gather(est.offset))
     spread = solver.gather(est.spread)
     ea, eb = solver.ea, solver.eb
     # The mark's edges: steps of its colour or of its opacity (a black mark has no colour).
@@ -973,7 +973,7 @@ def ghost_scores(
     weight *= (np.minimum(beta[ea], beta[eb]) >= min_beta) & (
         np.minimum(spread[ea], spread[eb]) >= 0.1
     )
-    inverted = values / beta - solver.gather(est.u).mean(axis=1)
+    inverted = values / beta - channel_mean(solver.gather(est.u))
     weight_after = weight * 0.5 * (beta[ea] + beta[eb])
     if parts is not None:  # one column of weights per part (sparse: each edge is in one)
         node_part = solver.gather(parts)
