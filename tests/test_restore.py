@@ -820,3 +820,23 @@ def test_around_an_opaque_mark_the_drifting_offset_is_not_inverted(fmt: str, off
     ours = _psnr(np.stack([r.image for r in results]), np.stack(photos), np.stack([mask] * 4))
     theirs = _psnr(np.stack([t.image for t in telea]), np.stack(photos), np.stack([mask] * 4))
     assert ours > theirs + 1.5
+
+
+def test_a_faint_line_does_not_keep_six_lossless_images_from_the_exact_fit(caplog) -> None:
+    """The faint line's margin made the first narrowed mask one the exact fit refused, and the
+    second round found too little left to narrow: the batch stayed on the free fit (33.8 dB
+    over the box, where the code before faint parts reached 40.4). Now the second round trims
+    a lossless batch left on the free fit once more: 41.1 dB, exact fit."""
+    bold = _coverage()
+    canvas = np.zeros((H, W), np.uint8)
+    cv2.putText(canvas, "www.stock-photos.example", (40, 118), cv2.FONT_HERSHEY_SIMPLEX, 0.6, 255)
+    line = canvas.astype(np.float32) / 255
+    box = _box_around(np.maximum(bold, line), 8)
+    photos = _crops(8, seed=7)[:6]
+    stamped = _stamp(photos, np.maximum(0.5 * bold, 0.06 * line), np.full((H, W, 3), 255.0))
+    with caplog.at_level("INFO", logger="photo_eraser.engines.restore"):
+        results = _engine().restore(stamped, [box] * 6, lossless=[True] * 6)
+    exact = [r.exact_blend_model for r in caplog.records if hasattr(r, "exact_blend_model")]
+    assert exact[-1] is True
+    ours = _psnr(np.stack([r.image for r in results]), np.stack(photos), np.stack([box] * 6))
+    assert ours > 38.0

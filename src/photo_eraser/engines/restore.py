@@ -328,7 +328,13 @@ class RestoreEngine(Engine):
         # Near opaque pixels a free fit's offset drifts (from their ``W / beta``, with beta
         # near 0): there the opacity alone says whether a pixel is marked. (Trusting the drift
         # had put an opaque white text under a 6-px mask 0.9 dB below Telea with 4 images.)
-        drifting = _within(opaque, _NEAR)
+        # (A few stray "opaque" pixels of a rough fit over a semi-transparent mark are not an
+        # opaque part: only components of at least ``_MIN_MARKED_PIXELS`` count.)
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(
+            opaque.astype(np.uint8), connectivity=8
+        )
+        big = np.concatenate([[False], stats[1:, cv2.CC_STAT_AREA] >= _MIN_MARKED_PIXELS])
+        drifting = _within(big[labels], _NEAR)
         unmarked = (
             (est.beta > 1.0 - most_alpha)
             & ((np.abs(offset).max(axis=2) < most_offset) | drifting)
@@ -383,6 +389,16 @@ class RestoreEngine(Engine):
                 # only when narrowing is due: it inverts the batch once more.
                 faint = self._faint_parts(batch, whole) & with_mark
                 tight = _narrowed(batch[2], solver.domain, narrowed_to, faint)
+            if (
+                tight is None
+                and round_ > 0
+                and not batch[2].exact
+                and all(exact[i] for i in batch[0])
+            ):
+                # A lossless batch still on the free fit after narrowing once (the faint parts'
+                # margin can keep the exact fit from holding): trim to the free fit's margin
+                # once more, however little that leaves out.
+                tight = _narrowed(batch[2], solver.domain, narrowed_to, faint, force=True)
             if tight is None:
                 break
             # Narrowing must not drop a faint part of the mark (found by its offset alone):
@@ -402,6 +418,14 @@ class RestoreEngine(Engine):
             )
             narrow = GridSolver(tight, whole.valid)
             again = self._estimate(crops, candidates, narrow, exact, exact_only)
+            if again is None and faint.any():
+                # The faint parts may be what spoiled it (false ones in the drift around an
+                # opaque mark take in pixels the images disagree on): narrow without them.
+                faint = np.zeros_like(faint)
+                without = _narrowed(batch[2], solver.domain, narrowed_to, faint)
+                if without is not None:
+                    tight, narrow = without, GridSolver(without, whole.valid)
+                    again = self._estimate(crops, candidates, narrow, exact, exact_only)
             if again is None:
                 narrowing_failed = solver is whole
                 break
@@ -815,12 +839,16 @@ def _clearly_marked(est: BlendEstimate, domain: np.ndarray) -> np.ndarray:
 
 
 def _narrowed(
-    est: BlendEstimate, domain: np.ndarray, with_mark: np.ndarray, faint: np.ndarray
+    est: BlendEstimate,
+    domain: np.ndarray,
+    with_mark: np.ndarray,
+    faint: np.ndarray,
+    force: bool = False,
 ) -> np.ndarray | None:
     """The mask cut down to its parts with the mark, their clearly marked pixels, the mark's
     ``faint`` parts (``_faint_parts``) and a margin around them, if more than ``_LOOSE_SHARE``
     of it lies beyond ``_TIGHT_MARGIN`` of those pixels (a loose mask, or parts without the
-    mark); else ``None``.
+    mark), or with ``force`` if that leaves anything out; else ``None``.
 
     The mark is where the estimate finds opacity (its offset alone is not enough: next to an
     opaque mark the free fit's offset drifts far into a loose mask), or where pixels hardly vary
@@ -832,9 +860,14 @@ def _narrowed(
     def around(margin: int) -> np.ndarray:
         return domain & with_mark & _within(marked, margin)
 
-    if not marked.any() or around(_TIGHT_MARGIN).sum() > (1.0 - _LOOSE_SHARE) * domain.sum():
+    if not marked.any():
         return None
-    return around(_TIGHT_MARGIN if est.exact else _TIGHT_MARGIN_FREE)
+    tight = around(_TIGHT_MARGIN if est.exact else _TIGHT_MARGIN_FREE)
+    if force:  # a lossless batch left on a free fit: trim the free fit's margin once more
+        return tight if tight.sum() < domain.sum() else None
+    if around(_TIGHT_MARGIN).sum() > (1.0 - _LOOSE_SHARE) * domain.sum():
+        return None
+    return tight
 
 
 def _faint_candidates(est: BlendEstimate, domain: np.ndarray) -> np.ndarray:
