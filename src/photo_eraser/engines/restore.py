@@ -325,11 +325,11 @@ class RestoreEngine(Engine):
             if est.exact
             else (_UNMARKED_ALPHA, _UNMARKED_OFFSET)
         )
-        # Near opaque pixels a free fit's offset drifts (from their ``W / beta``, with beta
-        # near 0): there the opacity alone says whether a pixel is marked. (Trusting the drift
-        # had put an opaque white text under a 6-px mask 0.9 dB below Telea with 4 images.)
-        # (A few stray "opaque" pixels of a rough fit over a semi-transparent mark are not an
-        # opaque part: only components of at least ``_MIN_MARKED_PIXELS`` count.)
+        # Near opaque areas a free fit's offset drifts (from their ``W / beta``, with beta
+        # near 0): there the opacity alone says whether a pixel is marked (trusting the drift
+        # had put an opaque white text under a 6-px mask 0.9 dB below Telea with 4 images).
+        # A few stray "opaque" pixels of a rough fit over a semi-transparent mark are no such
+        # area: only groups of at least ``_MIN_MARKED_PIXELS`` count.
         count, labels, stats, _ = cv2.connectedComponentsWithStats(
             opaque.astype(np.uint8), connectivity=8
         )
@@ -373,9 +373,9 @@ class RestoreEngine(Engine):
 
         A loose mask (a box or a broad brush around the mark): the estimate takes the domain's
         border as unmarked and integrates across all of it, so far from the mark it only adds
-        noise, and the exact fit breaks down. Estimate again on the mark and a thin margin
-        (twice: a first estimate over a loose mask finds a few stray marked pixels); the rest
-        of the mask is taken as unmarked.
+        noise, and the exact fit breaks down. Estimate again on the mark, its faint parts
+        (``_faint_parts``) and a thin margin (twice: a first estimate over a loose mask finds a
+        few stray marked pixels); the rest of the mask is taken as unmarked.
         """
         solver, domain = whole, whole.domain
         with_mark, limit = self._parts_with_mark(batch[1], batch[2], whole)
