@@ -451,8 +451,7 @@ class RestoreEngine(Engine):
         groups = _faint_candidates(est, solver.domain)
         if not groups.any():
             return groups > 0
-        inverted = np.stack([est.invert(crop) for crop in stack])
-        correction = np.median(np.sqrt(channel_mean((stack - inverted) ** 2)), axis=0)
+        correction = np.median(np.sqrt(channel_mean((stack - est.invert(stack)) ** 2)), axis=0)
         confidence = correction / (np.median(errors, axis=0) + _ROUNDING_NOISE)
         inside = groups > 0
         typical = ndimage.median(confidence[inside], groups[inside], np.arange(1, groups.max() + 1))
@@ -838,6 +837,12 @@ def _clearly_marked(est: BlendEstimate, domain: np.ndarray) -> np.ndarray:
     )
 
 
+def _marked_by_opacity(est: BlendEstimate) -> np.ndarray:
+    """Grid pixels where the estimate finds opacity (alpha >= ``_MARKED_ALPHA``), or that hardly
+    vary over the batch (under an opaque mark the ratio fits have no signal)."""
+    return (est.beta < 1.0 - _MARKED_ALPHA) | (est.spread < _OPAQUE_SPREAD)
+
+
 def _narrowed(
     est: BlendEstimate,
     domain: np.ndarray,
@@ -854,8 +859,7 @@ def _narrowed(
     opaque mark the free fit's offset drifts far into a loose mask), or where pixels hardly vary
     over the batch (under an opaque mark the ratio fits have no signal).
     """
-    opaque = est.spread < _OPAQUE_SPREAD
-    marked = (((est.beta < 1.0 - _MARKED_ALPHA) | opaque) & domain & with_mark) | (faint & domain)
+    marked = (_marked_by_opacity(est) & domain & with_mark) | (faint & domain)
 
     def around(margin: int) -> np.ndarray:
         return domain & with_mark & _within(marked, margin)
@@ -883,7 +887,7 @@ def _faint_candidates(est: BlendEstimate, domain: np.ndarray) -> np.ndarray:
     background = np.stack([cv2.medianBlur(offset[..., c], 5) for c in range(3)], axis=-1)
     alpha = 1.0 - est.beta
     contrasts = ((offset - background).max(axis=2), alpha - cv2.medianBlur(alpha, 5))
-    strong = (est.beta < 1.0 - _MARKED_ALPHA) | (est.spread < _OPAQUE_SPREAD)
+    strong = _marked_by_opacity(est)
     # A mask drawn tight may leave too few such pixels: then the floors are the scales (a
     # faint part clearly marked by its offset stands out from them).
     away = domain & ~_within(_clearly_marked(est, domain) | strong, 3)
