@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,7 +17,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from photo_eraser import __version__
 from photo_eraser.api.auth import RateLimiter, authenticate
-from photo_eraser.api.errors import CODE_TABLE, ApiError, Code, envelope
+from photo_eraser.api.body import parse_json_object, read_body
+from photo_eraser.api.errors import CODE_TABLE, ApiError, Code, InternalErrorMiddleware, envelope
 from photo_eraser.api.schemas import CreateTaskRequest, ResultData, ResultItem, check_http_url
 from photo_eraser.config import Settings
 from photo_eraser.engines.base import EngineUnavailable
@@ -56,6 +56,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=API_DESCRIPTION,
         lifespan=lifespan,
+        # "/v3/pic/rw/batch/" is a 404 envelope, not a redirect to a Location built from the
+        # client's own Host header.
+        redirect_slashes=False,
     )
     app.state.service = service
     _install_error_handlers(app)
@@ -85,7 +88,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Create a task: up to 20 image URLs, one mask, a priority 0..9. Returns its task_id."""
         appkey = await asyncio.to_thread(authenticate, authorization, service.store)
         limiter.check(appkey)
-        body = _parse_body(await _read_body(request, settings.max_body_bytes))
+        raw = await read_body(request, settings.max_body_bytes)
+        body = await asyncio.to_thread(parse_json_object, raw)
         try:
             req = CreateTaskRequest.model_validate(body)
         except ValidationError as exc:
@@ -210,32 +214,6 @@ async def _file_chunks(path: Path, chunk: int = 1 << 20) -> AsyncIterator[bytes]
             yield data
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """Read at most ``limit`` bytes; a longer body (declared or streamed) is a 413."""
-    too_large = ApiError(Code.BODY_TOO_LARGE, f"request body exceeds {limit} bytes")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _parse_body(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(Code.MALFORMED_JSON, "body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise ApiError(Code.MALFORMED_JSON, "body must be a JSON object")
-    return body
-
-
 def _validation_message(exc: ValidationError) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"]) or "body"
@@ -261,7 +239,6 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
         return envelope(code, str(exc.detail), headers=getattr(exc, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def _internal(_request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", exc_info=exc)
-        return envelope(Code.INTERNAL, "internal error")
+    # Not app.exception_handler(Exception): Starlette runs that one in its outermost middleware,
+    # which re-raises after answering, and the server then drops the kept-alive connection.
+    app.add_middleware(InternalErrorMiddleware)

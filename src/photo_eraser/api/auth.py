@@ -23,8 +23,9 @@ def authenticate(header: str | None, store: TaskStore) -> str:
             Code.MISSING_CREDENTIALS, "Authorization must be 'Basic base64(appkey:appsecret)'"
         )
     try:
+        # A str with non-ASCII characters (header bytes arrive as latin-1) is a ValueError.
         decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except (binascii.Error, ValueError):
         raise ApiError(Code.INVALID_CREDENTIALS, "Authorization is not valid base64") from None
     appkey, sep, appsecret = decoded.partition(":")
     if not sep or not store.verify_key(appkey, appsecret):

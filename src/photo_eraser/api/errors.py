@@ -6,10 +6,14 @@ always matches the code's class (``code // 100``).
 
 from __future__ import annotations
 
+import logging
 from enum import IntEnum
 from typing import Any
 
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
 
 
 class Code(IntEnum):
@@ -68,3 +72,35 @@ def envelope(
         status_code=code.http_status,
         headers=headers,
     )
+
+
+class InternalErrorMiddleware:
+    """Turn an exception no handler took into the 500 envelope, and keep the connection usable.
+
+    Pure ASGI (no ``BaseHTTPMiddleware``: it would buffer streamed result files). If the
+    response had already started, the exception is re-raised: the server must then drop the
+    connection, as the client has a partial response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except Exception:
+            log.exception("unhandled error", extra={"path": scope.get("path", "")})
+            if started:
+                raise
+            response = envelope(Code.INTERNAL, "internal error; the request may be retried")
+            await response(scope, receive, send)

@@ -35,4 +35,6 @@ class UrlSigner:
 
     def verify(self, key: str, expires: int, signature: str, now: float | None = None) -> bool:
         now = time.time() if now is None else now
-        return expires >= now and hmac.compare_digest(self.signature(key, expires), signature)
+        # compare_digest refuses non-ASCII str, and a signature is a hex string: compare bytes.
+        given = signature.encode("utf-8", "surrogateescape")
+        return expires >= now and hmac.compare_digest(self.signature(key, expires).encode(), given)

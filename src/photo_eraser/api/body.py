@@ -1,0 +1,91 @@
+"""Reading and parsing the JSON body of a create request, with our own 4xx for each way it
+can be wrong (too large, not JSON, nested too deep, a key given twice, not an object)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import Request
+
+from photo_eraser.api.errors import ApiError, Code
+
+MAX_DEPTH = 32
+"""Deepest nesting of arrays/objects accepted. The request has two levels; the limit only keeps
+a hostile body from costing recursion (json.loads raises RecursionError near 1000 levels)."""
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Read at most ``limit`` bytes; a longer body (declared or streamed) is a 413."""
+    too_large = ApiError(Code.BODY_TOO_LARGE, f"request body exceeds {limit} bytes")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """The body as a dict; 400 if it is not one JSON object with unique keys."""
+    if _nesting_depth(raw) > MAX_DEPTH:
+        raise ApiError(Code.MALFORMED_JSON, f"body is nested deeper than {MAX_DEPTH} levels")
+    try:
+        body = json.loads(raw, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise ApiError(
+            Code.MALFORMED_JSON, f"body has the key {exc.key!r} more than once"
+        ) from None
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise ApiError(Code.MALFORMED_JSON, "body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(Code.MALFORMED_JSON, "body must be a JSON object")
+    return body
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` refusing a repeated key: JSON parsers disagree on which one wins,
+    so a proxy and this server could read two different requests from the same bytes."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _nesting_depth(raw: bytes) -> int:
+    """Bracket nesting outside strings, a linear scan that cannot recurse: above `MAX_DEPTH`
+    once it goes deeper than that (it stops there), otherwise at most `MAX_DEPTH`."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return 0  # too few brackets to be too deep: skip the scan (most requests)
+    depth = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > MAX_DEPTH:
+                return depth
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return depth

@@ -1,0 +1,171 @@
+"""Hostile requests found by attacking the running service: each is answered with the
+documented 4xx envelope, never a 500, and never breaks the kept-alive connection."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from photo_eraser.api.errors import InternalErrorMiddleware
+from tests.helpers import ApiClient, ServerProcess, free_port
+
+FUTURE = int(time.time()) + 3600
+
+
+def exchange(port: int, requests: list[bytes]) -> list[tuple[int, dict]]:
+    """Send ``requests`` one after another on ONE connection; (status, JSON body) of each.
+
+    Fails if the server closes the connection before every request is answered."""
+    answers = []
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        stream = sock.makefile("rb")
+        for request in requests:
+            sock.sendall(request)
+            status_line = stream.readline()
+            assert status_line, "the server closed the connection"
+            status = int(status_line.split()[1])
+            length = 0
+            while (line := stream.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode("latin-1").partition(":")
+                if name.lower() == "content-length":
+                    length = int(value)
+                assert name.lower() != "connection" or "close" not in value.lower(), line
+            answers.append((status, json.loads(stream.read(length)) if length else {}))
+    return answers
+
+
+def http(method: str, path: str, headers: dict[str, bytes] | None = None, body: bytes = b"") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1".encode(), b"Host: 127.0.0.1"]
+    lines += [name.encode() + b": " + value for name, value in (headers or {}).items()]
+    lines += [b"Content-Length: " + str(len(body)).encode(), b"", b""]
+    return b"\r\n".join(lines) + body
+
+
+def basic(client: ApiClient) -> bytes:
+    return client.http.headers["Authorization"].encode()
+
+
+HEALTH = http("GET", "/healthz")
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_non_ascii_signature_is_403_and_keeps_the_connection(
+    server: ServerProcess, method: str
+) -> None:
+    path = f"/v3/pic/rw/files/results/x/0.png?expires={FUTURE}&signature=%C3%A9"
+    request = http(method, path)
+    if method == "HEAD":  # no body to read: check the status alone, then the next request
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(request)
+            assert sock.recv(65536).split(b"\r\n", 1)[0].endswith(b"403 Forbidden")
+        return
+    (status, body), (health, _) = exchange(server.port, [request, HEALTH])
+    assert (status, body["code"], health) == (403, 40301, 200)
+
+
+@pytest.mark.parametrize("value", [b"Basic \xc3\xa9\xc3\xa9", b"\xff\xfe", b"Basic YTpi\xe9"])
+def test_non_ascii_authorization_is_401(server: ServerProcess, value: bytes) -> None:
+    request = http("GET", "/v3/pic/rw/result/abc", {"Authorization": value})
+    (status, body), (health, _) = exchange(server.port, [request, HEALTH])
+    assert status == 401 and body["code"] in (40101, 40102)
+    assert health == 200
+
+
+@pytest.mark.parametrize("depth", [40, 900, 2000, 100_000])
+def test_deeply_nested_json_is_400(server: ServerProcess, client: ApiClient, depth: int) -> None:
+    nested = b"[" * depth + b"]" * depth
+    for raw in (nested, b'{"images": ' + nested + b', "mask": "x", "priority": 1}'):
+        request = http("POST", "/v3/pic/rw/batch", {"Authorization": basic(client)}, raw)
+        (status, body), (health, _) = exchange(server.port, [request, HEALTH])
+        assert (status, body["code"], health) == (400, 40002, 200), body
+        assert "nested deeper" in body["msg"]
+
+
+def test_shallow_brackets_in_strings_do_not_count(client: ApiClient) -> None:
+    """Positive control for the depth check: brackets inside strings are data, not nesting."""
+    mask = "https://a.example/" + "[" * 100 + ".png"
+    r = client.create(["https://a.example/x.png"], mask)
+    assert r.status_code == 200, r.text
+
+
+def test_duplicate_keys_are_400(client: ApiClient) -> None:
+    body = b'{"images": ["https://a.example/x.png"], "mask": "https://a.example/m.png", '
+    r = client.http.post("/v3/pic/rw/batch", content=body + b'"priority": 99, "priority": 1}')
+    assert r.status_code == 400 and r.json()["code"] == 40002
+    assert "'priority' more than once" in r.json()["msg"]
+    nested = b'{"images": ["https://a.example/x.png"], "mask": "m", "priority": 1, "x": {"a": 1, "a": 2}}'
+    assert client.http.post("/v3/pic/rw/batch", content=nested).status_code == 400
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "65536"])
+def test_invalid_ports_are_400(client: ApiClient, port: str) -> None:
+    r = client.create([f"https://a.example:{port}/x.png"], "https://a.example/m.png")
+    assert r.status_code == 400 and r.json()["msg"].startswith("images.0: port")
+    r = client.create(["https://a.example/x.png"], f"https://a.example:{port}/m.png")
+    assert r.status_code == 400 and r.json()["msg"].startswith("mask: port")
+    # Positive control: the highest valid port is accepted.
+    assert client.create(["https://a.example:65535/x.png"], "https://a.example/m.png").is_success
+
+
+def test_trailing_slash_is_a_404_envelope_not_a_redirect(
+    server: ServerProcess, client: ApiClient
+) -> None:
+    request = http(
+        "POST", "/v3/pic/rw/batch/", {"Authorization": basic(client), "Host": b"evil.example"}
+    )
+    (status, body), (health, _) = exchange(server.port, [request, HEALTH])
+    assert (status, body["code"], health) == (404, 40401, 200)
+    assert "evil.example" not in json.dumps(body)
+
+
+@pytest.fixture
+def crashing_server() -> Iterator[int]:
+    """A real uvicorn serving an app whose route raises, behind our middleware."""
+    app = FastAPI()
+    app.add_middleware(InternalErrorMiddleware)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    @app.get("/ok")
+    async def ok() -> dict[str, int]:
+        return {"code": 0}
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_config=None, lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield port
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_an_internal_error_is_a_500_envelope_and_keeps_the_connection(crashing_server: int) -> None:
+    (status, body), (after, ok) = exchange(
+        crashing_server, [http("GET", "/boom"), http("GET", "/ok")]
+    )
+    assert status == 500 and body == {
+        "code": 50001,
+        "msg": "internal error; the request may be retried",
+        "data": {},
+    }
+    assert (after, ok) == (200, {"code": 0})
+
+
+def test_basic_credentials_with_non_utf8_are_401(server: ServerProcess) -> None:
+    token = base64.b64encode(b"\xff\xfe:\xff").decode()
+    request = http("GET", "/v3/pic/rw/result/x", {"Authorization": f"Basic {token}".encode()})
+    [(status, body)] = exchange(server.port, [request])
+    assert (status, body["code"]) == (401, 40102)
