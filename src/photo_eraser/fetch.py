@@ -44,6 +44,7 @@ __all__ = ["FetchError", "Fetcher", "is_public_address", "parse_url"]
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215
 _USER_AGENT = "photo-eraser/0.1 (+image download)"
 
 
@@ -67,11 +68,65 @@ def parse_url(url: str) -> httpx.URL:
         raise FetchError("URL has no host")
     if parsed.userinfo:
         raise FetchError("URLs with credentials (user:password@) are not accepted")
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:
+        raise FetchError(f"port {parsed.port} is not a valid TCP port (1 to 65535)")
     return parsed.copy_with(fragment=None)
 
 
+# The default policy refuses what is not globally reachable (RFC 6890 and the IANA IPv4/IPv6
+# Special-Purpose Address Registries). ``ipaddress``'s ``is_global`` is checked too, but it is
+# incomplete and differs between Python versions (3.11's IPv6 ``is_global`` is only ``not
+# is_private``, which lets site-local fec0::/10 and reserved space through): these lists decide.
+_IPV4_REFUSED = tuple(
+    ipaddress.IPv4Network(net)
+    for net in (
+        "0.0.0.0/8",  # "this network"
+        "10.0.0.0/8",  # private-use
+        "100.64.0.0/10",  # shared address space (CGNAT)
+        "127.0.0.0/8",  # loopback
+        "169.254.0.0/16",  # link-local (cloud metadata)
+        "172.16.0.0/12",  # private-use
+        # IETF protocol assignments, refused whole: also 192.0.0.9/32 (PCP anycast) and
+        # 192.0.0.10/32 (TURN anycast), which IANA marks globally reachable; no image host
+        # lives on a protocol anycast address.
+        "192.0.0.0/24",
+        "192.0.2.0/24",  # documentation (TEST-NET-1)
+        "192.88.99.0/24",  # deprecated 6to4 relay anycast
+        "192.168.0.0/16",  # private-use
+        "198.18.0.0/15",  # benchmarking
+        "198.51.100.0/24",  # documentation (TEST-NET-2)
+        "203.0.113.0/24",  # documentation (TEST-NET-3)
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved
+        "255.255.255.255/32",  # limited broadcast
+    )
+)
+# IPv6: only global unicast can be reachable at all. Everything outside it is refused:
+# ::/8 (loopback, unspecified, IPv4-compatible, discard 100::/64, ...), reserved space such as
+# 4000::/3 and 5f00::/16 (SRv6 SIDs), fc00::/7 unique-local, fe80::/10 link-local, fec0::/10
+# site-local (deprecated, RFC 3879), ff00::/8 multicast. Only the IPv4-mapped and NAT64
+# 64:ff9b::/96 forms, judged by their IPv4 address, are exempt.
+_IPV6_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
+# Special-purpose blocks inside 2000::/3 that are not globally reachable.
+_IPV6_REFUSED = tuple(
+    ipaddress.IPv6Network(net)
+    for net in (
+        # IETF protocol assignments (Teredo, benchmarking, ORCHID, ...), refused whole: also
+        # the sub-blocks IANA marks globally reachable (PCP/TURN/DNS-SD anycast, AMT, AS112-v6,
+        # ORCHIDv2, DETs), which are service addresses or identifiers, never image hosts.
+        "2001::/23",
+        "2001:db8::/32",  # documentation
+        "3fff::/20",  # documentation
+    )
+)
+
+
 def _embedded_addresses(ip: IPAddress) -> list[IPAddress]:
-    """The address itself plus any IPv4 address an IPv6 address carries inside it."""
+    """The address itself plus any IPv4 address an IPv6 address carries inside it.
+
+    Where a connection to the IPv6 address may end up at the IPv4 one (IPv4-mapped,
+    IPv4-compatible, 6to4, Teredo, NAT64), the IPv4 address must pass the policy as well.
+    """
     found: list[IPAddress] = [ip]
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
@@ -82,25 +137,37 @@ def _embedded_addresses(ip: IPAddress) -> list[IPAddress]:
             found.extend(ip.teredo)
         if ip in _NAT64 or int(ip) >> 32 == 0:
             found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        if ip in _LOCAL_NAT64:
+            # The operator picks the prefix length (48, 56, 64 or 96 bits inside the /48) and
+            # it is not visible in the address: every RFC 6052 (section 2.2) layout counts.
+            n = int(ip)
+            found.extend(
+                ipaddress.IPv4Address(v4)
+                for v4 in (
+                    ((n >> 64) & 0xFFFF) << 16 | (n >> 40) & 0xFFFF,  # /48
+                    ((n >> 64) & 0xFF) << 24 | (n >> 32) & 0xFFFFFF,  # /56
+                    (n >> 24) & 0xFFFFFFFF,  # /64
+                    n & 0xFFFFFFFF,  # /96
+                )
+            )
     return found
 
 
 def is_public_address(ip: IPAddress) -> bool:
-    """The default policy: True only for globally routable unicast addresses."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return is_public_address(ip.ipv4_mapped)
-    for addr in _embedded_addresses(ip):
-        if (
-            addr.is_loopback
-            or addr.is_private
-            or addr.is_link_local
-            or addr.is_multicast
-            or addr.is_reserved
-            or addr.is_unspecified
-            or not addr.is_global
-        ):
-            return False
-    return True
+    """The default policy: True only for globally reachable unicast addresses.
+
+    Refused: whatever ``ipaddress`` does not call global, plus the ranges listed above that it
+    misses (RFC 6890 and the IANA special-purpose registries; IPv6 outside 2000::/3). An IPv6
+    address carrying an IPv4 address that a connection reaches (IPv4-mapped, 6to4, NAT64
+    64:ff9b::/96) is judged by that IPv4 address: the IPv6 form is only another way to reach it.
+    """
+    if isinstance(ip, ipaddress.IPv4Address):
+        return ip.is_global and not any(ip in net for net in _IPV4_REFUSED)
+    if ip.ipv4_mapped is not None or ip.sixtofour is not None or ip in _NAT64:
+        return all(is_public_address(addr) for addr in _embedded_addresses(ip)[1:])
+    if ip not in _IPV6_GLOBAL_UNICAST or any(ip in net for net in _IPV6_REFUSED):
+        return False
+    return ip.is_global and all(is_public_address(a) for a in _embedded_addresses(ip)[1:])
 
 
 class _HostSlots:
