@@ -45,10 +45,12 @@ def serve(host: str | None, port: int | None, workers: int | None, data_dir: Pat
 
     from photo_eraser import logs
     from photo_eraser.api.app import create_app
+    from photo_eraser.memory import return_large_blocks_to_os
     from photo_eraser.service import open_store
 
     settings = load_settings(data_dir, host=host, port=port, workers=workers)
     logs.configure()
+    return_large_blocks_to_os()
     store = open_store(settings)
     if settings.create_demo_key and not store.list_keys():
         appkey, appsecret = store.create_key("demo")
@@ -161,7 +163,7 @@ def erase(
     )
     try:
         registry.check(engine)
-        mask = decode_mask(mask_path.read_bytes(), settings.max_image_bytes)
+        mask = decode_mask(mask_path.read_bytes(), settings.max_image_bytes, max_side=settings.max_side)
     except (EngineError, MaskError) as exc:
         raise click.ClickException(str(exc)) from None
     decoded, names, failed = [], [], 0

@@ -14,6 +14,7 @@ import numpy as np
 
 from photo_eraser.engines.base import Engine, Restored
 from photo_eraser.imaging import (
+    DEFAULT_MAX_SIDE,
     LOSSLESS_FORMATS,
     DecodedImage,
     EncodedImage,
@@ -88,11 +89,23 @@ class MaskCache:
     """Decoded masks by content hash: shops send the same mask with every task, so it is
     decoded once (checked at creation, reused by the worker). Arrays are read-only."""
 
-    def __init__(self, max_bytes: int, size: int = 32, max_held: int = 256 << 20) -> None:
+    def __init__(
+        self,
+        max_bytes: int,
+        size: int = 32,
+        max_held: int = 128 << 20,
+        *,
+        max_side: int = DEFAULT_MAX_SIDE,
+        concurrent: int = 2,
+    ) -> None:
         self.max_bytes = max_bytes
+        self.max_side = max_side
         self.size = size
         self.max_held = max_held
-        """Bytes of decoded masks kept at most (a mask may be 8192x8192 = 64 MiB)."""
+        """Bytes of decoded masks kept at most (a 5000x5000 mask holds 25 MB)."""
+        self._decoding = threading.BoundedSemaphore(concurrent)
+        """Decodes at once: each may briefly take 4 bytes a pixel (150 MB at 5000x5000), and
+        every create request with an inline mask decodes it, so they wait their turn."""
         self._held = 0
         self._masks: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
@@ -104,7 +117,8 @@ class MaskCache:
             if digest in self._masks:
                 self._masks.move_to_end(digest)
                 return self._masks[digest]
-        mask = decode_mask(data, self.max_bytes)
+        with self._decoding:
+            mask = decode_mask(data, self.max_bytes, max_side=self.max_side)
         mask.flags.writeable = False
         with self._lock:
             if digest not in self._masks:

@@ -61,7 +61,7 @@ class Service:
             threads=_engine_threads(settings),
             restore_exact_fit=settings.restore_exact_fit,
         )
-        self.masks = MaskCache(settings.max_image_bytes)
+        self.masks = MaskCache(settings.max_image_bytes, max_side=settings.max_side)
         self.wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []

@@ -10,6 +10,7 @@ from photo_eraser.imaging.codec import DecodedImage, EncodedImage, decode_image,
 from photo_eraser.imaging.formats import ACCEPTED_FORMATS, LOSSLESS_FORMATS, sniff_format
 from photo_eraser.imaging.limits import ImageError, ImageInfo, ImageLimits, probe
 from photo_eraser.imaging.mask import (
+    DEFAULT_MAX_SIDE,
     MaskError,
     MaskSource,
     decode_mask,
@@ -19,6 +20,7 @@ from photo_eraser.imaging.mask import (
 
 __all__ = [
     "ACCEPTED_FORMATS",
+    "DEFAULT_MAX_SIDE",
     "LOSSLESS_FORMATS",
     "DecodedImage",
     "EncodedImage",

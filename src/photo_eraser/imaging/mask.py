@@ -33,7 +33,7 @@ from photo_eraser.imaging.formats import ACCEPTED_FORMATS, header_size, sniff_fo
 from photo_eraser.imaging.limits import read_orientation, upright
 from photo_eraser.sizes import format_size
 
-__all__ = ["MaskError", "MaskSource", "decode_mask", "fit_mask", "parse_mask_field"]
+__all__ = ["DEFAULT_MAX_SIDE", "MaskError", "MaskSource", "decode_mask", "fit_mask", "parse_mask_field"]
 
 MASK_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
 _LOSSY_FORMATS = frozenset({"JPEG", "WEBP"})
@@ -85,8 +85,16 @@ def parse_mask_field(value: str) -> MaskSource:
     return MaskSource(data=_decode_base64(text))
 
 
-def decode_mask(data: bytes, max_bytes: int, *, max_side: int = 8192) -> np.ndarray:
-    """Decode mask image bytes to a bool HxW array (True = restore); raise `MaskError`."""
+DEFAULT_MAX_SIDE = 5000
+"""A mask may be as large as the largest image accepted (``PHOTO_ERASER_MAX_SIDE``)."""
+
+
+def decode_mask(data: bytes, max_bytes: int, *, max_side: int = DEFAULT_MAX_SIDE) -> np.ndarray:
+    """Decode mask image bytes to a bool HxW array (True = restore); raise `MaskError`.
+
+    Memory: the size is checked from the header before anything is decoded, and only one
+    8-bit plane is taken from the decoded image (at most 4 bytes a pixel while decoding, one
+    after), so a 5000x5000 RGBA mask peaks near 150 MB and holds 25 MB."""
     if not data:
         raise MaskError("mask is empty")
     if len(data) > max_bytes:
@@ -98,12 +106,12 @@ def decode_mask(data: bytes, max_bytes: int, *, max_side: int = 8192) -> np.ndar
             if fmt
             else "mask is not an image (use PNG, JPEG or BMP)"
         )
-    too_large = f"is above {max_side}x{max_side}"
+    too_large = f"is above {max_side}x{max_side} (the largest image size accepted)"
     size = header_size(data, fmt) if fmt in ACCEPTED_FORMATS else None
     if size is not None and max(size) > max_side:
         raise MaskError(f"mask resolution {size[0]}x{size[1]} {too_large}")
     try:
-        image = Image.open(BytesIO(data), formats=[fmt])
+        image = Image.open(BytesIO(data), formats=[fmt])  # reads the header only
     except Image.DecompressionBombError:
         raise MaskError(f"mask resolution {too_large}") from None
     except Exception:  # Pillow raises many types on malformed headers
@@ -118,11 +126,12 @@ def decode_mask(data: bytes, max_bytes: int, *, max_side: int = 8192) -> np.ndar
             image.load()
         except Exception:  # Pillow raises OSError, SyntaxError, ValueError, zlib.error, ...
             raise MaskError("mask image is truncated or corrupt") from None
-        marked = _marked_pixels(
-            upright(image, orientation), _LOSSY_THRESHOLD if fmt in _LOSSY_FORMATS else 0
-        )
+        marked = _marked_pixels(image, _LOSSY_THRESHOLD if fmt in _LOSSY_FORMATS else 0)
     if not marked.any():
         raise MaskError("mask marks no pixels (white or non-zero pixels mark the area)")
+    if orientation > 1:
+        turned = upright(Image.fromarray(marked.view(np.uint8)), orientation)
+        marked = np.asarray(turned).astype(bool)
     return marked
 
 
@@ -139,15 +148,25 @@ def fit_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def _marked_pixels(image: Image.Image, threshold: int) -> np.ndarray:
-    if image.mode in _ALPHA_MODES or "transparency" in image.info:
-        alpha = np.asarray(image.convert("RGBA"))[:, :, 3]
+    """Which pixels the mask marks, from one 8-bit plane at a time (never a float copy)."""
+    if image.mode == "P" or ("transparency" in image.info and image.mode not in _ALPHA_MODES):
+        # Palette and colour-keyed images: their alpha exists only once expanded.
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in _ALPHA_MODES:
+        alpha = np.asarray(image.getchannel(len(image.getbands()) - 1))  # "A" or "a"
         if alpha.min() < 255:
             return alpha > threshold
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         return np.asarray(image) > 0
-    if image.mode == "L":
-        return np.asarray(image) > threshold
-    return np.asarray(image.convert("RGB")).max(axis=2) > threshold
+    if image.mode in ("L", "1"):
+        return np.asarray(image.convert("L")) > threshold
+    if image.mode not in ("RGB", "RGBA"):
+        image = image.convert("RGB")
+    # Brightest channel above the threshold = any channel above it.
+    marked = np.asarray(image.getchannel(0)) > threshold
+    for band in (1, 2):
+        marked |= np.asarray(image.getchannel(band)) > threshold
+    return marked
 
 
 def _decode_data_uri(text: str) -> bytes:
