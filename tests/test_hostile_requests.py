@@ -42,7 +42,9 @@ def exchange(port: int, requests: list[bytes]) -> list[tuple[int, dict]]:
     return answers
 
 
-def http(method: str, path: str, headers: dict[str, bytes] | None = None, body: bytes = b"") -> bytes:
+def http(
+    method: str, path: str, headers: dict[str, bytes] | None = None, body: bytes = b""
+) -> bytes:
     lines = [f"{method} {path} HTTP/1.1".encode(), b"Host: 127.0.0.1"]
     lines += [name.encode() + b": " + value for name, value in (headers or {}).items()]
     lines += [b"Content-Length: " + str(len(body)).encode(), b"", b""]

@@ -42,14 +42,14 @@ def peak_rss_during(server: ServerProcess, burst: list[str], client: ApiClient) 
     Path(f"/proc/{server.proc.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
     before = field("VmHWM")
     with ThreadPoolExecutor(len(burst)) as pool:
-        responses = list(
-            pool.map(lambda m: client.create(["https://a.example/x.png"], m), burst)
-        )
+        responses = list(pool.map(lambda m: client.create(["https://a.example/x.png"], m), burst))
     return field("VmHWM") - before, responses
 
 
 @pytest.fixture(scope="module")
-def accept_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, ApiClient]]:
+def accept_only(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[ServerProcess, ApiClient]]:
     server = ServerProcess(
         tmp_path_factory.mktemp("mask-memory"),
         PHOTO_ERASER_WORKERS="0",

@@ -65,6 +65,12 @@ class Settings(BaseSettings):
         description="let `restore` fit an exact blend on all-lossless (PNG/BMP) batches",
     )
     create_demo_key: bool = True
+    min_free_disk_mb: int = Field(
+        default=256,
+        ge=0,
+        description="below this free space on the data directory the server is degraded: "
+        "/healthz answers 503, new tasks are refused with 503 and no new task starts; 0 = off",
+    )
 
     @property
     def models_path(self) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 
 # uvicorn adds an ANSI-coloured copy of each message; one plain copy is enough.
@@ -29,9 +30,40 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def configure(level: str = "INFO") -> None:
+class RepeatFilter(logging.Filter):
+    """Let a warning or error through once per ``interval`` seconds per cause (logger, message
+    and exception type); the next one that passes carries ``repeats``, the count held back.
+
+    A full disk or a database that went away fails every poll, claim and sweep: a line a
+    second per loop would bury the first one, which says what happened."""
+
+    def __init__(self, interval: float = 60.0) -> None:
+        super().__init__()
+        self.interval = interval
+        self._seen: dict[tuple[str, str, str], tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        exc_type = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else ""
+        cause = (record.name, str(record.msg), exc_type)
+        now = time.monotonic()
+        with self._lock:
+            last, held = self._seen.get(cause, (-self.interval, 0))
+            if now - last < self.interval:
+                self._seen[cause] = (last, held + 1)
+                return False
+            self._seen[cause] = (now, 0)
+        if held:
+            record.repeats = held
+        return True
+
+
+def configure(level: str = "INFO", repeat_interval: float = 60.0) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(RepeatFilter(repeat_interval))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -18,6 +18,7 @@ from statistics import mean
 from typing import TextIO
 
 from photo_eraser.config import Settings, usable_cores
+from photo_eraser.disk import DiskMonitor
 from photo_eraser.engines.registry import EngineRegistry
 from photo_eraser.fetch import Fetcher
 from photo_eraser.pipeline import MaskCache
@@ -61,6 +62,7 @@ class Service:
             threads=_engine_threads(settings),
             restore_exact_fit=settings.restore_exact_fit,
         )
+        self.disk = DiskMonitor(settings.data_dir, settings.min_free_disk_mb)
         self.masks = MaskCache(settings.max_image_bytes, max_side=settings.max_side)
         self.wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -91,7 +93,7 @@ class Service:
         self.fetcher = Fetcher.from_settings(s)
         self._cpu = ThreadPoolExecutor(max_workers=max(1, s.workers), thread_name_prefix="cpu")
         ctx = WorkerContext(
-            s, self.store, self.blobs, self.fetcher, self.engines, self._cpu, self.masks
+            s, self.store, self.blobs, self.fetcher, self.engines, self._cpu, self.masks, self.disk
         )
         self._ctx = ctx
         self._stop.clear()

@@ -21,6 +21,7 @@ from photo_eraser.api.body import parse_json_object, read_body
 from photo_eraser.api.errors import CODE_TABLE, ApiError, Code, InternalErrorMiddleware, envelope
 from photo_eraser.api.schemas import CreateTaskRequest, ResultData, ResultItem, check_http_url
 from photo_eraser.config import Settings
+from photo_eraser.disk import DISK_FULL_REASON, is_disk_full
 from photo_eraser.engines.base import EngineUnavailable
 from photo_eraser.imaging import MaskError, MaskSource, parse_mask_field
 from photo_eraser.pipeline import MaskCache
@@ -33,6 +34,8 @@ API_DESCRIPTION = (
     "Photo Eraser batch API. Every response is `{code, msg, data}`; HTTP status = code // 100.\n\n"
     + "\n".join(f"- `{int(c)}`: {text}" for c, text in CODE_TABLE.items())
 )
+
+DISK_RETRY_SECONDS = 60
 
 AuthHeader = Annotated[str | None, Header(alias="Authorization")]
 
@@ -71,6 +74,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "lost the database lease to another server, which now runs the tasks; this one "
                 "no longer does (stop it: it can start again once the other has stopped)",
             )
+        disk = await asyncio.to_thread(service.disk.state)
+        if disk.low:
+            return envelope(
+                Code.UNAVAILABLE,
+                f"degraded: {disk.describe()}; new tasks are refused until space is freed",
+                data={"status": "degraded", "disk_free_bytes": disk.free_bytes},
+            )
         return envelope(Code.OK, data={"status": "ok", "engines": service.engines.availability()})
 
     @app.post(
@@ -106,16 +116,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             mask = await asyncio.to_thread(_check_mask, req.mask, service.masks)
         except MaskError as exc:
             raise ApiError(Code.BAD_PARAMETER, f"mask: {exc}") from None
-        task_id = await asyncio.to_thread(
-            service.store.create_task,
-            appkey=appkey,
-            urls=req.images,
-            priority=req.priority,
-            engine=req.engine,
-            mask_url=mask.url,
-            mask_data=mask.data,
-            deadline_seconds=settings.task_deadline_seconds,
-        )
+        disk = await asyncio.to_thread(service.disk.state)
+        if disk.low:
+            raise ApiError(
+                Code.UNAVAILABLE,
+                f"not accepting new tasks: {disk.describe()}",
+                headers={"Retry-After": str(DISK_RETRY_SECONDS)},
+            )
+        try:
+            task_id = await asyncio.to_thread(
+                service.store.create_task,
+                appkey=appkey,
+                urls=req.images,
+                priority=req.priority,
+                engine=req.engine,
+                mask_url=mask.url,
+                mask_data=mask.data,
+                deadline_seconds=settings.task_deadline_seconds,
+            )
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            log.error("task not stored: disk full")
+            raise ApiError(
+                Code.UNAVAILABLE,
+                f"{DISK_FULL_REASON}: the task was not stored; retry later",
+                headers={"Retry-After": str(DISK_RETRY_SECONDS)},
+            ) from None
         service.wake.set()
         log.info(
             "task created",

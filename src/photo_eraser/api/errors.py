@@ -49,8 +49,8 @@ CODE_TABLE = {
     Code.BODY_TOO_LARGE: "the request body exceeds the configured limit",
     Code.RATE_LIMITED: "too many task creations for this key; retry after Retry-After seconds",
     Code.INTERNAL: "internal error; the request may be retried",
-    Code.UNAVAILABLE: "the server lost its database lease to another server and stopped working "
-    "on tasks (/healthz only)",
+    Code.UNAVAILABLE: "the server cannot take the request now: its disk is (nearly) full, or "
+    "(/healthz only) it lost its database lease; retry after Retry-After seconds",
 }
 
 

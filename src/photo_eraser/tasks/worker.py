@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from photo_eraser.config import Settings
+from photo_eraser.disk import DISK_FULL_REASON, DiskMonitor, is_disk_full
 from photo_eraser.engines.base import EngineError
 from photo_eraser.engines.registry import EngineRegistry
 from photo_eraser.fetch import Fetcher, FetchError
@@ -49,6 +51,8 @@ class WorkerContext:
     cpu: ThreadPoolExecutor
     """Decode, engine and encode run here, one thread per worker, apart from the API's threads."""
     masks: MaskCache
+    disk: DiskMonitor
+    """No new task starts while the data directory is low on space."""
     in_flight: set[int] = field(default_factory=set)
     """Primary keys of the tasks this process's workers hold right now."""
 
@@ -66,6 +70,12 @@ async def run_worker(
 ) -> None:
     """Process tasks until ``stop`` is set; sleep on ``wake`` (or a short poll) when idle."""
     while not stop.is_set():
+        disk = await asyncio.to_thread(ctx.disk.state)
+        if disk.low:
+            log.warning("not starting new tasks: disk space low", extra={"disk": disk.describe()})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            continue
         try:
             task = await _claim(ctx)
         except asyncio.CancelledError:
@@ -132,14 +142,21 @@ async def process_task(ctx: WorkerContext, task: TaskRecord, worker: str = "") -
     except EngineError as exc:
         # The per-image verdicts we already have (download or format failures) are kept.
         status, reason = TaskStatus.FAILED, str(exc)
-    except Exception:
-        log.exception("task crashed", extra=extra)
-        if task.attempts < ctx.settings.max_attempts:
-            await asyncio.to_thread(ctx.store.requeue, task.pk, "internal error; retrying")
-        else:
-            await asyncio.to_thread(
-                ctx.store.finish, task.pk, TaskStatus.FAILED, "internal error while processing"
+    except Exception as exc:
+        if is_disk_full(exc):
+            # Ours, not the input's: retried once space is freed (no task starts before).
+            log.error("task could not save its results: disk full", extra=extra)
+            retry, give_up = (
+                f"{DISK_FULL_REASON}; retrying",
+                f"{DISK_FULL_REASON}: results not saved",
             )
+        else:
+            log.exception("task crashed", extra=extra)
+            retry, give_up = "internal error; retrying", "internal error while processing"
+        if task.attempts < ctx.settings.max_attempts:
+            await asyncio.to_thread(ctx.store.requeue, task.pk, retry)
+        else:
+            await asyncio.to_thread(ctx.store.finish, task.pk, TaskStatus.FAILED, give_up)
         return
     # The images' verdicts and the task's status are written together (see TaskStore.finish).
     finished = await asyncio.to_thread(
