@@ -74,7 +74,7 @@ def test_low_disk_is_degraded_and_refuses_new_tasks_until_space_is_freed(
         assert health.status_code == 503, health.text
         assert health.json()["data"]["status"] == "degraded"
         assert "MB free on the data directory" in health.json()["msg"]
-        assert refused.status_code == 503 and refused.json()["code"] == 50301
+        assert refused.status_code == 503 and refused.json()["code"] == 50303
         assert "not accepting new tasks" in refused.json()["msg"]
         assert "MB free" in refused.json()["msg"] and refused.headers["Retry-After"] == "60"
         filler.unlink()

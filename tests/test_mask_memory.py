@@ -77,11 +77,12 @@ def test_a_mask_larger_than_any_image_is_refused_before_decoding(
 def test_concurrent_large_masks_are_decoded_within_a_bound(
     accept_only: tuple[ServerProcess, ApiClient],
 ) -> None:
-    """Six valid 5000x5000 RGBA masks at once: all accepted, and at most two are decoded at a
-    time, each from one 8-bit plane (the code before took about 2 GB here)."""
+    """Six valid 5000x5000 RGBA masks at once: all accepted, at most two decoded at a time
+    (about 170 MB each while decoding), and at most 128 MB of decoded masks kept: under
+    480 MiB in all (the code before: 715 MiB here, and 8192x8192 masks were accepted)."""
     server, client = accept_only
     burst = [b64(rgba_mask_png(5000, seed)) for seed in range(6)]
     growth, responses = peak_rss_during(server, burst, client)
     for r in responses:
         assert r.status_code == 200, r.text
-    assert growth < 420 * MiB, f"peak grew {growth / MiB:.0f} MiB"
+    assert growth < 480 * MiB, f"peak grew {growth / MiB:.0f} MiB"

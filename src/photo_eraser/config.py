@@ -64,6 +64,18 @@ class Settings(BaseSettings):
         default=True,
         description="let `restore` fit an exact blend on all-lossless (PNG/BMP) batches",
     )
+    max_pending_creates: int = Field(
+        default=1024,
+        ge=1,
+        description="task creations waiting to be stored at most; past it creates get 503 "
+        "with Retry-After instead of an ever longer wait",
+    )
+    max_open_tasks_per_key: int = Field(
+        default=1000,
+        ge=0,
+        description="unfinished (waiting or running) tasks one key may have; past it creates "
+        "get 429 with Retry-After, so one key cannot fill the queue; 0 = no cap",
+    )
     create_demo_key: bool = True
     min_free_disk_mb: int = Field(
         default=256,

@@ -21,9 +21,11 @@ from photo_eraser.config import Settings, usable_cores
 from photo_eraser.disk import DiskMonitor
 from photo_eraser.engines.registry import EngineRegistry
 from photo_eraser.fetch import Fetcher
+from photo_eraser.metrics import Metrics
 from photo_eraser.pipeline import MaskCache
 from photo_eraser.storage import LocalBlobStore, UrlSigner
 from photo_eraser.tasks.db import create_db_engine, migrate
+from photo_eraser.tasks.intake import TaskIntake
 from photo_eraser.tasks.status import TaskStatus
 from photo_eraser.tasks.store import TaskRecord, TaskStore
 from photo_eraser.tasks.worker import WorkerContext, run_worker
@@ -63,6 +65,12 @@ class Service:
             restore_exact_fit=settings.restore_exact_fit,
         )
         self.disk = DiskMonitor(settings.data_dir, settings.min_free_disk_mb)
+        self.intake = TaskIntake(
+            self.store,
+            max_pending=settings.max_pending_creates,
+            max_open_per_key=settings.max_open_tasks_per_key,
+        )
+        self.metrics = Metrics(self.store.queue_counts)
         self.masks = MaskCache(settings.max_image_bytes, max_side=settings.max_side)
         self.wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -84,7 +92,10 @@ class Service:
         except BaseException:
             self._release_data_dir_lock()
             raise
+        self.intake.start()
         requeued, failed = await asyncio.to_thread(self.store.recover_interrupted, s.max_attempts)
+        if requeued:
+            self.metrics.retries.labels("interrupted").inc(requeued)
         if requeued or failed:
             log.warning(
                 "recovered interrupted tasks", extra={"requeued": requeued, "failed": failed}
@@ -93,7 +104,15 @@ class Service:
         self.fetcher = Fetcher.from_settings(s)
         self._cpu = ThreadPoolExecutor(max_workers=max(1, s.workers), thread_name_prefix="cpu")
         ctx = WorkerContext(
-            s, self.store, self.blobs, self.fetcher, self.engines, self._cpu, self.masks, self.disk
+            s,
+            self.store,
+            self.blobs,
+            self.fetcher,
+            self.engines,
+            self._cpu,
+            self.masks,
+            self.disk,
+            self.metrics,
         )
         self._ctx = ctx
         self._stop.clear()
@@ -105,6 +124,7 @@ class Service:
         self._tasks.append(asyncio.create_task(self._keep_lease()))
 
     async def stop(self) -> None:
+        await asyncio.to_thread(self.intake.stop)  # every create it took is stored first
         self._stop.set()
         self.wake.set()
         for task in self._tasks:

@@ -29,8 +29,11 @@ class Code(IntEnum):
     METHOD_NOT_ALLOWED = 40501
     BODY_TOO_LARGE = 41301
     RATE_LIMITED = 42901
+    TOO_MANY_OPEN_TASKS = 42902
     INTERNAL = 50001
     UNAVAILABLE = 50301
+    BUSY = 50302
+    DISK_FULL = 50303
 
     @property
     def http_status(self) -> int:
@@ -49,8 +52,13 @@ CODE_TABLE = {
     Code.BODY_TOO_LARGE: "the request body exceeds the configured limit",
     Code.RATE_LIMITED: "too many task creations for this key; retry after Retry-After seconds",
     Code.INTERNAL: "internal error; the request may be retried",
-    Code.UNAVAILABLE: "the server cannot take the request now: its disk is (nearly) full, or "
-    "(/healthz only) it lost its database lease; retry after Retry-After seconds",
+    Code.TOO_MANY_OPEN_TASKS: "this key has as many unfinished tasks as it may "
+    "(PHOTO_ERASER_MAX_OPEN_TASKS_PER_KEY); retry after Retry-After seconds",
+    Code.UNAVAILABLE: "the server is shutting down, or (/healthz) lost its database lease",
+    Code.BUSY: "the server is shedding load: too many creates in flight; retry after "
+    "Retry-After seconds",
+    Code.DISK_FULL: "the server's disk is (nearly) full: no new task is accepted; retry after "
+    "Retry-After seconds (/healthz: degraded)",
 }
 
 

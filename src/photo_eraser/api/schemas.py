@@ -1,14 +1,19 @@
-"""Request and response bodies of the API (separate from storage tables)."""
+"""Request and response bodies of the API (separate from storage tables).
+
+The response models are what the OpenAPI document promises; the routes build their answers
+from them, so the document cannot drift from what is sent."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
+from photo_eraser.engines.registry import ENGINE_NAMES
 from photo_eraser.fetch import FetchError, parse_url
 
 MAX_URL_LENGTH = 2048
+MAX_IMAGES = 20
 
 
 def check_http_url(value: str) -> str:
@@ -22,26 +27,60 @@ def check_http_url(value: str) -> str:
     return value.strip()
 
 
+ImageUrl = Annotated[
+    StrictStr,
+    AfterValidator(check_http_url),
+    Field(
+        max_length=MAX_URL_LENGTH,
+        json_schema_extra={"format": "uri", "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://"},
+    ),
+]
+
+
 class CreateTaskRequest(BaseModel):
     """Body of ``POST /v3/pic/rw/batch``. Unknown fields are ignored."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", title="CreateTaskRequest")
 
     # Each URL is checked on its own, so an error names the entry: "images.2: ...".
-    images: list[Annotated[StrictStr, AfterValidator(check_http_url)]] = Field(
-        min_length=1, description="1 to 20 http(s) image URLs"
+    images: list[ImageUrl] = Field(
+        min_length=1,
+        max_length=MAX_IMAGES,
+        description="1 to 20 absolute http(s) image URLs (PNG, JPEG or BMP)",
     )
-    mask: StrictStr = Field(min_length=1, description="mask as a URL, raw base64 or data: URI")
-    priority: StrictInt = Field(ge=0, le=9, description="0 (lowest) to 9 (highest)")
-    engine: StrictStr = Field(
+    mask: StrictStr = Field(
+        min_length=1,
+        description="the mask: an http(s) URL, raw base64 of an image file, or a data: URI; "
+        "white / non-zero / opaque pixels mark the area to restore",
+    )
+    priority: StrictInt = Field(
+        ge=0, le=9, description="0 (lowest) to 9 (highest); a JSON integer, not 1.0 or '1'"
+    )
+    engine: Literal[ENGINE_NAMES] = Field(  # type: ignore[valid-type]
         default="auto", description="extension: auto, opencv, lama or restore"
     )
 
 
+class Envelope(BaseModel):
+    """Every response body: ``code`` 0 on success, else the error code; ``msg`` says why."""
+
+    code: int = Field(description="0, or an error code; HTTP status = code // 100")
+    msg: str
+    data: dict[str, Any] = Field(description="the result; {} on errors")
+
+
+class CreatedData(BaseModel):
+    task_id: str
+
+
+class Created(Envelope):
+    data: CreatedData  # type: ignore[assignment]
+
+
 class ResultItem(BaseModel):
-    image_result: str
-    status: str
-    reason: str
+    image_result: str = Field(description="signed URL of the result, or '' until it is done")
+    status: str = Field(description="1 waiting, 2 processing, 3 done, 4 failed")
+    reason: str = Field(description="why the image failed; '' otherwise")
     method: str | None = Field(
         default=None, description="extension: how the image was restored (engine name)"
     )
@@ -51,7 +90,35 @@ class ResultItem(BaseModel):
     )
 
 
+ResultItems = list[ResultItem]  # the field below is named "list", as in the seed contract
+
+
 class ResultData(BaseModel):
-    status: str
-    wait_time: str
-    list: list[ResultItem]
+    status: str = Field(
+        description="1 waiting, 2 in progress, 3 complete, 4 failed, 5 closed, 6 timed out"
+    )
+    wait_time: str = Field(description="seconds until the next useful poll; '0' when finished")
+    list: ResultItems = Field(description="one entry per input image, in input order")
+
+
+class Result(Envelope):
+    data: ResultData  # type: ignore[assignment]
+
+
+class ClosedData(BaseModel):
+    task_id: str
+    status: str = Field(description="the task's status after the call (5 if it was closed)")
+
+
+class Closed(Envelope):
+    data: ClosedData  # type: ignore[assignment]
+
+
+class HealthData(BaseModel):
+    status: Literal["ok", "degraded", "stopped"]
+    engines: dict[str, bool] | None = None
+    disk_free_bytes: int | None = None
+
+
+class Health(Envelope):
+    data: HealthData  # type: ignore[assignment]

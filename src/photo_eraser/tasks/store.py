@@ -37,6 +37,19 @@ class ImageRecord:
     recovered_share: float | None = None
 
 
+@dataclass(frozen=True)
+class NewTask:
+    """What a create request asks for; the store adds its id, status and times."""
+
+    appkey: str
+    urls: Sequence[str]
+    priority: int
+    engine: str
+    mask_url: str | None
+    mask_data: bytes | None
+    deadline_seconds: float
+
+
 @dataclass
 class TaskRecord:
     pk: int
@@ -142,34 +155,73 @@ class TaskStore:
         deadline_seconds: float,
     ) -> str:
         """Persist a new waiting task (committed before the caller answers 200)."""
-        task_id = str(uuid.uuid4())
-        now = time.time()
-        with self.engine.begin() as conn:
-            inserted = conn.execute(
-                tasks.insert().values(
-                    task_id=task_id,
-                    appkey=appkey,
-                    status=TaskStatus.WAITING,
-                    priority=priority,
-                    engine=engine,
-                    mask_url=mask_url,
-                    mask_data=mask_data,
-                    attempts=0,
-                    reason="",
-                    created_at=now,
-                    deadline_at=now + deadline_seconds,
-                )
-            ).inserted_primary_key
-            assert inserted is not None
-            pk = inserted[0]
-            conn.execute(
-                task_images.insert(),
-                [
-                    {"task_pk": pk, "idx": i, "url": u, "status": ImageStatus.WAITING, "reason": ""}
-                    for i, u in enumerate(urls)
-                ],
-            )
+        new = NewTask(appkey, urls, priority, engine, mask_url, mask_data, deadline_seconds)
+        task_id = self.create_tasks([new])[0]
+        assert task_id is not None  # no cap asked for
         return task_id
+
+    def create_tasks(self, new: Sequence[NewTask], max_open_per_key: int = 0) -> list[str | None]:
+        """Persist new waiting tasks in one transaction (one durable commit for all); their
+        task ids in order. With ``max_open_per_key``, a task whose key already has that many
+        unfinished tasks is not stored (``None`` in its place), checked in the same transaction.
+        """
+        now = time.time()
+        ids: list[str | None] = [str(uuid.uuid4()) for _ in new]
+        images = []
+        with self.engine.begin() as conn:
+            room = (
+                _room_per_key(conn, {t.appkey for t in new}, max_open_per_key)
+                if max_open_per_key
+                else {}
+            )
+            for i, task in enumerate(new):
+                if max_open_per_key:
+                    if room[task.appkey] <= 0:
+                        ids[i] = None
+                        continue
+                    room[task.appkey] -= 1
+                task_id = ids[i]
+                inserted = conn.execute(
+                    tasks.insert().values(
+                        task_id=task_id,
+                        appkey=task.appkey,
+                        status=TaskStatus.WAITING,
+                        priority=task.priority,
+                        engine=task.engine,
+                        mask_url=task.mask_url,
+                        mask_data=task.mask_data,
+                        attempts=0,
+                        reason="",
+                        created_at=now,
+                        deadline_at=now + task.deadline_seconds,
+                    )
+                ).inserted_primary_key
+                assert inserted is not None
+                images += [
+                    {
+                        "task_pk": inserted[0],
+                        "idx": i,
+                        "url": u,
+                        "status": ImageStatus.WAITING,
+                        "reason": "",
+                    }
+                    for i, u in enumerate(task.urls)
+                ]
+            if images:
+                conn.execute(task_images.insert(), images)
+        return ids
+
+    def queue_counts(self) -> tuple[dict[int, int], int]:
+        """(waiting tasks by priority, tasks in progress), for metrics."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(tasks.c.status, tasks.c.priority, sa.func.count())
+                .where(tasks.c.status.in_([TaskStatus.WAITING, TaskStatus.IN_PROGRESS]))
+                .group_by(tasks.c.status, tasks.c.priority)
+            ).all()
+        waiting = {r.priority: r[2] for r in rows if r.status == TaskStatus.WAITING}
+        running = sum(r[2] for r in rows if r.status == TaskStatus.IN_PROGRESS)
+        return waiting, running
 
     def get_task(self, task_id: str, appkey: str | None = None) -> TaskRecord | None:
         """Load a task with its images; with ``appkey``, only that key's task."""
@@ -577,6 +629,20 @@ class TaskStore:
                 .where(task_images.c.task_pk == pk, task_images.c.result_key.is_not(None))
                 .values(result_key=None, reason="result deleted after its retention period")
             )
+
+
+def _room_per_key(conn: sa.Connection, appkeys: set[str], cap: int) -> dict[str, int]:
+    """How many more unfinished tasks each key may have under ``cap``."""
+    rows = conn.execute(
+        sa.select(tasks.c.appkey, sa.func.count().label("open"))
+        .where(
+            tasks.c.appkey.in_(appkeys),
+            tasks.c.status.in_([TaskStatus.WAITING, TaskStatus.IN_PROGRESS]),
+        )
+        .group_by(tasks.c.appkey)
+    ).all()
+    open_ = {r.appkey: int(r.open) for r in rows}
+    return {key: cap - open_.get(key, 0) for key in appkeys}
 
 
 def _gave_up(max_attempts: int | None) -> str:

@@ -49,6 +49,7 @@ tasks = Table(
 )
 Index("ix_tasks_queue", tasks.c.status, tasks.c.priority, tasks.c.id)
 Index("ix_tasks_appkey", tasks.c.appkey)
+Index("ix_tasks_appkey_status", tasks.c.appkey, tasks.c.status)  # unfinished tasks per key
 Index("ix_tasks_finished_at", tasks.c.finished_at)
 
 task_images = Table(

@@ -25,6 +25,7 @@ from photo_eraser.imaging import (
     MaskError,
     decode_image,
 )
+from photo_eraser.metrics import Metrics, download_reason_class
 from photo_eraser.pipeline import MaskCache, StageTimes, restore_images
 from photo_eraser.storage import LocalBlobStore
 from photo_eraser.tasks.status import ImageStatus, TaskStatus
@@ -53,6 +54,7 @@ class WorkerContext:
     masks: MaskCache
     disk: DiskMonitor
     """No new task starts while the data directory is low on space."""
+    metrics: Metrics
     in_flight: set[int] = field(default_factory=set)
     """Primary keys of the tasks this process's workers hold right now."""
 
@@ -121,6 +123,8 @@ async def _claim(ctx: WorkerContext) -> TaskRecord | None:
 async def process_task(ctx: WorkerContext, task: TaskRecord, worker: str = "") -> None:
     """Run one claimed task to a final status, or give it back to the queue on our own failure."""
     started = time.perf_counter()
+    metrics = ctx.metrics
+    metrics.queue_wait.observe(max(0.0, (task.started_at or time.time()) - task.created_at))
     extra = {"task_id": task.task_id, "worker": worker, "attempt": task.attempts}
     log.info("task started", extra=extra)
     records = {im.idx: ImageRecord(im.idx, im.url, ImageStatus.PROCESSING) for im in task.images}
@@ -154,14 +158,22 @@ async def process_task(ctx: WorkerContext, task: TaskRecord, worker: str = "") -
             log.exception("task crashed", extra=extra)
             retry, give_up = "internal error; retrying", "internal error while processing"
         if task.attempts < ctx.settings.max_attempts:
+            metrics.retries.labels("disk_full" if is_disk_full(exc) else "internal_error").inc()
             await asyncio.to_thread(ctx.store.requeue, task.pk, retry)
-        else:
-            await asyncio.to_thread(ctx.store.finish, task.pk, TaskStatus.FAILED, give_up)
+        elif await asyncio.to_thread(ctx.store.finish, task.pk, TaskStatus.FAILED, give_up):
+            metrics.tasks_finished.labels(TaskStatus.FAILED.name.lower()).inc()
         return
     # The images' verdicts and the task's status are written together (see TaskStore.finish).
     finished = await asyncio.to_thread(
         ctx.store.finish, task.pk, status, reason, list(records.values())
     )
+    if finished:
+        seconds = time.perf_counter() - started
+        metrics.tasks_finished.labels(status.name.lower()).inc()
+        metrics.task_duration.observe(seconds)
+        for rec in records.values():
+            outcome = "done" if rec.status == ImageStatus.DONE else "failed"
+            metrics.images.labels(rec.method or task.engine, outcome).inc()
     log.info(
         "task finished",
         extra={
@@ -196,6 +208,8 @@ async def _run(
     try:
         mask = await _load_mask(ctx, task)
     except (FetchError, MaskError) as exc:
+        if isinstance(exc, FetchError):
+            ctx.metrics.download_failures.labels(download_reason_class(exc.reason)).inc()
         return TaskStatus.FAILED, f"mask unusable: {exc}"
     times.add("mask", t)
 
@@ -213,6 +227,7 @@ async def _run(
     for i, im in enumerate(task.images):
         payload, payloads[i] = payloads[i], None  # free each download once decoded
         if isinstance(payload, FetchError):
+            ctx.metrics.download_failures.labels(download_reason_class(payload.reason)).inc()
             _fail(records[im.idx], str(payload))
         elif isinstance(payload, BaseException):
             raise payload
@@ -247,6 +262,10 @@ async def _run(
             rec.recovered_share = result.restored.recovered_share
         times.add("store", t)
 
+    for stage, seconds in times.seconds.items():
+        ctx.metrics.stage_seconds.labels(stage).observe(seconds)
+    if "engine" in times.seconds:
+        ctx.metrics.engine_seconds.labels(task.engine).observe(times.seconds["engine"])
     log.info(
         "task stages",
         extra={

@@ -1,0 +1,272 @@
+"""Task routes: create, result, close."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from photo_eraser.api.body import parse_json_object, read_body
+from photo_eraser.api.deps import AuthHeader, Caller, ServiceDep, caller
+from photo_eraser.api.errors import ApiError, Code, envelope
+from photo_eraser.api.openapi import errors
+from photo_eraser.api.schemas import (
+    MAX_IMAGES,
+    Closed,
+    ClosedData,
+    Created,
+    CreatedData,
+    CreateTaskRequest,
+    Result,
+    ResultData,
+    ResultItem,
+    check_http_url,
+)
+from photo_eraser.disk import DISK_FULL_REASON, is_disk_full
+from photo_eraser.engines.base import EngineUnavailable
+from photo_eraser.imaging import MaskError, MaskSource, parse_mask_field
+from photo_eraser.pipeline import MaskCache
+from photo_eraser.tasks.intake import IntakeClosed, IntakeFull, OpenTasksLimit
+from photo_eraser.tasks.status import ImageStatus
+from photo_eraser.tasks.store import NewTask
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["tasks"])
+
+BUSY_RETRY_SECONDS = 1
+DISK_RETRY_SECONDS = 60
+OPEN_TASKS_RETRY_SECONDS = 10
+INLINE_PARSE_BYTES = 64 << 10
+"""Bodies up to this size are parsed on the event loop (a thread hop costs more)."""
+
+_CREATE_SCHEMA = CreateTaskRequest.model_json_schema()
+
+
+class CreateAdmission:
+    """At most ``limit`` create requests in flight; past it they are refused at once with 503,
+    so an overload sheds requests instead of making every client wait ever longer."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_flight = 0
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        if self.in_flight >= self.limit:
+            raise ApiError(
+                Code.BUSY,
+                f"server busy: {self.in_flight} task creations in flight; "
+                f"retry in {BUSY_RETRY_SECONDS} s",
+                headers={"Retry-After": str(BUSY_RETRY_SECONDS)},
+            )
+        self.in_flight += 1  # the event loop's thread only: no lock needed
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+
+@router.post(
+    "/v3/pic/rw/batch",
+    response_model=Created,
+    responses=errors(
+        Code.BAD_PARAMETER,
+        Code.MALFORMED_JSON,
+        Code.MISSING_CREDENTIALS,
+        Code.INVALID_CREDENTIALS,
+        Code.BODY_TOO_LARGE,
+        Code.RATE_LIMITED,
+        Code.TOO_MANY_OPEN_TASKS,
+        Code.INTERNAL,
+        Code.UNAVAILABLE,
+        Code.BUSY,
+        Code.DISK_FULL,
+    ),
+    # The body is read by hand (size limit while streaming, our own 400s), so describe it here.
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _CREATE_SCHEMA}},
+        }
+    },
+)
+async def create_task(
+    request: Request, service: ServiceDep, authorization: AuthHeader = None
+) -> JSONResponse:
+    """Create a task: up to 20 image URLs, one mask, a priority 0..9. Returns its task_id."""
+    admission: CreateAdmission = request.app.state.admission
+    with admission.admit():  # before any work, so shedding stays cheap
+        appkey = await caller(service, authorization)
+        request.app.state.limiter.check(appkey)
+        req = await _read_request(request, service.settings.max_body_bytes)
+        task = await _new_task(req, appkey, service)
+        task_id = await _store(task, service)
+    service.wake.set()
+    service.metrics.tasks_created.labels(str(req.priority)).inc()
+    log.info(
+        "task created",
+        extra={"task_id": task_id, "images": len(req.images), "priority": req.priority},
+    )
+    return envelope(Code.OK, data=CreatedData(task_id=task_id).model_dump())
+
+
+async def _read_request(request: Request, max_body_bytes: int) -> CreateTaskRequest:
+    raw = await read_body(request, max_body_bytes)
+    if len(raw) <= INLINE_PARSE_BYTES:
+        body = parse_json_object(raw)
+    else:
+        body = await asyncio.to_thread(parse_json_object, raw)
+    try:
+        return CreateTaskRequest.model_validate(body)
+    except ValidationError as exc:
+        raise ApiError(Code.BAD_PARAMETER, _validation_message(exc)) from None
+
+
+async def _new_task(req: CreateTaskRequest, appkey: str, service: ServiceDep) -> NewTask:
+    settings = service.settings
+    if len(req.images) > min(settings.max_images, MAX_IMAGES):
+        raise ApiError(Code.BAD_PARAMETER, f"images: at most {settings.max_images} images per task")
+    try:
+        service.engines.check(req.engine)
+    except EngineUnavailable as exc:
+        raise ApiError(Code.BAD_PARAMETER, f"engine: {exc}") from None
+    try:
+        mask = _parse_mask(req.mask)
+        if mask.data is not None:  # decoded now, so a bad mask is a 400, not a failed task
+            await asyncio.to_thread(_decode_mask, mask.data, service.masks)
+    except MaskError as exc:
+        raise ApiError(Code.BAD_PARAMETER, f"mask: {exc}") from None
+    return NewTask(
+        appkey=appkey,
+        urls=req.images,
+        priority=req.priority,
+        engine=req.engine,
+        mask_url=mask.url,
+        mask_data=mask.data,
+        deadline_seconds=settings.task_deadline_seconds,
+    )
+
+
+async def _store(task: NewTask, service: ServiceDep) -> str:
+    """Store the task through the intake (durable before this returns), or say why not."""
+    refused = service.metrics.creates_refused
+    disk = service.disk.state()
+    if disk.low:
+        refused.labels("disk_low").inc()
+        raise ApiError(
+            Code.DISK_FULL,
+            f"not accepting new tasks: {disk.describe()}",
+            headers={"Retry-After": str(DISK_RETRY_SECONDS)},
+        )
+    try:
+        return await service.intake.submit(task)
+    except IntakeFull as exc:
+        refused.labels("busy").inc()
+        raise ApiError(
+            Code.BUSY,
+            f"server busy: {exc}; retry in {BUSY_RETRY_SECONDS} s",
+            headers={"Retry-After": str(BUSY_RETRY_SECONDS)},
+        ) from None
+    except OpenTasksLimit as exc:
+        refused.labels("open_tasks").inc()
+        raise ApiError(
+            Code.TOO_MANY_OPEN_TASKS,
+            f"{exc}; retry once some have finished",
+            headers={"Retry-After": str(OPEN_TASKS_RETRY_SECONDS)},
+        ) from None
+    except IntakeClosed:
+        raise ApiError(
+            Code.UNAVAILABLE,
+            "the server is shutting down; retry shortly",
+            headers={"Retry-After": str(BUSY_RETRY_SECONDS)},
+        ) from None
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        refused.labels("disk_full").inc()
+        log.error("task not stored: disk full")
+        raise ApiError(
+            Code.DISK_FULL,
+            f"{DISK_FULL_REASON}: the task was not stored; retry later",
+            headers={"Retry-After": str(DISK_RETRY_SECONDS)},
+        ) from None
+
+
+@router.get(
+    "/v3/pic/rw/result/{task_id}",
+    response_model=Result,
+    responses=errors(
+        Code.MISSING_CREDENTIALS, Code.INVALID_CREDENTIALS, Code.NOT_FOUND, Code.INTERNAL
+    ),
+)
+async def get_result(
+    task_id: str, request: Request, appkey: Caller, service: ServiceDep
+) -> JSONResponse:
+    """Status of a task and, per input image in input order, its result URL or failure reason."""
+    task = await asyncio.to_thread(service.store.get_task, task_id, appkey)
+    if task is None:
+        raise ApiError(Code.NOT_FOUND, f"task {task_id} not found")
+    wait_time = await asyncio.to_thread(service.wait_time, task)
+    settings = service.settings
+    base = (settings.public_url or str(request.base_url)).rstrip("/")
+    expires = int((task.finished_at or 0) + settings.result_ttl_seconds)
+    items = []
+    for im in task.images:
+        url = ""
+        if im.status == ImageStatus.DONE and im.result_key and task.finished_at:
+            sig = service.signer.signature(im.result_key, expires)
+            url = f"{base}/v3/pic/rw/files/{im.result_key}?expires={expires}&signature={sig}"
+        share = None if im.recovered_share is None else round(im.recovered_share, 3)
+        items.append(
+            ResultItem(
+                image_result=url,
+                status=str(int(im.status)),
+                reason=im.reason,
+                method=im.method,
+                recovered_share=share,
+            )
+        )
+    data = ResultData(status=str(int(task.status)), wait_time=wait_time, list=items)
+    return envelope(Code.OK, data=data.model_dump(exclude_none=True))
+
+
+@router.post(
+    "/v3/pic/rw/close/{task_id}",
+    response_model=Closed,
+    responses=errors(
+        Code.MISSING_CREDENTIALS, Code.INVALID_CREDENTIALS, Code.NOT_FOUND, Code.INTERNAL
+    ),
+)
+async def close_task(task_id: str, appkey: Caller, service: ServiceDep) -> JSONResponse:
+    """Extension: close a waiting or running task (status 5). Finished tasks stay as they are."""
+    status = await asyncio.to_thread(service.store.close, task_id, appkey)
+    if status is None:
+        raise ApiError(Code.NOT_FOUND, f"task {task_id} not found")
+    return envelope(Code.OK, data=ClosedData(task_id=task_id, status=str(int(status))).model_dump())
+
+
+def _parse_mask(value: str) -> MaskSource:
+    """Where the mask comes from; a mask URL is held to the images' URL rules."""
+    mask = parse_mask_field(value)
+    if mask.url is not None:
+        try:
+            check_http_url(mask.url)
+        except ValueError as exc:
+            raise MaskError(str(exc)) from None
+    return mask
+
+
+def _decode_mask(data: bytes, masks: MaskCache) -> None:
+    masks.decode(data)
+
+
+def _validation_message(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "body"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return f"{loc}: {msg}"
