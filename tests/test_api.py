@@ -347,7 +347,13 @@ def test_healthz_and_openapi(server: ServerProcess) -> None:
     assert "/v3/pic/rw/batch" in spec["paths"] and "/v3/pic/rw/result/{task_id}" in spec["paths"]
     assert "40001" in spec["info"]["description"]
     body = spec["paths"]["/v3/pic/rw/batch"]["post"]["requestBody"]["content"]["application/json"]
-    assert set(body["schema"]["required"]) == {"images", "mask", "priority"}
+    assert body["schema"] == {"$ref": "#/components/schemas/CreateTaskRequest"}
+    request = spec["components"]["schemas"]["CreateTaskRequest"]
+    assert set(request["required"]) == {"images", "mask", "priority"}
+    images = request["properties"]["images"]
+    assert (images["minItems"], images["maxItems"], images["items"]["maxLength"]) == (1, 20, 2048)
+    responses = spec["paths"]["/v3/pic/rw/batch"]["post"]["responses"]
+    assert {"200", "400", "401", "413", "429", "503"} <= set(responses) and "422" not in responses
 
 
 def test_batch_of_stamped_photos_is_recovered_not_inpainted(

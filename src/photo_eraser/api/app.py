@@ -49,6 +49,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # "/v3/pic/rw/batch/" is a 404 envelope, not a redirect to a Location built from the
         # client's own Host header.
         redirect_slashes=False,
+        # Operation ids are the route functions' names (create_task, get_result, ...): what a
+        # client generated from the document calls its methods.
+        generate_unique_id_function=lambda route: route.name,
     )
     app.state.service = service
     app.state.limiter = RateLimiter(settings.rate_limit_per_minute)

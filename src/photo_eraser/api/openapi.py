@@ -9,10 +9,12 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
 
 from photo_eraser.api.errors import CODE_TABLE, Code
 from photo_eraser.api.schemas import Envelope
 
+_REF_TEMPLATE = "#/components/schemas/{model}"
 _RETRY_AFTER = {
     "Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}
 }
@@ -35,6 +37,16 @@ def errors(*codes: Code) -> dict[int | str, dict[str, Any]]:
     return out
 
 
+_REFERENCED: dict[str, type[BaseModel]] = {}
+
+
+def schema_ref(model: type[BaseModel]) -> dict[str, str]:
+    """A ``$ref`` to ``model``'s schema, added to the document's components (for bodies that
+    routes read by hand and describe in ``openapi_extra``)."""
+    _REFERENCED[model.__name__] = model
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
 def install(app: FastAPI) -> None:
     """Serve the document without FastAPI's 422 entries (built once, on first request)."""
 
@@ -49,8 +61,11 @@ def install(app: FastAPI) -> None:
             for path in schema.get("paths", {}).values():
                 for operation in path.values():
                     operation.get("responses", {}).pop("422", None)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
             for name in ("HTTPValidationError", "ValidationError"):
-                schema.get("components", {}).get("schemas", {}).pop(name, None)
+                components.pop(name, None)
+            for name, model in _REFERENCED.items():
+                components[name] = model.model_json_schema(ref_template=_REF_TEMPLATE)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from photo_eraser.api.body import parse_json_object, read_body
 from photo_eraser.api.deps import AuthHeader, Caller, ServiceDep, caller
 from photo_eraser.api.errors import ApiError, Code, envelope
-from photo_eraser.api.openapi import errors
+from photo_eraser.api.openapi import errors, schema_ref
 from photo_eraser.api.schemas import (
     MAX_IMAGES,
     Closed,
@@ -44,7 +44,6 @@ OPEN_TASKS_RETRY_SECONDS = 10
 INLINE_PARSE_BYTES = 64 << 10
 """Bodies up to this size are parsed on the event loop (a thread hop costs more)."""
 
-_CREATE_SCHEMA = CreateTaskRequest.model_json_schema()
 
 
 class CreateAdmission:
@@ -91,7 +90,7 @@ class CreateAdmission:
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": _CREATE_SCHEMA}},
+            "content": {"application/json": {"schema": schema_ref(CreateTaskRequest)}},
         }
     },
 )

@@ -1,0 +1,121 @@
+"""Prometheus metrics move with the work, and the limits that keep one client from taking the
+server: a cap on unfinished tasks per key (429) and load shedding of creates (503)."""
+
+from __future__ import annotations
+
+import platform
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.helpers import ApiClient, ImageHost, ServerProcess, b64, encode, photo, rect_mask
+from tests.test_mask_memory import rgba_mask_png
+
+
+def scrape(server: ServerProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    r = httpx.get(server.base_url + "/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+    }
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_a_scrape_after_a_task_shows_the_counts_moving(
+    server: ServerProcess, client: ApiClient, image_host: ImageHost
+) -> None:
+    good = image_host.add("/metrics/a.png", encode(photo(320, 256, seed=4)))
+    missing = image_host.url("/metrics/missing.png")
+    mask = b64(encode(rect_mask(320, 256, (100, 100, 160, 140))))
+    before = scrape(server)
+    task_id = client.create_ok([good, missing], mask, priority=7, engine="opencv")
+    assert client.wait(task_id)["status"] == "3"
+    after = scrape(server)
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved("photo_eraser_tasks_created_total", priority="7") == 1
+    assert moved("photo_eraser_tasks_finished_total", status="complete") == 1
+    assert moved("photo_eraser_images_total", engine="opencv", outcome="done") == 1
+    assert moved("photo_eraser_images_total", engine="opencv", outcome="failed") == 1
+    assert moved("photo_eraser_download_failures_total", reason="http_status") == 1
+    for stage in ("download", "decode", "engine", "encode", "store"):
+        assert moved("photo_eraser_stage_seconds_count", stage=stage) == 1, stage
+    assert moved("photo_eraser_engine_seconds_count", engine="opencv") == 1
+    assert moved("photo_eraser_queue_wait_seconds_count") == 1
+    assert moved("photo_eraser_task_duration_seconds_count") == 1
+    # Gauges computed at scrape time, one series per priority.
+    assert all(("photo_eraser_queue_depth", (("priority", str(p)),)) in after for p in range(10))
+    assert ("photo_eraser_tasks_running", ()) in after
+    assert (
+        value(
+            after,
+            "photo_eraser_build_info",
+            python=platform.python_version(),
+            version="0.1.0",
+        )
+        == 1
+    )
+    # HTTP metrics are by route template: no task id, no key anywhere in a label.
+    assert any(name.startswith("http_request") for name, _ in after)
+    labels = " ".join(str(lbl) for _, lbl in after)
+    assert task_id not in labels and client.http.headers["Authorization"][6:] not in labels
+
+
+@pytest.fixture
+def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = ServerProcess(
+        tmp_path_factory.mktemp("capped"),
+        PHOTO_ERASER_WORKERS="0",
+        PHOTO_ERASER_MAX_OPEN_TASKS_PER_KEY="3",
+        PHOTO_ERASER_MAX_PENDING_CREATES="1",
+        PHOTO_ERASER_RATE_LIMIT_PER_MINUTE="0",
+    ).start()
+    yield server
+    server.stop()
+
+
+def test_one_key_cannot_have_more_unfinished_tasks_than_its_cap(capped: ServerProcess) -> None:
+    shop = ApiClient(capped.base_url, *capped.create_key("shop"))
+    other = ApiClient(capped.base_url, *capped.create_key("other"))
+    body = (["https://a.example/x.png"], "https://a.example/m.png")
+    ids = [shop.create_ok(*body) for _ in range(3)]
+    refused = shop.create(*body)
+    assert refused.status_code == 429 and refused.json()["code"] == 42902
+    assert "already has 3 unfinished tasks" in refused.json()["msg"]
+    assert refused.headers["Retry-After"] == "10"
+    assert other.create(*body).status_code == 200  # another key is not held back
+    assert shop.http.post(f"/v3/pic/rw/close/{ids[0]}").status_code == 200
+    assert shop.create(*body).status_code == 200  # a finished task frees a place
+    refused_count = value(scrape(capped), "photo_eraser_creates_refused_total", cause="open_tasks")
+    assert refused_count == 1
+    shop.close()
+    other.close()
+
+
+def test_creates_past_the_admission_limit_are_shed_with_503(capped: ServerProcess) -> None:
+    """One create in flight at most: while a large inline mask is decoded, the next is shed."""
+    client = ApiClient(capped.base_url, *capped.create_key("burst"))
+    slow_mask = b64(rgba_mask_png(5000, seed=2))  # about a second to decode
+    first: list[httpx.Response] = []
+    thread = threading.Thread(
+        target=lambda: first.append(client.create(["https://a.example/x.png"], slow_mask))
+    )
+    thread.start()
+    time.sleep(0.3)
+    shed = client.create(["https://a.example/y.png"], "https://a.example/m.png")
+    thread.join()
+    assert shed.status_code == 503 and shed.json()["code"] == 50302, shed.text
+    assert shed.headers["Retry-After"] == "1"
+    assert first[0].status_code == 200, first[0].text  # the one admitted is not harmed
+    client.close()
