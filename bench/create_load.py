@@ -624,6 +624,9 @@ class Server:
         self.data_dir = data_dir
         self.env_overrides = {
             "PHOTO_ERASER_RATE_LIMIT_PER_MINUTE": "0",
+            # One key sends every request and no worker runs: the per-key cap on unfinished
+            # tasks would turn the run into 429s after 1000.
+            "PHOTO_ERASER_MAX_OPEN_TASKS_PER_KEY": "0",
             "PHOTO_ERASER_CREATE_DEMO_KEY": "0",
         }
         if database_url:
