@@ -65,7 +65,7 @@ class Settings(BaseSettings):
         description="let `restore` fit an exact blend on all-lossless (PNG/BMP) batches",
     )
     max_pending_creates: int = Field(
-        default=1024,
+        default=256,
         ge=1,
         description="task creations waiting to be stored at most; past it creates get 503 "
         "with Retry-After instead of an ever longer wait",
