@@ -10,7 +10,7 @@ import os
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -40,6 +40,23 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
+@pytest.fixture
+def serve_on(small_disk: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Start a server whose data directory is on the small disk (its log is not); stopped
+    after the test."""
+    started: list[ServerProcess] = []
+
+    def start(**env: str) -> ServerProcess:
+        server = ServerProcess(small_disk / "data", **env)
+        server.log_path = small_disk.parent / "server.log"  # keep the log off the full disk
+        started.append(server.start())
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
 def fill(disk: Path, leave: int) -> Path:
     """Fill ``disk`` until only about ``leave`` bytes are free; return the filler file."""
     filler = disk / "filler"
@@ -55,41 +72,34 @@ def log_lines(server: ServerProcess, word: str) -> list[dict]:
 
 
 def test_low_disk_is_degraded_and_refuses_new_tasks_until_space_is_freed(
-    small_disk: Path,
+    small_disk: Path, serve_on: Callable[..., ServerProcess]
 ) -> None:
-    server = ServerProcess(
-        small_disk / "data", PHOTO_ERASER_WORKERS="0", PHOTO_ERASER_MIN_FREE_DISK_MB="16"
-    )
-    server.log_path = small_disk.parent / "server.log"  # keep the log off the full disk
-    server.start()
-    try:
-        client = ApiClient(server.base_url, *server.create_key("disk"))
-        body = (["https://a.example/x.png"], "https://a.example/m.png")
-        assert client.create(*body).status_code == 200  # positive control
-        filler = fill(small_disk, leave=8 * MiB)
-        threading.Event().wait(1.2)  # the free space is read at most once a second
-        for _ in range(20):  # clients keep polling and creating
-            health = httpx.get(server.base_url + "/healthz")
-            refused = client.create(*body)
-        assert health.status_code == 503, health.text
-        assert health.json()["data"]["status"] == "degraded"
-        assert "MB free on the data directory" in health.json()["msg"]
-        assert refused.status_code == 503 and refused.json()["code"] == 50303
-        assert "not accepting new tasks" in refused.json()["msg"]
-        assert "MB free" in refused.json()["msg"] and refused.headers["Retry-After"] == "60"
-        filler.unlink()
-        deadline = 50
-        while httpx.get(server.base_url + "/healthz").status_code != 200 and deadline:
-            threading.Event().wait(0.1)
-            deadline -= 1
-        assert client.create(*body).status_code == 200
-        client.close()
-    finally:
-        server.stop()
+    server = serve_on(PHOTO_ERASER_WORKERS="0", PHOTO_ERASER_MIN_FREE_DISK_MB="16")
+    client = ApiClient(server.base_url, *server.create_key("disk"))
+    body = (["https://a.example/x.png"], "https://a.example/m.png")
+    assert client.create(*body).status_code == 200  # positive control
+    filler = fill(small_disk, leave=8 * MiB)
+    threading.Event().wait(1.2)  # the free space is read at most once a second
+    for _ in range(20):  # clients keep polling and creating
+        health = httpx.get(server.base_url + "/healthz")
+        refused = client.create(*body)
+    assert health.status_code == 503, health.text
+    assert health.json()["data"]["status"] == "degraded"
+    assert "MB free on the data directory" in health.json()["msg"]
+    assert refused.status_code == 503 and refused.json()["code"] == 50303
+    assert "not accepting new tasks" in refused.json()["msg"]
+    assert "MB free" in refused.json()["msg"] and refused.headers["Retry-After"] == "60"
+    filler.unlink()
+    deadline = 50
+    while httpx.get(server.base_url + "/healthz").status_code != 200 and deadline:
+        threading.Event().wait(0.1)
+        deadline -= 1
+    assert client.create(*body).status_code == 200
+    client.close()
 
 
 def test_a_task_that_cannot_save_its_results_fails_naming_the_disk(
-    small_disk: Path, image_host: ImageHost
+    small_disk: Path, image_host: ImageHost, serve_on: Callable[..., ServerProcess]
 ) -> None:
     """With the reserve off (0) the disk really fills: the result does not fit."""
     rng = np.random.default_rng(0)
@@ -97,14 +107,9 @@ def test_a_task_that_cannot_save_its_results_fails_naming_the_disk(
     gate = threading.Event()
     url = image_host.add("/disk/noise.png", encode(noise, "PNG"), gate=gate)
     mask = b64(encode(rect_mask(1600, 1200, (100, 100, 300, 200)), "PNG"))
-    server = ServerProcess(
-        small_disk / "data",
-        PHOTO_ERASER_WORKERS="1",
-        PHOTO_ERASER_MIN_FREE_DISK_MB="0",
-        PHOTO_ERASER_MAX_ATTEMPTS="1",
+    server = serve_on(
+        PHOTO_ERASER_WORKERS="1", PHOTO_ERASER_MIN_FREE_DISK_MB="0", PHOTO_ERASER_MAX_ATTEMPTS="1"
     )
-    server.log_path = small_disk.parent / "server.log"
-    server.start()
     try:
         client = ApiClient(server.base_url, *server.create_key("disk"))
         task_id = client.create_ok([url], mask, engine="opencv")
@@ -120,59 +125,49 @@ def test_a_task_that_cannot_save_its_results_fails_naming_the_disk(
         client.close()
     finally:
         gate.set()
-        server.stop()
 
 
-def test_the_same_error_is_logged_once_per_interval(small_disk: Path) -> None:
+def test_the_same_error_is_logged_once_per_interval(
+    small_disk: Path, serve_on: Callable[..., ServerProcess]
+) -> None:
     """Workers poll for tasks every second; with the disk low each poll would log a line."""
-    server = ServerProcess(
-        small_disk / "data", PHOTO_ERASER_WORKERS="2", PHOTO_ERASER_MIN_FREE_DISK_MB="16"
-    )
-    server.log_path = small_disk.parent / "server.log"
-    server.start()
-    try:
-        fill(small_disk, leave=8 * MiB)
-        threading.Event().wait(4)  # two workers x 4 polls
-        warnings = log_lines(server, "disk space low")
-        assert len(warnings) == 1, warnings
-        assert "MB free" in warnings[0]["disk"]
-    finally:
-        server.stop()
+    server = serve_on(PHOTO_ERASER_WORKERS="2", PHOTO_ERASER_MIN_FREE_DISK_MB="16")
+    fill(small_disk, leave=8 * MiB)
+    threading.Event().wait(4)  # two workers x 4 polls
+    warnings = log_lines(server, "disk space low")
+    assert len(warnings) == 1, warnings
+    assert "MB free" in warnings[0]["disk"]
 
 
-def test_creates_on_a_full_disk_are_503_and_nothing_accepted_is_lost(small_disk: Path) -> None:
+def test_creates_on_a_full_disk_are_503_and_nothing_accepted_is_lost(
+    small_disk: Path, serve_on: Callable[..., ServerProcess]
+) -> None:
     """With the reserve off the database itself runs out of space: each create is either
     stored (200, and readable afterwards) or a 503 naming the disk, never a 500."""
-    server = ServerProcess(
-        small_disk / "data",
+    server = serve_on(
         PHOTO_ERASER_WORKERS="0",
         PHOTO_ERASER_MIN_FREE_DISK_MB="0",
         PHOTO_ERASER_RATE_LIMIT_PER_MINUTE="0",
     )
-    server.log_path = small_disk.parent / "server.log"
-    server.start()
-    try:
-        client = ApiClient(server.base_url, *server.create_key("disk"))
-        rng = np.random.default_rng(1)
-        # Inline masks of noise do not compress: each task adds ~300 KB to the database.
-        mask = b64(encode(rng.integers(0, 2, (600, 600), dtype=np.uint8) * 255, "PNG"))
-        filler = fill(small_disk, leave=2 * MiB)
-        accepted, statuses = [], []
-        for _ in range(40):
-            r = client.create(["https://a.example/x.png"], mask)
-            statuses.append(r.status_code)
-            if r.status_code == 200:
-                accepted.append(r.json()["data"]["task_id"])
-            else:
-                assert r.status_code == 503, r.text
-                assert (
-                    r.json()["msg"]
-                    == "the server's disk is full: the task was not stored; retry later"
-                )
-        assert 503 in statuses and accepted, statuses
-        filler.unlink()
-        for task_id in accepted:
-            assert client.result(task_id).status_code == 200
-        client.close()
-    finally:
-        server.stop()
+    client = ApiClient(server.base_url, *server.create_key("disk"))
+    rng = np.random.default_rng(1)
+    # Inline masks of noise do not compress: each task adds ~300 KB to the database.
+    mask = b64(encode(rng.integers(0, 2, (600, 600), dtype=np.uint8) * 255, "PNG"))
+    filler = fill(small_disk, leave=2 * MiB)
+    accepted, statuses = [], []
+    for _ in range(40):
+        r = client.create(["https://a.example/x.png"], mask)
+        statuses.append(r.status_code)
+        if r.status_code == 200:
+            accepted.append(r.json()["data"]["task_id"])
+        else:
+            assert r.status_code == 503, r.text
+            assert (
+                r.json()["msg"]
+                == "the server's disk is full: the task was not stored; retry in 60 s"
+            )
+    assert 503 in statuses and accepted, statuses
+    filler.unlink()
+    for task_id in accepted:
+        assert client.result(task_id).status_code == 200
+    client.close()

@@ -38,12 +38,8 @@ from photo_eraser.tasks.store import NewTask
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["tasks"])
 
-BUSY_RETRY_SECONDS = 1
-DISK_RETRY_SECONDS = 60
-OPEN_TASKS_RETRY_SECONDS = 10
 INLINE_PARSE_BYTES = 64 << 10
 """Bodies up to this size are parsed on the event loop (a thread hop costs more)."""
-
 
 
 class CreateAdmission:
@@ -57,11 +53,11 @@ class CreateAdmission:
     @contextmanager
     def admit(self) -> Iterator[None]:
         if self.in_flight >= self.limit:
+            seconds = RETRY_SECONDS[Code.BUSY]
             raise ApiError(
                 Code.BUSY,
-                f"server busy: {self.in_flight} task creations in flight; "
-                f"retry in {BUSY_RETRY_SECONDS} s",
-                headers={"Retry-After": str(BUSY_RETRY_SECONDS)},
+                f"server busy: {self.in_flight} task creations in flight; retry in {seconds} s",
+                headers={"Retry-After": str(seconds)},
             )
         self.in_flight += 1  # the event loop's thread only: no lock needed
         try:
@@ -153,47 +149,43 @@ async def _new_task(req: CreateTaskRequest, appkey: str, service: ServiceDep) ->
 
 async def _store(task: NewTask, service: ServiceDep) -> str:
     """Store the task through the intake (durable before this returns), or say why not."""
-    refused = service.metrics.creates_refused
     disk = service.disk.state()
     if disk.low:
-        refused.labels("disk_low").inc()
-        raise ApiError(
-            Code.DISK_FULL,
-            f"not accepting new tasks: {disk.describe()}",
-            headers={"Retry-After": str(DISK_RETRY_SECONDS)},
+        raise _refused(
+            service, "disk_low", Code.DISK_FULL, f"not accepting new tasks: {disk.describe()}"
         )
     try:
         return await service.intake.submit(task)
     except IntakeFull as exc:
-        refused.labels("busy").inc()
-        raise ApiError(
-            Code.BUSY,
-            f"server busy: {exc}; retry in {BUSY_RETRY_SECONDS} s",
-            headers={"Retry-After": str(BUSY_RETRY_SECONDS)},
-        ) from None
+        raise _refused(service, "busy", Code.BUSY, f"server busy: {exc}") from None
     except OpenTasksLimit as exc:
-        refused.labels("open_tasks").inc()
-        raise ApiError(
-            Code.TOO_MANY_OPEN_TASKS,
-            f"{exc}; retry once some have finished",
-            headers={"Retry-After": str(OPEN_TASKS_RETRY_SECONDS)},
-        ) from None
+        msg = f"{exc} (wait for some to finish)"
+        raise _refused(service, "open_tasks", Code.TOO_MANY_OPEN_TASKS, msg) from None
     except IntakeClosed:
-        raise ApiError(
-            Code.UNAVAILABLE,
-            "the server is shutting down; retry shortly",
-            headers={"Retry-After": str(BUSY_RETRY_SECONDS)},
-        ) from None
+        msg = "the server is shutting down"
+        raise _refused(service, "shutting_down", Code.UNAVAILABLE, msg) from None
     except Exception as exc:
         if not is_disk_full(exc):
             raise
-        refused.labels("disk_full").inc()
         log.error("task not stored: disk full")
-        raise ApiError(
-            Code.DISK_FULL,
-            f"{DISK_FULL_REASON}: the task was not stored; retry later",
-            headers={"Retry-After": str(DISK_RETRY_SECONDS)},
-        ) from None
+        msg = f"{DISK_FULL_REASON}: the task was not stored"
+        raise _refused(service, "disk_full", Code.DISK_FULL, msg) from None
+
+
+RETRY_SECONDS = {
+    Code.BUSY: 1,
+    Code.UNAVAILABLE: 1,
+    Code.TOO_MANY_OPEN_TASKS: 10,
+    Code.DISK_FULL: 60,
+}
+"""``Retry-After`` of each way a valid create can be refused."""
+
+
+def _refused(service: ServiceDep, cause: str, code: Code, msg: str) -> ApiError:
+    """A create refused for ``cause`` (counted in the metrics), with its ``Retry-After``."""
+    service.metrics.creates_refused.labels(cause).inc()
+    seconds = RETRY_SECONDS[code]
+    return ApiError(code, f"{msg}; retry in {seconds} s", headers={"Retry-After": str(seconds)})
 
 
 @router.get(
