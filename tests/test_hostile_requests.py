@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import BinaryIO
 
 import pytest
 import uvicorn
@@ -29,17 +30,22 @@ def exchange(port: int, requests: list[bytes]) -> list[tuple[int, dict]]:
         stream = sock.makefile("rb")
         for request in requests:
             sock.sendall(request)
-            status_line = stream.readline()
-            assert status_line, "the server closed the connection"
-            status = int(status_line.split()[1])
-            length = 0
-            while (line := stream.readline()) not in (b"\r\n", b""):
-                name, _, value = line.decode("latin-1").partition(":")
-                if name.lower() == "content-length":
-                    length = int(value)
-                assert name.lower() != "connection" or "close" not in value.lower(), line
-            answers.append((status, json.loads(stream.read(length)) if length else {}))
+            answers.append(read_response(stream))
     return answers
+
+
+def read_response(stream: BinaryIO) -> tuple[int, dict]:
+    """(status, JSON body) of one response; fails if the server closed the connection or
+    said it will."""
+    status_line = stream.readline()
+    assert status_line, "the server closed the connection"
+    length = 0
+    while (line := stream.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        if name.lower() == "content-length":
+            length = int(value)
+        assert name.lower() != "connection" or "close" not in value.lower(), line
+    return int(status_line.split()[1]), json.loads(stream.read(length)) if length else {}
 
 
 def http(
@@ -171,3 +177,71 @@ def test_basic_credentials_with_non_utf8_are_401(server: ServerProcess) -> None:
     request = http("GET", "/v3/pic/rw/result/x", {"Authorization": f"Basic {token}".encode()})
     [(status, body)] = exchange(server.port, [request])
     assert (status, body["code"]) == (401, 40102)
+
+
+@pytest.mark.parametrize(
+    ("raw", "msg"),
+    [
+        (b'{"images": [], "x": [' + b"[]," * 5000 + b"[]]}", "more than 4096 values"),
+        ('{"images": ["https://a.example/x.png"]}'.encode("utf-16"), "not UTF-8"),
+        # Valid UTF-8 (NULs between the letters), but not JSON any more.
+        ('{"images": ["https://a.example/x.png"]}'.encode("utf-32-le"), "not valid JSON"),
+        (b'\xef\xbb\xbf{"priority": 1}', "not valid JSON"),  # a byte-order mark
+        (b'{"images": ["https://a.example/x.png"], "mask": "m", "priority": 1, "x": NaN}', "NaN"),
+        (b'{"priority": Infinity}', "Infinity is not a JSON value"),
+    ],
+    ids=["many-values", "utf-16", "utf-32", "bom", "nan", "infinity"],
+)
+def test_bodies_json_does_not_allow_are_400(client: ApiClient, raw: bytes, msg: str) -> None:
+    r = client.http.post("/v3/pic/rw/batch", content=raw)
+    assert r.status_code == 400 and r.json()["code"] == 40002, r.text
+    assert msg in r.json()["msg"]
+
+
+@pytest.fixture(scope="module")
+def narrow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, ApiClient]]:
+    """Two creates handled at once at most, and one second for a body to arrive."""
+    server = ServerProcess(
+        tmp_path_factory.mktemp("narrow"),
+        PHOTO_ERASER_WORKERS="0",
+        PHOTO_ERASER_MAX_PENDING_CREATES="2",
+        PHOTO_ERASER_BODY_TIMEOUT_SECONDS="1",
+    ).start()
+    client = ApiClient(server.base_url, *server.create_key("narrow"))
+    yield server, client
+    client.close()
+    server.stop()
+
+
+def test_slow_bodies_hold_no_place_and_time_out(narrow: tuple[ServerProcess, ApiClient]) -> None:
+    """Four clients trickle their bodies; others' creates still pass, and the slow ones get a
+    408 once the body timeout is up."""
+    server, client = narrow
+    head = http("POST", "/v3/pic/rw/batch", {"Authorization": basic(client)}, b"x" * 80)
+    slow = []
+    for _ in range(4):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        sock.sendall(head[: len(head) - 75])  # the headers and five bytes of the body
+        slow.append(sock)
+    try:
+        ok = client.create(["https://a.example/x.png"], "https://a.example/m.png")
+        assert ok.status_code == 200, ok.text
+        for sock in slow:
+            status, body = read_response(sock.makefile("rb"))
+            assert (status, body["code"]) == (408, 40801)
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+def test_a_client_that_leaves_mid_body_is_not_an_internal_error(
+    narrow: tuple[ServerProcess, ApiClient],
+) -> None:
+    server, client = narrow
+    head = http("POST", "/v3/pic/rw/batch", {"Authorization": basic(client)}, b"x" * 80)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head[: len(head) - 75])
+    time.sleep(0.5)
+    log = server.log_path.read_text()
+    assert "unhandled error" not in log and "Traceback" not in log
+    assert client.create(["https://a.example/x.png"], "https://a.example/m.png").is_success

@@ -97,8 +97,13 @@ def test_one_key_cannot_have_more_unfinished_tasks_than_its_cap(capped: ServerPr
     assert other.create(*body).status_code == 200  # another key is not held back
     assert shop.http.post(f"/v3/pic/rw/close/{ids[0]}").status_code == 200
     assert shop.create(*body).status_code == 200  # a finished task frees a place
-    refused_count = value(scrape(capped), "photo_eraser_creates_refused_total", cause="open_tasks")
-    assert refused_count == 1
+    samples = scrape(capped)
+    assert value(samples, "photo_eraser_creates_refused_total", cause="open_tasks") == 1
+    assert value(samples, "photo_eraser_tasks_finished_total", status="closed") == 1
+    # Closing it again changes nothing, and counts nothing.
+    assert shop.http.post(f"/v3/pic/rw/close/{ids[0]}").json()["data"]["status"] == "5"
+    samples = scrape(capped)
+    assert value(samples, "photo_eraser_tasks_finished_total", status="closed") == 1
     shop.close()
     other.close()
 
@@ -118,4 +123,5 @@ def test_creates_past_the_admission_limit_are_shed_with_503(capped: ServerProces
     assert shed.status_code == 503 and shed.json()["code"] == 50302, shed.text
     assert shed.headers["Retry-After"] == "1"
     assert first[0].status_code == 200, first[0].text  # the one admitted is not harmed
+    assert value(scrape(capped), "photo_eraser_creates_refused_total", cause="busy") == 1
     client.close()

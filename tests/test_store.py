@@ -102,7 +102,7 @@ def test_tasks_belong_to_their_key(store: TaskStore) -> None:
     assert store.get_task(task_id, a) is not None
     assert store.get_task(task_id, b) is None
     assert store.close(task_id, b) is None
-    assert store.close(task_id, a) == TaskStatus.CLOSED
+    assert store.close(task_id, a).status == TaskStatus.CLOSED
 
 
 def test_expired_results_and_inline_masks_are_deleted(tmp_path: Path) -> None:
@@ -145,7 +145,7 @@ def test_result_files_nobody_recorded_are_deleted_after_the_retention(tmp_path: 
     service.blobs.put(f"results/{running}/0.png", b"still being worked on")
     service.blobs.put("results/00000000-0000-4000-8000-000000000000/0.png", b"no such task")
     (tmp_path / "blobs" / "results" / "lost+found").mkdir()  # not ours: left alone
-    assert store.close(closed, appkey) == TaskStatus.CLOSED
+    assert store.close(closed, appkey).status == TaskStatus.CLOSED
     time.sleep(0.01)
     service._delete_expired_results()
     assert sorted(service.blobs.folders("results")) == sorted(["lost+found", running])
@@ -159,7 +159,7 @@ def test_late_worker_writes_nothing_to_a_closed_task(store: TaskStore) -> None:
     task_id = new_task(store, appkey)
     task = store.claim_next()
     assert task is not None
-    assert store.close(task_id, appkey) == TaskStatus.CLOSED
+    assert store.close(task_id, appkey).status == TaskStatus.CLOSED
     late = [ImageRecord(i, "u", ImageStatus.DONE, result_key="k") for i in range(2)]
     assert not store.set_images(task.pk, late)
     store.release(task.pk)  # a shutdown after the close must not revive it either
@@ -179,7 +179,7 @@ def test_a_close_racing_a_claim_still_closes(store: TaskStore) -> None:
     hook = _before_first_write(store, lambda: claimed.append(store.claim_next()))
     sa.event.listen(store.engine, "before_cursor_execute", hook)
     try:
-        assert store.close(task_id, appkey) == TaskStatus.CLOSED
+        assert store.close(task_id, appkey).status == TaskStatus.CLOSED
     finally:
         sa.event.remove(store.engine, "before_cursor_execute", hook)
     assert claimed and claimed[0] is not None and claimed[0].task_id == task_id
@@ -250,7 +250,7 @@ def test_finish_writes_the_images_with_the_status_or_nothing(store: TaskStore) -
     a, b = store.claim_next(), store.claim_next()
     assert a is not None and b is not None
     assert store.finish(a.pk, TaskStatus.COMPLETE, "", done)
-    assert store.close(second, appkey) == TaskStatus.CLOSED
+    assert store.close(second, appkey).status == TaskStatus.CLOSED
     assert not store.finish(b.pk, TaskStatus.COMPLETE, "", done)
     kept, closed = store.get_task(first), store.get_task(second)
     assert kept is not None and kept.status == TaskStatus.COMPLETE
@@ -263,7 +263,7 @@ def test_closing_a_finished_task_keeps_its_verdict(store: TaskStore) -> None:
     task_id = new_task(store, appkey)
     task = store.claim_next()
     assert task is not None and store.finish(task.pk, TaskStatus.FAILED, "bad input")
-    assert store.close(task_id, appkey) == TaskStatus.FAILED
+    assert store.close(task_id, appkey).status == TaskStatus.FAILED
     record = store.get_task(task_id)
     assert (
         record is not None and record.status == TaskStatus.FAILED and record.reason == "bad input"

@@ -163,7 +163,9 @@ def erase(
     )
     try:
         registry.check(engine)
-        mask = decode_mask(mask_path.read_bytes(), settings.max_image_bytes, max_side=settings.max_side)
+        mask = decode_mask(
+            mask_path.read_bytes(), settings.max_image_bytes, max_side=settings.max_side
+        )
     except (EngineError, MaskError) as exc:
         raise click.ClickException(str(exc)) from None
     decoded, names, failed = [], [], 0

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     workers: int = Field(default_factory=_default_workers, ge=0, description="0 = accept only")
     allow_private_urls: bool = False
     max_body_bytes: int = 10 * 1024 * 1024
+    body_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="a create body must arrive within this (else 408)"
+    )
     max_image_bytes: int = 50 * 1024 * 1024
     min_side: int = 256
     max_side: int = 5000
@@ -67,8 +70,8 @@ class Settings(BaseSettings):
     max_pending_creates: int = Field(
         default=256,
         ge=1,
-        description="task creations waiting to be stored at most; past it creates get 503 "
-        "with Retry-After instead of an ever longer wait",
+        description="create requests being handled at once (after their body arrived) at most; "
+        "past it creates get 503 with Retry-After instead of an ever longer wait",
     )
     max_open_tasks_per_key: int = Field(
         default=1000,

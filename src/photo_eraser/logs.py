@@ -32,7 +32,8 @@ class JsonFormatter(logging.Formatter):
 
 class RepeatFilter(logging.Filter):
     """Let a warning or error through once per ``interval`` seconds per cause (logger, message
-    and exception type); the next one that passes carries ``repeats``, the count held back.
+    and exception type and place); the next one that passes carries ``repeats``, the count held
+    back.
 
     A full disk or a database that went away fails every poll, claim and sweep: a line a
     second per loop would bury the first one, which says what happened."""
@@ -41,13 +42,13 @@ class RepeatFilter(logging.Filter):
         super().__init__()
         self.interval = interval
         self._seen: dict[tuple[str, str, str], tuple[float, int]] = {}
+        """Cause -> (when it last passed, how many were held back since)."""
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return True
-        exc_type = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else ""
-        cause = (record.name, str(record.msg), exc_type)
+        cause = (record.name, str(record.msg), _exception_cause(record))
         now = time.monotonic()
         with self._lock:
             last, held = self._seen.get(cause, (-self.interval, 0))
@@ -58,6 +59,20 @@ class RepeatFilter(logging.Filter):
         if held:
             record.repeats = held
         return True
+
+
+def _exception_cause(record: logging.LogRecord) -> str:
+    """Type and place (innermost frame) of the record's exception: two different bugs that
+    fail the same call are two causes; the same full disk failing every poll is one. Not the
+    text: it often names a file or a task, and every line would be a cause of its own."""
+    if not record.exc_info or record.exc_info[1] is None:
+        return ""
+    exc = record.exc_info[1]
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else ""
+    return f"{type(exc).__name__} at {where}"
 
 
 def configure(level: str = "INFO", repeat_interval: float = 60.0) -> None:

@@ -96,6 +96,8 @@ class Service:
         requeued, failed = await asyncio.to_thread(self.store.recover_interrupted, s.max_attempts)
         if requeued:
             self.metrics.retries.labels("interrupted").inc(requeued)
+        if failed:
+            self.metrics.tasks_finished.labels("failed").inc(failed)
         if requeued or failed:
             log.warning(
                 "recovered interrupted tasks", extra={"requeued": requeued, "failed": failed}
@@ -185,7 +187,8 @@ class Service:
         last_cleanup = 0.0
         while not self._stop.is_set():
             try:
-                await asyncio.to_thread(self.store.expire_overdue)
+                expired = await asyncio.to_thread(self.store.expire_overdue)
+                self.metrics.tasks_finished.labels("timed_out").inc(len(expired))
                 if self._ctx is not None:
                     owned = set(self._ctx.in_flight)
                     await asyncio.to_thread(

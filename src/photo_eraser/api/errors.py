@@ -27,6 +27,7 @@ class Code(IntEnum):
     LINK_EXPIRED = 40301
     NOT_FOUND = 40401
     METHOD_NOT_ALLOWED = 40501
+    REQUEST_TIMEOUT = 40801
     BODY_TOO_LARGE = 41301
     RATE_LIMITED = 42901
     TOO_MANY_OPEN_TASKS = 42902
@@ -43,12 +44,13 @@ class Code(IntEnum):
 CODE_TABLE = {
     Code.OK: "success",
     Code.BAD_PARAMETER: "a request parameter is missing or invalid; msg names the field",
-    Code.MALFORMED_JSON: "the body is not a JSON object",
+    Code.MALFORMED_JSON: "the body is not one UTF-8 JSON object (or was cut off by the client)",
     Code.MISSING_CREDENTIALS: "no Authorization: Basic header",
     Code.INVALID_CREDENTIALS: "unknown, revoked or wrong appkey/appsecret",
     Code.LINK_EXPIRED: "a result link's signature is wrong or it has expired",
     Code.NOT_FOUND: "no such task for this key (or no such route)",
     Code.METHOD_NOT_ALLOWED: "the route exists but not for this HTTP method",
+    Code.REQUEST_TIMEOUT: "the request body did not arrive within PHOTO_ERASER_BODY_TIMEOUT_SECONDS",
     Code.BODY_TOO_LARGE: "the request body exceeds the configured limit",
     Code.RATE_LIMITED: "too many task creations for this key; retry after Retry-After seconds",
     Code.INTERNAL: "internal error; the request may be retried",

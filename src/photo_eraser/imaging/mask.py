@@ -33,7 +33,14 @@ from photo_eraser.imaging.formats import ACCEPTED_FORMATS, header_size, sniff_fo
 from photo_eraser.imaging.limits import read_orientation, upright
 from photo_eraser.sizes import format_size
 
-__all__ = ["DEFAULT_MAX_SIDE", "MaskError", "MaskSource", "decode_mask", "fit_mask", "parse_mask_field"]
+__all__ = [
+    "DEFAULT_MAX_SIDE",
+    "MaskError",
+    "MaskSource",
+    "decode_mask",
+    "fit_mask",
+    "parse_mask_field",
+]
 
 MASK_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
 _LOSSY_FORMATS = frozenset({"JPEG", "WEBP"})
@@ -93,8 +100,9 @@ def decode_mask(data: bytes, max_bytes: int, *, max_side: int = DEFAULT_MAX_SIDE
     """Decode mask image bytes to a bool HxW array (True = restore); raise `MaskError`.
 
     Memory: the size is checked from the header before anything is decoded, and only one
-    8-bit plane is taken from the decoded image (at most 4 bytes a pixel while decoding, one
-    after), so a 5000x5000 RGBA mask peaks near 150 MB and holds 25 MB."""
+    8-bit plane at a time is taken from the decoded image (which Pillow holds at 4 bytes a
+    pixel for RGBA; CMYK or float TIFF masks take up to 8), so a 5000x5000 RGBA mask peaks
+    near 170 MB while decoding and holds 25 MB after."""
     if not data:
         raise MaskError("mask is empty")
     if len(data) > max_bytes:

@@ -19,7 +19,8 @@ def create_db_engine(url: str) -> sa.Engine:
 
         @sa.event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-            # Leave transaction control to SQLAlchemy but keep pysqlite from deferring BEGIN.
+            # pysqlite begins a transaction at the first write of one (not at a read): the
+            # stores write first where a read must not go stale (see TaskStore.set_images).
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=FULL")

@@ -53,6 +53,9 @@ class TaskIntake:
         self._queue: queue.Queue[tuple[NewTask, Future[str]] | object] = queue.Queue(max_pending)
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._lock = threading.Lock()
+        """Held while checking ``_closed`` and queueing, so nothing is queued after the stop
+        marker (it would wait for ever)."""
 
     @property
     def pending(self) -> int:
@@ -65,7 +68,8 @@ class TaskIntake:
 
     def stop(self) -> None:
         """Store what is queued, then end the writer thread."""
-        self._closed = True
+        with self._lock:
+            self._closed = True
         if self._thread is not None:
             self._queue.put(_STOP)  # blocks only while the queue is full, i.e. briefly
             self._thread.join()
@@ -74,13 +78,14 @@ class TaskIntake:
     async def submit(self, task: NewTask) -> str:
         """Store ``task``; its task_id once committed. Raises `IntakeFull`, `OpenTasksLimit`,
         `IntakeClosed`, or what the store raised for its group (e.g. the disk is full)."""
-        if self._closed or self._thread is None:
-            raise IntakeClosed("the server is shutting down")
         future: Future[str] = Future()
-        try:
-            self._queue.put_nowait((task, future))
-        except queue.Full:
-            raise IntakeFull(f"{self._queue.maxsize} task creations are waiting") from None
+        with self._lock:
+            if self._closed or self._thread is None or not self._thread.is_alive():
+                raise IntakeClosed("the server is shutting down")
+            try:
+                self._queue.put_nowait((task, future))
+            except queue.Full:
+                raise IntakeFull(f"{self._queue.maxsize} task creations are waiting") from None
         return await asyncio.wrap_future(future)
 
     def _run(self) -> None:
@@ -107,6 +112,7 @@ class TaskIntake:
                 self._store(group)
 
     def _store(self, group: list[tuple[NewTask, Future[str]]]) -> None:
+        """Store a group and resolve its futures; never raises (the writer must not die)."""
         try:
             ids = self.store.create_tasks([task for task, _ in group], self.max_open_per_key)
         except Exception as exc:

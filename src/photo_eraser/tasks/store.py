@@ -38,6 +38,14 @@ class ImageRecord:
 
 
 @dataclass(frozen=True)
+class Closing:
+    """What closing a task did: its status after the call, and whether this call closed it."""
+
+    status: TaskStatus
+    closed_now: bool
+
+
+@dataclass(frozen=True)
 class NewTask:
     """What a create request asks for; the store adds its id, status and times."""
 
@@ -163,8 +171,9 @@ class TaskStore:
     def create_tasks(self, new: Sequence[NewTask], max_open_per_key: int = 0) -> list[str | None]:
         """Persist new waiting tasks in one transaction (one durable commit for all); their
         task ids in order. With ``max_open_per_key``, a task whose key already has that many
-        unfinished tasks is not stored (``None`` in its place), checked in the same transaction.
-        """
+        unfinished tasks is not stored (``None`` in its place). The count is exact while one
+        writer stores new tasks (`TaskIntake`): pysqlite begins the transaction only at the
+        first insert, after the count."""
         now = time.time()
         ids: list[str | None] = [str(uuid.uuid4()) for _ in new]
         images = []
@@ -200,12 +209,12 @@ class TaskStore:
                 images += [
                     {
                         "task_pk": inserted[0],
-                        "idx": i,
-                        "url": u,
+                        "idx": idx,
+                        "url": url,
                         "status": ImageStatus.WAITING,
                         "reason": "",
                     }
-                    for i, u in enumerate(task.urls)
+                    for idx, url in enumerate(task.urls)
                 ]
             if images:
                 conn.execute(task_images.insert(), images)
@@ -402,8 +411,8 @@ class TaskStore:
                 _reset_images(conn, requeued)
         return len(failed) + len(requeued)
 
-    def close(self, task_id: str, appkey: str) -> TaskStatus | None:
-        """Close a waiting or running task for its owner; return the resulting status."""
+    def close(self, task_id: str, appkey: str) -> Closing | None:
+        """Close a waiting or running task for its owner; ``None`` if it has no such task."""
         with self.engine.begin() as conn:
             row = conn.execute(
                 sa.select(tasks.c.id, tasks.c.status).where(
@@ -413,7 +422,7 @@ class TaskStore:
             if row is None:
                 return None
             if TaskStatus(row.status).finished:
-                return TaskStatus(row.status)
+                return Closing(TaskStatus(row.status), closed_now=False)
             # Still open when written, whatever it was when read: a worker may have claimed
             # the task in between (SQLite takes the write lock only now).
             closed = conn.execute(
@@ -428,9 +437,9 @@ class TaskStore:
             )
             if not closed.rowcount:  # finished meanwhile: that verdict stands
                 status = conn.execute(sa.select(tasks.c.status).where(tasks.c.id == row.id))
-                return TaskStatus(status.scalar_one())
+                return Closing(TaskStatus(status.scalar_one()), closed_now=False)
             _fail_open_images(conn, [row.id], "task closed by client")
-        return TaskStatus.CLOSED
+        return Closing(TaskStatus.CLOSED, closed_now=True)
 
     def acquire_lease(
         self, holder: str, stale_after: float, now: float | None = None

@@ -124,7 +124,6 @@ async def process_task(ctx: WorkerContext, task: TaskRecord, worker: str = "") -
     """Run one claimed task to a final status, or give it back to the queue on our own failure."""
     started = time.perf_counter()
     metrics = ctx.metrics
-    metrics.queue_wait.observe(max(0.0, (task.started_at or time.time()) - task.created_at))
     extra = {"task_id": task.task_id, "worker": worker, "attempt": task.attempts}
     log.info("task started", extra=extra)
     records = {im.idx: ImageRecord(im.idx, im.url, ImageStatus.PROCESSING) for im in task.images}
@@ -140,7 +139,8 @@ async def process_task(ctx: WorkerContext, task: TaskRecord, worker: str = "") -
         log.info("task abandoned (closed or timed out)", extra=extra)
         return
     except TimeoutError:
-        await asyncio.to_thread(ctx.store.expire_overdue)
+        expired = await asyncio.to_thread(ctx.store.expire_overdue)
+        metrics.tasks_finished.labels("timed_out").inc(len(expired))
         log.info("task timed out", extra=extra)
         return
     except EngineError as exc:
@@ -171,6 +171,7 @@ async def process_task(ctx: WorkerContext, task: TaskRecord, worker: str = "") -
         seconds = time.perf_counter() - started
         metrics.tasks_finished.labels(status.name.lower()).inc()
         metrics.task_duration.observe(seconds)
+        metrics.queue_wait.observe(max(0.0, (task.started_at or time.time()) - task.created_at))
         for rec in records.values():
             outcome = "done" if rec.status == ImageStatus.DONE else "failed"
             metrics.images.labels(rec.method or task.engine, outcome).inc()

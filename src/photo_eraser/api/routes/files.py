@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO
 
 from fastapi import APIRouter, Query
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from photo_eraser.api.deps import ServiceDep
 from photo_eraser.api.errors import ApiError, Code
@@ -16,47 +17,61 @@ from photo_eraser.api.openapi import errors
 
 router = APIRouter(tags=["results"])
 
+PATH = "/v3/pic/rw/files/{key:path}"
 _MEDIA = {".jpg": "image/jpeg", ".png": "image/png"}
 _FILE = {"schema": {"type": "string", "format": "binary"}}
-_RESPONSES = {
-    200: {
-        "description": "the result image, in the format of its input (BMP becomes PNG)",
-        "content": {"image/png": _FILE, "image/jpeg": _FILE},
-    },
-    **errors(Code.BAD_PARAMETER, Code.LINK_EXPIRED, Code.NOT_FOUND),
-}
+_ERRORS = errors(Code.BAD_PARAMETER, Code.LINK_EXPIRED, Code.NOT_FOUND, Code.INTERNAL)
 Expires = Query(0, description="expiry of the link, seconds since the epoch")
 Signature = Query("", description="HMAC-SHA256 signature of the key and expiry")
 
 
 # GET and HEAD are two operations (two ids), so a generated client gets a method for each.
-_ROUTE: dict[str, Any] = {
-    "path": "/v3/pic/rw/files/{key:path}",
-    "response_class": StreamingResponse,
-    "responses": _RESPONSES,
-}
-
-
-@router.get(**_ROUTE, operation_id="get_result_file")
+@router.get(
+    PATH,
+    response_class=StreamingResponse,
+    operation_id="get_result_file",
+    responses={
+        200: {
+            "description": "the result image, in the format of its input (BMP becomes PNG)",
+            "content": {"image/png": _FILE, "image/jpeg": _FILE},
+        },
+        **_ERRORS,
+    },
+)
 async def get_file(
     key: str, service: ServiceDep, expires: int = Expires, signature: str = Signature
 ) -> StreamingResponse:
     """A result image. The link is signed and expires; no Authorization header needed."""
     path = _checked_path(service, key, expires, signature)
+    try:
+        f = path.open("rb")  # opened now: deleted after this (retention), it still streams
+    except FileNotFoundError:
+        raise ApiError(Code.NOT_FOUND, "result no longer exists") from None
     # Whole files only (no Range): results are a few MB, and every error stays an envelope.
     return StreamingResponse(
-        _file_chunks(path),
-        media_type=_MEDIA.get(path.suffix, "application/octet-stream"),
-        headers={"Content-Length": str(path.stat().st_size), "Cache-Control": "private"},
+        _chunks(f), media_type=_media(path), headers=_headers(os.fstat(f.fileno()).st_size)
     )
 
 
-@router.head(**_ROUTE, operation_id="head_result_file")
+@router.head(
+    PATH,
+    response_class=Response,
+    operation_id="head_result_file",
+    responses={
+        200: {"description": "the headers of the image (type and size), no body"},
+        **_ERRORS,
+    },
+)
 async def head_file(
     key: str, service: ServiceDep, expires: int = Expires, signature: str = Signature
-) -> StreamingResponse:
-    """The headers of `get_file` (type and size), without the image."""
-    return await get_file(key, service, expires, signature)
+) -> Response:
+    """The headers of `get_file` (type and size), without reading the image."""
+    path = _checked_path(service, key, expires, signature)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ApiError(Code.NOT_FOUND, "result no longer exists") from None
+    return Response(media_type=_media(path), headers=_headers(size))
 
 
 def _checked_path(service: ServiceDep, key: str, expires: int, signature: str) -> Path:
@@ -68,7 +83,15 @@ def _checked_path(service: ServiceDep, key: str, expires: int, signature: str) -
     return path
 
 
-async def _file_chunks(path: Path, chunk: int = 1 << 20) -> AsyncIterator[bytes]:
-    with path.open("rb") as f:
+def _media(path: Path) -> str:
+    return _MEDIA.get(path.suffix, "application/octet-stream")
+
+
+def _headers(size: int) -> dict[str, str]:
+    return {"Content-Length": str(size), "Cache-Control": "private"}
+
+
+async def _chunks(f: BinaryIO, chunk: int = 1 << 20) -> AsyncIterator[bytes]:
+    with f:
         while data := await asyncio.to_thread(f.read, chunk):
             yield data

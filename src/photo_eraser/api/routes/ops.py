@@ -19,7 +19,12 @@ router = APIRouter(tags=["ops"])
 @router.get(
     "/healthz",
     response_model=Health,
-    responses={503: {**errors(Code.UNAVAILABLE, Code.DISK_FULL)[503], "model": Health}},
+    responses={
+        503: {
+            "model": Health,
+            "description": errors(Code.UNAVAILABLE, Code.DISK_FULL)[503]["description"],
+        }
+    },
 )
 async def healthz(service: ServiceDep) -> JSONResponse:
     """200 while the server takes tasks; 503 when it is degraded (disk nearly full) or has

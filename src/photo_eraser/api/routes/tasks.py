@@ -42,23 +42,26 @@ INLINE_PARSE_BYTES = 64 << 10
 """Bodies up to this size are parsed on the event loop (a thread hop costs more)."""
 
 
+MASK_DECODES = 2
+"""Inline masks decoded at once by create requests. They wait here, on the event loop, and not
+in a thread: waiting threads would take the pool that logins and polls need."""
+
+
 class CreateAdmission:
-    """At most ``limit`` create requests in flight; past it they are refused at once with 503,
-    so an overload sheds requests instead of making every client wait ever longer."""
+    """At most ``limit`` create requests handled at once (counted once their body has
+    arrived, so slow senders hold no place); past it they are refused at once with 503, so an
+    overload sheds requests instead of making every client wait ever longer."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.in_flight = 0
+        self.mask_decodes = asyncio.Semaphore(MASK_DECODES)
 
     @contextmanager
-    def admit(self) -> Iterator[None]:
+    def admit(self, service: ServiceDep) -> Iterator[None]:
         if self.in_flight >= self.limit:
-            seconds = RETRY_SECONDS[Code.BUSY]
-            raise ApiError(
-                Code.BUSY,
-                f"server busy: {self.in_flight} task creations in flight; retry in {seconds} s",
-                headers={"Retry-After": str(seconds)},
-            )
+            msg = f"server busy: {self.in_flight} task creations in flight"
+            raise _refused(service, "busy", Code.BUSY, msg)
         self.in_flight += 1  # the event loop's thread only: no lock needed
         try:
             yield
@@ -74,6 +77,7 @@ class CreateAdmission:
         Code.MALFORMED_JSON,
         Code.MISSING_CREDENTIALS,
         Code.INVALID_CREDENTIALS,
+        Code.REQUEST_TIMEOUT,
         Code.BODY_TOO_LARGE,
         Code.RATE_LIMITED,
         Code.TOO_MANY_OPEN_TASKS,
@@ -94,12 +98,15 @@ async def create_task(
     request: Request, service: ServiceDep, authorization: AuthHeader = None
 ) -> JSONResponse:
     """Create a task: up to 20 image URLs, one mask, a priority 0..9. Returns its task_id."""
+    settings = service.settings
+    raw = await read_body(request, settings.max_body_bytes, settings.body_timeout_seconds)
     admission: CreateAdmission = request.app.state.admission
-    with admission.admit():  # before any work, so shedding stays cheap
+    with admission.admit(service):  # before any work, so shedding stays cheap
+        _check_disk(service)
         appkey = await caller(service, authorization)
         request.app.state.limiter.check(appkey)
-        req = await _read_request(request, service.settings.max_body_bytes)
-        task = await _new_task(req, appkey, service)
+        req = await _parse_request(raw)
+        task = await _new_task(req, appkey, service, admission.mask_decodes)
         task_id = await _store(task, service)
     service.wake.set()
     service.metrics.tasks_created.labels(str(req.priority)).inc()
@@ -110,8 +117,7 @@ async def create_task(
     return envelope(Code.OK, data=CreatedData(task_id=task_id).model_dump())
 
 
-async def _read_request(request: Request, max_body_bytes: int) -> CreateTaskRequest:
-    raw = await read_body(request, max_body_bytes)
+async def _parse_request(raw: bytes) -> CreateTaskRequest:
     if len(raw) <= INLINE_PARSE_BYTES:
         body = parse_json_object(raw)
     else:
@@ -122,7 +128,9 @@ async def _read_request(request: Request, max_body_bytes: int) -> CreateTaskRequ
         raise ApiError(Code.BAD_PARAMETER, _validation_message(exc)) from None
 
 
-async def _new_task(req: CreateTaskRequest, appkey: str, service: ServiceDep) -> NewTask:
+async def _new_task(
+    req: CreateTaskRequest, appkey: str, service: ServiceDep, decodes: asyncio.Semaphore
+) -> NewTask:
     settings = service.settings
     if len(req.images) > min(settings.max_images, MAX_IMAGES):
         raise ApiError(Code.BAD_PARAMETER, f"images: at most {settings.max_images} images per task")
@@ -133,7 +141,8 @@ async def _new_task(req: CreateTaskRequest, appkey: str, service: ServiceDep) ->
     try:
         mask = _parse_mask(req.mask)
         if mask.data is not None:  # decoded now, so a bad mask is a 400, not a failed task
-            await asyncio.to_thread(_decode_mask, mask.data, service.masks)
+            async with decodes:
+                await asyncio.to_thread(_decode_mask, mask.data, service.masks)
     except MaskError as exc:
         raise ApiError(Code.BAD_PARAMETER, f"mask: {exc}") from None
     return NewTask(
@@ -149,11 +158,6 @@ async def _new_task(req: CreateTaskRequest, appkey: str, service: ServiceDep) ->
 
 async def _store(task: NewTask, service: ServiceDep) -> str:
     """Store the task through the intake (durable before this returns), or say why not."""
-    disk = service.disk.state()
-    if disk.low:
-        raise _refused(
-            service, "disk_low", Code.DISK_FULL, f"not accepting new tasks: {disk.describe()}"
-        )
     try:
         return await service.intake.submit(task)
     except IntakeFull as exc:
@@ -170,6 +174,13 @@ async def _store(task: NewTask, service: ServiceDep) -> str:
         log.error("task not stored: disk full")
         msg = f"{DISK_FULL_REASON}: the task was not stored"
         raise _refused(service, "disk_full", Code.DISK_FULL, msg) from None
+
+
+def _check_disk(service: ServiceDep) -> None:
+    disk = service.disk.state()
+    if disk.low:
+        msg = f"not accepting new tasks: {disk.describe()}"
+        raise _refused(service, "disk_low", Code.DISK_FULL, msg)
 
 
 RETRY_SECONDS = {
@@ -235,10 +246,13 @@ async def get_result(
 )
 async def close_task(task_id: str, appkey: Caller, service: ServiceDep) -> JSONResponse:
     """Extension: close a waiting or running task (status 5). Finished tasks stay as they are."""
-    status = await asyncio.to_thread(service.store.close, task_id, appkey)
-    if status is None:
+    closing = await asyncio.to_thread(service.store.close, task_id, appkey)
+    if closing is None:
         raise ApiError(Code.NOT_FOUND, f"task {task_id} not found")
-    return envelope(Code.OK, data=ClosedData(task_id=task_id, status=str(int(status))).model_dump())
+    if closing.closed_now:
+        service.metrics.tasks_finished.labels("closed").inc()
+    data = ClosedData(task_id=task_id, status=str(int(closing.status)))
+    return envelope(Code.OK, data=data.model_dump())
 
 
 def _parse_mask(value: str) -> MaskSource:
