@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,12 +15,28 @@ from photo_eraser.config import Settings
 from photo_eraser.service import open_store
 from photo_eraser.tasks.intake import IntakeClosed, IntakeFull, TaskIntake
 from photo_eraser.tasks.store import NewTask, TaskStore
+from tests.postgres import fresh_schema
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TaskStore]:
+    global APPKEY
+    if request.param == "sqlite":
+        store = open_store(Settings(data_dir=tmp_path))
+        APPKEY, _ = store.create_key("intake")
+        yield store
+        return
+    with fresh_schema() as url:
+        store = open_store(Settings(data_dir=tmp_path, database_url=url))
+        APPKEY, _ = store.create_key("intake")
+        yield store
+        store.engine.dispose()
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> TaskStore:
-    store = open_store(Settings(data_dir=tmp_path))
+def sqlite_store(tmp_path: Path) -> TaskStore:
     global APPKEY
+    store = open_store(Settings(data_dir=tmp_path))
     APPKEY, _ = store.create_key("intake")
     return store
 
@@ -28,7 +45,9 @@ APPKEY = "pe_test"
 
 
 def new(priority: int = 1) -> NewTask:
-    return NewTask(APPKEY, ["http://a.example/1.png"], priority, "auto", "http://a.example/m", None, 60)
+    return NewTask(
+        APPKEY, ["http://a.example/1.png"], priority, "auto", "http://a.example/m", None, 60
+    )
 
 
 def count_commits(store: TaskStore) -> list[int]:
@@ -61,9 +80,10 @@ def test_concurrent_creates_share_commits_and_all_are_stored(store: TaskStore) -
 
 
 def test_a_full_intake_refuses_at_once_and_stores_what_it_took(
-    store: TaskStore, tmp_path: Path
+    sqlite_store: TaskStore, tmp_path: Path
 ) -> None:
     """The writer is held by another connection's write lock; the queue fills up."""
+    store = sqlite_store
     intake = TaskIntake(store, max_pending=5, max_batch=1)
     locker = sqlite3.connect(tmp_path / "photo-eraser.db", isolation_level=None)
     locker.execute("BEGIN IMMEDIATE")  # the database's write lock, held by someone else

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,11 +14,19 @@ from photo_eraser.config import Settings
 from photo_eraser.service import open_store
 from photo_eraser.tasks.status import ImageStatus, TaskStatus
 from photo_eraser.tasks.store import TaskRecord, TaskStore
+from tests.postgres import fresh_schema
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> TaskStore:
-    return open_store(Settings(data_dir=tmp_path))
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TaskStore]:
+    """The same store on SQLite (the embedded default) and on PostgreSQL."""
+    if request.param == "sqlite":
+        yield open_store(Settings(data_dir=tmp_path))
+        return
+    with fresh_schema() as url:
+        store = open_store(Settings(data_dir=tmp_path, database_url=url))
+        yield store
+        store.engine.dispose()
 
 
 def new_task(
