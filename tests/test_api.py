@@ -306,8 +306,10 @@ def test_result_links_are_signed(client: ApiClient, assets: dict[str, str]) -> N
     assert httpx.get(tampered).status_code == 403
     other_file = url.replace("/0.png", "/1.png")
     assert httpx.get(other_file).status_code == 403
-    head = httpx.head(url)
-    assert head.status_code == 200 and int(head.headers["content-length"]) > 0
+    head, got = httpx.head(url), httpx.get(url)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == str(len(got.content)) and len(got.content) > 0
+    assert head.headers["content-type"] == got.headers["content-type"] == "image/png"
     # Range requests get the whole file; a malformed Range is no reason to fail.
     ranged = httpx.get(url, headers={"Range": "bytes=abc"})
     assert ranged.status_code == 200 and ranged.content == httpx.get(url).content
