@@ -125,19 +125,28 @@ def test_a_client_generated_from_the_document_works(
     result = importlib.import_module("pe_client.api.tasks.get_result")
     close = importlib.import_module("pe_client.api.tasks.close_task")
     models = importlib.import_module("pe_client.models")
-    authorization = basic(accept_only, "generated")
-    with pe.Client(base_url=accept_only.base_url, raise_on_unexpected_status=True) as client:
+    token = basic(accept_only, "generated").removeprefix("Basic ")
+    # The document says "HTTP Basic" (a security scheme), so the client sends the header.
+    with (
+        pe.AuthenticatedClient(
+            base_url=accept_only.base_url,
+            token=token,
+            prefix="Basic",
+            raise_on_unexpected_status=True,
+        ) as client,
+        pe.Client(base_url=accept_only.base_url) as anonymous,
+    ):
         body = models.CreateTaskRequest(
             images=["https://shop.example/a.jpg"], mask="https://shop.example/m.png", priority=3
         )
-        created = create.sync_detailed(client=client, body=body, authorization=authorization)
+        created = create.sync_detailed(client=client, body=body)
         assert created.status_code == 200 and isinstance(created.parsed, models.Created)
         task_id = created.parsed.data.task_id
-        got = result.sync(client=client, task_id=task_id, authorization=authorization)
+        got = result.sync(client=client, task_id=task_id)
         assert isinstance(got, models.Result)
         assert got.data.status == "1" and [i.status for i in got.data.list_] == ["1"]
-        closed = close.sync(client=client, task_id=task_id, authorization=authorization)
+        closed = close.sync(client=client, task_id=task_id)
         assert isinstance(closed, models.Closed) and closed.data.status == "5"
-        refused = create.sync_detailed(client=client, body=body, authorization="Basic eDp5")
+        refused = create.sync_detailed(client=anonymous, body=body)
         assert refused.status_code == 401 and isinstance(refused.parsed, models.Envelope)
-        assert refused.parsed.code == 40102
+        assert refused.parsed.code == 40101

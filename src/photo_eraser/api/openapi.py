@@ -37,6 +37,19 @@ def errors(*codes: Code) -> dict[int | str, dict[str, Any]]:
     return out
 
 
+def _authorization_as_security(operation: dict[str, Any]) -> None:
+    """The routes read ``Authorization`` as a header parameter; OpenAPI says tools must ignore
+    a parameter of that name, and describes it as a security requirement instead."""
+    params = operation.get("parameters", [])
+    kept = [p for p in params if not (p["in"] == "header" and p["name"] == "Authorization")]
+    if len(kept) != len(params):
+        operation["security"] = [{"basic": []}]
+        if kept:
+            operation["parameters"] = kept
+        else:
+            operation.pop("parameters")
+
+
 _REFERENCED: dict[str, type[BaseModel]] = {}
 
 
@@ -61,11 +74,19 @@ def install(app: FastAPI) -> None:
             for path in schema.get("paths", {}).values():
                 for operation in path.values():
                     operation.get("responses", {}).pop("422", None)
+                    _authorization_as_security(operation)
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             for name in ("HTTPValidationError", "ValidationError"):
                 components.pop(name, None)
             for name, model in _REFERENCED.items():
                 components[name] = model.model_json_schema(ref_template=_REF_TEMPLATE)
+            schema["components"]["securitySchemes"] = {
+                "basic": {
+                    "type": "http",
+                    "scheme": "basic",
+                    "description": "appkey as the user name, appsecret as the password",
+                }
+            }
             app.openapi_schema = schema
         return app.openapi_schema
 
