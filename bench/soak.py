@@ -86,6 +86,22 @@ async def run(args: argparse.Namespace) -> int:
         PHOTO_ERASER_RATE_LIMIT_PER_MINUTE="0",
         PHOTO_ERASER_RESULT_TTL_SECONDS="300",
     ).start()
+    try:
+        return await _soak(args, server, host, urls, mask_png, mask_url, missing)
+    finally:
+        server.stop()
+        host.close()
+
+
+async def _soak(
+    args: argparse.Namespace,
+    server: ServerProcess,
+    host: ImageHost,
+    urls: list[str],
+    mask_png: bytes,
+    mask_url: str,
+    missing: str,
+) -> int:
     assert server.proc is not None
     pid = server.proc.pid
     appkey, appsecret = server.create_key("soak")
@@ -160,8 +176,6 @@ async def run(args: argparse.Namespace) -> int:
             await asyncio.sleep(1 / args.rate)
         await asyncio.gather(*running, return_exceptions=True)
         await sampling
-    server.stop()
-    host.close()
 
     measured = [(t, r) for t, r in samples if t >= args.warmup_minutes]
     print()
