@@ -245,3 +245,31 @@ def test_a_client_that_leaves_mid_body_is_not_an_internal_error(
     log = server.log_path.read_text()
     assert "unhandled error" not in log and "Traceback" not in log
     assert client.create(["https://a.example/x.png"], "https://a.example/m.png").is_success
+
+
+def test_bodies_held_at_once_are_bounded(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """With a 1 MB budget for bodies in memory, a second 700 KB upload while the first is
+    still arriving gets 503; once the first is done, the budget is free again."""
+    server = ServerProcess(
+        tmp_path_factory.mktemp("budget"),
+        PHOTO_ERASER_WORKERS="0",
+        PHOTO_ERASER_MAX_BODY_BUFFER_MB="1",
+    ).start()
+    try:
+        client = ApiClient(server.base_url, *server.create_key("budget"))
+        body = b'{"images": ["https://a.example/x.png"], "priority": 1, "mask": "' + b"A" * 700_000 + b'"}'
+        first = http("POST", "/v3/pic/rw/batch", {"Authorization": basic(client)}, body)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(first[:-10])  # all but the last ten bytes: held in the budget
+            time.sleep(0.3)
+            second = client.http.post("/v3/pic/rw/batch", content=body)
+            assert second.status_code == 503 and second.json()["code"] == 50302, second.text
+            assert second.headers["Retry-After"] == "1"
+            sock.sendall(first[-10:])
+            status, answer = read_response(sock.makefile("rb"))
+            assert status == 400 and answer["msg"].startswith("mask:")  # the body was read
+        again = client.http.post("/v3/pic/rw/batch", content=body)
+        assert again.status_code == 400  # not 503: the first gave its bytes back
+        client.close()
+    finally:
+        server.stop()

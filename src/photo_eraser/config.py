@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     workers: int = Field(default_factory=_default_workers, ge=0, description="0 = accept only")
     allow_private_urls: bool = False
     max_body_bytes: int = 10 * 1024 * 1024
+    max_body_buffer_mb: int = Field(
+        default=256,
+        ge=1,
+        description="request bodies held in memory at once, over all requests; past it 503",
+    )
     body_timeout_seconds: float = Field(
         default=30.0, gt=0, description="a create body must arrive within this (else 408)"
     )

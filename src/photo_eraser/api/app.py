@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_fastapi_instrumentator import Instrumentator
+from prometheus_fastapi_instrumentator import metrics as instrumentation
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from photo_eraser import __version__
@@ -55,14 +56,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.service = service
     app.state.limiter = RateLimiter(settings.rate_limit_per_minute)
-    app.state.admission = tasks.CreateAdmission(settings.max_pending_creates)
+    app.state.admission = tasks.CreateAdmission(
+        settings.max_pending_creates, settings.max_body_buffer_mb << 20
+    )
     for module in (tasks, files, ops):
         app.include_router(module.router)
     _install_error_handlers(app)
-    # HTTP metrics by route template (never by task id); into the service's own registry.
-    Instrumentator(excluded_handlers=["/metrics"], registry=service.metrics.registry).instrument(
-        app
-    )
+    # HTTP metrics by route template (never by task id), into the service's own registry:
+    # counts and latency only (the library's size metrics trust the client's Content-Length).
+    registry = service.metrics.registry
+    Instrumentator(excluded_handlers=["/metrics"], registry=registry).add(
+        instrumentation.requests(registry=registry),
+        instrumentation.latency(registry=registry),
+    ).instrument(app)
     openapi.install(app)
     return app
 

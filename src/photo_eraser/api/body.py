@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Request
@@ -22,14 +24,48 @@ MAX_VALUES = 4096
 the request then ignores would cost seconds of CPU (9 MB of ``[],`` takes 1.4 s)."""
 
 
-async def read_body(request: Request, limit: int, timeout: float) -> bytes:
-    """Read at most ``limit`` bytes within ``timeout`` seconds; a longer body (declared or
-    streamed) is a 413, a slower one a 408, one cut off by the client a 400."""
+class BodyBudget:
+    """Bytes of request bodies held at once, over all requests: each body is bounded by
+    ``PHOTO_ERASER_MAX_BODY_BYTES``, and this bounds their sum, so many clients uploading
+    10 MB masks at once get 503 rather than the server's memory. Counted as bytes arrive, so
+    a slow sender holds only what it has sent. The event loop's thread only: no lock."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.held = 0
+
+    def take(self, size: int) -> None:
+        if self.held + size > self.max_bytes:
+            raise ApiError(
+                Code.BUSY,
+                f"server busy: {self.held >> 20} MB of request bodies being received; retry in 1 s",
+                headers={"Retry-After": "1"},
+            )
+        self.held += size
+
+
+@asynccontextmanager
+async def read_body(
+    request: Request, limit: int, timeout: float, budget: BodyBudget
+) -> AsyncIterator[bytes]:
+    """The body, read at most ``limit`` bytes within ``timeout`` seconds and counted in
+    ``budget`` until the block ends. A longer body (declared or streamed) is a 413, a slower
+    one a 408, one cut off by the client a 400, one past the budget a 503."""
+    chunks: list[bytes] = []
+    try:
+        await _receive(request, chunks, limit, timeout, budget)
+        yield b"".join(chunks)
+    finally:
+        budget.held -= sum(len(c) for c in chunks)
+
+
+async def _receive(
+    request: Request, chunks: list[bytes], limit: int, timeout: float, budget: BodyBudget
+) -> None:
     too_large = ApiError(Code.BODY_TOO_LARGE, f"request body exceeds {limit} bytes")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large
-    chunks: list[bytes] = []
     size = 0
     try:
         async with asyncio.timeout(timeout):
@@ -37,6 +73,7 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
                 size += len(chunk)
                 if size > limit:
                     raise too_large
+                budget.take(len(chunk))
                 chunks.append(chunk)
     except TimeoutError:
         raise ApiError(
@@ -44,7 +81,6 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
         ) from None
     except ClientDisconnect:  # nobody will read the answer; it is not our error either
         raise ApiError(Code.MALFORMED_JSON, "the client closed the connection mid-body") from None
-    return b"".join(chunks)
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from photo_eraser.api.body import parse_json_object, read_body
+from photo_eraser.api.body import BodyBudget, parse_json_object, read_body
 from photo_eraser.api.deps import AuthHeader, Caller, ServiceDep, caller
 from photo_eraser.api.errors import ApiError, Code, envelope
 from photo_eraser.api.openapi import errors, schema_ref
@@ -52,10 +52,11 @@ class CreateAdmission:
     arrived, so slow senders hold no place); past it they are refused at once with 503, so an
     overload sheds requests instead of making every client wait ever longer."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, body_bytes: int) -> None:
         self.limit = limit
         self.in_flight = 0
         self.mask_decodes = asyncio.Semaphore(MASK_DECODES)
+        self.bodies = BodyBudget(body_bytes)
 
     @contextmanager
     def admit(self, service: ServiceDep) -> Iterator[None]:
@@ -99,15 +100,17 @@ async def create_task(
 ) -> JSONResponse:
     """Create a task: up to 20 image URLs, one mask, a priority 0..9. Returns its task_id."""
     settings = service.settings
-    raw = await read_body(request, settings.max_body_bytes, settings.body_timeout_seconds)
     admission: CreateAdmission = request.app.state.admission
-    with admission.admit(service):  # before any work, so shedding stays cheap
-        _check_disk(service)
-        appkey = await caller(service, authorization)
-        request.app.state.limiter.check(appkey)
-        req = await _parse_request(raw)
-        task = await _new_task(req, appkey, service, admission.mask_decodes)
-        task_id = await _store(task, service)
+    async with read_body(
+        request, settings.max_body_bytes, settings.body_timeout_seconds, admission.bodies
+    ) as raw:
+        with admission.admit(service):  # before any work, so shedding stays cheap
+            _check_disk(service)
+            appkey = await caller(service, authorization)
+            request.app.state.limiter.check(appkey)
+            req = await _parse_request(raw)
+            task = await _new_task(req, appkey, service, admission.mask_decodes)
+            task_id = await _store(task, service)
     service.wake.set()
     service.metrics.tasks_created.labels(str(req.priority)).inc()
     log.info(
