@@ -131,7 +131,7 @@ def test_expired_results_and_inline_masks_are_deleted(tmp_path: Path) -> None:
     assert store.finish(task.pk, TaskStatus.COMPLETE)
     time.sleep(0.01)
     service._delete_expired_results()
-    assert service.blobs.path(key) is None
+    assert service.blobs.open(key) is None
     record = store.get_task(task_id)
     assert record is not None and record.images[0].result_key is None and record.mask_data is None
     assert record.status == TaskStatus.COMPLETE
@@ -157,7 +157,7 @@ def test_result_files_nobody_recorded_are_deleted_after_the_retention(tmp_path: 
     time.sleep(0.01)
     service._delete_expired_results()
     assert sorted(service.blobs.folders("results")) == sorted(["lost+found", running])
-    assert service.blobs.path(f"results/{running}/0.png") is not None
+    assert service.blobs.size(f"results/{running}/0.png") is not None
 
 
 def test_late_worker_writes_nothing_to_a_closed_task(store: TaskStore) -> None:

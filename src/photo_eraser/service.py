@@ -8,7 +8,6 @@ import fcntl
 import logging
 import math
 import os
-import re
 import secrets
 import socket
 import time
@@ -23,7 +22,14 @@ from photo_eraser.engines.registry import EngineRegistry
 from photo_eraser.fetch import Fetcher
 from photo_eraser.metrics import Metrics
 from photo_eraser.pipeline import MaskCache
-from photo_eraser.storage import LocalBlobStore, UrlSigner
+from photo_eraser.storage import (
+    RESULTS,
+    TASK_FOLDER,
+    BlobStore,
+    LocalBlobStore,
+    UrlSigner,
+    task_results,
+)
 from photo_eraser.tasks.db import create_db_engine, migrate
 from photo_eraser.tasks.intake import TaskIntake
 from photo_eraser.tasks.status import TaskStatus
@@ -37,7 +43,6 @@ ORPHAN_SECONDS = 300.0
 LEASE_STALE_SECONDS = 120.0
 """A database lease not renewed for this long is free. It is renewed every second; the margin
 covers the database's 30 s busy timeout and clocks of hosts that disagree by up to a minute."""
-_TASK_FOLDER = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 DEFAULT_TASK_SECONDS = 5.0
 """Assumed run time of one task before any has finished, for ``wait_time``."""
@@ -57,7 +62,7 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store = open_store(settings)
-        self.blobs = LocalBlobStore(settings.data_dir / "blobs")
+        self.blobs: BlobStore = LocalBlobStore(settings.data_dir / "blobs")
         self.signer = UrlSigner.from_data_dir(settings.data_dir, settings.signing_secret)
         self.engines = EngineRegistry(
             settings.models_path,
@@ -240,10 +245,10 @@ class Service:
         # Whole folders first: a worker that lost its task (closed, timed out, interrupted)
         # while saving may have written files the database never recorded. Folders of tasks
         # the database does not know (any more) go once they are as old as a result may be.
-        folders = [f for f in self.blobs.folders("results") if _TASK_FOLDER.match(f)]
+        folders = [f for f in self.blobs.folders(RESULTS) if TASK_FOLDER.match(f)]
         finished = self.store.finish_times(folders)
         for task_id in folders:
-            key = f"results/{task_id}"
+            key = task_results(task_id)
             if task_id in finished:
                 at = finished[task_id]
                 expired = at is not None and at < before

@@ -8,11 +8,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from photo_eraser.storage.base import OpenBlob
+
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
 
 
 class LocalBlobStore:
-    """Keys are relative paths such as ``results/<task_id>/0.jpg``; no ``..``, no absolute paths."""
+    """A `BlobStore` in a folder. Keys are relative paths such as ``results/<task_id>/0.jpg``;
+    no ``..``, no absolute paths."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -38,13 +41,19 @@ class LocalBlobStore:
             raise
         _fsync_dir(path.parent)  # the rename itself must survive a power cut
 
-    def path(self, key: str) -> Path | None:
-        """The file holding ``key``, or None if absent (the HTTP layer streams it)."""
+    def open(self, key: str) -> OpenBlob | None:
+        try:
+            f = self._path(key).open("rb")
+        except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+        return OpenBlob(os.fstat(f.fileno()).st_size, f)
+
+    def size(self, key: str) -> int | None:
         try:
             path = self._path(key)
-        except ValueError:
+            return path.stat().st_size if path.is_file() else None
+        except (ValueError, OSError):
             return None
-        return path if path.is_file() else None
 
     def folders(self, key: str) -> list[str]:
         """Names of the folders directly under ``key`` (e.g. the task ids under ``results``)."""

@@ -28,7 +28,7 @@ from photo_eraser.imaging import (
 )
 from photo_eraser.metrics import Metrics, download_reason_class
 from photo_eraser.pipeline import MaskCache, StageTimes, restore_images
-from photo_eraser.storage import LocalBlobStore
+from photo_eraser.storage import BlobStore, result_key
 from photo_eraser.tasks.status import ImageStatus, TaskStatus
 from photo_eraser.tasks.store import ImageRecord, TaskRecord, TaskStore
 
@@ -47,7 +47,7 @@ class WorkerContext:
 
     settings: Settings
     store: TaskStore
-    blobs: LocalBlobStore
+    blobs: BlobStore
     fetcher: Fetcher
     engines: EngineRegistry
     cpu: ThreadPoolExecutor
@@ -258,7 +258,7 @@ async def _run(
         t = time.perf_counter()
         for idx, result in zip(order, results, strict=True):
             await _checkpoint(ctx, task)
-            key = f"results/{task.task_id}/{idx}.{result.encoded.extension}"
+            key = result_key(task.task_id, idx, result.encoded.extension)
             await asyncio.to_thread(ctx.blobs.put, key, result.encoded.data)
             rec = records[idx]
             rec.status = ImageStatus.DONE

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator
-from pathlib import Path
+from pathlib import PurePosixPath
 from typing import BinaryIO
 
 from fastapi import APIRouter, Query
@@ -42,14 +41,14 @@ async def get_file(
     key: str, service: ServiceDep, expires: int = Expires, signature: str = Signature
 ) -> StreamingResponse:
     """A result image. The link is signed and expires; no Authorization header needed."""
-    path = _checked_path(service, key, expires, signature)
-    try:
-        f = path.open("rb")  # opened now: deleted after this (retention), it still streams
-    except FileNotFoundError:
-        raise ApiError(Code.NOT_FOUND, "result no longer exists") from None
+    _check_signature(service, key, expires, signature)
+    # Opened now: deleted after this (retention), it still streams to the end.
+    blob = await asyncio.to_thread(service.blobs.open, key)
+    if blob is None:
+        raise ApiError(Code.NOT_FOUND, "result no longer exists")
     # Whole files only (no Range): results are a few MB, and every error stays an envelope.
     return StreamingResponse(
-        _chunks(f), media_type=_media(path), headers=_headers(os.fstat(f.fileno()).st_size)
+        _chunks(blob.file), media_type=_media(key), headers=_headers(blob.size)
     )
 
 
@@ -66,25 +65,20 @@ async def head_file(
     key: str, service: ServiceDep, expires: int = Expires, signature: str = Signature
 ) -> Response:
     """The headers of `get_file` (type and size), without reading the image."""
-    path = _checked_path(service, key, expires, signature)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise ApiError(Code.NOT_FOUND, "result no longer exists") from None
-    return Response(media_type=_media(path), headers=_headers(size))
+    _check_signature(service, key, expires, signature)
+    size = await asyncio.to_thread(service.blobs.size, key)
+    if size is None:
+        raise ApiError(Code.NOT_FOUND, "result no longer exists")
+    return Response(media_type=_media(key), headers=_headers(size))
 
 
-def _checked_path(service: ServiceDep, key: str, expires: int, signature: str) -> Path:
+def _check_signature(service: ServiceDep, key: str, expires: int, signature: str) -> None:
     if not service.signer.verify(key, expires, signature):
         raise ApiError(Code.LINK_EXPIRED, "result link is invalid or has expired")
-    path = service.blobs.path(key)
-    if path is None:
-        raise ApiError(Code.NOT_FOUND, "result no longer exists")
-    return path
 
 
-def _media(path: Path) -> str:
-    return _MEDIA.get(path.suffix, "application/octet-stream")
+def _media(key: str) -> str:
+    return _MEDIA.get(PurePosixPath(key).suffix, "application/octet-stream")
 
 
 def _headers(size: int) -> dict[str, str]:

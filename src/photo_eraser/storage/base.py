@@ -1,0 +1,59 @@
+"""The blob store seam: where masks and results are kept, and the layout of their keys.
+
+The embedded mode keeps blobs on the local disk (`local.py`); a distributed mode keeps them in
+an object store behind the same methods. Keys are relative, ``/``-separated names; nothing
+outside a store sees a filesystem path."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+RESULTS = "results"
+"""Folder of result files, one subfolder per task: ``results/<task_id>/<index>.<ext>``."""
+TASK_FOLDER = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+"""A folder name under `RESULTS` that is a task id (uuid4, as the store makes them)."""
+
+
+def result_key(task_id: str, index: int, extension: str) -> str:
+    """Key of the result of image ``index`` of a task (the same on every attempt)."""
+    return f"{RESULTS}/{task_id}/{index}.{extension}"
+
+
+def task_results(task_id: str) -> str:
+    """Key of the folder holding all results of a task."""
+    return f"{RESULTS}/{task_id}"
+
+
+@dataclass
+class OpenBlob:
+    """A blob opened for reading: its size and a file to read it from (close it when done)."""
+
+    size: int
+    file: BinaryIO
+
+
+class BlobStore(Protocol):
+    """What the service needs of a blob store."""
+
+    def put(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key`` atomically: a reader sees all of it or none."""
+
+    def open(self, key: str) -> OpenBlob | None:
+        """The blob for reading, or None if there is none (or the key is not valid)."""
+
+    def size(self, key: str) -> int | None:
+        """The blob's size in bytes, or None if there is none."""
+
+    def delete(self, key: str) -> None:
+        """Delete a blob; nothing happens if there is none."""
+
+    def delete_folder(self, key: str) -> None:
+        """Delete every blob under the folder ``key`` (also ones no task recorded)."""
+
+    def folders(self, key: str) -> list[str]:
+        """Names of the folders directly under ``key``."""
+
+    def modified(self, key: str) -> float | None:
+        """When the blob or folder ``key`` last changed (seconds since the epoch), if it exists."""
