@@ -254,10 +254,15 @@ def test_bodies_held_at_once_are_bounded(tmp_path_factory: pytest.TempPathFactor
         tmp_path_factory.mktemp("budget"),
         PHOTO_ERASER_WORKERS="0",
         PHOTO_ERASER_MAX_BODY_BUFFER_MB="1",
+        PHOTO_ERASER_MAX_BODY_BYTES="1000000",
     ).start()
     try:
         client = ApiClient(server.base_url, *server.create_key("budget"))
-        body = b'{"images": ["https://a.example/x.png"], "priority": 1, "mask": "' + b"A" * 700_000 + b'"}'
+        body = (
+            b'{"images": ["https://a.example/x.png"], "priority": 1, "mask": "'
+            + b"A" * 700_000
+            + b'"}'
+        )
         first = http("POST", "/v3/pic/rw/batch", {"Authorization": basic(client)}, body)
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
             sock.sendall(first[:-10])  # all but the last ten bytes: held in the budget

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -91,6 +91,15 @@ class Settings(BaseSettings):
         description="below this free space on the data directory the server is degraded: "
         "/healthz answers 503, new tasks are refused with 503 and no new task starts; 0 = off",
     )
+
+    @model_validator(mode="after")
+    def _one_body_fits_the_buffer(self) -> Settings:
+        if self.max_body_buffer_mb << 20 < self.max_body_bytes:
+            raise ValueError(
+                f"PHOTO_ERASER_MAX_BODY_BUFFER_MB ({self.max_body_buffer_mb}) must hold at least "
+                f"one body of PHOTO_ERASER_MAX_BODY_BYTES ({self.max_body_bytes})"
+            )
+        return self
 
     @property
     def models_path(self) -> Path:

@@ -36,12 +36,14 @@ class BodyBudget:
 
     def take(self, size: int) -> None:
         if self.held + size > self.max_bytes:
-            raise ApiError(
-                Code.BUSY,
-                f"server busy: {self.held >> 20} MB of request bodies being received; retry in 1 s",
-                headers={"Retry-After": "1"},
+            raise BodyBudgetFull(
+                f"{self.max_bytes >> 20} MB of request bodies are being received at once"
             )
         self.held += size
+
+
+class BodyBudgetFull(Exception):
+    """Taking more body bytes would pass the budget; the request should be retried."""
 
 
 @asynccontextmanager
@@ -50,13 +52,17 @@ async def read_body(
 ) -> AsyncIterator[bytes]:
     """The body, read at most ``limit`` bytes within ``timeout`` seconds and counted in
     ``budget`` until the block ends. A longer body (declared or streamed) is a 413, a slower
-    one a 408, one cut off by the client a 400, one past the budget a 503."""
+    one a 408, one cut off by the client a 400; past the budget, `BodyBudgetFull`."""
     chunks: list[bytes] = []
+    taken = 0
     try:
         await _receive(request, chunks, limit, timeout, budget)
-        yield b"".join(chunks)
+        taken = sum(len(c) for c in chunks)
+        body = b"".join(chunks)
+        chunks.clear()  # one copy held, as counted
+        yield body
     finally:
-        budget.held -= sum(len(c) for c in chunks)
+        budget.held -= taken + sum(len(c) for c in chunks)
 
 
 async def _receive(

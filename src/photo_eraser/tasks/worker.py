@@ -95,6 +95,10 @@ async def run_worker(
             continue
         try:
             await process_task(ctx, task, name)
+            # The task's images and buffers are freed now; give the memory back, so an idle
+            # worker does not hold the peak of its last task. Not on cancellation (shutdown):
+            # the trim would queue behind the cancelled task's engine call.
+            await ctx.run_cpu(memory.trim)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -104,9 +108,6 @@ async def run_worker(
             await asyncio.sleep(1.0)
         finally:
             ctx.in_flight.discard(task.pk)
-            # The task's images and buffers are freed now; give the memory back, so an idle
-            # worker does not hold the peak of its last task.
-            await ctx.run_cpu(memory.trim)
 
 
 async def _claim(ctx: WorkerContext) -> TaskRecord | None:

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from photo_eraser.api.body import BodyBudget, parse_json_object, read_body
+from photo_eraser.api.body import BodyBudget, BodyBudgetFull, parse_json_object, read_body
 from photo_eraser.api.deps import AuthHeader, Caller, ServiceDep, caller
 from photo_eraser.api.errors import ApiError, Code, envelope
 from photo_eraser.api.openapi import errors, schema_ref
@@ -101,16 +101,20 @@ async def create_task(
     """Create a task: up to 20 image URLs, one mask, a priority 0..9. Returns its task_id."""
     settings = service.settings
     admission: CreateAdmission = request.app.state.admission
-    async with read_body(
-        request, settings.max_body_bytes, settings.body_timeout_seconds, admission.bodies
-    ) as raw:
-        with admission.admit(service):  # before any work, so shedding stays cheap
-            _check_disk(service)
-            appkey = await caller(service, authorization)
-            request.app.state.limiter.check(appkey)
-            req = await _parse_request(raw)
-            task = await _new_task(req, appkey, service, admission.mask_decodes)
-            task_id = await _store(task, service)
+    # Credentials first (headers only): a client without them holds no body budget.
+    appkey = await caller(service, authorization)
+    request.app.state.limiter.check(appkey)
+    try:
+        async with read_body(
+            request, settings.max_body_bytes, settings.body_timeout_seconds, admission.bodies
+        ) as raw:
+            with admission.admit(service):  # before any work, so shedding stays cheap
+                _check_disk(service)
+                req = await _parse_request(raw)
+                task = await _new_task(req, appkey, service, admission.mask_decodes)
+                task_id = await _store(task, service)
+    except BodyBudgetFull as exc:
+        raise _refused(service, "body_buffer", Code.BUSY, f"server busy: {exc}") from None
     service.wake.set()
     service.metrics.tasks_created.labels(str(req.priority)).inc()
     log.info(
