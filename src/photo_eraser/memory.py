@@ -13,31 +13,35 @@ same speed: they are rare and large, so the extra mmap calls cost nothing measur
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import logging
 import os
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 _M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
 MMAP_THRESHOLD = 1 << 20
 
 
+def _libc_function(name: str) -> Any:
+    """A function of the C library the process already runs on (no search, no ldconfig);
+    None where it has no such function (musl has neither of ours)."""
+    try:
+        function = getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int] * (2 if name == "mallopt" else 1)
+    function.restype = ctypes.c_int
+    return function
+
+
+_mallopt = _libc_function("mallopt")
+_malloc_trim = _libc_function("malloc_trim")
+
+
 def return_large_blocks_to_os(threshold: int = MMAP_THRESHOLD) -> bool:
     """Fix glibc's mmap threshold at ``threshold`` bytes; False where that is not possible
     (not glibc) or the operator set ``MALLOC_MMAP_THRESHOLD_`` (theirs wins)."""
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or _mallopt is None:
         return False
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and others have no mallopt
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, threshold))
+    return bool(_mallopt(_M_MMAP_THRESHOLD, threshold))
 
 
 def trim() -> None:
@@ -45,19 +49,6 @@ def trim() -> None:
 
     A task frees hundreds of MB in blocks of all sizes across several threads' heaps; glibc
     keeps much of it. Measured with ``bench/soak.py``'s load: 264 MiB after 240 tasks, 169 MiB
-    right after one trim. No-op where there is no glibc."""
+    right after one trim (about 20 ms). No-op where there is no glibc."""
     if _malloc_trim is not None:
         _malloc_trim(0)
-
-
-def _find_malloc_trim() -> Any:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        return ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-_malloc_trim = _find_malloc_trim()
