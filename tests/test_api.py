@@ -356,6 +356,19 @@ def test_healthz_and_openapi(server: ServerProcess) -> None:
     assert (images["minItems"], images["maxItems"], images["items"]["maxLength"]) == (1, 20, 2048)
     responses = spec["paths"]["/v3/pic/rw/batch"]["post"]["responses"]
     assert {"200", "400", "401", "413", "429", "503"} <= set(responses) and "422" not in responses
+    # Credentials are a security scheme, on exactly the operations that need them.
+    assert spec["components"]["securitySchemes"]["basic"]["scheme"] == "basic"
+    secured = {
+        (method, path)
+        for path, ops in spec["paths"].items()
+        for method, op in ops.items()
+        if op.get("security") == [{"basic": []}]
+    }
+    assert secured == {
+        ("post", "/v3/pic/rw/batch"),
+        ("get", "/v3/pic/rw/result/{task_id}"),
+        ("post", "/v3/pic/rw/close/{task_id}"),
+    }
 
 
 def test_batch_of_stamped_photos_is_recovered_not_inpainted(
