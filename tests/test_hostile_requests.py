@@ -248,8 +248,9 @@ def test_a_client_that_leaves_mid_body_is_not_an_internal_error(
 
 
 def test_bodies_held_at_once_are_bounded(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """With a 1 MB budget for bodies in memory, a second 700 KB upload while the first is
-    still arriving gets 503; once the first is done, the budget is free again."""
+    """Bodies in memory at once are bounded in all (1 MB here) and per key (at least one body,
+    here also 1 MB as the budget is small). While one 700 KB upload is still arriving, a second
+    of that key gets 503; once the first is done the bytes are given back."""
     server = ServerProcess(
         tmp_path_factory.mktemp("budget"),
         PHOTO_ERASER_WORKERS="0",
@@ -276,5 +277,38 @@ def test_bodies_held_at_once_are_bounded(tmp_path_factory: pytest.TempPathFactor
         again = client.http.post("/v3/pic/rw/batch", content=body)
         assert again.status_code == 400  # not 503: the first gave its bytes back
         client.close()
+    finally:
+        server.stop()
+
+
+def test_one_key_cannot_take_the_whole_body_budget(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A 4 MB budget, 1 MB bodies: one key may hold a quarter (1 MB). While it trickles one
+    upload, its next is refused, and another key's passes."""
+    server = ServerProcess(
+        tmp_path_factory.mktemp("budget-keys"),
+        PHOTO_ERASER_WORKERS="0",
+        PHOTO_ERASER_MAX_BODY_BUFFER_MB="4",
+        PHOTO_ERASER_MAX_BODY_BYTES="1048576",
+    ).start()
+    try:
+        greedy = ApiClient(server.base_url, *server.create_key("greedy"))
+        other = ApiClient(server.base_url, *server.create_key("other"))
+        body = (
+            b'{"images": ["https://a.example/x.png"], "priority": 1, "mask": "'
+            + b"A" * 700_000
+            + b'"}'
+        )
+        held = http("POST", "/v3/pic/rw/batch", {"Authorization": basic(greedy)}, body)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(held[:-10])
+            time.sleep(0.3)
+            refused = greedy.http.post("/v3/pic/rw/batch", content=body)
+            assert refused.status_code == 503, refused.text
+            assert "this key is sending" in refused.json()["msg"]
+            assert other.http.post("/v3/pic/rw/batch", content=body).status_code == 400
+        greedy.close()
+        other.close()
     finally:
         server.stop()

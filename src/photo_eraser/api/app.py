@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = service
     app.state.limiter = RateLimiter(settings.rate_limit_per_minute)
     app.state.admission = tasks.CreateAdmission(
-        settings.max_pending_creates, settings.max_body_buffer_mb << 20
+        settings.max_pending_creates, settings.max_body_buffer_mb << 20, settings.max_body_bytes
     )
     for module in (tasks, files, ops):
         app.include_router(module.router)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -27,19 +27,39 @@ the request then ignores would cost seconds of CPU (9 MB of ``[],`` takes 1.4 s)
 class BodyBudget:
     """Bytes of request bodies held at once, over all requests: each body is bounded by
     ``PHOTO_ERASER_MAX_BODY_BYTES``, and this bounds their sum, so many clients uploading
-    10 MB masks at once get 503 rather than the server's memory. Counted as bytes arrive, so
-    a slow sender holds only what it has sent. The event loop's thread only: no lock."""
+    10 MB masks at once get 503 rather than the server's memory. One key may hold a quarter
+    of it (at least one body), so a client trickling bodies cannot shut the others out.
+    Counted as bytes arrive, so a slow sender holds only what it has sent. The event loop's
+    thread only: no lock."""
 
-    def __init__(self, max_bytes: int) -> None:
+    KEY_SHARE = 4
+
+    def __init__(self, max_bytes: int, one_body: int) -> None:
         self.max_bytes = max_bytes
+        self.per_key = max(max_bytes // self.KEY_SHARE, one_body)
         self.held = 0
+        self._by_key: dict[str, int] = {}
 
-    def take(self, size: int) -> None:
+    def take(self, size: int, key: str) -> None:
+        mine = self._by_key.get(key, 0)
+        if mine + size > self.per_key:
+            raise BodyBudgetFull(
+                f"this key is sending {self.per_key >> 20} MB of request bodies at once"
+            )
         if self.held + size > self.max_bytes:
             raise BodyBudgetFull(
                 f"{self.max_bytes >> 20} MB of request bodies are being received at once"
             )
         self.held += size
+        self._by_key[key] = mine + size
+
+    def give_back(self, size: int, key: str) -> None:
+        self.held -= size
+        left = self._by_key.get(key, 0) - size
+        if left > 0:
+            self._by_key[key] = left
+        else:
+            self._by_key.pop(key, None)
 
 
 class BodyBudgetFull(Exception):
@@ -48,25 +68,29 @@ class BodyBudgetFull(Exception):
 
 @asynccontextmanager
 async def read_body(
-    request: Request, limit: int, timeout: float, budget: BodyBudget
+    request: Request, limit: int, timeout: float, budget: BodyBudget, key: str
 ) -> AsyncIterator[bytes]:
     """The body, read at most ``limit`` bytes within ``timeout`` seconds and counted in
-    ``budget`` until the block ends. A longer body (declared or streamed) is a 413, a slower
+    ``budget`` (for ``key``) until the block ends. A longer body (declared or streamed) is a 413, a slower
     one a 408, one cut off by the client a 400; past the budget, `BodyBudgetFull`."""
     chunks: list[bytes] = []
     taken = 0
     try:
-        await _receive(request, chunks, limit, timeout, budget)
+        await _receive(request, chunks, limit, timeout, lambda n: budget.take(n, key))
         taken = sum(len(c) for c in chunks)
         body = b"".join(chunks)
         chunks.clear()  # one copy held, as counted
         yield body
     finally:
-        budget.held -= taken + sum(len(c) for c in chunks)
+        budget.give_back(taken + sum(len(c) for c in chunks), key)
 
 
 async def _receive(
-    request: Request, chunks: list[bytes], limit: int, timeout: float, budget: BodyBudget
+    request: Request,
+    chunks: list[bytes],
+    limit: int,
+    timeout: float,
+    take: Callable[[int], None],
 ) -> None:
     too_large = ApiError(Code.BODY_TOO_LARGE, f"request body exceeds {limit} bytes")
     declared = request.headers.get("content-length")
@@ -79,7 +103,7 @@ async def _receive(
                 size += len(chunk)
                 if size > limit:
                     raise too_large
-                budget.take(len(chunk))
+                take(len(chunk))
                 chunks.append(chunk)
     except TimeoutError:
         raise ApiError(

@@ -52,11 +52,11 @@ class CreateAdmission:
     arrived, so slow senders hold no place); past it they are refused at once with 503, so an
     overload sheds requests instead of making every client wait ever longer."""
 
-    def __init__(self, limit: int, body_bytes: int) -> None:
+    def __init__(self, limit: int, body_bytes: int, one_body: int) -> None:
         self.limit = limit
         self.in_flight = 0
         self.mask_decodes = asyncio.Semaphore(MASK_DECODES)
-        self.bodies = BodyBudget(body_bytes)
+        self.bodies = BodyBudget(body_bytes, one_body)
 
     @contextmanager
     def admit(self, service: ServiceDep) -> Iterator[None]:
@@ -106,7 +106,11 @@ async def create_task(
     request.app.state.limiter.check(appkey)
     try:
         async with read_body(
-            request, settings.max_body_bytes, settings.body_timeout_seconds, admission.bodies
+            request,
+            settings.max_body_bytes,
+            settings.body_timeout_seconds,
+            admission.bodies,
+            appkey,
         ) as raw:
             with admission.admit(service):  # before any work, so shedding stays cheap
                 _check_disk(service)
