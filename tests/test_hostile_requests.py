@@ -8,7 +8,9 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import BinaryIO
 
 import pytest
@@ -247,68 +249,75 @@ def test_a_client_that_leaves_mid_body_is_not_an_internal_error(
     assert client.create(["https://a.example/x.png"], "https://a.example/m.png").is_success
 
 
-def test_bodies_held_at_once_are_bounded(tmp_path_factory: pytest.TempPathFactory) -> None:
+BIG_BODY = (
+    b'{"images": ["https://a.example/x.png"], "priority": 1, "mask": "' + b"A" * 700_000 + b'"}'
+)
+"""A 700 KB create body; its mask does not decode, so once read in full it is a 400."""
+
+
+@pytest.fixture
+def budget_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Start a server with the given body limits (no workers); stopped after the test."""
+    started: list[ServerProcess] = []
+
+    def start(buffer_mb: int, body_bytes: int) -> ServerProcess:
+        server = ServerProcess(
+            tmp_path / f"data{len(started)}",
+            PHOTO_ERASER_WORKERS="0",
+            PHOTO_ERASER_MAX_BODY_BUFFER_MB=str(buffer_mb),
+            PHOTO_ERASER_MAX_BODY_BYTES=str(body_bytes),
+        )
+        started.append(server.start())
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@contextmanager
+def trickling(server: ServerProcess, client: ApiClient) -> Iterator[list[tuple[int, dict]]]:
+    """`BIG_BODY` sent but for its last ten bytes while the block runs, so the server holds it
+    in the budget; then the rest, and its answer is put in the list yielded."""
+    request = http("POST", "/v3/pic/rw/batch", {"Authorization": basic(client)}, BIG_BODY)
+    answer: list[tuple[int, dict]] = []
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(request[:-10])
+        time.sleep(0.3)
+        yield answer
+        sock.sendall(request[-10:])
+        answer.append(read_response(sock.makefile("rb")))
+
+
+def test_bodies_held_at_once_are_bounded(budget_server: Callable[..., ServerProcess]) -> None:
     """Bodies in memory at once are bounded in all (1 MB here) and per key (at least one body,
     here also 1 MB as the budget is small). While one 700 KB upload is still arriving, a second
     of that key gets 503; once the first is done the bytes are given back."""
-    server = ServerProcess(
-        tmp_path_factory.mktemp("budget"),
-        PHOTO_ERASER_WORKERS="0",
-        PHOTO_ERASER_MAX_BODY_BUFFER_MB="1",
-        PHOTO_ERASER_MAX_BODY_BYTES="1000000",
-    ).start()
-    try:
-        client = ApiClient(server.base_url, *server.create_key("budget"))
-        body = (
-            b'{"images": ["https://a.example/x.png"], "priority": 1, "mask": "'
-            + b"A" * 700_000
-            + b'"}'
-        )
-        first = http("POST", "/v3/pic/rw/batch", {"Authorization": basic(client)}, body)
-        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-            sock.sendall(first[:-10])  # all but the last ten bytes: held in the budget
-            time.sleep(0.3)
-            second = client.http.post("/v3/pic/rw/batch", content=body)
-            assert second.status_code == 503 and second.json()["code"] == 50302, second.text
-            assert second.headers["Retry-After"] == "1"
-            sock.sendall(first[-10:])
-            status, answer = read_response(sock.makefile("rb"))
-            assert status == 400 and answer["msg"].startswith("mask:")  # the body was read
-        again = client.http.post("/v3/pic/rw/batch", content=body)
-        assert again.status_code == 400  # not 503: the first gave its bytes back
-        client.close()
-    finally:
-        server.stop()
+    server = budget_server(buffer_mb=1, body_bytes=1_000_000)
+    client = ApiClient(server.base_url, *server.create_key("budget"))
+    with trickling(server, client) as first:
+        second = client.http.post("/v3/pic/rw/batch", content=BIG_BODY)
+        assert second.status_code == 503 and second.json()["code"] == 50302, second.text
+        assert second.headers["Retry-After"] == "1"
+    [(status, answer)] = first
+    assert status == 400 and answer["msg"].startswith("mask:")  # the body was read
+    again = client.http.post("/v3/pic/rw/batch", content=BIG_BODY)
+    assert again.status_code == 400  # not 503: the first gave its bytes back
+    client.close()
 
 
 def test_one_key_cannot_take_the_whole_body_budget(
-    tmp_path_factory: pytest.TempPathFactory,
+    budget_server: Callable[..., ServerProcess],
 ) -> None:
     """A 4 MB budget, 1 MB bodies: one key may hold a quarter (1 MB). While it trickles one
     upload, its next is refused, and another key's passes."""
-    server = ServerProcess(
-        tmp_path_factory.mktemp("budget-keys"),
-        PHOTO_ERASER_WORKERS="0",
-        PHOTO_ERASER_MAX_BODY_BUFFER_MB="4",
-        PHOTO_ERASER_MAX_BODY_BYTES="1048576",
-    ).start()
-    try:
-        greedy = ApiClient(server.base_url, *server.create_key("greedy"))
-        other = ApiClient(server.base_url, *server.create_key("other"))
-        body = (
-            b'{"images": ["https://a.example/x.png"], "priority": 1, "mask": "'
-            + b"A" * 700_000
-            + b'"}'
-        )
-        held = http("POST", "/v3/pic/rw/batch", {"Authorization": basic(greedy)}, body)
-        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-            sock.sendall(held[:-10])
-            time.sleep(0.3)
-            refused = greedy.http.post("/v3/pic/rw/batch", content=body)
-            assert refused.status_code == 503, refused.text
-            assert "this key is sending" in refused.json()["msg"]
-            assert other.http.post("/v3/pic/rw/batch", content=body).status_code == 400
-        greedy.close()
-        other.close()
-    finally:
-        server.stop()
+    server = budget_server(buffer_mb=4, body_bytes=1 << 20)
+    greedy = ApiClient(server.base_url, *server.create_key("greedy"))
+    other = ApiClient(server.base_url, *server.create_key("other"))
+    with trickling(server, greedy):
+        refused = greedy.http.post("/v3/pic/rw/batch", content=BIG_BODY)
+        assert refused.status_code == 503, refused.text
+        assert "this key is sending" in refused.json()["msg"]
+        assert other.http.post("/v3/pic/rw/batch", content=BIG_BODY).status_code == 400
+    greedy.close()
+    other.close()
