@@ -152,7 +152,8 @@ async def process_task(ctx: WorkerContext, task: TaskRecord, worker: str = "") -
         # The per-image verdicts we already have (download or format failures) are kept.
         status, reason = TaskStatus.FAILED, str(exc)
     except Exception as exc:
-        if is_disk_full(exc):
+        cause = "disk_full" if is_disk_full(exc) else "internal_error"
+        if cause == "disk_full":
             # Ours, not the input's: retried once space is freed (no task starts before).
             log.error("task could not save its results: disk full", extra=extra)
             retry, give_up = (
@@ -163,7 +164,7 @@ async def process_task(ctx: WorkerContext, task: TaskRecord, worker: str = "") -
             log.exception("task crashed", extra=extra)
             retry, give_up = "internal error; retrying", "internal error while processing"
         if task.attempts < ctx.settings.max_attempts:
-            metrics.retries.labels("disk_full" if is_disk_full(exc) else "internal_error").inc()
+            metrics.retries.labels(cause).inc()
             await asyncio.to_thread(ctx.store.requeue, task.pk, retry)
         elif await asyncio.to_thread(ctx.store.finish, task.pk, TaskStatus.FAILED, give_up):
             metrics.tasks_finished.labels(TaskStatus.FAILED.name.lower()).inc()

@@ -30,7 +30,6 @@ from photo_eraser.api.schemas import (
 from photo_eraser.disk import DISK_FULL_REASON, is_disk_full
 from photo_eraser.engines.base import EngineUnavailable
 from photo_eraser.imaging import MaskError, MaskSource, parse_mask_field
-from photo_eraser.pipeline import MaskCache
 from photo_eraser.tasks.intake import IntakeClosed, IntakeFull, OpenTasksLimit
 from photo_eraser.tasks.status import ImageStatus
 from photo_eraser.tasks.store import NewTask
@@ -153,7 +152,7 @@ async def _new_task(
         mask = _parse_mask(req.mask)
         if mask.data is not None:  # decoded now, so a bad mask is a 400, not a failed task
             async with decodes:
-                await asyncio.to_thread(_decode_mask, mask.data, service.masks)
+                await asyncio.to_thread(service.masks.decode, mask.data)
     except MaskError as exc:
         raise ApiError(Code.BAD_PARAMETER, f"mask: {exc}") from None
     return NewTask(
@@ -275,10 +274,6 @@ def _parse_mask(value: str) -> MaskSource:
         except ValueError as exc:
             raise MaskError(str(exc)) from None
     return mask
-
-
-def _decode_mask(data: bytes, masks: MaskCache) -> None:
-    masks.decode(data)
 
 
 def _validation_message(exc: ValidationError) -> str:
