@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ApiClient, ImageHost, ServerProcess
+from tests.s3server import S3Server, running_s3
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +35,10 @@ def client(server: ServerProcess) -> Iterator[ApiClient]:
 @pytest.fixture
 def fresh_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One SeaweedFS server for the run; each cluster takes a bucket of its own."""
+    with running_s3(tmp_path_factory.mktemp("s3")) as server:
+        yield server

@@ -24,7 +24,7 @@ def test_a_blob_reads_back_and_an_open_one_survives_its_deletion(blobs: BlobStor
     assert blobs.size(key) == 7
     opened = blobs.open(key)
     assert opened is not None and opened.size == 7
-    blobs.delete_folder(task_results(TASK))  # the retention sweep, mid-download
+    blobs.delete_prefix(task_results(TASK))  # the retention sweep, mid-download
     with opened.file as f:
         assert f.read() == b"\x89PNG..."
     assert blobs.open(key) is None and blobs.size(key) is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import sqlalchemy as sa
 from photo_eraser.config import Settings
 from photo_eraser.service import open_store
 from photo_eraser.tasks.intake import IntakeClosed, IntakeFull, TaskIntake
-from photo_eraser.tasks.store import NewTask, TaskStore
+from photo_eraser.tasks.records import NewTask
+from photo_eraser.tasks.store import TaskStore
 from tests.postgres import fresh_schema
 
 
@@ -46,7 +48,14 @@ APPKEY = "pe_test"
 
 def new(priority: int = 1) -> NewTask:
     return NewTask(
-        APPKEY, ["http://a.example/1.png"], priority, "auto", "http://a.example/m", None, 60
+        str(uuid.uuid4()),
+        APPKEY,
+        ["http://a.example/1.png"],
+        priority,
+        "auto",
+        "http://a.example/m",
+        None,
+        60,
     )
 
 
@@ -135,7 +144,9 @@ def test_stop_stores_what_is_queued_then_refuses(store: TaskStore) -> None:
 
 def test_one_bad_task_does_not_fail_the_others_of_its_group(store: TaskStore) -> None:
     intake = TaskIntake(store)
-    bad = NewTask("pe_no_such_key", ["http://a.example/1.png"], 1, "auto", None, None, 60)
+    bad = NewTask(
+        str(uuid.uuid4()), "pe_no_such_key", ["http://a.example/1.png"], 1, "auto", None, None, 60
+    )
 
     async def mixed() -> list[str | BaseException]:
         return await asyncio.gather(

@@ -1,9 +1,13 @@
-"""The task store on a real SQLite file: atomic claims, crash recovery, deadlines."""
+"""The task store on a real SQLite file and on PostgreSQL: claims under leases, what a worker
+that lost its lease may still write (nothing), crash recovery, deadlines, retention, and the
+state a cluster shares (dispatch bookkeeping, worker slots, the rate limit, the maintenance
+lock)."""
 
 from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,10 +15,13 @@ import pytest
 import sqlalchemy as sa
 
 from photo_eraser.config import Settings
-from photo_eraser.service import open_store
+from photo_eraser.runtime import open_store
+from photo_eraser.tasks.records import ImageRecord, NewTask, TaskRecord
 from photo_eraser.tasks.status import ImageStatus, TaskStatus
-from photo_eraser.tasks.store import TaskRecord, TaskStore
+from photo_eraser.tasks.store import TaskStore
 from tests.postgres import fresh_schema
+
+LEASE = 60.0
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -34,19 +41,37 @@ def new_task(
     appkey: str,
     priority: int = 1,
     deadline: float = 60,
-    inline_mask: bytes | None = None,
+    mask_key: str | None = None,
     images: int = 2,
 ) -> str:
-    """A task over ``images`` URLs, with a mask URL unless ``inline_mask`` is given."""
-    return store.create_task(
-        appkey=appkey,
-        urls=[f"http://a.example/{i}.png" for i in range(images)],
-        priority=priority,
-        engine="auto",
-        mask_url=None if inline_mask else "http://a.example/m.png",
-        mask_data=inline_mask,
-        deadline_seconds=deadline,
+    """A task over ``images`` URLs, with a mask URL unless ``mask_key`` is given."""
+    task_id = str(uuid.uuid4())
+    [stored] = store.create_tasks(
+        [
+            NewTask(
+                task_id=task_id,
+                appkey=appkey,
+                urls=[f"http://a.example/{i}.png" for i in range(images)],
+                priority=priority,
+                engine="auto",
+                mask_url=None if mask_key else "http://a.example/m.png",
+                mask_key=mask_key,
+                deadline_seconds=deadline,
+            )
+        ]
     )
+    assert stored
+    return task_id
+
+
+def claim(store: TaskStore, owner: str = "w1", lease: float = LEASE) -> TaskRecord:
+    task = store.claim_next(f"{owner}:{uuid.uuid4().hex[:6]}", lease)
+    assert task is not None
+    return task
+
+
+def done(prefix: str = "k") -> list[ImageRecord]:
+    return [ImageRecord(i, "u", ImageStatus.DONE, result_key=f"{prefix}{i}") for i in range(2)]
 
 
 def test_concurrent_claims_never_take_a_task_twice(store: TaskStore) -> None:
@@ -55,12 +80,12 @@ def test_concurrent_claims_never_take_a_task_twice(store: TaskStore) -> None:
     claimed: list[str] = []
     lock = threading.Lock()
 
-    def claimer() -> None:
-        while (task := store.claim_next()) is not None:
+    def claimer(n: int) -> None:
+        while (task := store.claim_next(f"w{n}", LEASE)) is not None:
             with lock:
                 claimed.append(task.task_id)
 
-    threads = [threading.Thread(target=claimer) for _ in range(8)]
+    threads = [threading.Thread(target=claimer, args=(n,)) for n in range(8)]
     for t in threads:
         t.start()
     for t in threads:
@@ -68,29 +93,128 @@ def test_concurrent_claims_never_take_a_task_twice(store: TaskStore) -> None:
     assert sorted(claimed) == sorted(created)
 
 
-def test_recovery_requeues_then_gives_up(store: TaskStore) -> None:
+def test_two_workers_racing_for_the_same_200_tasks_never_take_one_twice(
+    store: TaskStore,
+) -> None:
+    """Each worker has a connection pool of its own (as two hosts would) and claims every task
+    by name, as duplicate broker messages would make it; in opposite orders, so they meet."""
+    appkey, _ = store.create_key("k")
+    ids = [new_task(store, appkey, images=1) for _ in range(200)]
+    won: dict[str, list[str]] = {"a": [], "b": []}
+
+    def worker(name: str, order: list[str]) -> None:
+        own = TaskStore(sa.create_engine(store.engine.url, connect_args=_connect_args(store)))
+        try:
+            for task_id in order:
+                if own.claim(task_id, name, LEASE) is not None:
+                    won[name].append(task_id)
+        finally:
+            own.engine.dispose()
+
+    threads = [
+        threading.Thread(target=worker, args=("a", ids)),
+        threading.Thread(target=worker, args=("b", ids[::-1])),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(won["a"] + won["b"]) == sorted(ids)  # every task once, none twice
+    assert won["a"] and won["b"]  # both got some: they did race
+
+
+def _connect_args(store: TaskStore) -> dict[str, object]:
+    return {"timeout": 30} if store.engine.dialect.name == "sqlite" else {}
+
+
+def test_a_named_task_is_claimed_once_and_only_while_waiting(store: TaskStore) -> None:
+    appkey, _ = store.create_key("k")
+    task_id = new_task(store, appkey)
+    first = store.claim(task_id, "a", LEASE)
+    assert first is not None and first.lease_owner == "a" and first.attempts == 1
+    assert store.claim(task_id, "b", LEASE) is None  # a duplicate message: dropped
+    assert store.claim(str(uuid.uuid4()), "b", LEASE) is None  # unknown task
+    assert store.finish(first.lease, TaskStatus.COMPLETE, "", done())
+    assert store.claim(task_id, "b", LEASE) is None  # finished
+
+
+def test_an_expired_lease_is_reaped_and_its_worker_writes_nothing_more(store: TaskStore) -> None:
+    """Worker A stalls past its lease (a host that vanished and came back): the maintenance
+    pass re-queues the task, B claims it; nothing A writes then (progress, result, hand-back,
+    renewal) may land on B's run."""
+    appkey, _ = store.create_key("k")
+    task_id = new_task(store, appkey)
+    a = claim(store, "a", lease=0.05)
+    assert store.reap_expired_leases(max_attempts=3) == ([], 0)  # not expired yet
+    time.sleep(0.1)
+    requeued, failed = store.reap_expired_leases(max_attempts=3)
+    assert [q.task_id for q in requeued] == [task_id] and failed == 0
+    b = claim(store, "b")
+    assert b.task_id == task_id and b.attempts == 2
+    assert not store.renew(a.lease, LEASE)
+    assert not store.is_held(a.lease)
+    assert not store.set_images(a.lease, done("a"))
+    assert not store.finish(a.lease, TaskStatus.COMPLETE, "", done("a"))
+    assert not store.release(a.lease)
+    assert not store.requeue(a.lease, "internal error; retrying")
+    assert store.renew(b.lease, LEASE) and store.is_held(b.lease)
+    assert store.finish(b.lease, TaskStatus.COMPLETE, "", done("b"))
+    record = store.get_task(task_id)
+    assert record is not None and record.status == TaskStatus.COMPLETE
+    assert [im.result_key for im in record.images] == ["b0", "b1"]
+
+
+def test_a_renewed_lease_is_not_reaped(store: TaskStore) -> None:
+    appkey, _ = store.create_key("k")
+    new_task(store, appkey)
+    task = claim(store, lease=0.2)
+    time.sleep(0.1)
+    assert store.renew(task.lease, 0.5)
+    time.sleep(0.15)  # past the first lease, within the renewed one
+    assert store.reap_expired_leases(max_attempts=3) == ([], 0)
+    assert store.is_held(task.lease)
+
+
+def test_lost_workers_tasks_are_requeued_then_given_up(store: TaskStore) -> None:
     appkey, _ = store.create_key("k")
     task_id = new_task(store, appkey)
     for attempt in (1, 2):
-        task = store.claim_next()
-        assert task is not None and task.task_id == task_id and task.attempts == attempt
-        assert store.recover_interrupted(max_attempts=2) == ((1, 0) if attempt == 1 else (0, 1))
+        task = claim(store, lease=0.01)
+        assert task.task_id == task_id and task.attempts == attempt
+        time.sleep(0.02)
+        requeued, failed = store.reap_expired_leases(max_attempts=2)
+        assert (len(requeued), failed) == ((1, 0) if attempt == 1 else (0, 1))
     record = store.get_task(task_id)
     assert record is not None and record.status == TaskStatus.FAILED
+    assert record.reason == "processing was interrupted 2 times; giving up"
     assert all(
         im.status == ImageStatus.FAILED and "interrupted" in im.reason for im in record.images
     )
 
 
+def test_a_restarted_server_takes_back_only_its_own_tasks(store: TaskStore) -> None:
+    appkey, _ = store.create_key("k")
+    mine, theirs = new_task(store, appkey, priority=9), new_task(store, appkey)
+    assert store.claim_next("host:/data:id#w0:1", LEASE) is not None
+    other = store.claim_next("host:/other:id#w0:1", LEASE)
+    assert other is not None and other.task_id == theirs
+    requeued, failed = store.release_owned("host:/data:id", max_attempts=3)
+    assert [q.task_id for q in requeued] == [mine] and failed == 0
+    assert store.is_held(other.lease)
+
+
 def test_overdue_tasks_time_out_and_stay_out(store: TaskStore) -> None:
     appkey, _ = store.create_key("k")
-    task_id = new_task(store, appkey, deadline=0.01)
-    time.sleep(0.02)
-    [pk] = store.expire_overdue()
-    assert store.claim_next() is None
-    assert not store.finish(pk, TaskStatus.COMPLETE)  # a late worker cannot overwrite it
-    record = store.get_task(task_id)
-    assert record is not None and record.status == TaskStatus.TIMED_OUT
+    running_id = new_task(store, appkey, deadline=0.05)
+    running = claim(store)
+    waiting_id = new_task(store, appkey, deadline=0.05)
+    time.sleep(0.06)
+    assert len(store.expire_overdue()) == 2
+    assert store.claim_next("w", LEASE) is None
+    assert not store.finish(running.lease, TaskStatus.COMPLETE)  # a late worker changes nothing
+    for task_id in (running_id, waiting_id):
+        record = store.get_task(task_id)
+        assert record is not None and record.status == TaskStatus.TIMED_OUT
 
 
 def test_keys_verify_only_while_active(store: TaskStore) -> None:
@@ -110,72 +234,59 @@ def test_tasks_belong_to_their_key(store: TaskStore) -> None:
     assert store.get_task(task_id, a) is not None
     assert store.get_task(task_id, b) is None
     assert store.close(task_id, b) is None
-    assert store.close(task_id, a).status == TaskStatus.CLOSED
+    closing = store.close(task_id, a)
+    assert closing is not None and closing.status == TaskStatus.CLOSED
 
 
-def test_expired_results_and_inline_masks_are_deleted(tmp_path: Path) -> None:
-    from photo_eraser.service import Service
-    from photo_eraser.tasks.store import ImageRecord
-
-    service = Service(Settings(data_dir=tmp_path, result_ttl_seconds=0))
-    store = service.store
+def test_the_open_task_cap_per_key_is_exact_under_concurrent_creates(store: TaskStore) -> None:
+    """API processes store creates concurrently: the cap must still hold exactly."""
     appkey, _ = store.create_key("k")
-    task_id = new_task(store, appkey, inline_mask=b"mask bytes", images=1)
-    task = store.claim_next()
-    assert task is not None
-    key = f"results/{task_id}/0.png"
-    service.blobs.put(key, b"result")
-    store.set_images(
-        task.pk, [ImageRecord(0, "http://a.example/0.png", ImageStatus.DONE, result_key=key)]
-    )
-    assert store.finish(task.pk, TaskStatus.COMPLETE)
-    time.sleep(0.01)
-    service._delete_expired_results()
-    assert service.blobs.open(key) is None
-    record = store.get_task(task_id)
-    assert record is not None and record.images[0].result_key is None and record.mask_data is None
-    assert record.status == TaskStatus.COMPLETE
-    assert "retention" in record.images[0].reason
+    stored: list[bool] = []
+    lock = threading.Lock()
 
+    def create() -> None:
+        task = NewTask(
+            str(uuid.uuid4()), appkey, ["http://a.example/1.png"], 1, "auto", "u", None, 60
+        )
+        result = store.create_tasks([task], max_open_per_key=5)
+        with lock:
+            stored.extend(result)
 
-def test_result_files_nobody_recorded_are_deleted_after_the_retention(tmp_path: Path) -> None:
-    """A worker that loses its task (closed, timed out, killed) between writing a result file
-    and recording it leaves a file the database does not know: it goes with its task's folder.
-    Folders of tasks still running stay."""
-    from photo_eraser.service import Service
-
-    service = Service(Settings(data_dir=tmp_path, result_ttl_seconds=0))
-    store = service.store
-    appkey, _ = store.create_key("k")
-    closed, running = new_task(store, appkey), new_task(store, appkey)
-    assert store.claim_next() is not None and store.claim_next() is not None
-    service.blobs.put(f"results/{closed}/0.png", b"written, then the task was closed")
-    service.blobs.put(f"results/{running}/0.png", b"still being worked on")
-    service.blobs.put("results/00000000-0000-4000-8000-000000000000/0.png", b"no such task")
-    (tmp_path / "blobs" / "results" / "lost+found").mkdir()  # not ours: left alone
-    assert store.close(closed, appkey).status == TaskStatus.CLOSED
-    time.sleep(0.01)
-    service._delete_expired_results()
-    assert sorted(service.blobs.folders("results")) == sorted(["lost+found", running])
-    assert service.blobs.size(f"results/{running}/0.png") is not None
+    threads = [threading.Thread(target=create) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert stored.count(True) == 5
+    assert sum(store.queue_counts()[0].values()) == 5
 
 
 def test_late_worker_writes_nothing_to_a_closed_task(store: TaskStore) -> None:
-    from photo_eraser.tasks.store import ImageRecord
-
     appkey, _ = store.create_key("k")
     task_id = new_task(store, appkey)
-    task = store.claim_next()
-    assert task is not None
-    assert store.close(task_id, appkey).status == TaskStatus.CLOSED
-    late = [ImageRecord(i, "u", ImageStatus.DONE, result_key="k") for i in range(2)]
-    assert not store.set_images(task.pk, late)
-    store.release(task.pk)  # a shutdown after the close must not revive it either
+    task = claim(store)
+    closing = store.close(task_id, appkey)
+    assert closing is not None and closing.status == TaskStatus.CLOSED
+    assert not store.set_images(task.lease, done())
+    assert not store.release(task.lease)  # a shutdown after the close must not revive it
     record = store.get_task(task_id)
     assert record is not None and record.status == TaskStatus.CLOSED
     assert [(im.status, im.reason) for im in record.images] == [
         (ImageStatus.FAILED, "task closed by client")
     ] * 2
+
+
+def _before_first_write(store: TaskStore, action: Callable[[], object]) -> Callable[..., None]:
+    """An event hook that runs ``action`` (on another connection) just before the next write
+    statement: between a read and the write that depends on it."""
+    fired: list[object] = []
+
+    def hook(conn, cursor, statement: str, *_) -> None:  # noqa: ANN001
+        if not fired and statement.lstrip().upper().startswith("UPDATE"):
+            fired.append(True)
+            action()
+
+    return hook
 
 
 def test_a_close_racing_a_claim_still_closes(store: TaskStore) -> None:
@@ -184,46 +295,30 @@ def test_a_close_racing_a_claim_still_closes(store: TaskStore) -> None:
     appkey, _ = store.create_key("k")
     task_id = new_task(store, appkey)
     claimed: list[TaskRecord | None] = []
-    hook = _before_first_write(store, lambda: claimed.append(store.claim_next()))
+    hook = _before_first_write(store, lambda: claimed.append(store.claim_next("w", LEASE)))
     sa.event.listen(store.engine, "before_cursor_execute", hook)
     try:
-        assert store.close(task_id, appkey).status == TaskStatus.CLOSED
+        closing = store.close(task_id, appkey)
     finally:
         sa.event.remove(store.engine, "before_cursor_execute", hook)
+    assert closing is not None and closing.status == TaskStatus.CLOSED
     assert claimed and claimed[0] is not None and claimed[0].task_id == task_id
-    assert not store.finish(claimed[0].pk, TaskStatus.COMPLETE)
+    assert not store.finish(claimed[0].lease, TaskStatus.COMPLETE)
     record = store.get_task(task_id)
     assert record is not None and record.status == TaskStatus.CLOSED
     assert {im.status for im in record.images} == {ImageStatus.FAILED}
 
 
-def _before_first_write(store: TaskStore, action: Callable[[], object]) -> Callable[..., None]:
-    """An event hook that runs ``action`` (on another connection) just before the next write
-    statement: between a read and the write that depends on it."""
-    done: list[object] = []
-
-    def hook(conn, cursor, statement: str, *_) -> None:  # noqa: ANN001
-        if not done and statement.lstrip().upper().startswith("UPDATE"):
-            done.append(True)
-            action()
-
-    return hook
-
-
 def test_progress_racing_a_close_writes_nothing(store: TaskStore) -> None:
-    """A close lands between the worker's status check and its image writes: the images must
-    not turn done (with live result links) on a closed task."""
-    from photo_eraser.tasks.store import ImageRecord
-
+    """A close lands between the worker's check and its image writes: the images must not
+    turn done (with live result links) on a closed task."""
     appkey, _ = store.create_key("k")
     task_id = new_task(store, appkey)
-    task = store.claim_next()
-    assert task is not None
+    task = claim(store)
     hook = _before_first_write(store, lambda: store.close(task_id, appkey))
-    done = [ImageRecord(i, "u", ImageStatus.DONE, result_key=f"k{i}") for i in range(2)]
     sa.event.listen(store.engine, "before_cursor_execute", hook)
     try:
-        assert not store.set_images(task.pk, done)
+        assert not store.set_images(task.lease, done())
     finally:
         sa.event.remove(store.engine, "before_cursor_execute", hook)
     record = store.get_task(task_id)
@@ -231,15 +326,15 @@ def test_progress_racing_a_close_writes_nothing(store: TaskStore) -> None:
     assert [(im.status, im.result_key) for im in record.images] == [(ImageStatus.FAILED, None)] * 2
 
 
-def test_orphan_requeue_racing_a_close_leaves_the_closed_task_alone(store: TaskStore) -> None:
+def test_reaping_racing_a_close_leaves_the_closed_task_alone(store: TaskStore) -> None:
     appkey, _ = store.create_key("k")
     task_id = new_task(store, appkey)
-    assert store.claim_next() is not None
+    claim(store, lease=0.01)
+    time.sleep(0.02)
     hook = _before_first_write(store, lambda: store.close(task_id, appkey))
     sa.event.listen(store.engine, "before_cursor_execute", hook)
     try:
-        # Not held by this process and no progress "for a second from now": an orphan.
-        assert store.requeue_orphans(owned=set(), stale_seconds=-1.0) == 0
+        assert store.reap_expired_leases(max_attempts=3) == ([], 0)
     finally:
         sa.event.remove(store.engine, "before_cursor_execute", hook)
     record = store.get_task(task_id)
@@ -250,16 +345,13 @@ def test_orphan_requeue_racing_a_close_leaves_the_closed_task_alone(store: TaskS
 
 
 def test_finish_writes_the_images_with_the_status_or_nothing(store: TaskStore) -> None:
-    from photo_eraser.tasks.store import ImageRecord
-
     appkey, _ = store.create_key("k")
-    done = [ImageRecord(i, "u", ImageStatus.DONE, result_key=f"k{i}") for i in range(2)]
     first, second = new_task(store, appkey), new_task(store, appkey)
-    a, b = store.claim_next(), store.claim_next()
-    assert a is not None and b is not None
-    assert store.finish(a.pk, TaskStatus.COMPLETE, "", done)
-    assert store.close(second, appkey).status == TaskStatus.CLOSED
-    assert not store.finish(b.pk, TaskStatus.COMPLETE, "", done)
+    a, b = claim(store), claim(store)
+    assert store.finish(a.lease, TaskStatus.COMPLETE, "", done())
+    closing = store.close(second, appkey)
+    assert closing is not None and closing.status == TaskStatus.CLOSED
+    assert not store.finish(b.lease, TaskStatus.COMPLETE, "", done())
     kept, closed = store.get_task(first), store.get_task(second)
     assert kept is not None and kept.status == TaskStatus.COMPLETE
     assert [im.result_key for im in kept.images] == ["k0", "k1"]
@@ -269,110 +361,81 @@ def test_finish_writes_the_images_with_the_status_or_nothing(store: TaskStore) -
 def test_closing_a_finished_task_keeps_its_verdict(store: TaskStore) -> None:
     appkey, _ = store.create_key("k")
     task_id = new_task(store, appkey)
-    task = store.claim_next()
-    assert task is not None and store.finish(task.pk, TaskStatus.FAILED, "bad input")
-    assert store.close(task_id, appkey).status == TaskStatus.FAILED
-    record = store.get_task(task_id)
-    assert (
-        record is not None and record.status == TaskStatus.FAILED and record.reason == "bad input"
-    )
-
-
-def test_orphaned_in_progress_task_is_requeued(store: TaskStore) -> None:
-    appkey, _ = store.create_key("k")
-    new_task(store, appkey)
-    task = store.claim_next()
-    assert task is not None
-    assert store.requeue_orphans(owned={task.pk}, stale_seconds=0) == 0  # a worker holds it
-    assert store.requeue_orphans(owned=set(), stale_seconds=3600) == 0  # still fresh
-    time.sleep(0.01)
-    assert store.requeue_orphans(owned=set(), stale_seconds=0) == 1
-    again = store.claim_next()
-    assert again is not None and again.pk == task.pk and again.attempts == 2
-
-
-def test_an_orphan_out_of_attempts_fails_instead_of_looping(store: TaskStore) -> None:
-    appkey, _ = store.create_key("k")
-    task_id = new_task(store, appkey)
-    for attempt in (1, 2):
-        task = store.claim_next()
-        assert task is not None and task.attempts == attempt
-        time.sleep(0.01)
-        assert store.requeue_orphans(owned=set(), stale_seconds=0, max_attempts=2) == 1
+    task = claim(store)
+    assert store.finish(task.lease, TaskStatus.FAILED, "bad input")
+    closing = store.close(task_id, appkey)
+    assert closing is not None and closing.status == TaskStatus.FAILED
     record = store.get_task(task_id)
     assert record is not None and record.status == TaskStatus.FAILED
-    assert record.reason == "processing was interrupted 2 times; giving up"
-    assert {im.status for im in record.images} == {ImageStatus.FAILED}
-
-
-def test_inline_masks_of_failed_tasks_are_dropped(store: TaskStore) -> None:
-    appkey, _ = store.create_key("k")
-    task_id = new_task(store, appkey, inline_mask=b"mask", images=1)
-    task = store.claim_next()
-    assert task is not None and store.finish(task.pk, TaskStatus.FAILED, "x")
-    assert store.forget_masks(before=time.time() + 1) == 1
-    record = store.get_task(task_id)
-    assert record is not None and record.mask_data is None
+    assert record.reason == "bad input"
 
 
 def test_requeued_task_shows_its_images_waiting_again(store: TaskStore) -> None:
-    from photo_eraser.tasks.store import ImageRecord
-
     appkey, _ = store.create_key("k")
     task_id = new_task(store, appkey)
-    task = store.claim_next()
-    assert task is not None
-    store.set_images(task.pk, [ImageRecord(i, "u", ImageStatus.PROCESSING) for i in range(2)])
-    store.requeue(task.pk, "internal error; retrying")
+    task = claim(store)
+    store.set_images(task.lease, [ImageRecord(i, "u", ImageStatus.PROCESSING) for i in range(2)])
+    assert store.requeue(task.lease, "internal error; retrying")
     record = store.get_task(task_id)
     assert record is not None and record.status == TaskStatus.WAITING
+    assert record.lease_owner is None and record.attempts == 1
     assert [im.status for im in record.images] == [ImageStatus.WAITING] * 2
 
 
-def test_the_serving_lease_is_held_by_one_server_at_a_time(store: TaskStore) -> None:
-    now = time.time()
-    assert store.acquire_lease("host-a:/data", 30.0, now) is None
-    assert store.acquire_lease("host-b:/data", 30.0, now + 1) == "host-a:/data"
-    assert store.acquire_lease("host-a:/data", 30.0, now + 2) is None  # its own restart
-    assert store.renew_lease("host-a:/data")
-    assert not store.renew_lease("host-b:/data")
-    # Not renewed for longer than the stale limit: another server may take it over...
-    assert store.acquire_lease("host-b:/data", 30.0, time.time() + 31) is None
-    assert not store.renew_lease("host-a:/data")  # ...and the old holder learns it lost it
-    store.release_lease("host-a:/data")  # not its lease any more: nothing happens
-    assert store.acquire_lease("host-a:/data", 30.0) == "host-b:/data"
-    store.release_lease("host-b:/data")
-    assert store.acquire_lease("host-a:/data", 30.0) is None
-
-
-def test_a_server_that_lost_the_lease_writes_nothing_to_tasks(store: TaskStore) -> None:
-    """Server A's worker is still under way when B takes the database over, re-queues A's
-    task at recovery and claims it: whatever A writes then (progress, result, hand-back) must
-    not land on B's run, nor may A claim anything more."""
-    from photo_eraser.tasks.store import ImageRecord
-
+def test_a_release_at_shutdown_does_not_count_the_attempt(store: TaskStore) -> None:
     appkey, _ = store.create_key("k")
-    task_id = new_task(store, appkey)
-    other = new_task(store, appkey)
-    assert store.acquire_lease("a", 120.0) is None
-    store.owner = "a"
-    mine = store.claim_next()
-    assert mine is not None and mine.task_id == task_id
-    b = TaskStore(store.engine)
-    assert b.acquire_lease("b", 120.0, now=time.time() + 3600) is None
-    b.owner = "b"
-    assert b.recover_interrupted(max_attempts=3) == (1, 0)
-    theirs = b.claim_next()
-    assert theirs is not None and theirs.task_id == task_id
-    done = [ImageRecord(i, "u", ImageStatus.DONE, result_key=f"a{i}") for i in range(2)]
-    assert not store.set_images(mine.pk, done)
-    assert not store.finish(mine.pk, TaskStatus.COMPLETE, "", done)
-    store.release(mine.pk)
-    store.requeue(mine.pk, "internal error; retrying")
-    assert store.claim_next() is None  # the other task stays for B
-    record = store.get_task(task_id)
-    assert record is not None and record.status == TaskStatus.IN_PROGRESS
-    assert [im.result_key for im in record.images] == [None, None]
-    theirs_done = [ImageRecord(i, "u", ImageStatus.DONE, result_key=f"b{i}") for i in range(2)]
-    assert b.finish(theirs.pk, TaskStatus.COMPLETE, "", theirs_done)
-    assert b.claim_next() is not None and b.get_task(other) is not None
+    new_task(store, appkey)
+    task = claim(store)
+    assert store.release(task.lease)
+    assert claim(store).attempts == 1
+
+
+def test_tasks_with_no_confirmed_message_are_found_for_publishing(store: TaskStore) -> None:
+    appkey, _ = store.create_key("k")
+    low, high = new_task(store, appkey, priority=0), new_task(store, appkey, priority=9)
+    published = new_task(store, appkey)
+    store.mark_dispatched([published])
+    assert store.undispatched(before=time.time() - 60) == []  # too young yet
+    found = store.undispatched(before=time.time() + 1)
+    assert [q.task_id for q in found] == [high, low]
+    assert [q.priority for q in found] == [9, 0]
+    # A re-queued task needs a message again.
+    task = store.claim(published, "w", LEASE)
+    assert task is not None and store.requeue(task.lease, "retrying")
+    assert published not in {q.task_id for q in store.undispatched(time.time() - 1)}  # a pause
+    assert published in {q.task_id for q in store.undispatched(time.time() + 1)}
+
+
+def test_live_slots_count_recent_heartbeats_only(store: TaskStore) -> None:
+    assert store.live_slots(within=30) == 0
+    store.beat("host-a:1", 1)
+    store.beat("host-a:2", 1)
+    store.beat("embedded", 4)
+    assert store.live_slots(within=30) == 6
+    store.forget_worker("embedded")
+    assert store.live_slots(within=30) == 2
+    time.sleep(0.02)
+    assert store.live_slots(within=0.01) == 0
+
+
+def test_the_shared_rate_limit_refills_continuously(store: TaskStore) -> None:
+    assert [store.take_token("a", 3) for _ in range(3)] == [0.0, 0.0, 0.0]
+    wait = store.take_token("a", 3)
+    assert 0 < wait <= 20  # one token comes back every 20 s
+    assert store.take_token("b", 3) == 0.0  # per key
+
+
+def test_the_maintenance_lock_is_held_by_one_at_a_time(store: TaskStore) -> None:
+    with store.exclusive("maintenance") as first:
+        assert first
+        if store.engine.dialect.name == "postgresql":
+            other = TaskStore(sa.create_engine(store.engine.url))
+            try:
+                with other.exclusive("maintenance") as second:
+                    assert not second
+                with other.exclusive("something else") as unrelated:
+                    assert unrelated
+            finally:
+                other.engine.dispose()
+    with store.exclusive("maintenance") as again:
+        assert again

@@ -66,6 +66,73 @@ def serve(host: str | None, port: int | None, workers: int | None, data_dir: Pat
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
 
 
+@main.command()
+@click.option("--host", default=None, help="Bind address (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default 8080).")
+def api(host: str | None, port: int | None) -> None:
+    """Run one API process of a cluster (HTTP only; the work goes to `photo-eraser worker`).
+
+    Needs PHOTO_ERASER_DATABASE_URL (PostgreSQL), PHOTO_ERASER_BROKER_URL (RabbitMQ),
+    PHOTO_ERASER_STORAGE_URL (s3://bucket/prefix) and PHOTO_ERASER_SIGNING_SECRET. Run as many
+    as you like behind a load balancer."""
+    import uvicorn
+
+    from photo_eraser import logs
+    from photo_eraser.api.app import create_app
+
+    settings = load_settings(None, host=host, port=port)
+    _require_cluster(settings, "api")
+    logs.configure()
+    try:
+        app = create_app(settings, distributed=True)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+
+
+@main.command()
+@click.option(
+    "--concurrency",
+    type=int,
+    default=None,
+    help="Tasks at once on this host (default: one per core).",
+)
+def worker(concurrency: int | None) -> None:
+    """Run the worker of one host of a cluster (a Celery worker on RabbitMQ).
+
+    Needs PHOTO_ERASER_DATABASE_URL, PHOTO_ERASER_BROKER_URL and PHOTO_ERASER_STORAGE_URL, as
+    the API processes have them. Stop it with SIGTERM: it finishes the tasks under way."""
+    from photo_eraser import logs
+    from photo_eraser.celery_worker import WorkerHost
+    from photo_eraser.config import usable_cores
+    from photo_eraser.memory import return_large_blocks_to_os
+    from photo_eraser.runtime import open_store
+
+    settings = load_settings(None)
+    _require_cluster(settings, "worker")
+    logs.configure()
+    return_large_blocks_to_os()
+    open_store(settings).engine.dispose()  # the schema is migrated before any child starts
+    WorkerHost(settings).start(concurrency or usable_cores())
+
+
+def _require_cluster(settings: Settings, role: str) -> None:
+    try:
+        import boto3  # noqa: F401
+        import celery  # noqa: F401
+        import psycopg  # noqa: F401
+    except ImportError as exc:
+        raise click.UsageError(
+            f"`photo-eraser {role}` needs the cluster extra ({exc.name} is missing): "
+            "pip install 'photo-eraser[cluster]'"
+        ) from None
+    problems = settings.distributed_problems(role)
+    if problems:
+        raise click.UsageError(
+            f"`photo-eraser {role}` runs in a cluster and needs:\n  " + "\n  ".join(problems)
+        )
+
+
 def _print_demo(settings: Settings, appkey: str, appsecret: str) -> None:
     import base64
 

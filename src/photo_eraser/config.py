@@ -85,6 +85,34 @@ class Settings(BaseSettings):
         "get 429 with Retry-After, so one key cannot fill the queue; 0 = no cap",
     )
     create_demo_key: bool = True
+    lease_seconds: float = Field(
+        default=60.0,
+        ge=2,
+        description="a worker holds a task this long and renews it every third of it; a task "
+        "whose worker stopped renewing (a host that vanished) is re-queued once it expires",
+    )
+
+    # ---- Distributed mode (`photo-eraser api` and `photo-eraser worker`) ----
+    broker_url: str | None = Field(
+        default=None, description="amqp://user:pass@host:5672/vhost (RabbitMQ, for Celery)"
+    )
+    storage_url: str | None = Field(
+        default=None, description="s3://bucket/prefix for masks and results; default local disk"
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="the S3 API's address when it is not AWS (SeaweedFS, MinIO)"
+    )
+    s3_public_url: str | None = Field(
+        default=None,
+        description="if set, result links are presigned S3 URLs on this address instead of "
+        "links to the API (which then streams from the store)",
+    )
+    republish_after_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="a waiting task whose message the broker never confirmed is published "
+        "again after this long (an API process that stopped between commit and publish)",
+    )
     min_free_disk_mb: int = Field(
         default=256,
         ge=0,
@@ -100,6 +128,22 @@ class Settings(BaseSettings):
                 f"one body of PHOTO_ERASER_MAX_BODY_BYTES ({self.max_body_bytes})"
             )
         return self
+
+    def distributed_problems(self, role: str) -> list[str]:
+        """What is missing or wrong for ``role`` (``api`` or ``worker``) of a cluster."""
+        problems = []
+        if not (self.database_url or "").startswith("postgresql"):
+            problems.append("PHOTO_ERASER_DATABASE_URL must be postgresql+psycopg://...")
+        if not (self.broker_url or "").startswith(("amqp://", "amqps://")):
+            problems.append("PHOTO_ERASER_BROKER_URL must be amqp://user:pass@host:5672/vhost")
+        if not (self.storage_url or "").startswith("s3://"):
+            problems.append("PHOTO_ERASER_STORAGE_URL must be s3://bucket/prefix")
+        if role == "api" and not self.signing_secret:
+            problems.append(
+                "PHOTO_ERASER_SIGNING_SECRET is required: every API process must sign result "
+                "links with the same secret"
+            )
+        return problems
 
     @property
     def models_path(self) -> Path:

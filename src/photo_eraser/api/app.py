@@ -19,7 +19,7 @@ from photo_eraser.api.auth import RateLimiter
 from photo_eraser.api.errors import CODE_TABLE, ApiError, Code, InternalErrorMiddleware, envelope
 from photo_eraser.api.routes import files, ops, tasks
 from photo_eraser.config import Settings
-from photo_eraser.service import Service
+from photo_eraser.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,19 @@ API_DESCRIPTION = (
 )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app; the service (workers, sweeper) runs for the app's lifespan."""
+def create_app(settings: Settings | None = None, *, distributed: bool = False) -> FastAPI:
+    """Build the app on the embedded service (workers in this process) or, ``distributed``,
+    as one API process of a cluster; the runtime runs for the app's lifespan."""
     settings = settings or Settings()
-    service = Service(settings)
+    service: Runtime
+    if distributed:
+        from photo_eraser.runtime import ApiRuntime
+
+        service = ApiRuntime(settings)
+    else:
+        from photo_eraser.service import Service
+
+        service = Service(settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -55,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=lambda route: route.name,
     )
     app.state.service = service
-    app.state.limiter = RateLimiter(settings.rate_limit_per_minute)
+    app.state.limiter = service.rate_limit or RateLimiter(settings.rate_limit_per_minute)
     app.state.admission = tasks.CreateAdmission(
         settings.max_pending_creates, settings.max_body_buffer_mb << 20, settings.max_body_bytes
     )

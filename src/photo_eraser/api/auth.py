@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import threading
 import time
 
@@ -34,27 +35,34 @@ def authenticate(header: str | None, store: TaskStore) -> str:
 
 
 class RateLimiter:
-    """A token bucket per key: ``per_minute`` creations, refilled continuously. In-process."""
+    """A token bucket per key: ``per_minute`` creations, refilled continuously. In memory: the
+    embedded server is one process (a cluster counts in the database: `runtime.RateLimit`)."""
 
     def __init__(self, per_minute: int) -> None:
         self.per_minute = per_minute
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
-    def check(self, key: str) -> None:
+    async def check(self, key: str) -> float:
+        """0 if ``key`` may create a task now (and takes the token), else the seconds until it
+        may."""
         if self.per_minute <= 0:
-            return
+            return 0.0
         now = time.monotonic()
         rate = self.per_minute / 60.0
         with self._lock:
             tokens, last = self._buckets.get(key, (float(self.per_minute), now))
             tokens = min(float(self.per_minute), tokens + (now - last) * rate)
-            if tokens < 1.0:
-                retry = max(1, int((1.0 - tokens) / rate) + 1)
-                self._buckets[key] = (tokens, now)
-                raise ApiError(
-                    Code.RATE_LIMITED,
-                    f"rate limit of {self.per_minute} tasks per minute exceeded; retry in {retry} s",
-                    headers={"Retry-After": str(retry)},
-                )
-            self._buckets[key] = (tokens - 1.0, now)
+            taken = tokens >= 1.0
+            self._buckets[key] = (tokens - 1.0 if taken else tokens, now)
+        return 0.0 if taken else (1.0 - tokens) / rate
+
+
+def rate_limited(per_minute: int, wait: float) -> ApiError:
+    """The 429 of a create past the key's rate limit."""
+    retry = max(1, math.ceil(wait))
+    return ApiError(
+        Code.RATE_LIMITED,
+        f"rate limit of {per_minute} tasks per minute exceeded; retry in {retry} s",
+        headers={"Retry-After": str(retry)},
+    )

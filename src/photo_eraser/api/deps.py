@@ -1,4 +1,5 @@
-"""Dependencies of the routes: the running service and the caller's key."""
+"""Dependencies of the routes: the runtime of this process (embedded or an API process of a
+cluster) and the caller's key."""
 
 from __future__ import annotations
 
@@ -10,15 +11,15 @@ from fastapi import Depends, Header, Request
 from photo_eraser.api.auth import authenticate
 
 if TYPE_CHECKING:
-    from photo_eraser.service import Service
+    from photo_eraser.runtime import Runtime
 
 
-def get_service(request: Request) -> Service:
-    service: Service = request.app.state.service
+def get_service(request: Request) -> Runtime:
+    service: Runtime = request.app.state.service
     return service
 
 
-ServiceDep = Annotated["Service", Depends(get_service)]
+ServiceDep = Annotated["Runtime", Depends(get_service)]
 
 AuthHeader = Annotated[
     str | None,

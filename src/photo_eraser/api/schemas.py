@@ -115,7 +115,7 @@ class Closed(Envelope):
 
 
 class HealthData(BaseModel):
-    status: Literal["ok", "degraded", "stopped"]
+    status: Literal["ok", "degraded"]
     engines: dict[str, bool] | None = None
     disk_free_bytes: int | None = None
 

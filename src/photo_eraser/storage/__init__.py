@@ -1,23 +1,31 @@
-"""Where results live (blob stores) and how their URLs are signed."""
+"""Where masks and results live (blob stores) and how their URLs are signed."""
 
 from photo_eraser.storage.base import (
+    MASKS,
     RESULTS,
     TASK_FOLDER,
     BlobStore,
+    BlobStoreError,
     OpenBlob,
+    mask_key,
     result_key,
+    task_folder,
     task_results,
 )
 from photo_eraser.storage.local import LocalBlobStore
 from photo_eraser.storage.signing import UrlSigner
 
 __all__ = [
+    "MASKS",
     "RESULTS",
     "TASK_FOLDER",
     "BlobStore",
+    "BlobStoreError",
     "LocalBlobStore",
     "OpenBlob",
     "UrlSigner",
+    "mask_key",
     "result_key",
+    "task_folder",
     "task_results",
 ]

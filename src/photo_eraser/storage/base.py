@@ -1,7 +1,7 @@
 """The blob store seam: where masks and results are kept, and the layout of their keys.
 
-The embedded mode keeps blobs on the local disk (`local.py`); a distributed mode keeps them in
-an object store behind the same methods. Keys are relative, ``/``-separated names; nothing
+The embedded mode keeps blobs on the local disk (`local.py`); the distributed mode keeps them in
+an S3 object store (`s3.py`) behind the same methods. Keys are relative, ``/``-separated names; nothing
 outside a store sees a filesystem path."""
 
 from __future__ import annotations
@@ -12,8 +12,19 @@ from typing import BinaryIO, Protocol
 
 RESULTS = "results"
 """Folder of result files, one subfolder per task: ``results/<task_id>/<index>.<ext>``."""
+MASKS = "masks"
+"""Folder of inline masks (sent in the create request), one per task: ``masks/<task_id>/mask``."""
 TASK_FOLDER = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 """A folder name under `RESULTS` that is a task id (uuid4, as the store makes them)."""
+
+
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
+
+
+def is_valid_key(key: str) -> bool:
+    """Whether ``key`` is a relative ``/``-separated name that stays inside its store (no
+    ``..``, no leading ``/``, no empty part): the rule of every store."""
+    return bool(_KEY.match(key)) and ".." not in key.split("/")
 
 
 def result_key(task_id: str, index: int, extension: str) -> str:
@@ -23,7 +34,22 @@ def result_key(task_id: str, index: int, extension: str) -> str:
 
 def task_results(task_id: str) -> str:
     """Key of the folder holding all results of a task."""
-    return f"{RESULTS}/{task_id}"
+    return task_folder(RESULTS, task_id)
+
+
+def mask_key(task_id: str) -> str:
+    """Key of the inline mask of a task."""
+    return f"{task_folder(MASKS, task_id)}/mask"
+
+
+def task_folder(folder: str, task_id: str) -> str:
+    """Key of a task's folder under ``RESULTS`` or ``MASKS``."""
+    return f"{folder}/{task_id}"
+
+
+class BlobStoreError(Exception):
+    """The blob store could not be reached or refused the request (ours, not the input's):
+    retry later."""
 
 
 @dataclass
@@ -49,7 +75,7 @@ class BlobStore(Protocol):
     def delete(self, key: str) -> None:
         """Delete a blob; nothing happens if there is none."""
 
-    def delete_folder(self, key: str) -> None:
+    def delete_prefix(self, key: str) -> None:
         """Delete every blob under the folder ``key`` (also ones no task recorded)."""
 
     def folders(self, key: str) -> list[str]:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
 
-from photo_eraser.storage.base import OpenBlob
-
-_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
+from photo_eraser.storage.base import OpenBlob, is_valid_key
 
 
 class LocalBlobStore:
@@ -22,7 +19,7 @@ class LocalBlobStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
-        if not _KEY.match(key) or ".." in key.split("/"):
+        if not is_valid_key(key):
             raise ValueError(f"invalid blob key: {key!r}")
         return self.root / key
 
@@ -67,7 +64,7 @@ class LocalBlobStore:
         except (OSError, ValueError):
             return None
 
-    def delete_folder(self, key: str) -> None:
+    def delete_prefix(self, key: str) -> None:
         """Delete a folder of blobs with everything in it (also files no key was kept for)."""
         path = self._path(key)
         if path.is_dir():

@@ -16,9 +16,11 @@ import asyncio
 import logging
 import queue
 import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
-from photo_eraser.tasks.store import NewTask, TaskStore
+from photo_eraser.tasks.records import NewTask, Queued
+from photo_eraser.tasks.store import TaskStore
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +48,12 @@ class TaskIntake:
         max_pending: int = 1024,
         max_batch: int = 256,
         max_open_per_key: int = 0,
+        on_stored: Callable[[Sequence[Queued]], None] | None = None,
     ) -> None:
         self.store = store
+        self.on_stored = on_stored
+        """Called by the writer thread after each commit with the tasks it stored (the
+        dispatcher's publish: after the commit, never before)."""
         self.max_open_per_key = max_open_per_key
         self.max_batch = max_batch
         self._queue: queue.Queue[tuple[NewTask, Future[str]] | object] = queue.Queue(max_pending)
@@ -114,7 +120,7 @@ class TaskIntake:
     def _store(self, group: list[tuple[NewTask, Future[str]]]) -> None:
         """Store a group and resolve its futures; never raises (the writer must not die)."""
         try:
-            ids = self.store.create_tasks([task for task, _ in group], self.max_open_per_key)
+            stored = self.store.create_tasks([task for task, _ in group], self.max_open_per_key)
         except Exception as exc:
             if len(group) > 1:
                 # One bad row must not fail the others: store them one by one.
@@ -124,10 +130,20 @@ class TaskIntake:
             log.error("storing a new task failed", exc_info=exc)
             group[0][1].set_exception(exc)
             return
-        for (_, future), task_id in zip(group, ids, strict=True):
-            if task_id is None:
+        if self.on_stored is not None:
+            queued = [
+                Queued(t.task_id, t.priority)
+                for (t, _), ok in zip(group, stored, strict=True)
+                if ok
+            ]
+            try:
+                self.on_stored(queued)
+            except Exception:  # stored all the same: the maintenance pass publishes them
+                log.exception("handing stored tasks to the dispatcher failed")
+        for (task, future), ok in zip(group, stored, strict=True):
+            if ok:
+                future.set_result(task.task_id)
+            else:
                 future.set_exception(
                     OpenTasksLimit(f"this key already has {self.max_open_per_key} unfinished tasks")
                 )
-            else:
-                future.set_result(task_id)

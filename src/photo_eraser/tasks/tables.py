@@ -45,12 +45,21 @@ tasks = Table(
     Column("deadline_at", Float, nullable=False),
     Column("started_at", Float, nullable=True),
     Column("finished_at", Float, nullable=True),
-    Column("heartbeat_at", Float, nullable=True),
+    # The worker that holds the task while it is in progress, until when (it renews the lease
+    # while working; an expired one is reaped by the maintenance pass). For a waiting task
+    # that was given back, when its last lease ended.
+    Column("lease_owner", Text, nullable=True),
+    Column("lease_expires_at", Float, nullable=True),
+    # When a message for the task last went to the broker (distributed mode only).
+    Column("dispatched_at", Float, nullable=True),
+    # The inline mask's blob; mask_data holds those of tasks created before version 0005.
+    Column("mask_key", Text, nullable=True),
 )
 Index("ix_tasks_queue", tasks.c.status, tasks.c.priority, tasks.c.id)
 Index("ix_tasks_appkey", tasks.c.appkey)
 Index("ix_tasks_appkey_status", tasks.c.appkey, tasks.c.status)  # unfinished tasks per key
 Index("ix_tasks_finished_at", tasks.c.finished_at)
+Index("ix_tasks_lease_expires_at", tasks.c.lease_expires_at)
 
 task_images = Table(
     "task_images",
@@ -65,11 +74,21 @@ task_images = Table(
     Column("recovered_share", Float, nullable=True),
 )
 
-# One row, "serve": which server process works on this database (see TaskStore.acquire_lease).
-server_lease = Table(
-    "server_lease",
+# Live worker slots: every worker process says how many tasks it can run at once, every few
+# seconds (``wait_time`` counts the slots of workers seen recently, over the whole cluster).
+workers = Table(
+    "workers",
     metadata,
-    Column("name", String(32), primary_key=True),
-    Column("holder", Text, nullable=False),
-    Column("heartbeat_at", Float, nullable=False),
+    Column("worker_id", String(200), primary_key=True),
+    Column("slots", Integer, nullable=False),
+    Column("seen_at", Float, nullable=False),
+)
+
+# One token bucket per key for the create rate limit, shared by every API process.
+rate_buckets = Table(
+    "rate_buckets",
+    metadata,
+    Column("appkey", String(64), primary_key=True),
+    Column("tokens", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
 )

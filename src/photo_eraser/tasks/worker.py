@@ -1,4 +1,5 @@
-"""The worker loop: claim the next task, download, decode, restore, store, finish."""
+"""One task from claim to finish (download, decode, restore, store), and the embedded workers'
+loop. The Celery workers of the distributed mode run the same `process_task`."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -16,6 +18,7 @@ import numpy as np
 from photo_eraser import memory
 from photo_eraser.config import Settings
 from photo_eraser.disk import DISK_FULL_REASON, DiskMonitor, is_disk_full
+from photo_eraser.dispatch import Dispatcher
 from photo_eraser.engines.base import EngineError
 from photo_eraser.engines.registry import EngineRegistry
 from photo_eraser.fetch import Fetcher, FetchError
@@ -28,9 +31,10 @@ from photo_eraser.imaging import (
 )
 from photo_eraser.metrics import Metrics, download_reason_class
 from photo_eraser.pipeline import MaskCache, StageTimes, restore_images
-from photo_eraser.storage import BlobStore, result_key
+from photo_eraser.storage import BlobStore, BlobStoreError, result_key
+from photo_eraser.tasks.records import ImageRecord, Lease, Queued, TaskRecord
 from photo_eraser.tasks.status import ImageStatus, TaskStatus
-from photo_eraser.tasks.store import ImageRecord, TaskRecord, TaskStore
+from photo_eraser.tasks.store import TaskStore
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +42,7 @@ T = TypeVar("T")
 
 
 class TaskAbandoned(Exception):
-    """The task was closed or timed out while we worked on it; drop the work silently."""
+    """The task was closed, timed out or taken back while we worked on it: drop the work."""
 
 
 @dataclass
@@ -56,8 +60,8 @@ class WorkerContext:
     disk: DiskMonitor
     """No new task starts while the data directory is low on space."""
     metrics: Metrics
-    in_flight: set[int] = field(default_factory=set)
-    """Primary keys of the tasks this process's workers hold right now."""
+    dispatcher: Dispatcher
+    """Told about a task this worker gave back to the queue."""
 
     @property
     def limits(self) -> ImageLimits:
@@ -71,7 +75,8 @@ class WorkerContext:
 async def run_worker(
     ctx: WorkerContext, name: str, wake: asyncio.Event, stop: asyncio.Event
 ) -> None:
-    """Process tasks until ``stop`` is set; sleep on ``wake`` (or a short poll) when idle."""
+    """An embedded worker: take the next task from the database until ``stop`` is set; sleep
+    on ``wake`` (or a short poll) when idle. ``name`` prefixes its leases' owner."""
     while not stop.is_set():
         disk = await asyncio.to_thread(ctx.disk.state)
         if disk.low:
@@ -80,7 +85,7 @@ async def run_worker(
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
             continue
         try:
-            task = await _claim(ctx)
+            task = await _claim(ctx, name)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -102,46 +107,54 @@ async def run_worker(
         except asyncio.CancelledError:
             raise
         except Exception:
-            # The store itself failed (disk full, database locked...). The sweeper re-queues the
-            # task once it has shown no progress for a while; keep this worker alive meanwhile.
+            # The store itself failed (disk full, database gone...). The task's lease runs out
+            # and the maintenance pass re-queues it; keep this worker alive meanwhile.
             log.exception("recording a task's outcome failed", extra={"task_id": task.task_id})
             await asyncio.sleep(1.0)
-        finally:
-            ctx.in_flight.discard(task.pk)
 
 
-async def _claim(ctx: WorkerContext) -> TaskRecord | None:
+async def _claim(ctx: WorkerContext, name: str) -> TaskRecord | None:
     """Claim the next task; a shutdown during the claim hands the claimed task straight back."""
-    claim = asyncio.ensure_future(asyncio.to_thread(ctx.store.claim_next))
+    owner = new_owner(name)
+    claim = asyncio.ensure_future(
+        asyncio.to_thread(ctx.store.claim_next, owner, ctx.settings.lease_seconds)
+    )
     try:
-        task = await asyncio.shield(claim)
+        return await asyncio.shield(claim)
     except asyncio.CancelledError:
         task = await claim
         if task is not None:
-            ctx.store.release(task.pk)
+            ctx.store.release(task.lease)
         raise
-    if task is not None:
-        ctx.in_flight.add(task.pk)
-    return task
+
+
+def new_owner(name: str) -> str:
+    """A lease owner unique to one claim, so a worker's late write can never land on a later
+    claim of the same task by the same worker."""
+    return f"{name}:{uuid.uuid4().hex[:12]}"
 
 
 async def process_task(ctx: WorkerContext, task: TaskRecord, worker: str = "") -> None:
-    """Run one claimed task to a final status, or give it back to the queue on our own failure."""
+    """Run one claimed task to a final status, or give it back to the queue on our own failure.
+    The task's lease is renewed meanwhile; if it is lost, the work stops."""
     started = time.perf_counter()
     metrics = ctx.metrics
+    lease = task.lease
     extra = {"task_id": task.task_id, "worker": worker, "attempt": task.attempts}
     log.info("task started", extra=extra)
     records = {im.idx: ImageRecord(im.idx, im.url, ImageStatus.PROCESSING) for im in task.images}
     try:
         timeout = max(0.0, task.deadline_at - time.time())
-        status, reason = await asyncio.wait_for(_run(ctx, task, records), timeout=timeout)
+        work = asyncio.wait_for(_run(ctx, task, records), timeout=timeout)
+        status, reason = await _holding_lease(ctx, lease, work)
     except asyncio.CancelledError:
         # Shutdown: hand the task back without counting this attempt against it.
-        ctx.store.release(task.pk)
+        await asyncio.shield(asyncio.to_thread(ctx.store.release, lease))
+        ctx.dispatcher.publish([Queued(task.task_id, task.priority)])
         log.info("task released at shutdown", extra=extra)
         raise
     except TaskAbandoned:
-        log.info("task abandoned (closed or timed out)", extra=extra)
+        log.info("task abandoned (closed, timed out or taken back)", extra=extra)
         return
     except TimeoutError:
         expired = await asyncio.to_thread(ctx.store.expire_overdue)
@@ -152,26 +165,11 @@ async def process_task(ctx: WorkerContext, task: TaskRecord, worker: str = "") -
         # The per-image verdicts we already have (download or format failures) are kept.
         status, reason = TaskStatus.FAILED, str(exc)
     except Exception as exc:
-        cause = "disk_full" if is_disk_full(exc) else "internal_error"
-        if cause == "disk_full":
-            # Ours, not the input's: retried once space is freed (no task starts before).
-            log.error("task could not save its results: disk full", extra=extra)
-            retry, give_up = (
-                f"{DISK_FULL_REASON}; retrying",
-                f"{DISK_FULL_REASON}: results not saved",
-            )
-        else:
-            log.exception("task crashed", extra=extra)
-            retry, give_up = "internal error; retrying", "internal error while processing"
-        if task.attempts < ctx.settings.max_attempts:
-            metrics.retries.labels(cause).inc()
-            await asyncio.to_thread(ctx.store.requeue, task.pk, retry)
-        elif await asyncio.to_thread(ctx.store.finish, task.pk, TaskStatus.FAILED, give_up):
-            metrics.tasks_finished.labels(TaskStatus.FAILED.name.lower()).inc()
+        await _after_crash(ctx, task, exc, extra)
         return
     # The images' verdicts and the task's status are written together (see TaskStore.finish).
     finished = await asyncio.to_thread(
-        ctx.store.finish, task.pk, status, reason, list(records.values())
+        ctx.store.finish, lease, status, reason, list(records.values())
     )
     if finished:
         seconds = time.perf_counter() - started
@@ -192,16 +190,74 @@ async def process_task(ctx: WorkerContext, task: TaskRecord, worker: str = "") -
     )
 
 
+async def _after_crash(
+    ctx: WorkerContext, task: TaskRecord, exc: Exception, extra: dict[str, Any]
+) -> None:
+    """A failure of ours, not the input's: retry the task, or fail it once out of attempts."""
+    if is_disk_full(exc):
+        # Retried once space is freed (no task starts before).
+        cause = "disk_full"
+        log.error("task could not save its results: disk full", extra=extra)
+        retry, give_up = f"{DISK_FULL_REASON}; retrying", f"{DISK_FULL_REASON}: results not saved"
+    elif isinstance(exc, BlobStoreError):
+        cause = "storage_unavailable"
+        log.error("task could not use the blob store", extra={**extra, "error": str(exc)})
+        retry, give_up = f"{exc}; retrying", f"{exc}: results not saved"
+    else:
+        cause = "internal_error"
+        log.exception("task crashed", extra=extra)
+        retry, give_up = "internal error; retrying", "internal error while processing"
+    if task.attempts < ctx.settings.max_attempts:
+        ctx.metrics.retries.labels(cause).inc()
+        # Not published again at once: the maintenance pass does, after a pause (a store
+        # that is down gets time to come back); the embedded workers poll the database.
+        await asyncio.to_thread(ctx.store.requeue, task.lease, retry)
+    elif await asyncio.to_thread(ctx.store.finish, task.lease, TaskStatus.FAILED, give_up):
+        ctx.metrics.tasks_finished.labels(TaskStatus.FAILED.name.lower()).inc()
+
+
+async def _holding_lease(ctx: WorkerContext, lease: Lease, work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` while renewing ``lease`` every third of its length; if the lease is lost
+    (the task was closed, timed out, or taken back from a worker thought dead), cancel the
+    work and raise `TaskAbandoned`."""
+    seconds = ctx.settings.lease_seconds
+    running = asyncio.ensure_future(work)
+    lost = False
+
+    async def renew() -> None:
+        nonlocal lost
+        while True:
+            await asyncio.sleep(seconds / 3)
+            try:
+                held = await asyncio.to_thread(ctx.store.renew, lease, seconds)
+            except Exception as exc:  # the database is away: try again, the lease may hold
+                log.warning("renewing a lease failed", extra={"error": str(exc)})
+                continue
+            if not held:
+                lost = True
+                running.cancel()
+                return
+
+    keeper = asyncio.create_task(renew())
+    try:
+        return await running
+    except asyncio.CancelledError:
+        if lost:
+            raise TaskAbandoned from None
+        raise
+    finally:
+        keeper.cancel()
+
+
 async def _save_images(
     ctx: WorkerContext, task: TaskRecord, records: dict[int, ImageRecord]
 ) -> None:
-    if not await asyncio.to_thread(ctx.store.set_images, task.pk, list(records.values())):
+    if not await asyncio.to_thread(ctx.store.set_images, task.lease, list(records.values())):
         raise TaskAbandoned
 
 
 async def _checkpoint(ctx: WorkerContext, task: TaskRecord) -> None:
-    status = await asyncio.to_thread(ctx.store.task_status, task.pk)
-    if status != TaskStatus.IN_PROGRESS:
+    if not await asyncio.to_thread(ctx.store.is_held, task.lease):
         raise TaskAbandoned
 
 
@@ -294,9 +350,19 @@ def _fail(record: ImageRecord, reason: str) -> None:
 
 
 async def _load_mask(ctx: WorkerContext, task: TaskRecord) -> np.ndarray:
-    if task.mask_data is not None:
+    if task.mask_key is not None:
+        data = await asyncio.to_thread(_read_blob, ctx.blobs, task.mask_key)
+    elif task.mask_data is not None:  # a task created before masks moved to the blob store
         data = task.mask_data
     else:
         assert task.mask_url is not None
         data = await ctx.fetcher.fetch(task.mask_url)
     return await ctx.run_cpu(ctx.masks.decode, data)
+
+
+def _read_blob(blobs: BlobStore, key: str) -> bytes:
+    blob = blobs.open(key)
+    if blob is None:
+        raise MaskError("the uploaded mask is gone from the blob store")
+    with blob.file as f:
+        return f.read()

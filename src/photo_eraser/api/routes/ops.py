@@ -22,20 +22,12 @@ router = APIRouter(tags=["ops"])
     responses={
         503: {
             "model": Health,
-            "description": errors(Code.UNAVAILABLE, Code.DISK_FULL)[503]["description"],
+            "description": errors(Code.DISK_FULL)[503]["description"],
         }
     },
 )
 async def healthz(service: ServiceDep) -> JSONResponse:
-    """200 while the server takes tasks; 503 when it is degraded (disk nearly full) or has
-    stopped working on tasks (lost its database lease)."""
-    if service.lease_lost:
-        return envelope(
-            Code.UNAVAILABLE,
-            "lost the database lease to another server, which now runs the tasks; this one "
-            "no longer does (stop it: it can start again once the other has stopped)",
-            data=HealthData(status="stopped").model_dump(exclude_none=True),
-        )
+    """200 while the server takes tasks; 503 when it is degraded (disk nearly full)."""
     disk = service.disk.state()
     if disk.low:
         return envelope(

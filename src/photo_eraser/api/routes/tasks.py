@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -11,6 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from photo_eraser.api.auth import rate_limited
 from photo_eraser.api.body import BodyBudget, BodyBudgetFull, parse_json_object, read_body
 from photo_eraser.api.deps import AuthHeader, Caller, ServiceDep, caller
 from photo_eraser.api.errors import ApiError, Code, envelope
@@ -30,9 +32,10 @@ from photo_eraser.api.schemas import (
 from photo_eraser.disk import DISK_FULL_REASON, is_disk_full
 from photo_eraser.engines.base import EngineUnavailable
 from photo_eraser.imaging import MaskError, MaskSource, parse_mask_field
+from photo_eraser.storage import BlobStoreError, mask_key
 from photo_eraser.tasks.intake import IntakeClosed, IntakeFull, OpenTasksLimit
+from photo_eraser.tasks.records import NewTask
 from photo_eraser.tasks.status import ImageStatus
-from photo_eraser.tasks.store import NewTask
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["tasks"])
@@ -102,7 +105,9 @@ async def create_task(
     admission: CreateAdmission = request.app.state.admission
     # Credentials first (headers only): a client without them holds no body budget.
     appkey = await caller(service, authorization)
-    request.app.state.limiter.check(appkey)
+    wait = await request.app.state.limiter.check(appkey)
+    if wait:
+        raise rate_limited(settings.rate_limit_per_minute, wait)
     try:
         async with read_body(
             request,
@@ -118,7 +123,6 @@ async def create_task(
                 task_id = await _store(task, service)
     except BodyBudgetFull as exc:
         raise _refused(service, "body_buffer", Code.BUSY, f"server busy: {exc}") from None
-    service.wake.set()
     service.metrics.tasks_created.labels(str(req.priority)).inc()
     log.info(
         "task created",
@@ -155,15 +159,38 @@ async def _new_task(
                 await asyncio.to_thread(service.masks.decode, mask.data)
     except MaskError as exc:
         raise ApiError(Code.BAD_PARAMETER, f"mask: {exc}") from None
+    task_id = str(uuid.uuid4())
+    stored_mask = None
+    if mask.data is not None:
+        # In the blob store before the task is committed: a worker never sees a task without
+        # its mask. If the commit fails, the retention sweep deletes the orphan.
+        stored_mask = mask_key(task_id)
+        await _put_mask(service, stored_mask, mask.data)
     return NewTask(
+        task_id=task_id,
         appkey=appkey,
         urls=req.images,
         priority=req.priority,
         engine=req.engine,
         mask_url=mask.url,
-        mask_data=mask.data,
+        mask_key=stored_mask,
         deadline_seconds=settings.task_deadline_seconds,
     )
+
+
+async def _put_mask(service: ServiceDep, key: str, data: bytes) -> None:
+    try:
+        await asyncio.to_thread(service.blobs.put, key, data)
+    except BlobStoreError as exc:
+        log.error("mask not stored: blob store unavailable", extra={"error": str(exc)})
+        msg = f"{exc}: the task was not stored"
+        raise _refused(service, "storage", Code.UNAVAILABLE, msg) from None
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        log.error("mask not stored: disk full")
+        msg = f"{DISK_FULL_REASON}: the task was not stored"
+        raise _refused(service, "disk_full", Code.DISK_FULL, msg) from None
 
 
 async def _store(task: NewTask, service: ServiceDep) -> str:

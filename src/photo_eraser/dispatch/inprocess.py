@@ -1,0 +1,33 @@
+"""Embedded dispatch: wake the in-process workers; they claim from the database in order."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from photo_eraser.tasks.records import Queued
+
+
+class InProcessDispatcher:
+    """Sets an `asyncio.Event` the idle workers wait on (from any thread)."""
+
+    republishes = False
+
+    def __init__(self) -> None:
+        self.wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The event loop the workers run on (publish may be called from other threads)."""
+        self._loop = loop
+
+    def publish(self, queued: Sequence[Queued]) -> None:
+        if queued and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.wake.set)
+
+    def publish_now(self, queued: Sequence[Queued]) -> list[str]:
+        self.publish(queued)
+        return [q.task_id for q in queued]
+
+    def close(self) -> None:
+        self._loop = None

@@ -1,0 +1,118 @@
+"""The maintenance pass: deadlines, workers that stopped, unpublished tasks, retention.
+
+It runs every second in every API process (and in the embedded server), but in one place at a
+time: each pass first takes the database's ``maintenance`` lock (a PostgreSQL advisory lock,
+freed with its connection if the process dies) and is skipped where another process holds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from photo_eraser.config import Settings
+from photo_eraser.dispatch import Dispatcher
+from photo_eraser.metrics import Metrics
+from photo_eraser.storage import (
+    MASKS,
+    RESULTS,
+    TASK_FOLDER,
+    BlobStore,
+    BlobStoreError,
+    task_folder,
+)
+from photo_eraser.tasks.store import TaskStore
+
+log = logging.getLogger(__name__)
+
+RETENTION_EVERY = 60.0
+"""Seconds between two retention sweeps (listing the blob store is not free)."""
+
+
+class Maintenance:
+    def __init__(
+        self,
+        settings: Settings,
+        store: TaskStore,
+        blobs: BlobStore,
+        dispatcher: Dispatcher,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.blobs = blobs
+        self.dispatcher = dispatcher
+        self.metrics = metrics
+        self._last_retention = 0.0
+
+    async def run(self, stop: asyncio.Event, every: float = 1.0) -> None:
+        """Run a pass every ``every`` seconds until ``stop`` is set."""
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self.run_once)
+            except Exception:
+                log.exception("maintenance pass failed")
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=every)
+            except TimeoutError:
+                pass
+
+    def run_once(self) -> bool:
+        """One pass, if no other process is running one; whether it ran."""
+        with self.store.exclusive("maintenance") as mine:
+            if not mine:
+                return False
+            self._pass()
+        return True
+
+    def _pass(self) -> None:
+        s = self.settings
+        expired = self.store.expire_overdue()
+        self.metrics.tasks_finished.labels("timed_out").inc(len(expired))
+        requeued, failed = self.store.reap_expired_leases(s.max_attempts)
+        if requeued or failed:
+            log.warning(
+                "took back tasks whose worker stopped renewing its lease",
+                extra={"requeued": len(requeued), "failed": failed},
+            )
+            self.metrics.retries.labels("interrupted").inc(len(requeued))
+            self.metrics.tasks_finished.labels("failed").inc(failed)
+        if self.dispatcher.republishes:
+            # Re-queued tasks and tasks whose publish never got confirmed.
+            stale = self.store.undispatched(time.time() - s.republish_after_seconds)
+            if stale:
+                log.info("publishing waiting tasks again", extra={"tasks": len(stale)})
+                self.dispatcher.publish_now(stale)
+        elif requeued:
+            self.dispatcher.publish(requeued)
+        if time.monotonic() - self._last_retention > RETENTION_EVERY:
+            self._last_retention = time.monotonic()
+            self.delete_expired()
+
+    def delete_expired(self) -> None:
+        """Delete blobs of tasks finished longer ago than the result TTL, and blobs no task
+        recorded (a worker that lost its task while saving; a create that failed after storing
+        its mask) once they are as old."""
+        before = time.time() - self.settings.result_ttl_seconds
+        for folder in (RESULTS, MASKS):
+            task_ids = [f for f in self.blobs.folders(folder) if TASK_FOLDER.match(f)]
+            finished = self.store.finish_times(task_ids)
+            for task_id in task_ids:
+                key = task_folder(folder, task_id)
+                if task_id in finished:
+                    at = finished[task_id]
+                    expired = at is not None and at < before
+                else:
+                    changed = self.blobs.modified(key)
+                    expired = changed is not None and changed < before
+                if expired:
+                    try:
+                        self.blobs.delete_prefix(key)
+                    except (OSError, BlobStoreError):
+                        log.exception("could not delete a blob folder", extra={"key": key})
+        for pk, keys in self.store.expired_blob_keys(before):
+            for key in keys:
+                self.blobs.delete(key)
+            self.store.forget_blobs(pk)
+        self.store.forget_masks(before)

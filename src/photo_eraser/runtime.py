@@ -1,0 +1,151 @@
+"""What the API routes and the maintenance pass depend on, built for one mode.
+
+- Embedded (`photo-eraser serve`, `service.Service`): SQLite (or any database) in the data
+  directory, blobs on the local disk, in-process workers woken by an event.
+- Distributed (`photo-eraser api`, `ApiRuntime`): PostgreSQL, an S3 store, Celery on RabbitMQ;
+  the workers are other processes (`photo-eraser worker`, `celery_worker.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from statistics import mean
+
+from photo_eraser.config import Settings
+from photo_eraser.disk import DiskMonitor
+from photo_eraser.dispatch import Dispatcher
+from photo_eraser.engines.registry import EngineRegistry
+from photo_eraser.maintenance import Maintenance
+from photo_eraser.metrics import Metrics
+from photo_eraser.pipeline import MaskCache
+from photo_eraser.storage import BlobStore, LocalBlobStore, UrlSigner
+from photo_eraser.tasks.db import create_db_engine, migrate
+from photo_eraser.tasks.intake import TaskIntake
+from photo_eraser.tasks.records import TaskRecord
+from photo_eraser.tasks.status import TaskStatus
+from photo_eraser.tasks.store import TaskStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TASK_SECONDS = 5.0
+"""Assumed run time of one task before any has finished, for ``wait_time``."""
+HEARTBEAT_SECONDS = 5.0
+"""How often a worker process says it is alive; one not heard for 6x this is gone."""
+
+
+def open_store(settings: Settings) -> TaskStore:
+    """Create the data directory and database if needed and migrate it to the newest schema."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_db_engine(settings.db_url)
+    migrate(engine)
+    return TaskStore(engine)
+
+
+def open_blob_store(settings: Settings) -> BlobStore:
+    """The S3 store named by ``PHOTO_ERASER_STORAGE_URL``, else the data directory's blobs."""
+    if settings.storage_url:
+        from photo_eraser.storage.s3 import S3BlobStore
+
+        return S3BlobStore.from_url(settings.storage_url, settings.s3_endpoint_url)
+    return LocalBlobStore(settings.data_dir / "blobs")
+
+
+class RateLimit:
+    """Task creations per key per minute, counted in the database: the limit holds over every
+    API process of a cluster. (The embedded server counts in memory: `api.auth.RateLimiter`.)"""
+
+    def __init__(self, store: TaskStore, per_minute: int) -> None:
+        self.store = store
+        self.per_minute = per_minute
+
+    async def check(self, appkey: str) -> float:
+        """0 if ``appkey`` may create a task now, else the seconds until it may."""
+        if self.per_minute <= 0:
+            return 0.0
+        return await asyncio.to_thread(self.store.take_token, appkey, self.per_minute)
+
+
+class Runtime:
+    """The dependencies of the routes; subclasses choose the dispatcher and add workers."""
+
+    def __init__(self, settings: Settings, store: TaskStore, dispatcher: Dispatcher) -> None:
+        self.settings = settings
+        self.store = store
+        self.dispatcher = dispatcher
+        self.blobs = open_blob_store(settings)
+        self.engines = EngineRegistry(
+            settings.models_path,
+            threads=self.engine_threads(),
+            restore_exact_fit=settings.restore_exact_fit,
+        )
+        self.intake = TaskIntake(
+            store,
+            max_pending=settings.max_pending_creates,
+            max_open_per_key=settings.max_open_tasks_per_key,
+            on_stored=dispatcher.publish,
+        )
+        self.metrics = Metrics(store.queue_counts)
+        self.masks = MaskCache(settings.max_image_bytes, max_side=settings.max_side)
+        self.maintenance = Maintenance(settings, store, self.blobs, dispatcher, self.metrics)
+        self.signer: UrlSigner
+        self.disk: DiskMonitor
+        self.rate_limit: RateLimit | None = None
+        """Set where creates are limited in the database (distributed); else in memory."""
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def engine_threads(self) -> int:
+        return 1
+
+    async def start(self) -> None:
+        self._stop.clear()
+        self.intake.start()
+        self._tasks.append(asyncio.create_task(self.maintenance.run(self._stop)))
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.intake.stop)  # every create it took is stored first
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        await asyncio.to_thread(self.dispatcher.close)
+
+    def wait_time(self, task: TaskRecord) -> str:
+        """Seconds until the next useful poll, from the queue position, recent task durations
+        and the worker slots alive now over the whole cluster."""
+        if task.status.finished:
+            return "0"
+        durations = self.store.recent_durations()
+        per_task = mean(durations) if durations else DEFAULT_TASK_SECONDS
+        if task.status == TaskStatus.IN_PROGRESS:
+            elapsed = time.time() - (task.started_at or time.time())
+            estimate = per_task - elapsed
+        else:
+            slots = max(1, self.store.live_slots(within=6 * HEARTBEAT_SECONDS))
+            ahead = self.store.queue_position(task)
+            estimate = (ahead // slots + 1) * per_task
+        return str(max(1, math.ceil(estimate)))
+
+
+class ApiRuntime(Runtime):
+    """An API process of a cluster: HTTP only; tasks go to the workers through RabbitMQ."""
+
+    def __init__(self, settings: Settings) -> None:
+        problems = settings.distributed_problems("api")
+        if problems:
+            raise RuntimeError("cannot start an API process:\n  " + "\n  ".join(problems))
+        from photo_eraser.dispatch.celery import CeleryDispatcher, make_celery
+
+        store = open_store(settings)
+        super().__init__(settings, store, CeleryDispatcher(make_celery(settings), store))
+        assert settings.signing_secret is not None
+        self.signer = UrlSigner(settings.signing_secret.encode())
+        self.disk = DiskMonitor(settings.data_dir, 0)  # nothing is stored on this host's disk
+        self.rate_limit = RateLimit(store, settings.rate_limit_per_minute)

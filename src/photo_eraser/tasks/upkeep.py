@@ -1,0 +1,290 @@
+"""The store's side of the maintenance pass and of cluster-wide state: deadlines, expired
+leases, dispatch bookkeeping, retention, worker heartbeats and the shared rate limit."""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import sqlalchemy as sa
+
+from photo_eraser.tasks.records import Queued
+from photo_eraser.tasks.status import ImageStatus, TaskStatus
+from photo_eraser.tasks.tables import rate_buckets, task_images, tasks, workers
+
+OPEN = (TaskStatus.WAITING, TaskStatus.IN_PROGRESS)
+
+
+def gave_up(max_attempts: int) -> str:
+    return f"processing was interrupted {max_attempts} times; giving up"
+
+
+class UpkeepQueries:
+    """Passes over many tasks at once (a part of `TaskStore`)."""
+
+    engine: sa.Engine
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        """Whether this process may run the job ``name`` now: on PostgreSQL, an advisory lock
+        held for the block on a connection of its own (released if the process dies); on
+        SQLite always (the embedded server is the only process: its data directory's lock)."""
+        if self.engine.dialect.name != "postgresql":
+            yield True
+            return
+        lock_id = zlib.crc32(f"photo_eraser:{name}".encode())
+        with self.engine.connect() as conn:
+            got = bool(conn.execute(sa.select(sa.func.pg_try_advisory_lock(lock_id))).scalar())
+            conn.commit()
+            try:
+                yield got
+            finally:
+                if got:
+                    conn.execute(sa.select(sa.func.pg_advisory_unlock(lock_id)))
+                    conn.commit()
+
+    # ---- Deadlines and lost workers --------------------------------------------------------
+
+    def expire_overdue(self, now: float | None = None) -> list[int]:
+        """Mark waiting/in-progress tasks past their deadline as timed out; return their pks."""
+        now = time.time() if now is None else now
+        reason = "task exceeded its deadline"
+        with self.engine.begin() as conn:
+            pks = list(
+                conn.execute(
+                    tasks.update()
+                    .where(tasks.c.status.in_(OPEN), tasks.c.deadline_at < now)
+                    .values(
+                        status=TaskStatus.TIMED_OUT,
+                        reason=reason,
+                        finished_at=now,
+                        lease_owner=None,
+                    )
+                    .returning(tasks.c.id)
+                ).scalars()
+            )
+            if pks:
+                fail_open_images(conn, pks, reason)
+        return pks
+
+    def reap_expired_leases(
+        self, max_attempts: int, now: float | None = None
+    ) -> tuple[list[Queued], int]:
+        """Tasks whose worker stopped renewing its lease (a host that vanished, a worker that
+        lost the database) go back to the queue, or fail once they have had ``max_attempts``.
+        Returns the re-queued tasks (to publish again) and how many failed."""
+        now = time.time() if now is None else now
+        return self._take_back(tasks.c.lease_expires_at < now, max_attempts)
+
+    def release_owned(self, node: str, max_attempts: int) -> tuple[list[Queued], int]:
+        """After a crash of the embedded server: its own tasks from before the crash (leased
+        to ``node#...``, the data directory's name, whose lock it now holds) go back at once
+        instead of when their leases expire."""
+        owned = tasks.c.lease_owner.startswith(f"{node}#", autoescape=True)
+        return self._take_back(owned, max_attempts)
+
+    def _take_back(
+        self, which: sa.ColumnElement[bool], max_attempts: int
+    ) -> tuple[list[Queued], int]:
+        reason = gave_up(max_attempts)
+        lost = (which, tasks.c.status == TaskStatus.IN_PROGRESS)
+        with self.engine.begin() as conn:
+            failed = list(
+                conn.execute(
+                    tasks.update()
+                    .where(*lost, tasks.c.attempts >= max_attempts)
+                    .values(
+                        status=TaskStatus.FAILED,
+                        reason=reason,
+                        finished_at=time.time(),
+                        lease_owner=None,
+                    )
+                    .returning(tasks.c.id)
+                ).scalars()
+            )
+            if failed:
+                fail_open_images(conn, failed, reason)
+            requeued = conn.execute(
+                tasks.update()
+                .where(*lost, tasks.c.attempts < max_attempts)
+                .values(
+                    status=TaskStatus.WAITING,
+                    reason="the worker running it stopped; retrying",
+                    started_at=None,
+                    lease_owner=None,
+                    lease_expires_at=time.time(),  # when it came back (see `undispatched`)
+                    dispatched_at=None,
+                )
+                .returning(tasks.c.id, tasks.c.task_id, tasks.c.priority)
+            ).all()
+            if requeued:
+                reset_images(conn, [r.id for r in requeued])
+        return [Queued(r.task_id, r.priority) for r in requeued], len(failed)
+
+    # ---- Dispatch bookkeeping (distributed mode) ------------------------------------------
+
+    def undispatched(self, before: float, limit: int = 1000) -> list[Queued]:
+        """Waiting tasks with no message on the broker since before ``before``: the API
+        process stopped between its commit and its publish, or the task came back to the
+        queue (its lease ended then). Highest priority first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(tasks.c.task_id, tasks.c.priority)
+                .where(
+                    tasks.c.status == TaskStatus.WAITING,
+                    tasks.c.dispatched_at.is_(None),
+                    tasks.c.created_at < before,
+                    sa.or_(tasks.c.lease_expires_at.is_(None), tasks.c.lease_expires_at < before),
+                )
+                .order_by(tasks.c.priority.desc(), tasks.c.id)
+                .limit(limit)
+            ).all()
+        return [Queued(r.task_id, r.priority) for r in rows]
+
+    def mark_dispatched(self, task_ids: Sequence[str]) -> None:
+        """Record that the broker confirmed a message for each of these tasks."""
+        if not task_ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                tasks.update()
+                .where(tasks.c.task_id.in_(list(task_ids)), tasks.c.status == TaskStatus.WAITING)
+                .values(dispatched_at=time.time())
+            )
+
+    # ---- Retention ------------------------------------------------------------------------
+
+    def expired_blob_keys(self, before: float) -> list[tuple[int, list[str]]]:
+        """Tasks finished before ``before`` that still hold blobs (results, an inline mask)."""
+        with self.engine.connect() as conn:
+            results = conn.execute(
+                sa.select(task_images.c.task_pk, task_images.c.result_key)
+                .join(tasks, tasks.c.id == task_images.c.task_pk)
+                .where(tasks.c.finished_at < before, task_images.c.result_key.is_not(None))
+            ).all()
+            masks = conn.execute(
+                sa.select(tasks.c.id, tasks.c.mask_key).where(
+                    tasks.c.finished_at < before, tasks.c.mask_key.is_not(None)
+                )
+            ).all()
+        grouped: dict[int, list[str]] = {}
+        for pk, key in [*results, *masks]:
+            grouped.setdefault(pk, []).append(key)
+        return list(grouped.items())
+
+    def forget_blobs(self, pk: int) -> None:
+        """Mark a task's blobs as deleted (the caller deleted them)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                task_images.update()
+                .where(task_images.c.task_pk == pk, task_images.c.result_key.is_not(None))
+                .values(result_key=None, reason="result deleted after its retention period")
+            )
+            conn.execute(
+                tasks.update().where(tasks.c.id == pk).values(mask_key=None, mask_data=None)
+            )
+
+    def forget_masks(self, before: float) -> int:
+        """Drop the inline masks kept in the database (tasks from before version 0005) of
+        tasks finished before ``before``."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                tasks.update()
+                .where(tasks.c.finished_at < before, tasks.c.mask_data.is_not(None))
+                .values(mask_data=None)
+            )
+        return int(result.rowcount)
+
+    def finish_times(self, task_ids: Sequence[str]) -> dict[str, float | None]:
+        """When each of ``task_ids`` that exists finished (``None``: not yet)."""
+        out: dict[str, float | None] = {}
+        for start in range(0, len(task_ids), 500):
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    sa.select(tasks.c.task_id, tasks.c.finished_at).where(
+                        tasks.c.task_id.in_(list(task_ids[start : start + 500]))
+                    )
+                ).all()
+            out.update({r.task_id: r.finished_at for r in rows})
+        return out
+
+    # ---- Worker heartbeats: how many slots the cluster has now ----------------------------
+
+    def beat(self, worker_id: str, slots: int) -> None:
+        """Say that ``worker_id`` is alive with ``slots`` tasks at a time."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            _insert_missing(conn, workers, worker_id=worker_id, slots=slots, seen_at=now)
+            conn.execute(
+                workers.update()
+                .where(workers.c.worker_id == worker_id)
+                .values(slots=slots, seen_at=now)
+            )
+
+    def forget_worker(self, worker_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(workers.delete().where(workers.c.worker_id == worker_id))
+
+    def live_slots(self, within: float) -> int:
+        """Worker slots of the whole cluster, from heartbeats of the last ``within`` seconds."""
+        since = time.time() - within
+        with self.engine.begin() as conn:
+            conn.execute(workers.delete().where(workers.c.seen_at < since - 3600))
+            total = conn.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(workers.c.slots), 0)).where(
+                    workers.c.seen_at >= since
+                )
+            ).scalar_one()
+        return int(total)
+
+    # ---- The create rate limit, shared by every API process -------------------------------
+
+    def take_token(self, appkey: str, per_minute: int) -> float:
+        """Take one create from ``appkey``'s token bucket (``per_minute`` tokens, refilled
+        continuously); 0 if taken, else the seconds until one is there."""
+        now = time.time()
+        rate = per_minute / 60.0
+        bucket = rate_buckets.c.appkey == appkey
+        with self.engine.begin() as conn:
+            _insert_missing(conn, rate_buckets, appkey=appkey, tokens=per_minute, updated_at=now)
+            row = conn.execute(
+                sa.select(rate_buckets.c.tokens, rate_buckets.c.updated_at)
+                .where(bucket)
+                .with_for_update()  # concurrent API processes take turns on one key
+            ).one()
+            tokens = min(float(per_minute), row.tokens + max(0.0, now - row.updated_at) * rate)
+            taken = tokens >= 1.0
+            left = tokens - 1.0 if taken else tokens
+            conn.execute(rate_buckets.update().where(bucket).values(tokens=left, updated_at=now))
+        return 0.0 if taken else (1.0 - tokens) / rate
+
+
+def _insert_missing(conn: sa.Connection, table: sa.Table, **values: object) -> None:
+    """Insert the row unless one with its primary key exists (concurrent callers: one wins)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    conn.execute(dialect.insert(table).values(**values).on_conflict_do_nothing())
+
+
+def fail_open_images(conn: sa.Connection, pks: Sequence[int], reason: str) -> None:
+    """Images of these tasks that never got a verdict fail with ``reason``."""
+    conn.execute(
+        task_images.update()
+        .where(
+            task_images.c.task_pk.in_(pks),
+            task_images.c.status.in_([ImageStatus.WAITING, ImageStatus.PROCESSING]),
+        )
+        .values(status=ImageStatus.FAILED, reason=reason)
+    )
+
+
+def reset_images(conn: sa.Connection, pks: Sequence[int]) -> None:
+    """Images of these tasks back to waiting, for a fresh run."""
+    conn.execute(
+        task_images.update()
+        .where(task_images.c.task_pk.in_(pks))
+        .values(status=ImageStatus.WAITING, reason="", result_key=None)
+    )
