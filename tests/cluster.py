@@ -178,6 +178,7 @@ class Cluster:
             live = [a for a in self.apis if a.alive] or self.apis
             node = live[next(turn) % len(live)]
             request.url = request.url.copy_with(port=node.port)
+            request.headers["Host"] = f"127.0.0.1:{node.port}"  # result links name it too
 
         client.http.event_hooks["request"].append(balance)
         return client

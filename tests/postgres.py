@@ -45,7 +45,8 @@ def fresh_schema() -> Iterator[str]:
     except ImportError:
         unavailable("psycopg is not installed")
     url = base_url()
-    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    # Pre-ping: a test may restart the server, leaving the pool's connection dead.
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     schema = f"{PREFIX}{int(time.time())}_{uuid.uuid4().hex[:8]}"
     try:
         with admin.connect() as conn:

@@ -1,0 +1,283 @@
+"""The cluster under faults, each on a fresh cluster (PostgreSQL schema, RabbitMQ vhost, S3
+bucket of its own): priority order across the cluster, duplicate messages, and the processes
+and servers it depends on going away. Each test counts the tasks accepted against those
+completed and checks that no result is duplicated or half-written."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from photo_eraser.config import Settings
+from photo_eraser.runtime import open_store
+from photo_eraser.tasks.records import NewTask
+from photo_eraser.tasks.store import TaskStore
+from tests.cluster import Cluster, running_cluster
+from tests.helpers import ApiClient, ImageHost, b64, encode, photo, rect_mask
+from tests.s3server import S3Server
+
+W, H = 320, 256
+MASK = b64(encode(rect_mask(W, H, (100, 100, 160, 130))))
+FAST = {
+    "PHOTO_ERASER_LEASE_SECONDS": "3",
+    "PHOTO_ERASER_REPUBLISH_AFTER_SECONDS": "1",
+}
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, s3: S3Server) -> Iterator[Cluster]:
+    with running_cluster(tmp_path / "cluster", s3, **FAST) as c:
+        yield c
+
+
+def store_of(cluster: Cluster) -> TaskStore:
+    url = cluster.env["PHOTO_ERASER_DATABASE_URL"]
+    return open_store(Settings(data_dir=cluster.root / "probe", database_url=url))
+
+
+def result_objects(cluster: Cluster, task_id: str) -> list[str]:
+    listed = cluster.s3.client().list_objects_v2(
+        Bucket=cluster.bucket, Prefix=f"cluster/results/{task_id}/"
+    )
+    return sorted(o["Key"] for o in listed.get("Contents", []))
+
+
+def assert_all_completed_once(
+    cluster: Cluster, client: ApiClient, task_ids: list[str], timeout: float = 120
+) -> None:
+    """Every accepted task completed, with one whole result per image in the store."""
+    for task_id in task_ids:
+        data = client.wait(task_id, timeout=timeout)
+        assert data["status"] == "3", (data, cluster.logs())
+        [item] = data["list"]
+        r = httpx.get(item["image_result"], timeout=30)
+        assert r.status_code == 200
+        assert Image.open(io.BytesIO(r.content)).size == (W, H)  # whole, decodable
+        assert result_objects(cluster, task_id) == [f"cluster/results/{task_id}/0.png"]
+
+
+def hosted(image_host: ImageHost, name: str, seed: int = 0, **kw: object) -> str:
+    return image_host.add(
+        f"/cluster/{name}-{uuid.uuid4().hex[:6]}.png", encode(photo(W, H, seed)), **kw
+    )
+
+
+def test_one_worker_runs_9_before_0_and_fifo_within_a_priority(
+    cluster: Cluster, image_host: ImageHost
+) -> None:
+    cluster.add_api()
+    client = cluster.client(*cluster.create_key())
+    priorities = [(0, 9, 5, 1, 9, 0, 3)[i % 7] for i in range(50)]
+    created = [
+        client.create_ok([hosted(image_host, f"p{i}")], MASK, priority=p, engine="opencv")
+        for i, p in enumerate(priorities)
+    ]
+    store = store_of(cluster)
+    deadline = time.monotonic() + 30
+    while store.undispatched(before=time.time() + 60):  # every message is on the broker
+        assert time.monotonic() < deadline, "tasks were not published"
+        time.sleep(0.2)
+    cluster.add_worker(concurrency=1)
+    for task_id in created:
+        assert client.wait(task_id, timeout=120)["status"] == "3"
+    started = {}
+    for task_id in created:
+        record = store.get_task(task_id)
+        assert record is not None and record.started_at is not None
+        started[task_id] = record.started_at
+    ran = sorted(created, key=started.__getitem__)
+    expected = [created[i] for i in sorted(range(50), key=lambda i: (-priorities[i], i))]
+    assert ran == expected
+    client.close()
+
+
+def test_duplicate_messages_never_run_a_task_twice(cluster: Cluster, image_host: ImageHost) -> None:
+    """Every task published twice more (as after redeliveries and republishing), two workers
+    of two slots each racing for them: each task runs exactly once."""
+    cluster.add_api()
+    client = cluster.client(*cluster.create_key())
+    urls = [hosted(image_host, f"dup{i}") for i in range(40)]
+    created = [client.create_ok([u], MASK, engine="opencv") for u in urls]
+    from photo_eraser.dispatch.celery import CeleryDispatcher, make_celery
+    from photo_eraser.tasks.records import Queued
+
+    store = store_of(cluster)
+    settings = Settings(broker_url=cluster.env["PHOTO_ERASER_BROKER_URL"])
+    extra = CeleryDispatcher(make_celery(settings), store)
+    again = [Queued(t, 1) for t in created]
+    assert len(extra.publish_now(again + again)) == 80
+    extra.close()
+    cluster.add_worker(concurrency=2)
+    cluster.add_worker(concurrency=2)
+    assert_all_completed_once(cluster, client, created)
+    assert all(store.get_task(t).attempts == 1 for t in created)  # type: ignore[union-attr]
+    for url in urls:
+        assert image_host.requests.count(url.removeprefix(image_host.url(""))) == 1
+    client.close()
+
+
+def test_a_worker_killed_mid_task_has_its_task_finished_by_another(
+    cluster: Cluster, image_host: ImageHost
+) -> None:
+    cluster.add_api()
+    doomed = cluster.add_worker()
+    client = cluster.client(*cluster.create_key())
+    gate = threading.Event()
+    held = client.create_ok([hosted(image_host, "held", gate=gate)], MASK, engine="opencv")
+    others = [client.create_ok([hosted(image_host, f"k{i}")], MASK) for i in range(3)]
+    client.wait(held, until=("2",))
+    doomed.kill9()  # the host vanishes: its message and its lease are left behind
+    gate.set()
+    cluster.add_worker()
+    assert_all_completed_once(cluster, client, [held, *others])
+    record = store_of(cluster).get_task(held)
+    assert record is not None and record.attempts == 2
+    client.close()
+
+
+def test_an_api_process_killed_loses_nothing_it_accepted(
+    cluster: Cluster, image_host: ImageHost
+) -> None:
+    first, _second = cluster.add_api(), cluster.add_api()
+    cluster.add_worker()
+    client = cluster.client(*cluster.create_key())
+    accepted: list[str] = []
+    for i in range(20):
+        if i == 7:
+            first.kill9()
+        try:
+            r = client.create([hosted(image_host, f"api{i}")], MASK, engine="opencv")
+        except httpx.TransportError:
+            continue  # not accepted: the client would retry
+        assert r.status_code == 200, r.text
+        accepted.append(r.json()["data"]["task_id"])
+    assert len(accepted) >= 19
+    assert_all_completed_once(cluster, client, accepted)
+    client.close()
+
+
+def test_tasks_created_while_rabbitmq_is_down_run_once_it_is_back(
+    cluster: Cluster, image_host: ImageHost
+) -> None:
+    cluster.add_api()
+    client = cluster.client(*cluster.create_key())
+    before = [client.create_ok([hosted(image_host, f"rb{i}")], MASK) for i in range(3)]
+    _rabbitmqctl("stop_app")
+    try:
+        during = [client.create_ok([hosted(image_host, f"rd{i}")], MASK) for i in range(3)]
+        time.sleep(2)  # publishes fail meanwhile
+    finally:
+        _rabbitmqctl("start_app")
+    _wait_for_broker()
+    cluster.add_worker()
+    assert_all_completed_once(cluster, client, before + during)
+    client.close()
+
+
+def test_tasks_survive_a_postgresql_restart(cluster: Cluster, image_host: ImageHost) -> None:
+    cluster.add_api()
+    cluster.add_worker()
+    client = cluster.client(*cluster.create_key())
+    created = [client.create_ok([hosted(image_host, f"pg{i}")], MASK) for i in range(6)]
+    subprocess.run(
+        "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main restart",
+        shell=True,
+        check=True,
+        timeout=120,
+    )
+    created += [_create_retrying(client, hosted(image_host, f"pg-after{i}")) for i in range(3)]
+    assert_all_completed_once(cluster, client, created)
+    client.close()
+
+
+def test_the_object_store_away_for_a_while(cluster: Cluster, image_host: ImageHost) -> None:
+    """Creates that must store a mask are refused with a reason (503); tasks that cannot save
+    their results go back to the queue with the reason and finish once the store is back."""
+    cluster.env["PHOTO_ERASER_MAX_ATTEMPTS"] = "20"
+    cluster.add_api()
+    cluster.add_worker()
+    client = cluster.client(*cluster.create_key())
+    mask_url = image_host.add(
+        f"/cluster/mask-{uuid.uuid4().hex[:6]}.png", encode(rect_mask(W, H, (100, 100, 160, 130)))
+    )
+    store = store_of(cluster)
+    with cluster.s3.down():
+        refused = client.create([hosted(image_host, "s3-inline")], MASK)
+        assert refused.status_code == 503, refused.text
+        body = refused.json()
+        assert body["code"] == 50301 and "object store" in body["msg"]
+        assert refused.headers["Retry-After"]
+        task_id = client.create_ok([hosted(image_host, "s3-url")], mask_url)
+        deadline = time.monotonic() + 60
+        while "object store" not in (store.get_task(task_id).reason or ""):  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, cluster.logs()
+            time.sleep(0.3)
+        record = store.get_task(task_id)
+        assert record is not None and record.status.finished is False
+    assert_all_completed_once(cluster, client, [task_id])
+    client.close()
+
+
+def test_a_task_committed_but_never_published_is_run(
+    cluster: Cluster, image_host: ImageHost
+) -> None:
+    """The gap between commit and publish (an API process dying there), made by storing
+    tasks straight into the database: the maintenance pass publishes them."""
+    cluster.add_api()
+    cluster.add_worker()
+    appkey, appsecret = cluster.create_key()
+    client = cluster.client(appkey, appsecret)
+    store = store_of(cluster)
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    stored = store.create_tasks(
+        [
+            NewTask(
+                t,
+                appkey,
+                [hosted(image_host, f"gap{i}")],
+                1,
+                "opencv",
+                hosted(image_host, "m"),
+                None,
+                600,
+            )
+            for i, t in enumerate(ids)
+        ]
+    )
+    assert all(stored)
+    assert_all_completed_once(cluster, client, ids)
+    client.close()
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, timeout=120, capture_output=True)
+
+
+def _wait_for_broker() -> None:
+    deadline = time.monotonic() + 60
+    while subprocess.run(["rabbitmqctl", "-q", "await_startup"], capture_output=True).returncode:
+        assert time.monotonic() < deadline, "RabbitMQ did not come back"
+        time.sleep(0.5)
+
+
+def _create_retrying(client: ApiClient, url: str) -> str:
+    """Create, retrying while the database is still coming back (503/500 or a dropped link)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            r = client.create([url], MASK)
+            if r.status_code == 200:
+                return str(r.json()["data"]["task_id"])
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the API did not recover from the restart"
+        time.sleep(0.5)
