@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,36 @@ def test_erase_without_lama_model_explains(tmp_path: Path) -> None:
         data_dir=tmp_path,
     )
     assert out.returncode != 0 and "models pull lama" in out.stderr
+
+
+def test_cluster_commands_refuse_to_start_without_their_settings(tmp_path: Path) -> None:
+    """`photo-eraser api` and `worker` name every setting that is missing, and the API
+    refuses to run without a shared signing secret (links signed by one API process must
+    verify on the others)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PHOTO_ERASER_")}
+    env["PHOTO_ERASER_DATA_DIR"] = str(tmp_path)
+    api = subprocess.run(
+        [sys.executable, "-m", "photo_eraser", "api"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert api.returncode == 2 and "Traceback" not in api.stderr
+    for name in ("DATABASE_URL", "BROKER_URL", "STORAGE_URL", "SIGNING_SECRET"):
+        assert f"PHOTO_ERASER_{name}" in api.stderr
+    env.update(
+        PHOTO_ERASER_DATABASE_URL="postgresql+psycopg://u@127.0.0.1:1/x",
+        PHOTO_ERASER_BROKER_URL="amqp://guest:guest@127.0.0.1:1/x",
+        PHOTO_ERASER_STORAGE_URL="s3://bucket/prefix",
+    )
+    api_again = subprocess.run(
+        [sys.executable, "-m", "photo_eraser", "api"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert api_again.returncode == 2
+    assert "PHOTO_ERASER_SIGNING_SECRET is required" in api_again.stderr
+    assert "DATABASE_URL" not in api_again.stderr

@@ -281,3 +281,23 @@ def _create_retrying(client: ApiClient, url: str) -> str:
             pass
         assert time.monotonic() < deadline, "the API did not recover from the restart"
         time.sleep(0.5)
+
+
+def test_result_links_can_be_presigned_urls_of_the_object_store(
+    tmp_path: Path, s3: S3Server, image_host: ImageHost
+) -> None:
+    with running_cluster(
+        tmp_path / "presigned", s3, PHOTO_ERASER_S3_PUBLIC_URL=s3.endpoint_url, **FAST
+    ) as cluster:
+        cluster.add_api()
+        cluster.add_worker()
+        client = cluster.client(*cluster.create_key())
+        data = client.wait(client.create_ok([hosted(image_host, "presigned")], MASK))
+        assert data["status"] == "3", data
+        url = data["list"][0]["image_result"]
+        assert url.startswith(s3.endpoint_url) and "X-Amz-Signature=" in url
+        r = httpx.get(url, timeout=30)
+        assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (W, H)
+        tampered = url.replace("X-Amz-Signature=", "X-Amz-Signature=0")
+        assert httpx.get(tampered, timeout=30).status_code == 403
+        client.close()

@@ -106,13 +106,17 @@ def worker(concurrency: int | None) -> None:
     from photo_eraser.celery_worker import WorkerHost
     from photo_eraser.config import usable_cores
     from photo_eraser.memory import return_large_blocks_to_os
-    from photo_eraser.runtime import open_store
+    from photo_eraser.runtime import check_blob_store, open_blob_store, open_store
 
     settings = load_settings(None)
     _require_cluster(settings, "worker")
     logs.configure()
     return_large_blocks_to_os()
     open_store(settings).engine.dispose()  # the schema is migrated before any child starts
+    try:
+        check_blob_store(open_blob_store(settings))
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
     WorkerHost(settings).start(concurrency or usable_cores())
 
 

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from statistics import mean
 
 from photo_eraser.config import Settings
@@ -22,7 +23,7 @@ from photo_eraser.engines.registry import EngineRegistry
 from photo_eraser.maintenance import Maintenance
 from photo_eraser.metrics import Metrics
 from photo_eraser.pipeline import MaskCache
-from photo_eraser.storage import BlobStore, LocalBlobStore, UrlSigner
+from photo_eraser.storage import BlobStore, BlobStoreError, LocalBlobStore, UrlSigner
 from photo_eraser.tasks.db import create_db_engine, migrate
 from photo_eraser.tasks.intake import TaskIntake
 from photo_eraser.tasks.records import TaskRecord
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TASK_SECONDS = 5.0
 """Assumed run time of one task before any has finished, for ``wait_time``."""
+MAX_PRESIGN = 7 * 24 * 3600
+"""The longest a presigned S3 URL may be valid (SigV4)."""
 HEARTBEAT_SECONDS = 5.0
 """How often a worker process says it is alive; one not heard for 6x this is gone."""
 
@@ -50,8 +53,22 @@ def open_blob_store(settings: Settings) -> BlobStore:
     if settings.storage_url:
         from photo_eraser.storage.s3 import S3BlobStore
 
-        return S3BlobStore.from_url(settings.storage_url, settings.s3_endpoint_url)
+        return S3BlobStore.from_url(
+            settings.storage_url,
+            settings.s3_endpoint_url,
+            public_endpoint_url=settings.s3_public_url,
+        )
     return LocalBlobStore(settings.data_dir / "blobs")
+
+
+def check_blob_store(blobs: BlobStore) -> None:
+    """Fail at start, saying what to fix, if the object store cannot be used."""
+    check = getattr(blobs, "check", None)
+    if check is not None:
+        try:
+            check()
+        except BlobStoreError as exc:
+            raise RuntimeError(f"cannot use the blob store: {exc}") from None
 
 
 class RateLimit:
@@ -77,6 +94,10 @@ class Runtime:
         self.store = store
         self.dispatcher = dispatcher
         self.blobs = open_blob_store(settings)
+        self.presign: Callable[[str, int], str] | None = None
+        """Set when result links are presigned URLs of the object store."""
+        if settings.s3_public_url:
+            self.presign = getattr(self.blobs, "presigned_url", None)
         self.engines = EngineRegistry(
             settings.models_path,
             threads=self.engine_threads(),
@@ -117,6 +138,15 @@ class Runtime:
         self._tasks.clear()
         await asyncio.to_thread(self.dispatcher.close)
 
+    def result_url(self, key: str, expires: int, base: str) -> str:
+        """Where a client downloads a result until ``expires``: a presigned URL of the object
+        store when PHOTO_ERASER_S3_PUBLIC_URL is set, else the API's own signed link (the API
+        streams the blob, so the object store need not be public)."""
+        if self.presign is not None:
+            return self.presign(key, max(1, min(expires - int(time.time()), MAX_PRESIGN)))
+        signature = self.signer.signature(key, expires)
+        return f"{base}/v3/pic/rw/files/{key}?expires={expires}&signature={signature}"
+
     def wait_time(self, task: TaskRecord) -> str:
         """Seconds until the next useful poll, from the queue position, recent task durations
         and the worker slots alive now over the whole cluster."""
@@ -145,6 +175,7 @@ class ApiRuntime(Runtime):
 
         store = open_store(settings)
         super().__init__(settings, store, CeleryDispatcher(make_celery(settings), store))
+        check_blob_store(self.blobs)
         assert settings.signing_secret is not None
         self.signer = UrlSigner(settings.signing_secret.encode())
         self.disk = DiskMonitor(settings.data_dir, 0)  # nothing is stored on this host's disk

@@ -258,8 +258,7 @@ async def get_result(
     for im in task.images:
         url = ""
         if im.status == ImageStatus.DONE and im.result_key and task.finished_at:
-            sig = service.signer.signature(im.result_key, expires)
-            url = f"{base}/v3/pic/rw/files/{im.result_key}?expires={expires}&signature={sig}"
+            url = service.result_url(im.result_key, expires, base)
         share = None if im.recovered_share is None else round(im.recovered_share, 3)
         items.append(
             ResultItem(
