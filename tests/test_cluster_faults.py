@@ -118,6 +118,10 @@ def test_duplicate_messages_never_run_a_task_twice(cluster: Cluster, image_host:
     extra.close()
     cluster.add_worker(concurrency=2)
     cluster.add_worker(concurrency=2)
+    deadline = time.monotonic() + 20
+    while store.live_slots(within=30) != 4:  # what wait_time divides the queue by
+        assert time.monotonic() < deadline, store.live_slots(within=30)
+        time.sleep(0.2)
     assert_all_completed_once(cluster, client, created)
     assert all(store.get_task(t).attempts == 1 for t in created)  # type: ignore[union-attr]
     for url in urls:

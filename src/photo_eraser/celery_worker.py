@@ -56,7 +56,7 @@ class WorkerHost:
         self.app: Celery = make_celery(settings)
         self._child: _Child | None = None
         self.app.task(name=RUN_TASK, acks_late=True)(self._run_task)
-        signals.worker_process_init.connect(self._forget_parent_state, weak=False)
+        signals.worker_process_init.connect(self._child_starts, weak=False)
         signals.worker_process_shutdown.connect(self._child_stops, weak=False)
 
     def start(self, concurrency: int) -> None:
@@ -77,8 +77,10 @@ class WorkerHost:
 
     # ---- In a child process ---------------------------------------------------------------
 
-    def _forget_parent_state(self, **_: object) -> None:
-        self._child = None  # nothing built before the fork is used after it
+    def _child_starts(self, **_: object) -> None:
+        # Built after the fork (nothing built before it is used after it), at once: an idle
+        # child counts among the cluster's live slots from the start.
+        self._child = self._build_child()
 
     def _child_state(self) -> _Child:
         if self._child is None:

@@ -1,0 +1,804 @@
+"""Cluster benchmark: throughput and per-task overhead of `photo-eraser serve` against a cluster.
+
+    .venv/bin/python bench/cluster.py [--rounds 2] [--images 40] [--tasks 8] [--tiny 30]
+
+Four configurations, each on a fresh server or cluster, run interleaved ``--rounds`` times:
+
+- ``embedded-1`` / ``embedded-2``: ``photo-eraser serve`` with ``PHOTO_ERASER_WORKERS`` 1 / 2
+  (SQLite and blobs in a fresh data directory; tests.helpers.ServerProcess);
+- ``cluster-1`` / ``cluster-2``: one ``photo-eraser api`` process and 1 / 2 ``photo-eraser
+  worker --concurrency 1`` processes on a fresh PostgreSQL schema, RabbitMQ vhost and S3 bucket
+  (tests.cluster; the S3 server is one SeaweedFS ``weed mini`` for the whole run).
+
+**Throughput.** ``--images`` different photo-like 1920x1080 JPEGs (q90, tests.helpers.photo with
+seeds 0..N-1), served by a loopback image host in this process, with an inline base64 PNG mask
+of one 288x144 box (2.0 % of the area), engine ``opencv``, sent as ``--tasks`` tasks created
+back to back from one client. Timed from the first create to the poll (every 0.1 s) that saw
+the last task finished; the same span from the database (first create to the last
+``finished_at``) is printed beside it. Before the timed part, two tiny tasks per worker slot
+warm the workers up (a Celery child builds its engines, database pool and S3 client on its
+first task). CPU seconds per component over the timed part come from /proc.
+
+**Per-task overhead** (embedded-1 and cluster-1, on the same server after the throughput part):
+``--tiny`` tasks one after the other of one 320x256 JPEG with the same kind of 2 % box mask,
+each created and then polled every 20 ms until finished. Each end-to-end latency is split with
+the task's row (TaskStore.get_task) into: create request until ``created_at`` (request, mask
+decode, mask put in the blob store), ``created_at`` -> ``started_at`` (commit, dispatch, claim),
+``started_at`` -> ``finished_at`` (the run, incl. the results' put), and ``finished_at`` until
+the client saw it (poll interval and the poll's own cost). The workers' "task stages" log lines
+give the run's stages.
+
+Everything listens on 127.0.0.1; every server and cluster is stopped whatever happens. Needs
+the services of the cluster tests (PostgreSQL, RabbitMQ with rabbitmqctl, the ``weed`` binary):
+without them it says which is missing and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.cluster import ApiNode, WorkerNode, running_cluster  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    ApiClient,
+    ImageHost,
+    ServerProcess,
+    b64,
+    encode,
+    photo,
+    rect_mask,
+)
+from tests.postgres import base_url as postgres_url  # noqa: E402
+from tests.s3server import S3Server, running_s3  # noqa: E402
+
+from photo_eraser.config import Settings  # noqa: E402
+from photo_eraser.runtime import open_store  # noqa: E402
+
+BIG = (1920, 1080)
+TINY = (320, 256)
+MASK_SHARE = 0.02
+FINISHED = ("3", "4", "5", "6")
+THROUGHPUT_POLL = 0.1
+TINY_POLL = 0.02
+RUN_TIMEOUT = 600.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    cluster: bool
+    slots: int
+
+
+CONFIGS = (
+    Config("embedded-1", False, 1),
+    Config("embedded-2", False, 2),
+    Config("cluster-1", True, 1),
+    Config("cluster-2", True, 2),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs.
+
+
+def box_mask(width: int, height: int) -> tuple[bytes, tuple[int, int, int, int]]:
+    """A PNG mask of one 2:1 box covering MASK_SHARE of the image, near the bottom right corner
+    as a watermark would be; and the box."""
+    h = round(math.sqrt(MASK_SHARE * width * height / 2))
+    w = 2 * h
+    x1, y1 = width - width // 20, height - height // 20
+    box = (x1 - w, y1 - h, x1, y1)
+    return encode(rect_mask(width, height, box), "PNG"), box
+
+
+@dataclass
+class Inputs:
+    host: ImageHost
+    big_urls: list[str]
+    big_mask: str
+    big_box: tuple[int, int, int, int]
+    tiny_url: str
+    tiny_mask: str
+    tiny_box: tuple[int, int, int, int]
+    big_jpeg_bytes: int
+
+
+def make_inputs(images: int) -> Inputs:
+    host = ImageHost()
+    sizes = []
+    urls = []
+    for seed in range(images):
+        body = encode(photo(*BIG, seed=seed), "JPEG", quality=90)
+        sizes.append(len(body))
+        urls.append(host.add(f"/big/{seed}.jpg", body, content_type="image/jpeg"))
+    tiny = encode(photo(*TINY, seed=1000), "JPEG", quality=90)
+    tiny_url = host.add("/tiny.jpg", tiny, content_type="image/jpeg")
+    big_mask, big_box = box_mask(*BIG)
+    tiny_mask, tiny_box = box_mask(*TINY)
+    return Inputs(
+        host,
+        urls,
+        b64(big_mask),
+        big_box,
+        tiny_url,
+        b64(tiny_mask),
+        tiny_box,
+        round(statistics.mean(sizes)),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU accounting from /proc.
+
+
+def _proc_table() -> dict[int, tuple[str, int, float]]:
+    """pid -> (command name, process group, CPU seconds so far) of every live process."""
+    table = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2 :].split()
+        # fields[0] is the state (stat field 3): pgrp is field 5, utime 14, stime 15.
+        cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        table[int(entry.name)] = (comm, int(fields[2]), cpu)
+    return table
+
+
+def _machine_busy() -> tuple[float, float]:
+    """(busy incl. steal, total) CPU seconds of all cores since boot, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = values
+    busy = user + nice + system + irq + softirq + steal
+    return busy / CLK_TCK, (busy + idle + iowait) / CLK_TCK
+
+
+COMPONENTS = ("server/API", "workers", "PostgreSQL", "RabbitMQ", "SeaweedFS", "bench", "rest")
+"""CPU columns: this server's or API's processes, the worker processes (Celery parent and
+children), every PostgreSQL process (shared with anything else on the machine), RabbitMQ's
+Erlang VM (shared too), the S3 server, this process (client and image host), and the rest of
+the machine (other jobs, the kernel)."""
+
+
+@dataclass
+class Processes:
+    """Who is who on the machine, for one configuration."""
+
+    server_groups: set[int]
+    worker_groups: set[int]
+    weed_pid: int | None
+
+    def classify(self, pid: int, comm: str, pgrp: int) -> str | None:
+        if pgrp in self.server_groups or pid in self.server_groups:
+            return "server/API"
+        if pgrp in self.worker_groups:
+            return "workers"
+        if comm == "postgres":
+            return "PostgreSQL"
+        if comm in ("beam.smp", "erl_child_setup", "epmd", "inet_gethost"):
+            return "RabbitMQ"
+        if pid == self.weed_pid:
+            return "SeaweedFS"
+        if pid == os.getpid():
+            return "bench"
+        return None
+
+
+@dataclass
+class CpuSnapshot:
+    table: dict[int, tuple[str, int, float]]
+    busy: float
+    total: float
+    wall: float
+
+
+def cpu_snapshot() -> CpuSnapshot:
+    busy, total = _machine_busy()
+    return CpuSnapshot(_proc_table(), busy, total, time.perf_counter())
+
+
+def cpu_by_component(procs: Processes, before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
+    """CPU seconds per component between two snapshots (a process born in between counts
+    from zero; one that ended in between is lost to "rest"), and the machine's idle share."""
+    out = dict.fromkeys(COMPONENTS, 0.0)
+    for pid, (comm, pgrp, cpu) in after.table.items():
+        kind = procs.classify(pid, comm, pgrp)
+        if kind is None:
+            continue
+        prior = before.table.get(pid)
+        start = prior[2] if prior is not None and prior[0] == comm else 0.0
+        out[kind] += max(0.0, cpu - start)
+    busy = after.busy - before.busy
+    out["rest"] = max(0.0, busy - sum(v for k, v in out.items() if k != "rest"))
+    total = after.total - before.total
+    out["idle %"] = 100 * (1 - busy / total) if total > 0 else float("nan")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Servers and clusters.
+
+
+@dataclass
+class Target:
+    """A started configuration: its client, processes, database and logs."""
+
+    config: Config
+    client: ApiClient
+    procs: Processes
+    settings: Settings
+    logs: Callable[[], list[Path]]
+
+
+@contextlib.contextmanager
+def embedded(config: Config, root: Path) -> Iterator[Target]:
+    server = ServerProcess(root / "data", PHOTO_ERASER_WORKERS=str(config.slots))
+    try:
+        server.start()
+        assert server.proc is not None
+        client = ApiClient(server.base_url, *server.create_key("bench"))
+        try:
+            yield Target(
+                config,
+                client,
+                Processes({server.proc.pid}, set(), None),
+                Settings(data_dir=server.data_dir, database_url=None),
+                lambda: [server.log_path],
+            )
+        finally:
+            client.close()
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def clustered(config: Config, root: Path, s3: S3Server) -> Iterator[Target]:
+    with running_cluster(root, s3) as cluster:
+        # Each node is in the cluster's lists before it starts, so it is stopped even if its
+        # start fails half-way (Cluster.add_api appends only once the node is up).
+        api = ApiNode(cluster.env, root / "api.log")
+        cluster.apis.append(api)
+        api.start()
+        for n in range(config.slots):
+            worker = WorkerNode(cluster.env, root / f"worker{n}.log", 1)
+            cluster.workers.append(worker)
+            worker.start()
+        client = cluster.client(*cluster.create_key("bench"))
+        try:
+            yield Target(
+                config,
+                client,
+                Processes(
+                    {_pid(api)},
+                    {_pid(w) for w in cluster.workers},
+                    s3.proc.pid if s3.proc else None,
+                ),
+                Settings(
+                    data_dir=root / "reader",
+                    database_url=cluster.env["PHOTO_ERASER_DATABASE_URL"],
+                ),
+                lambda: [n.log_path for n in cluster.workers],
+            )
+        finally:
+            client.close()
+            # Stopped here (and again, a no-op, by running_cluster) so that the nodes are gone
+            # before the schema, vhost and bucket are dropped.
+            cluster.stop()
+
+
+def _pid(node: ApiNode | WorkerNode) -> int:
+    assert node.proc is not None
+    return node.proc.pid
+
+
+@contextlib.contextmanager
+def started(config: Config, root: Path, s3: S3Server | None) -> Iterator[Target]:
+    if config.cluster:
+        assert s3 is not None
+        with clustered(config, root, s3) as target:
+            yield target
+    else:
+        with embedded(config, root) as target:
+            yield target
+
+
+def task_rows(settings: Settings, task_ids: list[str]) -> dict[str, Any]:
+    """The rows of these tasks (read while the database still exists)."""
+    store = open_store(settings)
+    try:
+        return {tid: store.get_task(tid) for tid in task_ids}
+    finally:
+        store.engine.dispose()
+
+
+def stage_lines(logs: list[Path], task_ids: set[str]) -> dict[str, dict[str, float]]:
+    """task id -> stage seconds, from the workers' "task stages" log lines."""
+    out: dict[str, dict[str, float]] = {}
+    for path in logs:
+        if not path.exists():
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            if '"task stages"' not in line:
+                continue
+            with contextlib.suppress(ValueError):
+                record = json.loads(line[line.index("{") :])
+                if record.get("task_id") in task_ids:
+                    out[record["task_id"]] = record["stages"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements.
+
+
+def wait_all(client: ApiClient, task_ids: list[str], poll: float) -> tuple[float, dict[str, Any]]:
+    """Poll every ``poll`` seconds until every task finished; (perf_counter when the last was
+    seen, final data per task)."""
+    left = list(task_ids)
+    done: dict[str, Any] = {}
+    deadline = time.perf_counter() + RUN_TIMEOUT
+    next_poll = time.perf_counter()
+    while left:
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"{len(left)} tasks not finished after {RUN_TIMEOUT:g} s")
+        next_poll += poll
+        time.sleep(max(0.0, next_poll - time.perf_counter()))
+        for tid in list(left):
+            r = client.result(tid)
+            r.raise_for_status()
+            data = r.json()["data"]
+            if data["status"] in FINISHED:
+                done[tid] = data
+                left.remove(tid)
+    return time.perf_counter(), done
+
+
+def bad_images(done: dict[str, Any]) -> int:
+    return sum(
+        1
+        for data in done.values()
+        for item in data["list"]
+        if data["status"] != "3" or item["status"] != "3"
+    )
+
+
+def warm_up(target: Target, inputs: Inputs) -> None:
+    ids = [
+        target.client.create_ok([inputs.tiny_url], inputs.tiny_mask, engine="opencv")
+        for _ in range(2 * target.config.slots)
+    ]
+    _, done = wait_all(target.client, ids, TINY_POLL)
+    if bad_images(done):
+        raise RuntimeError(f"warm-up tasks failed on {target.config.name}: {done}")
+
+
+@dataclass
+class ThroughputRun:
+    round: int
+    config: str
+    load: str
+    images: int
+    seconds: float
+    seconds_db: float
+    failed_images: int
+    cpu: dict[str, float]
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds
+
+    @property
+    def rate_db(self) -> float:
+        return self.images / self.seconds_db
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def throughput(target: Target, inputs: Inputs, tasks: int, round_no: int) -> ThroughputRun:
+    urls = inputs.big_urls
+    groups = [urls[i * len(urls) // tasks : (i + 1) * len(urls) // tasks] for i in range(tasks)]
+    load = load_average()
+    before = cpu_snapshot()
+    wall0 = time.time()
+    t0 = time.perf_counter()
+    ids = [target.client.create_ok(g, inputs.big_mask, engine="opencv") for g in groups]
+    t_end, done = wait_all(target.client, ids, THROUGHPUT_POLL)
+    after = cpu_snapshot()
+    rows = task_rows(target.settings, ids)
+    last = max(row.finished_at for row in rows.values())
+    return ThroughputRun(
+        round_no,
+        target.config.name,
+        load,
+        len(urls),
+        t_end - t0,
+        last - wall0,
+        bad_images(done),
+        cpu_by_component(target.procs, before, after),
+    )
+
+
+@dataclass
+class TinySample:
+    e2e: float
+    to_created: float
+    queued: float
+    ran: float
+    seen_after: float
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+def tiny_latency(target: Target, inputs: Inputs, n: int) -> tuple[str, list[TinySample]]:
+    load = load_average()
+    marks = []
+    client = target.client
+    for _ in range(n):
+        wall0 = time.time()
+        t0 = time.perf_counter()
+        tid = client.create_ok([inputs.tiny_url], inputs.tiny_mask, engine="opencv")
+        t_seen, done = wait_all(client, [tid], TINY_POLL)
+        if bad_images(done):
+            raise RuntimeError(f"tiny task failed on {target.config.name}: {done}")
+        marks.append((tid, wall0, t_seen - t0))
+    rows = task_rows(target.settings, [tid for tid, _, _ in marks])
+    stages = stage_lines(target.logs(), set(rows))
+    samples = []
+    for tid, wall0, e2e in marks:
+        row = rows[tid]
+        seen_wall = wall0 + e2e
+        samples.append(
+            TinySample(
+                e2e,
+                row.created_at - wall0,
+                row.started_at - row.created_at,
+                row.finished_at - row.started_at,
+                seen_wall - row.finished_at,
+                stages.get(tid, {}),
+            )
+        )
+    return load, samples
+
+
+# ---------------------------------------------------------------------------------------------
+# Report.
+
+
+def pct(values: list[float], p: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def lscpu_model() -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _first_line(argv: list[str]) -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        lines = (done.stdout or done.stderr).strip().splitlines()
+        if lines:
+            return lines[0].strip()
+    return "unknown"
+
+
+def versions(s3: S3Server | None) -> list[str]:
+    import cv2
+    import sqlalchemy as sa
+
+    def v(name: str) -> str:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return "-"
+
+    head = _first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    dirty = _first_line(["git", "--no-optional-locks", "-C", str(REPO), "status", "--short", "src"])
+    code = f"commit {head}" + (" + uncommitted changes under src/" if dirty != "unknown" else "")
+    pg = "unknown"
+    with contextlib.suppress(Exception):
+        engine = sa.create_engine(postgres_url())
+        with engine.connect() as conn:
+            pg = str(conn.execute(sa.text("SHOW server_version")).scalar_one()).split()[0]
+        engine.dispose()
+    rabbit = _first_line(["rabbitmqctl", "-q", "version"])
+    weed = _first_line([s3.weed, "version"]) if s3 else "not used"
+    return [
+        f"code: photo-eraser {v('photo-eraser')}, {code}",
+        f"python: {platform.python_implementation()} {platform.python_version()}; "
+        f"OpenCV {cv2.__version__}, celery {v('celery')}, kombu {v('kombu')}, "
+        f"SQLAlchemy {v('SQLAlchemy')}, psycopg {v('psycopg')}, boto3 {v('boto3')}, "
+        f"uvicorn {v('uvicorn')}",
+        f"services: PostgreSQL {pg}, RabbitMQ {rabbit}, SeaweedFS {weed.removeprefix('version ')}",
+    ]
+
+
+def machine_line() -> str:
+    cores = len(os.sched_getaffinity(0))
+    ram = "?"
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        kb = int(Path("/proc/meminfo").read_text().split("MemTotal:", 1)[1].split()[0])
+        ram = f"{kb / 2**20:.1f} GiB"
+    return (
+        f"machine: {lscpu_model()}, {cores} usable cores (of {os.cpu_count()}), RAM {ram}, "
+        f"{platform.system()} {platform.release()}; load average at start {load_average()}"
+    )
+
+
+def command(args: argparse.Namespace) -> str:
+    argv = [".venv/bin/python", "bench/cluster.py", "--rounds", str(args.rounds)]
+    argv += ["--images", str(args.images), "--tasks", str(args.tasks), "--tiny", str(args.tiny)]
+    if args.only:
+        argv += ["--only", ",".join(args.only)]
+    return shlex.join(argv)
+
+
+def throughput_table(runs: list[ThroughputRun]) -> list[str]:
+    cpu_cols = list(COMPONENTS)
+    lines = [
+        "| round | configuration | load avg before | wall s | images/s | images/s (DB) "
+        "| failed | " + " | ".join(f"CPU s {c}" for c in cpu_cols) + " | idle % |",
+        "|" + "---|" * (8 + len(cpu_cols)),
+    ]
+    for r in runs:
+        cells = [
+            str(r.round),
+            r.config,
+            r.load,
+            f"{r.seconds:.2f}",
+            f"**{r.rate:.2f}**",
+            f"{r.rate_db:.2f}",
+            str(r.failed_images),
+            *(f"{r.cpu[c]:.2f}" for c in cpu_cols),
+            f"{r.cpu['idle %']:.0f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def summary_lines(runs: list[ThroughputRun], configs: list[Config]) -> list[str]:
+    medians: dict[str, float] = {}
+    lines = ["| configuration | images/s per run | median | median (DB span) | CPU s per image |"]
+    lines.append("|---|---|---|---|---|")
+    for config in configs:
+        mine = [r for r in runs if r.config == config.name]
+        if not mine:
+            continue
+        medians[config.name] = statistics.median(r.rate for r in mine)
+        busy = statistics.median(
+            sum(v for k, v in r.cpu.items() if k not in ("rest", "bench", "idle %")) / r.images
+            for r in mine
+        )
+        lines.append(
+            f"| {config.name} | {', '.join(f'{r.rate:.2f}' for r in mine)} "
+            f"| **{medians[config.name]:.2f}** "
+            f"| {statistics.median(r.rate_db for r in mine):.2f} | {busy:.3f} |"
+        )
+    lines.append("")
+    for two, one in (("cluster-2", "cluster-1"), ("embedded-2", "embedded-1")):
+        if two in medians and one in medians:
+            per_round = [
+                f"{a.rate / b.rate:.2f}"
+                for a in runs
+                if a.config == two
+                for b in runs
+                if b.config == one and b.round == a.round
+            ]
+            lines.append(
+                f"- {two} / {one}: **{medians[two] / medians[one]:.2f}x** (medians; per round "
+                f"{', '.join(per_round)})"
+            )
+    if "cluster-1" in medians and "embedded-1" in medians:
+        lines.append(
+            f"- cluster-1 / embedded-1: {medians['cluster-1'] / medians['embedded-1']:.2f}x; "
+            f"cluster-2 / embedded-2: "
+            f"{medians.get('cluster-2', math.nan) / medians.get('embedded-2', math.nan):.2f}x"
+        )
+    return lines
+
+
+def ms(x: float) -> str:
+    return f"{x * 1000:.1f}"
+
+
+def tiny_lines(tiny: dict[str, list[tuple[int, str, list[TinySample]]]]) -> list[str]:
+    parts = [
+        ("end to end", lambda s: s.e2e),
+        ("create request -> created_at", lambda s: s.to_created),
+        ("created_at -> started_at (commit, dispatch, claim)", lambda s: s.queued),
+        ("started_at -> finished_at (run, incl. result put)", lambda s: s.ran),
+        ("finished_at -> seen by the client (20 ms poll)", lambda s: s.seen_after),
+    ]
+    names = [name for name in ("embedded-1", "cluster-1") if tiny.get(name)]
+    pooled = {name: [s for _, _, runs in tiny[name] for s in runs] for name in names}
+    loads = {name: "; ".join(f"r{r}: {load}" for r, load, _ in tiny[name]) for name in names}
+    lines = [
+        "| ms (median / p90) | " + " | ".join(names) + " | difference of medians |",
+        "|---" * (len(names) + 2) + "|",
+    ]
+    for label, get in parts:
+        cells = [
+            f"{ms(statistics.median(map(get, pooled[n])))} / {ms(pct(list(map(get, pooled[n])), 90))}"
+            for n in names
+        ]
+        diff = "-"
+        if len(names) == 2:
+            a, b = (statistics.median(map(get, pooled[n])) for n in names)
+            diff = f"{(b - a) * 1000:+.1f}"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {diff} |")
+    stage_names: list[str] = []
+    for n in names:
+        for s in pooled[n]:
+            stage_names += [k for k in s.stages if k not in stage_names]
+    for stage in stage_names:
+        cells = []
+        values = {}
+        for n in names:
+            got = [s.stages[stage] for s in pooled[n] if stage in s.stages]
+            values[n] = statistics.median(got) if got else math.nan
+            cells.append(f"{ms(values[n])} / {ms(pct(got, 90))}" if got else "-")
+        diff = "-"
+        if len(names) == 2:
+            diff = f"{(values[names[1]] - values[names[0]]) * 1000:+.1f}"
+        lines.append(
+            f"| &nbsp; stage `{stage}` (worker log) | " + " | ".join(cells) + f" | {diff} |"
+        )
+    lines.append("")
+    lines.append("tasks: " + ", ".join(f"{n} {len(pooled[n])}" for n in names))
+    lines.append("load average before: " + " · ".join(f"{n}: {loads[n]}" for n in names))
+    if len(names) == 2:
+        a, b = (statistics.median(s.e2e for s in pooled[n]) for n in names)
+        pa, pb = (pct([s.e2e for s in pooled[n]], 90) for n in names)
+        lines.append(
+            f"cluster-1 / embedded-1 end to end: median {b / a:.2f}x ({(b - a) * 1000:+.1f} ms), "
+            f"p90 {pb / pa:.2f}x ({(pb - pa) * 1000:+.1f} ms)"
+        )
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Run.
+
+
+def run(args: argparse.Namespace) -> int:
+    bench_started = time.perf_counter()
+    configs = [c for c in CONFIGS if not args.only or c.name in args.only]
+    print("# Photo Eraser cluster benchmark", flush=True)
+    print(machine_line(), flush=True)
+    print("preparing inputs ...", flush=True)
+    inputs = make_inputs(args.images)
+    runs: list[ThroughputRun] = []
+    tiny: dict[str, list[tuple[int, str, list[TinySample]]]] = {}
+    with contextlib.ExitStack() as stack:
+        stack.callback(inputs.host.close)
+        root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pe-cb-")))
+        s3 = None
+        if any(c.cluster for c in configs):
+            s3 = stack.enter_context(running_s3(root / "s3"))
+        header = [
+            machine_line(),
+            *versions(s3),
+            f"inputs: {args.images} JPEG q90 {BIG[0]}x{BIG[1]} photo-like images "
+            f"(mean {inputs.big_jpeg_bytes / 1e6:.2f} MB) in {args.tasks} tasks, inline PNG "
+            f"box mask {inputs.big_box} (2.0 %), engine opencv; tiny: {TINY[0]}x{TINY[1]} "
+            f"JPEG, box {inputs.tiny_box}; image host: this process on 127.0.0.1",
+            "settings: defaults (lease 60 s, JPEG q95 results, rate limit 600/min/key), "
+            "PHOTO_ERASER_ALLOW_PRIVATE_URLS=1; embedded: PHOTO_ERASER_WORKERS=1|2; cluster: "
+            "1 API, N x `photo-eraser worker --concurrency 1`",
+            f"command: {command(args)}",
+        ]
+        for round_no in range(1, args.rounds + 1):
+            for config in configs:
+                where = root / f"r{round_no}-{config.name}-{uuid.uuid4().hex[:4]}"
+                print(f"round {round_no}: {config.name} ...", flush=True)
+                with started(config, where, s3) as target:
+                    warm_up(target, inputs)
+                    result = throughput(target, inputs, args.tasks, round_no)
+                    runs.append(result)
+                    print(
+                        f"  {result.rate:.2f} images/s ({result.seconds:.2f} s, DB span "
+                        f"{result.seconds_db:.2f} s, load before {result.load}, "
+                        f"{result.failed_images} failed)",
+                        flush=True,
+                    )
+                    if args.tiny and config.slots == 1:
+                        load, samples = tiny_latency(target, inputs, args.tiny)
+                        tiny.setdefault(config.name, []).append((round_no, load, samples))
+                        print(
+                            f"  tiny: median {ms(statistics.median(s.e2e for s in samples))} "
+                            f"ms, p90 {ms(pct([s.e2e for s in samples], 90))} ms",
+                            flush=True,
+                        )
+    elapsed = time.perf_counter() - bench_started
+
+    print()
+    for line in header:
+        print(line)
+    print()
+    print("## Throughput")
+    print()
+    for line in throughput_table(runs):
+        print(line)
+    print()
+    for line in summary_lines(runs, configs):
+        print(line)
+    if tiny:
+        print()
+        print("## Per-task overhead (sequential tiny tasks)")
+        print()
+        for line in tiny_lines(tiny):
+            print(line)
+    print()
+    print(f"bench run time: {elapsed:.0f} s")
+    failed = sum(r.failed_images for r in runs)
+    if failed:
+        print(f"FAILED: {failed} images did not complete")
+        return 1
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of all configs")
+    parser.add_argument("--images", type=int, default=40, help="1920x1080 images per run")
+    parser.add_argument("--tasks", type=int, default=8, help="tasks the images are split into")
+    parser.add_argument(
+        "--tiny", type=int, default=30, help="sequential tiny tasks (embedded-1, cluster-1)"
+    )
+    parser.add_argument(
+        "--only",
+        type=lambda s: [x for x in s.split(",") if x],
+        default=[],
+        help="comma-separated configurations (" + ", ".join(c.name for c in CONFIGS) + ")",
+    )
+    args = parser.parse_args()
+    if args.rounds < 1 or args.tasks < 1 or args.images < args.tasks or args.tiny < 0:
+        parser.error("need --rounds >= 1, 1 <= --tasks <= --images, --tiny >= 0")
+    if math.ceil(args.images / args.tasks) > 20:
+        parser.error("at most 20 images per task")
+    unknown = set(args.only) - {c.name for c in CONFIGS}
+    if unknown:
+        parser.error(f"unknown configurations: {', '.join(sorted(unknown))}")
+    try:
+        return run(args)
+    except (pytest.skip.Exception, pytest.fail.Exception) as exc:
+        print(f"cannot run the benchmark: a service is missing: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
