@@ -1,6 +1,7 @@
 """Cluster benchmark: throughput and per-task overhead of `photo-eraser serve` against a cluster.
 
     .venv/bin/python bench/cluster.py [--rounds 2] [--images 40] [--tasks 8] [--tiny 30]
+        [--quiet 30] [--quiet-wait 120] [--only embedded-1,cluster-1,...]
 
 Four configurations, each on a fresh server or cluster, run interleaved ``--rounds`` times:
 
@@ -27,6 +28,14 @@ decode, mask put in the blob store), ``created_at`` -> ``started_at`` (commit, d
 ``started_at`` -> ``finished_at`` (the run, incl. the results' put), and ``finished_at`` until
 the client saw it (poll interval and the poll's own cost). The workers' "task stages" log lines
 give the run's stages.
+
+The cores may be shared with other jobs: before each timed part the bench waits (at most
+``--quiet-wait`` s) until the machine is under ``--quiet`` % busy over 2 s, and prints the
+load average, that busy share and, per run, the CPU seconds of every component and of the rest
+of the machine. To measure a fixed version while the checkout changes, export it and put its
+``src`` first: ``git archive HEAD src | tar -x -C /tmp/pe-head`` then
+``PYTHONPATH=/tmp/pe-head/src .venv/bin/python bench/cluster.py`` (the child processes
+inherit it; the "code" line says which was used).
 
 Everything listens on 127.0.0.1; every server and cluster is stopped whatever happens. Needs
 the services of the cluster tests (PostgreSQL, RabbitMQ with rabbitmqctl, the ``weed`` binary):
@@ -404,11 +413,14 @@ class ThroughputRun:
     round: int
     config: str
     load: str
+    busy_before: float
     images: int
     seconds: float
     seconds_db: float
     failed_images: int
     cpu: dict[str, float]
+    stages: dict[str, float]
+    """Seconds per image in each stage of the workers' "task stages" lines."""
 
     @property
     def rate(self) -> float:
@@ -423,9 +435,32 @@ def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def throughput(target: Target, inputs: Inputs, tasks: int, round_no: int) -> ThroughputRun:
+def busy_before(seconds: float = 2.0) -> float:
+    """Share of all cores busy over the next ``seconds`` (before a run starts: other jobs,
+    and the idle server or cluster); load averages lag a minute and include our last run."""
+    busy0, total0 = _machine_busy()
+    time.sleep(seconds)
+    busy1, total1 = _machine_busy()
+    return 100 * (busy1 - busy0) / max(1e-9, total1 - total0)
+
+
+def wait_quiet(threshold: float, max_wait: float) -> float:
+    """Wait until the machine is less than ``threshold`` % busy over 2 s (other jobs share
+    these cores), at most ``max_wait`` seconds; the last busy share measured."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        busy = busy_before()
+        if busy < threshold or time.monotonic() >= deadline:
+            return busy
+
+
+def throughput(
+    target: Target, inputs: Inputs, args: argparse.Namespace, round_no: int
+) -> ThroughputRun:
     urls = inputs.big_urls
+    tasks = args.tasks
     groups = [urls[i * len(urls) // tasks : (i + 1) * len(urls) // tasks] for i in range(tasks)]
+    busy = wait_quiet(args.quiet, args.quiet_wait)
     load = load_average()
     before = cpu_snapshot()
     wall0 = time.time()
@@ -435,15 +470,21 @@ def throughput(target: Target, inputs: Inputs, tasks: int, round_no: int) -> Thr
     after = cpu_snapshot()
     rows = task_rows(target.settings, ids)
     last = max(row.finished_at for row in rows.values())
+    stages: dict[str, float] = {}
+    for per_task in stage_lines(target.logs(), set(ids)).values():
+        for stage, seconds in per_task.items():
+            stages[stage] = stages.get(stage, 0.0) + seconds / len(urls)
     return ThroughputRun(
         round_no,
         target.config.name,
         load,
+        busy,
         len(urls),
         t_end - t0,
         last - wall0,
         bad_images(done),
         cpu_by_component(target.procs, before, after),
+        stages,
     )
 
 
@@ -457,8 +498,12 @@ class TinySample:
     stages: dict[str, float] = field(default_factory=dict)
 
 
-def tiny_latency(target: Target, inputs: Inputs, n: int) -> tuple[str, list[TinySample]]:
-    load = load_average()
+def tiny_latency(
+    target: Target, inputs: Inputs, args: argparse.Namespace
+) -> tuple[str, list[TinySample]]:
+    n = args.tiny
+    busy = wait_quiet(args.quiet, args.quiet_wait)
+    load = f"{load_average()}, {busy:.0f} % busy"
     marks = []
     client = target.client
     for _ in range(n):
@@ -526,9 +571,19 @@ def versions(s3: S3Server | None) -> list[str]:
         except importlib.metadata.PackageNotFoundError:
             return "-"
 
+    import photo_eraser
+
     head = _first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
-    dirty = _first_line(["git", "--no-optional-locks", "-C", str(REPO), "status", "--short", "src"])
-    code = f"commit {head}" + (" + uncommitted changes under src/" if dirty != "unknown" else "")
+    src = Path(photo_eraser.__file__).resolve().parent.parent
+    if src == REPO / "src":
+        dirty = _first_line(
+            ["git", "--no-optional-locks", "-C", str(REPO), "status", "--short", "src"]
+        )
+        code = f"commit {head}" + (
+            " + uncommitted changes under src/" if dirty != "unknown" else ""
+        )
+    else:
+        code = f"photo_eraser imported from {src}, not this checkout (at {head})"
     pg = "unknown"
     with contextlib.suppress(Exception):
         engine = sa.create_engine(postgres_url())
@@ -561,7 +616,10 @@ def machine_line() -> str:
 
 def command(args: argparse.Namespace) -> str:
     argv = [".venv/bin/python", "bench/cluster.py", "--rounds", str(args.rounds)]
+    if os.environ.get("PYTHONPATH"):
+        argv.insert(0, f"PYTHONPATH={os.environ['PYTHONPATH']}")
     argv += ["--images", str(args.images), "--tasks", str(args.tasks), "--tiny", str(args.tiny)]
+    argv += ["--quiet", f"{args.quiet:g}", "--quiet-wait", f"{args.quiet_wait:g}"]
     if args.only:
         argv += ["--only", ",".join(args.only)]
     return shlex.join(argv)
@@ -570,15 +628,17 @@ def command(args: argparse.Namespace) -> str:
 def throughput_table(runs: list[ThroughputRun]) -> list[str]:
     cpu_cols = list(COMPONENTS)
     lines = [
-        "| round | configuration | load avg before | wall s | images/s | images/s (DB) "
+        "| round | configuration | load avg before | busy % before | wall s | images/s "
+        "| images/s (DB) "
         "| failed | " + " | ".join(f"CPU s {c}" for c in cpu_cols) + " | idle % |",
-        "|" + "---|" * (8 + len(cpu_cols)),
+        "|" + "---|" * (9 + len(cpu_cols)),
     ]
     for r in runs:
         cells = [
             str(r.round),
             r.config,
             r.load,
+            f"{r.busy_before:.0f}",
             f"{r.seconds:.2f}",
             f"**{r.rate:.2f}**",
             f"{r.rate_db:.2f}",
@@ -628,6 +688,25 @@ def summary_lines(runs: list[ThroughputRun], configs: list[Config]) -> list[str]
             f"cluster-2 / embedded-2: "
             f"{medians.get('cluster-2', math.nan) / medians.get('embedded-2', math.nan):.2f}x"
         )
+    stage_names: list[str] = []
+    for r in runs:
+        stage_names += [k for k in r.stages if k not in stage_names]
+    if stage_names:
+        lines += [
+            "",
+            "Worker stages, ms per image (median over runs; stages of concurrent tasks overlap):",
+            "",
+            "| configuration | " + " | ".join(stage_names) + " |",
+            "|---" * (len(stage_names) + 1) + "|",
+        ]
+        for config in configs:
+            mine = [r for r in runs if r.config == config.name and r.stages]
+            if mine:
+                cells = [
+                    f"{statistics.median(r.stages.get(k, 0.0) for r in mine) * 1000:.1f}"
+                    for k in stage_names
+                ]
+                lines.append(f"| {config.name} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -679,7 +758,9 @@ def tiny_lines(tiny: dict[str, list[tuple[int, str, list[TinySample]]]]) -> list
         )
     lines.append("")
     lines.append("tasks: " + ", ".join(f"{n} {len(pooled[n])}" for n in names))
-    lines.append("load average before: " + " · ".join(f"{n}: {loads[n]}" for n in names))
+    lines.append(
+        "load average and busy share before: " + " · ".join(f"{n}: {loads[n]}" for n in names)
+    )
     if len(names) == 2:
         a, b = (statistics.median(s.e2e for s in pooled[n]) for n in names)
         pa, pb = (pct([s.e2e for s in pooled[n]], 90) for n in names)
@@ -727,16 +808,17 @@ def run(args: argparse.Namespace) -> int:
                 print(f"round {round_no}: {config.name} ...", flush=True)
                 with started(config, where, s3) as target:
                     warm_up(target, inputs)
-                    result = throughput(target, inputs, args.tasks, round_no)
+                    result = throughput(target, inputs, args, round_no)
                     runs.append(result)
                     print(
                         f"  {result.rate:.2f} images/s ({result.seconds:.2f} s, DB span "
                         f"{result.seconds_db:.2f} s, load before {result.load}, "
+                        f"{result.busy_before:.0f} % busy, "
                         f"{result.failed_images} failed)",
                         flush=True,
                     )
                     if args.tiny and config.slots == 1:
-                        load, samples = tiny_latency(target, inputs, args.tiny)
+                        load, samples = tiny_latency(target, inputs, args)
                         tiny.setdefault(config.name, []).append((round_no, load, samples))
                         print(
                             f"  tiny: median {ms(statistics.median(s.e2e for s in samples))} "
@@ -778,6 +860,15 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=8, help="tasks the images are split into")
     parser.add_argument(
         "--tiny", type=int, default=30, help="sequential tiny tasks (embedded-1, cluster-1)"
+    )
+    parser.add_argument(
+        "--quiet",
+        type=float,
+        default=30.0,
+        help="before each timed part, wait until the machine is below this %% busy over 2 s",
+    )
+    parser.add_argument(
+        "--quiet-wait", type=float, default=120.0, help="but wait at most this many seconds"
     )
     parser.add_argument(
         "--only",

@@ -30,6 +30,8 @@ from photo_eraser.fetch import Fetcher
 from photo_eraser.metrics import Metrics
 from photo_eraser.pipeline import MaskCache
 from photo_eraser.runtime import HEARTBEAT_SECONDS, open_blob_store, open_store
+from photo_eraser.tasks.aio import AsyncTaskStore
+from photo_eraser.tasks.store import TaskStore
 from photo_eraser.tasks.worker import WorkerContext, new_owner, process_task
 
 log = logging.getLogger(__name__)
@@ -95,7 +97,7 @@ class WorkerHost:
         name = f"{socket.gethostname()}:{os.getpid()}"
         ctx = WorkerContext(
             settings=s,
-            store=store,
+            store=AsyncTaskStore(store),
             blobs=open_blob_store(s),
             fetcher=Fetcher.from_settings(s),
             engines=EngineRegistry(s.models_path, threads=1, restore_exact_fit=s.restore_exact_fit),
@@ -105,14 +107,14 @@ class WorkerHost:
             metrics=Metrics(store.queue_counts),
             dispatcher=CeleryDispatcher(self.app, store),
         )
-        threading.Thread(target=self._beat, args=(ctx, name), daemon=True).start()
+        threading.Thread(target=self._beat, args=(store, name), daemon=True).start()
         log.info("worker child ready", extra={"worker": name})
         return _Child(ctx, loop, name)
 
-    def _beat(self, ctx: WorkerContext, name: str) -> None:
+    def _beat(self, store: TaskStore, name: str) -> None:
         while True:
             try:
-                ctx.store.beat(name, 1)
+                store.beat(name, 1)
             except Exception as exc:
                 log.warning("worker heartbeat failed", extra={"error": str(exc)})
             time.sleep(HEARTBEAT_SECONDS)
@@ -120,7 +122,7 @@ class WorkerHost:
     def _child_stops(self, **_: object) -> None:
         if self._child is not None:
             try:
-                self._child.ctx.store.forget_worker(self._child.name)
+                self._child.ctx.store.sync.forget_worker(self._child.name)
             except Exception:
                 pass
 
@@ -129,7 +131,7 @@ class WorkerHost:
         child = self._child_state()
         ctx = child.ctx
         try:
-            task = ctx.store.claim(task_id, new_owner(child.name), self.settings.lease_seconds)
+            task = ctx.store.sync.claim(task_id, new_owner(child.name), self.settings.lease_seconds)
         except Exception as exc:
             log.error("claiming a task failed; its message goes back", extra={"error": str(exc)})
             time.sleep(STORE_RETRY_SECONDS)

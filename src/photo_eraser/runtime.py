@@ -24,6 +24,7 @@ from photo_eraser.maintenance import Maintenance
 from photo_eraser.metrics import Metrics
 from photo_eraser.pipeline import MaskCache
 from photo_eraser.storage import BlobStore, BlobStoreError, LocalBlobStore, UrlSigner
+from photo_eraser.tasks.aio import AsyncTaskStore
 from photo_eraser.tasks.db import create_db_engine, migrate
 from photo_eraser.tasks.intake import TaskIntake
 from photo_eraser.tasks.records import TaskRecord
@@ -75,7 +76,7 @@ class RateLimit:
     """Task creations per key per minute, counted in the database: the limit holds over every
     API process of a cluster. (The embedded server counts in memory: `api.auth.RateLimiter`.)"""
 
-    def __init__(self, store: TaskStore, per_minute: int) -> None:
+    def __init__(self, store: AsyncTaskStore, per_minute: int) -> None:
         self.store = store
         self.per_minute = per_minute
 
@@ -83,7 +84,7 @@ class RateLimit:
         """0 if ``appkey`` may create a task now, else the seconds until it may."""
         if self.per_minute <= 0:
             return 0.0
-        return await asyncio.to_thread(self.store.take_token, appkey, self.per_minute)
+        return await self.store.take_token(appkey, self.per_minute)
 
 
 class Runtime:
@@ -91,7 +92,7 @@ class Runtime:
 
     def __init__(self, settings: Settings, store: TaskStore, dispatcher: Dispatcher) -> None:
         self.settings = settings
-        self.store = store
+        self.store = AsyncTaskStore(store)
         self.dispatcher = dispatcher
         self.blobs = open_blob_store(settings)
         self.presign: Callable[[str, int], str] | None = None
@@ -147,20 +148,18 @@ class Runtime:
         signature = self.signer.signature(key, expires)
         return f"{base}/v3/pic/rw/files/{key}?expires={expires}&signature={signature}"
 
-    def wait_time(self, task: TaskRecord) -> str:
+    async def wait_time(self, task: TaskRecord) -> str:
         """Seconds until the next useful poll, from the queue position, recent task durations
         and the worker slots alive now over the whole cluster."""
         if task.status.finished:
             return "0"
-        durations = self.store.recent_durations()
-        per_task = mean(durations) if durations else DEFAULT_TASK_SECONDS
+        outlook = await self.store.outlook(task, heartbeat_window=6 * HEARTBEAT_SECONDS)
+        per_task = mean(outlook.durations) if outlook.durations else DEFAULT_TASK_SECONDS
         if task.status == TaskStatus.IN_PROGRESS:
             elapsed = time.time() - (task.started_at or time.time())
             estimate = per_task - elapsed
         else:
-            slots = max(1, self.store.live_slots(within=6 * HEARTBEAT_SECONDS))
-            ahead = self.store.queue_position(task)
-            estimate = (ahead // slots + 1) * per_task
+            estimate = (outlook.ahead // max(1, outlook.slots) + 1) * per_task
         return str(max(1, math.ceil(estimate)))
 
 
@@ -179,4 +178,4 @@ class ApiRuntime(Runtime):
         assert settings.signing_secret is not None
         self.signer = UrlSigner(settings.signing_secret.encode())
         self.disk = DiskMonitor(settings.data_dir, 0)  # nothing is stored on this host's disk
-        self.rate_limit = RateLimit(store, settings.rate_limit_per_minute)
+        self.rate_limit = RateLimit(self.store, settings.rate_limit_per_minute)

@@ -53,9 +53,7 @@ class Service(Runtime):
         # random id tells apart containers with the same host name and path.
         self.node = f"{socket.gethostname()}:{s.data_dir.resolve()}:{_server_id(s.data_dir)}"
         self.local.bind(asyncio.get_running_loop())
-        requeued, failed = await asyncio.to_thread(
-            self.store.release_owned, self.node, s.max_attempts
-        )
+        requeued, failed = await self.store.release_owned(self.node, s.max_attempts)
         if requeued:
             self.metrics.retries.labels("interrupted").inc(len(requeued))
         if failed:
@@ -94,7 +92,7 @@ class Service(Runtime):
             self._cpu.shutdown(wait=False, cancel_futures=True)
         if self.settings.workers and self.node:
             with contextlib.suppress(Exception):
-                await asyncio.to_thread(self.store.forget_worker, self.node)
+                await self.store.forget_worker(self.node)
         if self._lock_file is not None:
             self._lock_file.close()  # releases the flock
             self._lock_file = None
@@ -103,7 +101,7 @@ class Service(Runtime):
         """Count this server's workers in the cluster's live slots (for ``wait_time``)."""
         while not self._stop.is_set():
             try:
-                await asyncio.to_thread(self.store.beat, self.node, self.settings.workers)
+                await self.store.beat(self.node, self.settings.workers)
             except Exception:
                 log.exception("worker heartbeat failed")
             with contextlib.suppress(TimeoutError):

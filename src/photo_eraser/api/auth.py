@@ -9,10 +9,10 @@ import threading
 import time
 
 from photo_eraser.api.errors import ApiError, Code
-from photo_eraser.tasks.store import TaskStore
+from photo_eraser.tasks.aio import AsyncTaskStore
 
 
-def authenticate(header: str | None, store: TaskStore) -> str:
+async def authenticate(header: str | None, store: AsyncTaskStore) -> str:
     """Return the caller's appkey or raise 401."""
     if not header:
         raise ApiError(
@@ -29,7 +29,7 @@ def authenticate(header: str | None, store: TaskStore) -> str:
     except (binascii.Error, ValueError):
         raise ApiError(Code.INVALID_CREDENTIALS, "Authorization is not valid base64") from None
     appkey, sep, appsecret = decoded.partition(":")
-    if not sep or not store.verify_key(appkey, appsecret):
+    if not sep or not await store.verify_key(appkey, appsecret):
         raise ApiError(Code.INVALID_CREDENTIALS, "invalid appkey or appsecret")
     return appkey
 

@@ -1,14 +1,15 @@
-"""Dependencies of the routes: the runtime of this process (embedded or an API process of a
-cluster) and the caller's key."""
+"""Dependencies of the routes: the runtime of this process (embedded, or an API process of a
+cluster), the parts of it a route needs, and the caller's key."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Header, Request
 
 from photo_eraser.api.auth import authenticate
+from photo_eraser.storage import BlobStore, UrlSigner
+from photo_eraser.tasks.aio import AsyncTaskStore
 
 if TYPE_CHECKING:
     from photo_eraser.runtime import Runtime
@@ -21,15 +22,32 @@ def get_service(request: Request) -> Runtime:
 
 ServiceDep = Annotated["Runtime", Depends(get_service)]
 
+
+def get_store(service: ServiceDep) -> AsyncTaskStore:
+    return service.store
+
+
+def get_blobs(service: ServiceDep) -> BlobStore:
+    return service.blobs
+
+
+def get_signer(service: ServiceDep) -> UrlSigner:
+    return service.signer
+
+
+Store = Annotated[AsyncTaskStore, Depends(get_store)]
+Blobs = Annotated[BlobStore, Depends(get_blobs)]
+Signer = Annotated[UrlSigner, Depends(get_signer)]
+
 AuthHeader = Annotated[
     str | None,
     Header(alias="Authorization", description="Basic base64(appkey:appsecret)"),
 ]
 
 
-async def caller(service: ServiceDep, authorization: AuthHeader = None) -> str:
+async def caller(store: Store, authorization: AuthHeader = None) -> str:
     """The appkey of the request's credentials; 401 without valid ones."""
-    return await asyncio.to_thread(authenticate, authorization, service.store)
+    return await authenticate(authorization, store)
 
 
 Caller = Annotated[str, Depends(caller)]

@@ -32,9 +32,9 @@ from photo_eraser.imaging import (
 from photo_eraser.metrics import Metrics, download_reason_class
 from photo_eraser.pipeline import MaskCache, StageTimes, restore_images
 from photo_eraser.storage import BlobStore, BlobStoreError, result_key
+from photo_eraser.tasks.aio import AsyncTaskStore
 from photo_eraser.tasks.records import ImageRecord, Lease, Queued, TaskRecord
 from photo_eraser.tasks.status import ImageStatus, TaskStatus
-from photo_eraser.tasks.store import TaskStore
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class WorkerContext:
     """What every worker shares: one store, one blob store, one downloader, one engine set."""
 
     settings: Settings
-    store: TaskStore
+    store: AsyncTaskStore
     blobs: BlobStore
     fetcher: Fetcher
     engines: EngineRegistry
@@ -116,15 +116,13 @@ async def run_worker(
 async def _claim(ctx: WorkerContext, name: str) -> TaskRecord | None:
     """Claim the next task; a shutdown during the claim hands the claimed task straight back."""
     owner = new_owner(name)
-    claim = asyncio.ensure_future(
-        asyncio.to_thread(ctx.store.claim_next, owner, ctx.settings.lease_seconds)
-    )
+    claim = asyncio.ensure_future(ctx.store.claim_next(owner, ctx.settings.lease_seconds))
     try:
         return await asyncio.shield(claim)
     except asyncio.CancelledError:
         task = await claim
         if task is not None:
-            ctx.store.release(task.lease)
+            await ctx.store.release(task.lease)
         raise
 
 
@@ -149,7 +147,7 @@ async def process_task(ctx: WorkerContext, task: TaskRecord, worker: str = "") -
         status, reason = await _holding_lease(ctx, lease, work)
     except asyncio.CancelledError:
         # Shutdown: hand the task back without counting this attempt against it.
-        await asyncio.shield(asyncio.to_thread(ctx.store.release, lease))
+        await asyncio.shield(ctx.store.release(lease))
         ctx.dispatcher.publish([Queued(task.task_id, task.priority)])
         log.info("task released at shutdown", extra=extra)
         raise
@@ -157,7 +155,7 @@ async def process_task(ctx: WorkerContext, task: TaskRecord, worker: str = "") -
         log.info("task abandoned (closed, timed out or taken back)", extra=extra)
         return
     except TimeoutError:
-        expired = await asyncio.to_thread(ctx.store.expire_overdue)
+        expired = await ctx.store.expire_overdue()
         metrics.tasks_finished.labels("timed_out").inc(len(expired))
         log.info("task timed out", extra=extra)
         return
@@ -168,9 +166,7 @@ async def process_task(ctx: WorkerContext, task: TaskRecord, worker: str = "") -
         await _after_crash(ctx, task, exc, extra)
         return
     # The images' verdicts and the task's status are written together (see TaskStore.finish).
-    finished = await asyncio.to_thread(
-        ctx.store.finish, lease, status, reason, list(records.values())
-    )
+    finished = await ctx.store.finish(lease, status, reason, list(records.values()))
     if finished:
         seconds = time.perf_counter() - started
         metrics.tasks_finished.labels(status.name.lower()).inc()
@@ -211,8 +207,8 @@ async def _after_crash(
         ctx.metrics.retries.labels(cause).inc()
         # Not published again at once: the maintenance pass does, after a pause (a store
         # that is down gets time to come back); the embedded workers poll the database.
-        await asyncio.to_thread(ctx.store.requeue, task.lease, retry)
-    elif await asyncio.to_thread(ctx.store.finish, task.lease, TaskStatus.FAILED, give_up):
+        await ctx.store.requeue(task.lease, retry)
+    elif await ctx.store.finish(task.lease, TaskStatus.FAILED, give_up):
         ctx.metrics.tasks_finished.labels(TaskStatus.FAILED.name.lower()).inc()
 
 
@@ -229,7 +225,7 @@ async def _holding_lease(ctx: WorkerContext, lease: Lease, work: Coroutine[Any, 
         while True:
             await asyncio.sleep(seconds / 3)
             try:
-                held = await asyncio.to_thread(ctx.store.renew, lease, seconds)
+                held = await ctx.store.renew(lease, seconds)
             except Exception as exc:  # the database is away: try again, the lease may hold
                 log.warning("renewing a lease failed", extra={"error": str(exc)})
                 continue
@@ -252,12 +248,12 @@ async def _holding_lease(ctx: WorkerContext, lease: Lease, work: Coroutine[Any, 
 async def _save_images(
     ctx: WorkerContext, task: TaskRecord, records: dict[int, ImageRecord]
 ) -> None:
-    if not await asyncio.to_thread(ctx.store.set_images, task.lease, list(records.values())):
+    if not await ctx.store.set_images(task.lease, list(records.values())):
         raise TaskAbandoned
 
 
 async def _checkpoint(ctx: WorkerContext, task: TaskRecord) -> None:
-    if not await asyncio.to_thread(ctx.store.is_held, task.lease):
+    if not await ctx.store.is_held(task.lease):
         raise TaskAbandoned
 
 

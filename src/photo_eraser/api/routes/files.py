@@ -10,9 +10,10 @@ from typing import BinaryIO
 from fastapi import APIRouter, Query
 from fastapi.responses import Response, StreamingResponse
 
-from photo_eraser.api.deps import ServiceDep
+from photo_eraser.api.deps import Blobs, Signer
 from photo_eraser.api.errors import ApiError, Code
 from photo_eraser.api.openapi import errors
+from photo_eraser.storage import UrlSigner
 
 router = APIRouter(tags=["results"])
 
@@ -38,12 +39,12 @@ Signature = Query("", description="HMAC-SHA256 signature of the key and expiry")
     },
 )
 async def get_file(
-    key: str, service: ServiceDep, expires: int = Expires, signature: str = Signature
+    key: str, blobs: Blobs, signer: Signer, expires: int = Expires, signature: str = Signature
 ) -> StreamingResponse:
     """A result image. The link is signed and expires; no Authorization header needed."""
-    _check_signature(service, key, expires, signature)
+    _check_signature(signer, key, expires, signature)
     # Opened now: deleted after this (retention), it still streams to the end.
-    blob = await asyncio.to_thread(service.blobs.open, key)
+    blob = await asyncio.to_thread(blobs.open, key)
     if blob is None:
         raise ApiError(Code.NOT_FOUND, "result no longer exists")
     # Whole files only (no Range): results are a few MB, and every error stays an envelope.
@@ -62,18 +63,18 @@ async def get_file(
     },
 )
 async def head_file(
-    key: str, service: ServiceDep, expires: int = Expires, signature: str = Signature
+    key: str, blobs: Blobs, signer: Signer, expires: int = Expires, signature: str = Signature
 ) -> Response:
     """The headers of `get_file` (type and size), without reading the image."""
-    _check_signature(service, key, expires, signature)
-    size = await asyncio.to_thread(service.blobs.size, key)
+    _check_signature(signer, key, expires, signature)
+    size = await asyncio.to_thread(blobs.size, key)
     if size is None:
         raise ApiError(Code.NOT_FOUND, "result no longer exists")
     return Response(media_type=_media(key), headers=_headers(size))
 
 
-def _check_signature(service: ServiceDep, key: str, expires: int, signature: str) -> None:
-    if not service.signer.verify(key, expires, signature):
+def _check_signature(signer: UrlSigner, key: str, expires: int, signature: str) -> None:
+    if not signer.verify(key, expires, signature):
         raise ApiError(Code.LINK_EXPIRED, "result link is invalid or has expired")
 
 

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from photo_eraser.api.auth import rate_limited
 from photo_eraser.api.body import BodyBudget, BodyBudgetFull, parse_json_object, read_body
-from photo_eraser.api.deps import AuthHeader, Caller, ServiceDep, caller
+from photo_eraser.api.deps import AuthHeader, Caller, ServiceDep, Store, caller
 from photo_eraser.api.errors import ApiError, Code, envelope
 from photo_eraser.api.openapi import errors, schema_ref
 from photo_eraser.api.schemas import (
@@ -104,7 +104,7 @@ async def create_task(
     settings = service.settings
     admission: CreateAdmission = request.app.state.admission
     # Credentials first (headers only): a client without them holds no body budget.
-    appkey = await caller(service, authorization)
+    appkey = await caller(service.store, authorization)
     wait = await request.app.state.limiter.check(appkey)
     if wait:
         raise rate_limited(settings.rate_limit_per_minute, wait)
@@ -244,13 +244,13 @@ def _refused(service: ServiceDep, cause: str, code: Code, msg: str) -> ApiError:
     ),
 )
 async def get_result(
-    task_id: str, request: Request, appkey: Caller, service: ServiceDep
+    task_id: str, request: Request, appkey: Caller, store: Store, service: ServiceDep
 ) -> JSONResponse:
     """Status of a task and, per input image in input order, its result URL or failure reason."""
-    task = await asyncio.to_thread(service.store.get_task, task_id, appkey)
+    task = await store.get_task(task_id, appkey)
     if task is None:
         raise ApiError(Code.NOT_FOUND, f"task {task_id} not found")
-    wait_time = await asyncio.to_thread(service.wait_time, task)
+    wait_time = await service.wait_time(task)
     settings = service.settings
     base = (settings.public_url or str(request.base_url)).rstrip("/")
     expires = int((task.finished_at or 0) + settings.result_ttl_seconds)
@@ -280,9 +280,11 @@ async def get_result(
         Code.MISSING_CREDENTIALS, Code.INVALID_CREDENTIALS, Code.NOT_FOUND, Code.INTERNAL
     ),
 )
-async def close_task(task_id: str, appkey: Caller, service: ServiceDep) -> JSONResponse:
+async def close_task(
+    task_id: str, appkey: Caller, store: Store, service: ServiceDep
+) -> JSONResponse:
     """Extension: close a waiting or running task (status 5). Finished tasks stay as they are."""
-    closing = await asyncio.to_thread(service.store.close, task_id, appkey)
+    closing = await store.close(task_id, appkey)
     if closing is None:
         raise ApiError(Code.NOT_FOUND, f"task {task_id} not found")
     if closing.closed_now:

@@ -1,0 +1,99 @@
+"""The task store for coroutines: the API routes, the workers and the embedded server await
+these; each call runs the blocking database call in a thread, so the event loop never waits
+on the database."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from photo_eraser.tasks.records import Closing, ImageRecord, Lease, Queued, TaskRecord
+from photo_eraser.tasks.status import TaskStatus
+from photo_eraser.tasks.store import TaskStore
+
+
+@dataclass(frozen=True)
+class Outlook:
+    """Recent task run times, the cluster's live worker slots, and the tasks ahead of one."""
+
+    durations: list[float]
+    slots: int
+    ahead: int
+
+
+class AsyncTaskStore:
+    """The `TaskStore` calls that coroutines make; ``sync`` is the store itself (for threads:
+    the intake writer, the maintenance pass, metrics)."""
+
+    def __init__(self, store: TaskStore) -> None:
+        self.sync = store
+
+    # ---- The API -----------------------------------------------------------------------
+
+    async def verify_key(self, appkey: str, appsecret: str) -> bool:
+        return await asyncio.to_thread(self.sync.verify_key, appkey, appsecret)
+
+    async def get_task(self, task_id: str, appkey: str | None = None) -> TaskRecord | None:
+        return await asyncio.to_thread(self.sync.get_task, task_id, appkey)
+
+    async def close(self, task_id: str, appkey: str) -> Closing | None:
+        return await asyncio.to_thread(self.sync.close, task_id, appkey)
+
+    async def take_token(self, appkey: str, per_minute: int) -> float:
+        return await asyncio.to_thread(self.sync.take_token, appkey, per_minute)
+
+    async def outlook(self, task: TaskRecord, heartbeat_window: float) -> Outlook:
+        """What ``wait_time`` is estimated from, read in one thread hop."""
+        return await asyncio.to_thread(self._outlook, task, heartbeat_window)
+
+    def _outlook(self, task: TaskRecord, heartbeat_window: float) -> Outlook:
+        waiting = task.status == TaskStatus.WAITING
+        return Outlook(
+            durations=self.sync.recent_durations(),
+            slots=self.sync.live_slots(heartbeat_window) if waiting else 0,
+            ahead=self.sync.queue_position(task) if waiting else 0,
+        )
+
+    # ---- A worker ----------------------------------------------------------------------
+
+    async def claim_next(self, owner: str, lease_seconds: float) -> TaskRecord | None:
+        return await asyncio.to_thread(self.sync.claim_next, owner, lease_seconds)
+
+    async def renew(self, lease: Lease, lease_seconds: float) -> bool:
+        return await asyncio.to_thread(self.sync.renew, lease, lease_seconds)
+
+    async def is_held(self, lease: Lease) -> bool:
+        return await asyncio.to_thread(self.sync.is_held, lease)
+
+    async def set_images(self, lease: Lease, updates: Sequence[ImageRecord]) -> bool:
+        return await asyncio.to_thread(self.sync.set_images, lease, updates)
+
+    async def finish(
+        self,
+        lease: Lease,
+        status: TaskStatus,
+        reason: str = "",
+        images: Sequence[ImageRecord] = (),
+    ) -> bool:
+        return await asyncio.to_thread(self.sync.finish, lease, status, reason, images)
+
+    async def requeue(self, lease: Lease, reason: str) -> bool:
+        return await asyncio.to_thread(self.sync.requeue, lease, reason)
+
+    async def release(self, lease: Lease) -> bool:
+        return await asyncio.to_thread(self.sync.release, lease)
+
+    async def expire_overdue(self) -> list[int]:
+        return await asyncio.to_thread(self.sync.expire_overdue)
+
+    # ---- The embedded server -----------------------------------------------------------
+
+    async def release_owned(self, node: str, max_attempts: int) -> tuple[list[Queued], int]:
+        return await asyncio.to_thread(self.sync.release_owned, node, max_attempts)
+
+    async def beat(self, worker_id: str, slots: int) -> None:
+        await asyncio.to_thread(self.sync.beat, worker_id, slots)
+
+    async def forget_worker(self, worker_id: str) -> None:
+        await asyncio.to_thread(self.sync.forget_worker, worker_id)
