@@ -416,6 +416,8 @@ def test_live_slots_count_recent_heartbeats_only(store: TaskStore) -> None:
     assert store.live_slots(within=30) == 2
     time.sleep(0.02)
     assert store.live_slots(within=0.01) == 0
+    assert store.forget_silent_workers(silent_for=0.01) == 2
+    assert store.forget_silent_workers(silent_for=0.01) == 0
 
 
 def test_the_shared_rate_limit_refills_continuously(store: TaskStore) -> None:

@@ -116,3 +116,4 @@ class Maintenance:
                 self.blobs.delete(key)
             self.store.forget_blobs(pk)
         self.store.forget_masks(before)
+        self.store.forget_silent_workers()

@@ -227,11 +227,18 @@ class UpkeepQueries:
         with self.engine.begin() as conn:
             conn.execute(workers.delete().where(workers.c.worker_id == worker_id))
 
+    def forget_silent_workers(self, silent_for: float = 3600.0) -> int:
+        """Drop the rows of workers not heard from for ``silent_for`` seconds (killed ones)."""
+        with self.engine.begin() as conn:
+            gone = conn.execute(
+                workers.delete().where(workers.c.seen_at < time.time() - silent_for)
+            )
+        return int(gone.rowcount)
+
     def live_slots(self, within: float) -> int:
         """Worker slots of the whole cluster, from heartbeats of the last ``within`` seconds."""
         since = time.time() - within
-        with self.engine.begin() as conn:
-            conn.execute(workers.delete().where(workers.c.seen_at < since - 3600))
+        with self.engine.connect() as conn:
             total = conn.execute(
                 sa.select(sa.func.coalesce(sa.func.sum(workers.c.slots), 0)).where(
                     workers.c.seen_at >= since
