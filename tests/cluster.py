@@ -4,7 +4,6 @@ PostgreSQL schema, a RabbitMQ vhost and a bucket of a SeaweedFS server, all of t
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import secrets
 import signal
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import ApiClient, free_port
+from tests.helpers import ApiClient, create_key, free_port, run_cli
 from tests.postgres import fresh_schema
 from tests.rabbit import fresh_vhost
 from tests.s3server import S3Server, unique_bucket
@@ -154,19 +153,10 @@ class Cluster:
         return node
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "photo_eraser", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return run_cli(self.env, *args)
 
     def create_key(self, name: str = "test") -> tuple[str, str]:
-        out = self.cli("keys", "create", "--name", name, "--json")
-        assert out.returncode == 0, out.stderr
-        creds = json.loads(out.stdout.strip().splitlines()[-1])
-        return creds["appkey"], creds["appsecret"]
+        return create_key(self.env, name)
 
     def client(self, appkey: str, appsecret: str) -> ApiClient:
         """A client whose requests go to the API processes in turn, as behind a load

@@ -176,13 +176,7 @@ class ServerProcess:
         raise RuntimeError("server did not start in 60 s")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def kill9(self) -> None:
         assert self.proc is not None
@@ -190,19 +184,40 @@ class ServerProcess:
         self.proc.wait()
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "photo_eraser", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return run_cli(self.env, *args)
 
     def create_key(self, name: str = "test") -> tuple[str, str]:
-        out = self.cli("keys", "create", "--name", name, "--json")
-        assert out.returncode == 0, out.stderr
-        creds = json.loads(out.stdout.strip().splitlines()[-1])
-        return creds["appkey"], creds["appsecret"]
+        return create_key(self.env, name)
+
+
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``photo-eraser ARGS`` with ``env``, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "photo_eraser", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def create_key(env: dict[str, str], name: str = "test") -> tuple[str, str]:
+    """A new key of the database ``env`` names: ``(appkey, appsecret)``."""
+    out = run_cli(env, "keys", "create", "--name", name, "--json")
+    assert out.returncode == 0, out.stderr
+    creds = json.loads(out.stdout.strip().splitlines()[-1])
+    return creds["appkey"], creds["appsecret"]
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 15) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 class ApiClient:

@@ -20,7 +20,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
+
+from tests.helpers import stop_process
 
 READY_SECONDS = 60
 REGION = "us-east-1"
@@ -159,13 +160,7 @@ class S3Server:
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after 15 s); its data stays."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def kill(self) -> None:
         """Kill the server at once (SIGKILL), as a crash would; its data stays."""

@@ -186,11 +186,7 @@ async def _put_mask(service: ServiceDep, key: str, data: bytes) -> None:
         msg = f"{exc}: the task was not stored"
         raise _refused(service, "storage", Code.UNAVAILABLE, msg) from None
     except OSError as exc:
-        if not is_disk_full(exc):
-            raise
-        log.error("mask not stored: disk full")
-        msg = f"{DISK_FULL_REASON}: the task was not stored"
-        raise _refused(service, "disk_full", Code.DISK_FULL, msg) from None
+        raise _disk_full_or(exc, service, "mask") from None
 
 
 async def _store(task: NewTask, service: ServiceDep) -> str:
@@ -206,11 +202,16 @@ async def _store(task: NewTask, service: ServiceDep) -> str:
         msg = "the server is shutting down"
         raise _refused(service, "shutting_down", Code.UNAVAILABLE, msg) from None
     except Exception as exc:
-        if not is_disk_full(exc):
-            raise
-        log.error("task not stored: disk full")
-        msg = f"{DISK_FULL_REASON}: the task was not stored"
-        raise _refused(service, "disk_full", Code.DISK_FULL, msg) from None
+        raise _disk_full_or(exc, service, "task") from None
+
+
+def _disk_full_or(exc: Exception, service: ServiceDep, what: str) -> Exception:
+    """The 503 of a create that a full disk kept from being stored; else ``exc`` itself."""
+    if not is_disk_full(exc):
+        return exc
+    log.error(f"{what} not stored: disk full")
+    msg = f"{DISK_FULL_REASON}: the task was not stored"
+    return _refused(service, "disk_full", Code.DISK_FULL, msg)
 
 
 def _check_disk(service: ServiceDep) -> None:
