@@ -24,6 +24,9 @@ def upgrade() -> None:
         batch.add_column(sa.Column("mask_key", sa.Text, nullable=True))
         batch.drop_column("heartbeat_at")
     op.create_index("ix_tasks_lease_expires_at", "tasks", ["lease_expires_at"])
+    # Tasks in progress under the old server lease have no lease of their own: an expired one,
+    # so the maintenance pass takes them back at once (as the old crash recovery did).
+    op.execute("UPDATE tasks SET lease_expires_at = 0 WHERE status = 2")
     op.drop_table("server_lease")
     op.create_table(
         "workers",

@@ -1,0 +1,97 @@
+"""Upgrading a database that has tasks in it, on SQLite and on PostgreSQL: from 0004 (one
+server lease, inline masks in the task row) to the newest schema, nothing is lost and what was
+in progress is taken back."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+
+from photo_eraser.tasks.db import MIGRATIONS, create_db_engine, migrate
+from photo_eraser.tasks.status import ImageStatus, TaskStatus
+from photo_eraser.tasks.store import TaskStore
+from tests.postgres import fresh_schema
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'old.db'}"
+        return
+    with fresh_schema() as pg:
+        yield pg
+
+
+def upgrade_to(engine: sa.Engine, revision: str) -> None:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+def test_an_upgrade_keeps_every_task_and_takes_back_the_running_ones(url: str) -> None:
+    engine = create_db_engine(url)
+    upgrade_to(engine, "0004")
+    now = time.time()
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO api_keys (appkey, name, secret_sha256, created_at) "
+                "VALUES ('pe_old', 'old', :h, :now)"
+            ),
+            {"h": "0" * 64, "now": now},
+        )
+        for pk, status in ((1, TaskStatus.IN_PROGRESS), (2, TaskStatus.COMPLETE)):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO tasks (id, task_id, appkey, status, priority, engine, mask_data, "
+                    "attempts, reason, created_at, deadline_at, started_at, heartbeat_at) VALUES "
+                    "(:pk, :tid, 'pe_old', :st, 1, 'auto', :mask, 1, '', :now, :dl, :now, :now)"
+                ),
+                {
+                    "pk": pk,
+                    "tid": f"00000000-0000-4000-8000-00000000000{pk}",
+                    "st": int(status),
+                    "mask": b"old inline mask",
+                    "now": now,
+                    "dl": now + 3600,
+                },
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO task_images (task_pk, idx, url, status, reason) "
+                    "VALUES (:pk, 0, 'http://a.example/0.png', :st, '')"
+                ),
+                {"pk": pk, "st": int(ImageStatus.PROCESSING)},
+            )
+    migrate(engine)
+    store = TaskStore(engine)
+    running = store.get_task("00000000-0000-4000-8000-000000000001")
+    done = store.get_task("00000000-0000-4000-8000-000000000002")
+    assert running is not None and done is not None
+    assert len(running.images) == 1 and len(done.images) == 1  # not cascaded away
+    assert running.mask_data == b"old inline mask"  # still readable by the worker
+    requeued, failed = store.reap_expired_leases(max_attempts=3)
+    assert [q.task_id for q in requeued] == [running.task_id] and failed == 0
+    engine.dispose()
+
+
+def test_processes_starting_together_migrate_one_after_the_other(url: str) -> None:
+    """Four processes (as API processes and workers started at once) on a new database."""
+    code = "import sys; from photo_eraser.tasks.db import create_db_engine, migrate; "
+    code += "migrate(create_db_engine(sys.argv[1]))"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    outcomes = [(p.wait(60), p.stderr.read() if p.stderr else "") for p in procs]
+    assert [rc for rc, _ in outcomes] == [0, 0, 0, 0], [err[-2000:] for _, err in outcomes]
