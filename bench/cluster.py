@@ -92,6 +92,9 @@ THROUGHPUT_POLL = 0.1
 TINY_POLL = 0.02
 RUN_TIMEOUT = 600.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+DISTURBED = 0.10
+"""A run during which the rest of the machine used more than this share of all cores is
+marked (*) and left out of the "quiet runs" medians."""
 
 
 @dataclass(frozen=True)
@@ -338,13 +341,29 @@ def started(config: Config, root: Path, s3: S3Server | None) -> Iterator[Target]
             yield target
 
 
-def task_rows(settings: Settings, task_ids: list[str]) -> dict[str, Any]:
-    """The rows of these tasks (read while the database still exists)."""
+@dataclass(frozen=True)
+class Stamps:
+    """When a task was created, claimed and finished (``time.time()`` of the process that
+    wrote each; all on this machine's clock)."""
+
+    created: float
+    started: float
+    finished: float
+
+
+def task_stamps(settings: Settings, task_ids: list[str]) -> dict[str, Stamps]:
+    """The stamps of these finished tasks, from their rows (read while the database exists)."""
     store = open_store(settings)
     try:
-        return {tid: store.get_task(tid) for tid in task_ids}
+        rows = {tid: store.get_task(tid) for tid in task_ids}
     finally:
         store.engine.dispose()
+    out = {}
+    for tid, row in rows.items():
+        if row is None or row.started_at is None or row.finished_at is None:
+            raise RuntimeError(f"task {tid} is not a finished task in the database: {row}")
+        out[tid] = Stamps(row.created_at, row.started_at, row.finished_at)
+    return out
 
 
 def stage_lines(logs: list[Path], task_ids: set[str]) -> dict[str, dict[str, float]]:
@@ -377,7 +396,7 @@ def wait_all(client: ApiClient, task_ids: list[str], poll: float) -> tuple[float
     while left:
         if time.perf_counter() > deadline:
             raise RuntimeError(f"{len(left)} tasks not finished after {RUN_TIMEOUT:g} s")
-        next_poll += poll
+        next_poll = max(next_poll + poll, time.perf_counter())  # no burst after a slow poll
         time.sleep(max(0.0, next_poll - time.perf_counter()))
         for tid in list(left):
             r = client.result(tid)
@@ -427,6 +446,11 @@ class ThroughputRun:
         return self.images / self.seconds
 
     @property
+    def disturbed(self) -> bool:
+        """Other jobs took more than DISTURBED of the machine during the run."""
+        return self.cpu["rest"] > DISTURBED * self.seconds * len(os.sched_getaffinity(0))
+
+    @property
     def rate_db(self) -> float:
         return self.images / self.seconds_db
 
@@ -468,8 +492,7 @@ def throughput(
     ids = [target.client.create_ok(g, inputs.big_mask, engine="opencv") for g in groups]
     t_end, done = wait_all(target.client, ids, THROUGHPUT_POLL)
     after = cpu_snapshot()
-    rows = task_rows(target.settings, ids)
-    last = max(row.finished_at for row in rows.values())
+    last = max(st.finished for st in task_stamps(target.settings, ids).values())
     stages: dict[str, float] = {}
     for per_task in stage_lines(target.logs(), set(ids)).values():
         for stage, seconds in per_task.items():
@@ -504,6 +527,7 @@ def tiny_latency(
     n = args.tiny
     busy = wait_quiet(args.quiet, args.quiet_wait)
     load = f"{load_average()}, {busy:.0f} % busy"
+    before = cpu_snapshot()
     marks = []
     client = target.client
     for _ in range(n):
@@ -514,19 +538,22 @@ def tiny_latency(
         if bad_images(done):
             raise RuntimeError(f"tiny task failed on {target.config.name}: {done}")
         marks.append((tid, wall0, t_seen - t0))
-    rows = task_rows(target.settings, [tid for tid, _, _ in marks])
-    stages = stage_lines(target.logs(), set(rows))
+    after = cpu_snapshot()
+    rest = cpu_by_component(target.procs, before, after)["rest"]
+    cores = len(os.sched_getaffinity(0))
+    load += f", others {100 * rest / ((after.wall - before.wall) * cores):.0f} % during"
+    stamps = task_stamps(target.settings, [tid for tid, _, _ in marks])
+    stages = stage_lines(target.logs(), set(stamps))
     samples = []
     for tid, wall0, e2e in marks:
-        row = rows[tid]
-        seen_wall = wall0 + e2e
+        st = stamps[tid]
         samples.append(
             TinySample(
                 e2e,
-                row.created_at - wall0,
-                row.started_at - row.created_at,
-                row.finished_at - row.started_at,
-                seen_wall - row.finished_at,
+                st.created - wall0,
+                st.started - st.created,
+                st.finished - st.started,
+                wall0 + e2e - st.finished,
                 stages.get(tid, {}),
             )
         )
@@ -640,7 +667,7 @@ def throughput_table(runs: list[ThroughputRun]) -> list[str]:
             r.load,
             f"{r.busy_before:.0f}",
             f"{r.seconds:.2f}",
-            f"**{r.rate:.2f}**",
+            f"**{r.rate:.2f}**" + (" (*)" if r.disturbed else ""),
             f"{r.rate_db:.2f}",
             str(r.failed_images),
             *(f"{r.cpu[c]:.2f}" for c in cpu_cols),
@@ -652,21 +679,32 @@ def throughput_table(runs: list[ThroughputRun]) -> list[str]:
 
 def summary_lines(runs: list[ThroughputRun], configs: list[Config]) -> list[str]:
     medians: dict[str, float] = {}
-    lines = ["| configuration | images/s per run | median | median (DB span) | CPU s per image |"]
-    lines.append("|---|---|---|---|---|")
+    quiet_medians: dict[str, float] = {}
+    lines = [
+        f"(*) = disturbed: the rest of the machine used more than {DISTURBED:.0%} of its cores "
+        "during the run",
+        "",
+        "| configuration | images/s per run | median | median (DB span) | median of quiet runs "
+        "| service CPU s per image (server/API, workers, PostgreSQL, RabbitMQ, SeaweedFS) |",
+        "|---|---|---|---|---|---|",
+    ]
     for config in configs:
         mine = [r for r in runs if r.config == config.name]
         if not mine:
             continue
         medians[config.name] = statistics.median(r.rate for r in mine)
+        quiet = [r.rate for r in mine if not r.disturbed]
+        if quiet:
+            quiet_medians[config.name] = statistics.median(quiet)
         busy = statistics.median(
             sum(v for k, v in r.cpu.items() if k not in ("rest", "bench", "idle %")) / r.images
             for r in mine
         )
+        per_run = ", ".join(f"{r.rate:.2f}" + (" (*)" if r.disturbed else "") for r in mine)
+        quiet_cell = f"{quiet_medians[config.name]:.2f}" if quiet else "-"
         lines.append(
-            f"| {config.name} | {', '.join(f'{r.rate:.2f}' for r in mine)} "
-            f"| **{medians[config.name]:.2f}** "
-            f"| {statistics.median(r.rate_db for r in mine):.2f} | {busy:.3f} |"
+            f"| {config.name} | {per_run} | **{medians[config.name]:.2f}** "
+            f"| {statistics.median(r.rate_db for r in mine):.2f} | {quiet_cell} | {busy:.3f} |"
         )
     lines.append("")
     for two, one in (("cluster-2", "cluster-1"), ("embedded-2", "embedded-1")):
@@ -682,6 +720,8 @@ def summary_lines(runs: list[ThroughputRun], configs: list[Config]) -> list[str]
                 f"- {two} / {one}: **{medians[two] / medians[one]:.2f}x** (medians; per round "
                 f"{', '.join(per_round)})"
             )
+            if two in quiet_medians and one in quiet_medians:
+                lines.append(f"  - quiet runs only: {quiet_medians[two] / quiet_medians[one]:.2f}x")
     if "cluster-1" in medians and "embedded-1" in medians:
         lines.append(
             f"- cluster-1 / embedded-1: {medians['cluster-1'] / medians['embedded-1']:.2f}x; "
@@ -759,7 +799,8 @@ def tiny_lines(tiny: dict[str, list[tuple[int, str, list[TinySample]]]]) -> list
     lines.append("")
     lines.append("tasks: " + ", ".join(f"{n} {len(pooled[n])}" for n in names))
     lines.append(
-        "load average and busy share before: " + " · ".join(f"{n}: {loads[n]}" for n in names)
+        "load average and busy share before, and the rest of the machine's share during: "
+        + " · ".join(f"{n}: {loads[n]}" for n in names)
     )
     if len(names) == 2:
         a, b = (statistics.median(s.e2e for s in pooled[n]) for n in names)

@@ -187,29 +187,46 @@ def test_tasks_created_while_rabbitmq_is_down_run_once_it_is_back(
     client.close()
 
 
-def test_tasks_survive_a_postgresql_restart(cluster: Cluster, image_host: ImageHost) -> None:
+def test_tasks_survive_postgresql_going_away_and_coming_back(
+    cluster: Cluster, image_host: ImageHost
+) -> None:
+    """While the database is down, requests get a 503 envelope (never a 500) and accepted
+    tasks wait; once it is back, every one of them completes."""
     cluster.add_api()
     cluster.add_worker()
     client = cluster.client(*cluster.create_key())
     created = [client.create_ok([hosted(image_host, f"pg{i}")], MASK) for i in range(6)]
-    subprocess.run(
-        "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main restart",
-        shell=True,
-        check=True,
-        timeout=120,
-    )
+    _pg_ctl("stop")
+    try:
+        for r in (client.result(created[0]), client.create([hosted(image_host, "pg-x")], MASK)):
+            assert r.status_code == 503, r.text
+            assert r.json()["code"] == 50301 and "database" in r.json()["msg"]
+            assert r.headers["Retry-After"]
+    finally:
+        _pg_ctl("start")
     created += [_create_retrying(client, hosted(image_host, f"pg-after{i}")) for i in range(3)]
     assert_all_completed_once(cluster, client, created)
     client.close()
 
 
+def _pg_ctl(action: str) -> None:
+    subprocess.run(
+        f"pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main {action}",
+        shell=True,
+        check=True,
+        timeout=120,
+    )
+
+
 def test_the_object_store_away_for_a_while(cluster: Cluster, image_host: ImageHost) -> None:
     """Creates that must store a mask are refused with a reason (503); tasks that cannot save
-    their results go back to the queue with the reason and finish once the store is back."""
-    cluster.env["PHOTO_ERASER_MAX_ATTEMPTS"] = "20"
+    their results go back to the queue with the reason, spending no attempt, and finish once
+    the store is back."""
     cluster.add_api()
     cluster.add_worker()
     client = cluster.client(*cluster.create_key())
+    before = client.wait(client.create_ok([hosted(image_host, "s3-before")], MASK))
+    link = before["list"][0]["image_result"]
     mask_url = image_host.add(
         f"/cluster/mask-{uuid.uuid4().hex[:6]}.png", encode(rect_mask(W, H, (100, 100, 160, 130)))
     )
@@ -225,9 +242,19 @@ def test_the_object_store_away_for_a_while(cluster: Cluster, image_host: ImageHo
         while "object store" not in (store.get_task(task_id).reason or ""):  # type: ignore[union-attr]
             assert time.monotonic() < deadline, cluster.logs()
             time.sleep(0.3)
+        time.sleep(12)  # two tries or more, none of them counted
+        gone = httpx.get(link, timeout=30)
+        assert gone.status_code == 503 and gone.json()["code"] == 50301, gone.text
+        assert "object store" in gone.json()["msg"] and gone.headers["Retry-After"]
         record = store.get_task(task_id)
         assert record is not None and record.status.finished is False
+        files = httpx.get(
+            cluster.base_url + "/v3/pic/rw/files/results/x/0.png?expires=1&signature=x"
+        )
+        assert files.status_code == 403  # the link is checked before the store is asked
     assert_all_completed_once(cluster, client, [task_id])
+    record = store.get_task(task_id)
+    assert record is not None and record.attempts == 1  # the store's outage cost none
     client.close()
 
 
@@ -274,7 +301,7 @@ def _wait_for_broker() -> None:
 
 
 def _create_retrying(client: ApiClient, url: str) -> str:
-    """Create, retrying while the database is still coming back (503/500 or a dropped link)."""
+    """Create, retrying while the database is still coming back (503 or a dropped link)."""
     deadline = time.monotonic() + 60
     while True:
         try:

@@ -394,7 +394,7 @@ def test_tasks_with_no_confirmed_message_are_found_for_publishing(store: TaskSto
     appkey, _ = store.create_key("k")
     low, high = new_task(store, appkey, priority=0), new_task(store, appkey, priority=9)
     published = new_task(store, appkey)
-    store.mark_dispatched([published])
+    store.mark_dispatched([published], published_at=time.time())
     assert store.undispatched(before=time.time() - 60) == []  # too young yet
     found = store.undispatched(before=time.time() + 1)
     assert [q.task_id for q in found] == [high, low]
@@ -404,6 +404,30 @@ def test_tasks_with_no_confirmed_message_are_found_for_publishing(store: TaskSto
     assert task is not None and store.requeue(task.lease, "retrying")
     assert published not in {q.task_id for q in store.undispatched(time.time() - 1)}  # a pause
     assert published in {q.task_id for q in store.undispatched(time.time() + 1)}
+
+
+def test_a_task_given_back_while_its_publish_was_confirmed_still_needs_a_message(
+    store: TaskStore,
+) -> None:
+    """The dispatcher publishes, a worker takes the message at once, fails on something of
+    ours and gives the task back; only then does the dispatcher record its (old) publish."""
+    appkey, _ = store.create_key("k")
+    task_id = new_task(store, appkey)
+    published_at = time.time()
+    task = store.claim(task_id, "w", LEASE)
+    assert task is not None and store.requeue(task.lease, "object store down; retrying")
+    store.mark_dispatched([task_id], published_at=published_at)
+    assert task_id in {q.task_id for q in store.undispatched(time.time() + 1)}
+
+
+def test_a_task_still_waiting_long_after_its_message_gets_another(store: TaskStore) -> None:
+    """A message lost past the broker's confirm (a purged queue): the safety net."""
+    appkey, _ = store.create_key("k")
+    task_id = new_task(store, appkey)
+    store.mark_dispatched([task_id], published_at=time.time())
+    assert store.undispatched(time.time() + 1, dispatched_before=time.time() - 60) == []
+    again = store.undispatched(time.time() + 1, dispatched_before=time.time() + 1)
+    assert [q.task_id for q in again] == [task_id]
 
 
 def test_live_slots_count_recent_heartbeats_only(store: TaskStore) -> None:

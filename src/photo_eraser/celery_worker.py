@@ -29,8 +29,9 @@ from photo_eraser.engines.registry import EngineRegistry
 from photo_eraser.fetch import Fetcher
 from photo_eraser.metrics import Metrics
 from photo_eraser.pipeline import MaskCache
-from photo_eraser.runtime import HEARTBEAT_SECONDS, open_blob_store, open_store
+from photo_eraser.runtime import HEARTBEAT_SECONDS, open_blob_store
 from photo_eraser.tasks.aio import AsyncTaskStore
+from photo_eraser.tasks.db import create_db_engine
 from photo_eraser.tasks.store import TaskStore
 from photo_eraser.tasks.worker import WorkerContext, new_owner, process_task
 
@@ -91,7 +92,9 @@ class WorkerHost:
 
     def _build_child(self) -> _Child:
         s = self.settings
-        store = open_store(s)
+        # Not `open_store`: `photo-eraser worker` migrated before forking, and nothing here
+        # may need the database up (a child respawned while it is away must still start).
+        store = TaskStore(create_db_engine(s.db_url))
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         name = f"{socket.gethostname()}:{os.getpid()}"
@@ -128,11 +131,13 @@ class WorkerHost:
 
     def _run_task(self, task_id: str) -> str:
         """The Celery task: claim ``task_id`` and run it; what became of it, for the log."""
-        child = self._child_state()
-        ctx = child.ctx
         try:
+            child = self._child_state()
+            ctx = child.ctx
             task = ctx.store.sync.claim(task_id, new_owner(child.name), self.settings.lease_seconds)
         except Exception as exc:
+            # Not acknowledged: the task is still waiting and must run once the database is
+            # back (an acknowledged message would leave it waiting with none).
             log.error("claiming a task failed; its message goes back", extra={"error": str(exc)})
             time.sleep(STORE_RETRY_SECONDS)
             raise Reject(str(exc), requeue=True) from exc

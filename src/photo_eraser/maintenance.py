@@ -3,6 +3,7 @@
 It runs every second in every API process (and in the embedded server), but in one place at a
 time: each pass first takes the database's ``maintenance`` lock (a PostgreSQL advisory lock,
 freed with its connection if the process dies) and is skipped where another process holds it.
+The retention sweep has a lock of its own, so a slow object store delays only itself.
 """
 
 from __future__ import annotations
@@ -22,12 +23,17 @@ from photo_eraser.storage import (
     BlobStoreError,
     task_folder,
 )
+from photo_eraser.tasks.records import Queued
 from photo_eraser.tasks.store import TaskStore
 
 log = logging.getLogger(__name__)
 
 RETENTION_EVERY = 60.0
 """Seconds between two retention sweeps (listing the blob store is not free)."""
+REDISPATCH_AFTER = 900.0
+"""A task still waiting this long after its message was confirmed gets another: the first may
+have been lost past the confirm (a purged queue). A duplicate is dropped by the claim, so a
+long backlog costs one extra message per waiting task per this period, nothing more."""
 
 
 class Maintenance:
@@ -59,14 +65,26 @@ class Maintenance:
                 pass
 
     def run_once(self) -> bool:
-        """One pass, if no other process is running one; whether it ran."""
+        """One pass, if no other process is running one; whether it ran. The database part
+        runs under the ``maintenance`` lock; the publishing after it, outside (a broker that
+        hangs must not keep the lock), and the retention sweep under a lock of its own."""
         with self.store.exclusive("maintenance") as mine:
             if not mine:
                 return False
-            self._pass()
+            to_publish = self._take_back()
+        if to_publish:
+            log.info("publishing waiting tasks again", extra={"tasks": len(to_publish)})
+            self.dispatcher.publish_now(to_publish)
+        if time.monotonic() - self._last_retention > RETENTION_EVERY:
+            self._last_retention = time.monotonic()
+            with self.store.exclusive("retention") as sweep:
+                if sweep:
+                    self.delete_expired()
         return True
 
-    def _pass(self) -> None:
+    def _take_back(self) -> list[Queued]:
+        """Time out overdue tasks, take back those of workers that stopped; the waiting tasks
+        that need a message (distributed) or a wake-up (embedded)."""
         s = self.settings
         expired = self.store.expire_overdue()
         self.metrics.tasks_finished.labels("timed_out").inc(len(expired))
@@ -78,17 +96,14 @@ class Maintenance:
             )
             self.metrics.retries.labels("interrupted").inc(len(requeued))
             self.metrics.tasks_finished.labels("failed").inc(failed)
-        if self.dispatcher.republishes:
-            # Re-queued tasks and tasks whose publish never got confirmed.
-            stale = self.store.undispatched(time.time() - s.republish_after_seconds)
-            if stale:
-                log.info("publishing waiting tasks again", extra={"tasks": len(stale)})
-                self.dispatcher.publish_now(stale)
-        elif requeued:
-            self.dispatcher.publish(requeued)
-        if time.monotonic() - self._last_retention > RETENTION_EVERY:
-            self._last_retention = time.monotonic()
-            self.delete_expired()
+        if not self.dispatcher.republishes:
+            return requeued
+        now = time.time()
+        # Tasks given back (after a pause), tasks whose publish was never confirmed, and, as a
+        # safety net, tasks still waiting long after their message went out.
+        return self.store.undispatched(
+            now - s.republish_after_seconds, dispatched_before=now - REDISPATCH_AFTER
+        )
 
     def delete_expired(self) -> None:
         """Delete blobs of tasks finished longer ago than the result TTL, and blobs no task

@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -19,7 +20,9 @@ from photo_eraser.api.auth import RateLimiter
 from photo_eraser.api.errors import CODE_TABLE, ApiError, Code, InternalErrorMiddleware, envelope
 from photo_eraser.api.routes import files, ops, tasks
 from photo_eraser.config import Settings
+from photo_eraser.disk import DISK_FULL_REASON, is_disk_full
 from photo_eraser.runtime import Runtime
+from photo_eraser.storage import BlobStoreError
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,14 @@ def create_app(settings: Settings | None = None, *, distributed: bool = False) -
     return app
 
 
+UNAVAILABLE_RETRY = 5
+"""``Retry-After`` of a request refused because the database or the blob store is away."""
+
+
+def _unavailable(msg: str) -> JSONResponse:
+    return envelope(Code.UNAVAILABLE, msg, headers={"Retry-After": str(UNAVAILABLE_RETRY)})
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
@@ -92,6 +103,21 @@ def _install_error_handlers(app: FastAPI) -> None:
         err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         loc = ".".join(str(p) for p in err["loc"][1:]) or "request"
         return envelope(Code.BAD_PARAMETER, f"{loc}: {err['msg']}")
+
+    @app.exception_handler(BlobStoreError)
+    async def _blob_store(_request: Request, exc: BlobStoreError) -> JSONResponse:
+        log.error("blob store unavailable", extra={"error": str(exc)})
+        return _unavailable(f"{exc}; retry in {UNAVAILABLE_RETRY} s")
+
+    @app.exception_handler(sa.exc.OperationalError)
+    @app.exception_handler(sa.exc.InterfaceError)
+    @app.exception_handler(sa.exc.TimeoutError)
+    async def _database(_request: Request, exc: Exception) -> JSONResponse:
+        if is_disk_full(exc):
+            msg = f"{DISK_FULL_REASON}; retry later"
+            return envelope(Code.DISK_FULL, msg, headers={"Retry-After": "60"})
+        log.error("task database unavailable", extra={"error": str(exc).splitlines()[0]})
+        return _unavailable(f"the task database is unavailable; retry in {UNAVAILABLE_RETRY} s")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -56,7 +56,8 @@ CODE_TABLE = {
     Code.INTERNAL: "internal error; the request may be retried",
     Code.TOO_MANY_OPEN_TASKS: "this key has as many unfinished tasks as it may "
     "(PHOTO_ERASER_MAX_OPEN_TASKS_PER_KEY); retry after Retry-After seconds",
-    Code.UNAVAILABLE: "the server is shutting down, or the blob store it needs is unreachable",
+    Code.UNAVAILABLE: "the server is shutting down, or the task database or the blob store it "
+    "needs is unreachable; retry after Retry-After",
     Code.BUSY: "the server is shedding load: too many creates in flight; retry after "
     "Retry-After seconds",
     Code.DISK_FULL: "the server's disk is (nearly) full: no new task is accepted; retry after "

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 QUEUE = "photo_eraser.tasks"
 RUN_TASK = "photo_eraser.run_task"
 MAX_PRIORITY = 9
+PUBLISH_TIMEOUT = 5.0
+"""Seconds a publish may wait for the broker (to send, and for its confirm)."""
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -91,6 +93,7 @@ class CeleryDispatcher:
         """Publish each (waiting for the broker's confirm) and record it; the ids published.
         Stops at the first failure: the rest stay for the next maintenance pass."""
         done: list[str] = []
+        started = time.time()
         try:
             for q in queued:
                 self.app.send_task(
@@ -99,6 +102,10 @@ class CeleryDispatcher:
                     priority=max(0, min(MAX_PRIORITY, q.priority)),
                     queue=QUEUE,
                     retry=False,
+                    # A broker that stops answering (a memory or disk alarm blocks publishers)
+                    # must not hold this thread, or the maintenance pass, for ever.
+                    timeout=PUBLISH_TIMEOUT,
+                    confirm_timeout=PUBLISH_TIMEOUT,
                 )
                 done.append(q.task_id)
         except Exception as exc:
@@ -111,7 +118,7 @@ class CeleryDispatcher:
                 )
         finally:
             if done:
-                self.store.mark_dispatched(done)
+                self.store.mark_dispatched(done, published_at=started)
         return done
 
     def close(self) -> None:

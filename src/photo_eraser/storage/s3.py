@@ -113,7 +113,8 @@ class S3BlobStore:
         response = self._call("get_object", Key=self._name(key), missing_ok=True)
         if response is None:
             return None
-        return OpenBlob(response["ContentLength"], response["Body"])
+        body = _Body(response["Body"], self._where)
+        return OpenBlob(response["ContentLength"], body)  # type: ignore[arg-type]
 
     def size(self, key: str) -> int | None:
         if not is_valid_key(key):
@@ -285,3 +286,28 @@ def _reason(exc: Exception) -> str:
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
         return "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+class _Body:
+    """An object's streaming body whose read errors (the store went away mid-read) are
+    `BlobStoreError`s, like every other failure of the store."""
+
+    def __init__(self, body: Any, where: str) -> None:
+        self._body = body
+        self._where = where
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            data: bytes = self._body.read(size if size >= 0 else None)
+        except (BotoCoreError, OSError) as exc:
+            raise BlobStoreError(f"{self._where}: reading failed: {exc}") from exc
+        return data
+
+    def close(self) -> None:
+        self._body.close()
+
+    def __enter__(self) -> _Body:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

@@ -78,8 +78,10 @@ class AsyncTaskStore:
     ) -> bool:
         return await asyncio.to_thread(self.sync.finish, lease, status, reason, images)
 
-    async def requeue(self, lease: Lease, reason: str) -> bool:
-        return await asyncio.to_thread(self.sync.requeue, lease, reason)
+    async def requeue(self, lease: Lease, reason: str, *, attempt_counts: bool = True) -> bool:
+        return await asyncio.to_thread(
+            self.sync.requeue, lease, reason, attempt_counts=attempt_counts
+        )
 
     async def release(self, lease: Lease) -> bool:
         return await asyncio.to_thread(self.sync.release, lease)

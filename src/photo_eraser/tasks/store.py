@@ -242,9 +242,10 @@ class TaskStore(KeyQueries, UpkeepQueries):
                 fail_open_images(conn, [lease.pk], reason)
         return True
 
-    def requeue(self, lease: Lease, reason: str) -> bool:
-        """Give the task back to the queue after a failure of ours (not the input's)."""
-        return self._give_back(lease, reason=reason, attempt_counts=True)
+    def requeue(self, lease: Lease, reason: str, *, attempt_counts: bool = True) -> bool:
+        """Give the task back to the queue after a failure of ours (not the input's); one
+        that no attempt can help (a store that is down) does not count against the task."""
+        return self._give_back(lease, reason=reason, attempt_counts=attempt_counts)
 
     def release(self, lease: Lease) -> bool:
         """Give back a task interrupted by a clean shutdown; the attempt does not count."""

@@ -4,7 +4,6 @@ leases, dispatch bookkeeping, retention, worker heartbeats and the shared rate l
 from __future__ import annotations
 
 import time
-import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -34,8 +33,13 @@ class UpkeepQueries:
         if self.engine.dialect.name != "postgresql":
             yield True
             return
-        lock_id = zlib.crc32(f"photo_eraser:{name}".encode())
         with self.engine.connect() as conn:
+            # Per schema: two installations (or test runs) in one database do not share it.
+            lock_id = conn.execute(
+                sa.select(
+                    sa.func.hashtext(sa.func.concat(sa.func.current_schema(), f":{name}"))
+                )
+            ).scalar_one()
             got = bool(conn.execute(sa.select(sa.func.pg_try_advisory_lock(lock_id))).scalar())
             conn.commit()
             try:
@@ -125,32 +129,46 @@ class UpkeepQueries:
 
     # ---- Dispatch bookkeeping (distributed mode) ------------------------------------------
 
-    def undispatched(self, before: float, limit: int = 1000) -> list[Queued]:
+    def undispatched(
+        self, before: float, dispatched_before: float = 0.0, limit: int = 1000
+    ) -> list[Queued]:
         """Waiting tasks with no message on the broker since before ``before``: the API
         process stopped between its commit and its publish, or the task came back to the
-        queue (its lease ended then). Highest priority first."""
+        queue (its lease ended then). With ``dispatched_before``, also those published before
+        it and still waiting (a message lost past the broker's confirm: a purged queue, a
+        broker that lost its disk); a duplicate message is harmless. Highest priority first."""
+        never = sa.and_(
+            tasks.c.dispatched_at.is_(None),
+            tasks.c.created_at < before,
+            sa.or_(tasks.c.lease_expires_at.is_(None), tasks.c.lease_expires_at < before),
+        )
+        long_ago = tasks.c.dispatched_at < dispatched_before
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(tasks.c.task_id, tasks.c.priority)
-                .where(
-                    tasks.c.status == TaskStatus.WAITING,
-                    tasks.c.dispatched_at.is_(None),
-                    tasks.c.created_at < before,
-                    sa.or_(tasks.c.lease_expires_at.is_(None), tasks.c.lease_expires_at < before),
-                )
+                .where(tasks.c.status == TaskStatus.WAITING, sa.or_(never, long_ago))
                 .order_by(tasks.c.priority.desc(), tasks.c.id)
                 .limit(limit)
             ).all()
         return [Queued(r.task_id, r.priority) for r in rows]
 
-    def mark_dispatched(self, task_ids: Sequence[str]) -> None:
-        """Record that the broker confirmed a message for each of these tasks."""
+    def mark_dispatched(self, task_ids: Sequence[str], published_at: float) -> None:
+        """Record that the broker confirmed a message, published from ``published_at`` on,
+        for each of these tasks. A task that came back to the queue after that (a worker took
+        the message and gave the task back meanwhile) needs a new message: left unmarked."""
         if not task_ids:
             return
         with self.engine.begin() as conn:
             conn.execute(
                 tasks.update()
-                .where(tasks.c.task_id.in_(list(task_ids)), tasks.c.status == TaskStatus.WAITING)
+                .where(
+                    tasks.c.task_id.in_(list(task_ids)),
+                    tasks.c.status == TaskStatus.WAITING,
+                    sa.or_(
+                        tasks.c.lease_expires_at.is_(None),
+                        tasks.c.lease_expires_at < published_at,
+                    ),
+                )
                 .values(dispatched_at=time.time())
             )
 

@@ -41,6 +41,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+STORAGE_RETRY_PAUSE = 5.0
+"""Seconds a worker waits before giving back a task the blob store failed (so a store that is
+down is not hammered, and embedded workers do not spin on it)."""
+
+
 class TaskAbandoned(Exception):
     """The task was closed, timed out or taken back while we worked on it: drop the work."""
 
@@ -61,7 +66,7 @@ class WorkerContext:
     """No new task starts while the data directory is low on space."""
     metrics: Metrics
     dispatcher: Dispatcher
-    """Told about a task this worker gave back to the queue."""
+    """Told about a task handed back at shutdown (it may run again at once)."""
 
     @property
     def limits(self) -> ImageLimits:
@@ -190,23 +195,30 @@ async def _after_crash(
     ctx: WorkerContext, task: TaskRecord, exc: Exception, extra: dict[str, Any]
 ) -> None:
     """A failure of ours, not the input's: retry the task, or fail it once out of attempts."""
+    if isinstance(exc, BlobStoreError):
+        # The object store is away: no attempt can help until it is back, so none is spent;
+        # the task retries after a pause until it is back or the task's deadline passes.
+        ctx.metrics.retries.labels("storage_unavailable").inc()
+        log.error("task could not use the blob store", extra={**extra, "error": str(exc)})
+        try:  # the pause holds the task (its lease renewed), so no one else takes it
+            await _holding_lease(ctx, task.lease, asyncio.sleep(STORAGE_RETRY_PAUSE))
+        except TaskAbandoned:
+            return
+        await ctx.store.requeue(task.lease, f"{exc}; retrying", attempt_counts=False)
+        return
     if is_disk_full(exc):
         # Retried once space is freed (no task starts before).
         cause = "disk_full"
         log.error("task could not save its results: disk full", extra=extra)
         retry, give_up = f"{DISK_FULL_REASON}; retrying", f"{DISK_FULL_REASON}: results not saved"
-    elif isinstance(exc, BlobStoreError):
-        cause = "storage_unavailable"
-        log.error("task could not use the blob store", extra={**extra, "error": str(exc)})
-        retry, give_up = f"{exc}; retrying", f"{exc}: results not saved"
     else:
         cause = "internal_error"
         log.exception("task crashed", extra=extra)
         retry, give_up = "internal error; retrying", "internal error while processing"
     if task.attempts < ctx.settings.max_attempts:
         ctx.metrics.retries.labels(cause).inc()
-        # Not published again at once: the maintenance pass does, after a pause (a store
-        # that is down gets time to come back); the embedded workers poll the database.
+        # Not published again here: in a cluster the maintenance pass does, after
+        # `republish_after_seconds`; embedded workers find it in the database.
         await ctx.store.requeue(task.lease, retry)
     elif await ctx.store.finish(task.lease, TaskStatus.FAILED, give_up):
         ctx.metrics.tasks_finished.labels(TaskStatus.FAILED.name.lower()).inc()

@@ -20,7 +20,9 @@ router = APIRouter(tags=["results"])
 PATH = "/v3/pic/rw/files/{key:path}"
 _MEDIA = {".jpg": "image/jpeg", ".png": "image/png"}
 _FILE = {"schema": {"type": "string", "format": "binary"}}
-_ERRORS = errors(Code.BAD_PARAMETER, Code.LINK_EXPIRED, Code.NOT_FOUND, Code.INTERNAL)
+_ERRORS = errors(
+    Code.BAD_PARAMETER, Code.LINK_EXPIRED, Code.NOT_FOUND, Code.INTERNAL, Code.UNAVAILABLE
+)
 Expires = Query(0, description="expiry of the link, seconds since the epoch")
 Signature = Query("", description="HMAC-SHA256 signature of the key and expiry")
 

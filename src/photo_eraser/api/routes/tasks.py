@@ -241,7 +241,11 @@ def _refused(service: ServiceDep, cause: str, code: Code, msg: str) -> ApiError:
     "/v3/pic/rw/result/{task_id}",
     response_model=Result,
     responses=errors(
-        Code.MISSING_CREDENTIALS, Code.INVALID_CREDENTIALS, Code.NOT_FOUND, Code.INTERNAL
+        Code.MISSING_CREDENTIALS,
+        Code.INVALID_CREDENTIALS,
+        Code.NOT_FOUND,
+        Code.INTERNAL,
+        Code.UNAVAILABLE,
     ),
 )
 async def get_result(
@@ -278,7 +282,11 @@ async def get_result(
     "/v3/pic/rw/close/{task_id}",
     response_model=Closed,
     responses=errors(
-        Code.MISSING_CREDENTIALS, Code.INVALID_CREDENTIALS, Code.NOT_FOUND, Code.INTERNAL
+        Code.MISSING_CREDENTIALS,
+        Code.INVALID_CREDENTIALS,
+        Code.NOT_FOUND,
+        Code.INTERNAL,
+        Code.UNAVAILABLE,
     ),
 )
 async def close_task(
