@@ -136,14 +136,17 @@ class Inputs:
     tiny_mask: str
     tiny_box: tuple[int, int, int, int]
     big_jpeg_bytes: int
+    probe_jpeg: bytes
 
 
 def make_inputs(images: int) -> Inputs:
     host = ImageHost()
     sizes = []
     urls = []
+    bodies = []
     for seed in range(images):
         body = encode(photo(*BIG, seed=seed), "JPEG", quality=90)
+        bodies.append(body)
         sizes.append(len(body))
         urls.append(host.add(f"/big/{seed}.jpg", body, content_type="image/jpeg"))
     tiny = encode(photo(*TINY, seed=1000), "JPEG", quality=90)
@@ -159,7 +162,32 @@ def make_inputs(images: int) -> Inputs:
         b64(tiny_mask),
         tiny_box,
         round(statistics.mean(sizes)),
+        bodies[0],
     )
+
+
+def cpu_probe(inputs: Inputs, repeat: int = 5) -> float:
+    """Median ms of one image's CPU work done here, single-threaded (decode a 1920x1080 JPEG,
+    Telea r=3 on the mask's box padded by 32 px, encode JPEG q95): a gauge of how fast the
+    cores are at that moment. On a shared VM the host's other guests slow them without
+    anything showing in this machine's /proc."""
+    import cv2
+    import numpy as np
+
+    cv2.setNumThreads(1)
+    x0, y0, x1, y1 = inputs.big_box
+    pad = 32
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        img = cv2.imdecode(np.frombuffer(inputs.probe_jpeg, np.uint8), cv2.IMREAD_COLOR)
+        crop = img[y0 - pad : y1 + pad, x0 - pad : x1 + pad]
+        hole = np.zeros(crop.shape[:2], np.uint8)
+        hole[pad:-pad, pad:-pad] = 255
+        crop[:] = cv2.inpaint(crop, hole, 3, cv2.INPAINT_TELEA)
+        cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -433,6 +461,8 @@ class ThroughputRun:
     config: str
     load: str
     busy_before: float
+    probe_ms: tuple[float, float]
+    """`cpu_probe` just before and just after the timed part."""
     images: int
     seconds: float
     seconds_db: float
@@ -485,6 +515,7 @@ def throughput(
     tasks = args.tasks
     groups = [urls[i * len(urls) // tasks : (i + 1) * len(urls) // tasks] for i in range(tasks)]
     busy = wait_quiet(args.quiet, args.quiet_wait)
+    probe = cpu_probe(inputs)
     load = load_average()
     before = cpu_snapshot()
     wall0 = time.time()
@@ -492,6 +523,7 @@ def throughput(
     ids = [target.client.create_ok(g, inputs.big_mask, engine="opencv") for g in groups]
     t_end, done = wait_all(target.client, ids, THROUGHPUT_POLL)
     after = cpu_snapshot()
+    probe_after = cpu_probe(inputs)
     last = max(st.finished for st in task_stamps(target.settings, ids).values())
     stages: dict[str, float] = {}
     for per_task in stage_lines(target.logs(), set(ids)).values():
@@ -502,6 +534,7 @@ def throughput(
         target.config.name,
         load,
         busy,
+        (probe, probe_after),
         len(urls),
         t_end - t0,
         last - wall0,
@@ -526,7 +559,7 @@ def tiny_latency(
 ) -> tuple[str, list[TinySample]]:
     n = args.tiny
     busy = wait_quiet(args.quiet, args.quiet_wait)
-    load = f"{load_average()}, {busy:.0f} % busy"
+    load = f"{load_average()}, {busy:.0f} % busy, probe {cpu_probe(inputs):.0f} ms"
     before = cpu_snapshot()
     marks = []
     client = target.client
@@ -655,10 +688,11 @@ def command(args: argparse.Namespace) -> str:
 def throughput_table(runs: list[ThroughputRun]) -> list[str]:
     cpu_cols = list(COMPONENTS)
     lines = [
-        "| round | configuration | load avg before | busy % before | wall s | images/s "
+        "| round | configuration | load avg before | busy % before | probe ms before/after "
+        "| wall s | images/s "
         "| images/s (DB) "
         "| failed | " + " | ".join(f"CPU s {c}" for c in cpu_cols) + " | idle % |",
-        "|" + "---|" * (9 + len(cpu_cols)),
+        "|" + "---|" * (10 + len(cpu_cols)),
     ]
     for r in runs:
         cells = [
@@ -666,6 +700,7 @@ def throughput_table(runs: list[ThroughputRun]) -> list[str]:
             r.config,
             r.load,
             f"{r.busy_before:.0f}",
+            f"{r.probe_ms[0]:.0f} / {r.probe_ms[1]:.0f}",
             f"{r.seconds:.2f}",
             f"**{r.rate:.2f}**" + (" (*)" if r.disturbed else ""),
             f"{r.rate_db:.2f}",
@@ -799,8 +834,8 @@ def tiny_lines(tiny: dict[str, list[tuple[int, str, list[TinySample]]]]) -> list
     lines.append("")
     lines.append("tasks: " + ", ".join(f"{n} {len(pooled[n])}" for n in names))
     lines.append(
-        "load average and busy share before, and the rest of the machine's share during: "
-        + " · ".join(f"{n}: {loads[n]}" for n in names)
+        "load average, busy share and probe before, and the rest of the machine's share "
+        "during: " + " · ".join(f"{n}: {loads[n]}" for n in names)
     )
     if len(names) == 2:
         a, b = (statistics.median(s.e2e for s in pooled[n]) for n in names)
@@ -838,6 +873,9 @@ def run(args: argparse.Namespace) -> int:
             f"(mean {inputs.big_jpeg_bytes / 1e6:.2f} MB) in {args.tasks} tasks, inline PNG "
             f"box mask {inputs.big_box} (2.0 %), engine opencv; tiny: {TINY[0]}x{TINY[1]} "
             f"JPEG, box {inputs.tiny_box}; image host: this process on 127.0.0.1",
+            "probe: cpu_probe(), median of 5 x (decode one of the JPEGs, Telea r=3 on the "
+            "box + 32 px, encode JPEG q95), one thread, in this process: how fast the cores are "
+            "at that moment",
             "settings: defaults (lease 60 s, JPEG q95 results, rate limit 600/min/key), "
             "PHOTO_ERASER_ALLOW_PRIVATE_URLS=1; embedded: PHOTO_ERASER_WORKERS=1|2; cluster: "
             "1 API, N x `photo-eraser worker --concurrency 1`",
@@ -854,7 +892,8 @@ def run(args: argparse.Namespace) -> int:
                     print(
                         f"  {result.rate:.2f} images/s ({result.seconds:.2f} s, DB span "
                         f"{result.seconds_db:.2f} s, load before {result.load}, "
-                        f"{result.busy_before:.0f} % busy, "
+                        f"{result.busy_before:.0f} % busy, probe "
+                        f"{result.probe_ms[0]:.0f}/{result.probe_ms[1]:.0f} ms, "
                         f"{result.failed_images} failed)",
                         flush=True,
                     )

@@ -46,10 +46,11 @@ class Node:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout: float = 30) -> None:
-        """SIGTERM (a worker finishes the tasks under way), then SIGKILL."""
+        """SIGTERM to the main process (a worker finishes the tasks under way: its children
+        must not get the signal themselves), then SIGKILL to what is left."""
         if self.alive:
             assert self.proc is not None
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -148,6 +148,28 @@ def test_a_worker_killed_mid_task_has_its_task_finished_by_another(
     client.close()
 
 
+def test_a_worker_stopped_mid_task_finishes_it_first(
+    cluster: Cluster, image_host: ImageHost
+) -> None:
+    cluster.add_api()
+    worker = cluster.add_worker()
+    client = cluster.client(*cluster.create_key())
+    gate = threading.Event()
+    held = client.create_ok([hosted(image_host, "graceful", gate=gate)], MASK, engine="opencv")
+    client.wait(held, until=("2",))
+    stopping = threading.Thread(target=worker.stop)
+    stopping.start()
+    time.sleep(2)  # the worker has the signal and waits for its task
+    assert worker.alive
+    gate.set()
+    stopping.join()
+    assert worker.proc is not None and worker.proc.returncode == 0, worker.log()[-2000:]
+    assert_all_completed_once(cluster, client, [held])
+    record = store_of(cluster).get_task(held)
+    assert record is not None and record.attempts == 1
+    client.close()
+
+
 def test_an_api_process_killed_loses_nothing_it_accepted(
     cluster: Cluster, image_host: ImageHost
 ) -> None:

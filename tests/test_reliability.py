@@ -219,25 +219,27 @@ def test_second_server_on_same_data_dir_refuses_to_start(
     c.close()
 
 
-def test_two_servers_on_one_database_share_the_work_without_taking_each_others(
+def test_second_server_on_the_same_database_refuses_to_start(
     run_server, image_host: ImageHost, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    """Two data directories, one database: the second server's start must not take back the
-    first one's running task (its lease is alive), and the task runs once."""
+    """Two data directories, one database: the second server would take tasks whose inline
+    masks are in the first one's blob store and put results where the first cannot serve
+    them. It refuses instead; once the first has stopped, it starts."""
     shared = {"PHOTO_ERASER_DATABASE_URL": f"sqlite:///{tmp_path / 'shared.db'}"}
     first = run_server(tmp_path / "one", **shared)
     c = ApiClient(first.base_url, *first.create_key())
     gate = threading.Event()
     task_id = c.create_ok([image_host.add("/lease/held.png", encode(photo(W, H)), gate=gate)], MASK)
     c.wait(task_id, until=("2",))
-    second = run_server(tmp_path / "two", **shared)
-    assert httpx.get(second.base_url + "/healthz").status_code == 200
-    time.sleep(1.5)  # a maintenance pass or more on the second server
-    assert c.result(task_id).json()["data"]["status"] == "2"
+    with pytest.raises(RuntimeError, match="needs a database of its own"):
+        run_server(tmp_path / "two", **shared)
+    assert c.result(task_id).json()["data"]["status"] == "2"  # untouched by the second start
     gate.set()
     assert c.wait(task_id)["status"] == "3"
-    assert image_host.requests.count("/lease/held.png") == 1
+    first.stop()
     c.close()
+    second = run_server(tmp_path / "two", **shared)
+    assert httpx.get(second.base_url + "/healthz").status_code == 200
 
 
 def test_a_server_killed_without_shutdown_restarts_at_once_on_its_data_dir(

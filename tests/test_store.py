@@ -465,3 +465,26 @@ def test_the_maintenance_lock_is_held_by_one_at_a_time(store: TaskStore) -> None
                 other.engine.dispose()
     with store.exclusive("maintenance") as again:
         assert again
+
+
+def test_the_serving_lock_is_shared_by_a_cluster_and_exclusive_for_a_server(
+    store: TaskStore,
+) -> None:
+    other = TaskStore(sa.create_engine(store.engine.url, connect_args=_connect_args(store)))
+    try:
+        api_a = store.hold("serving", shared=True)
+        api_b = other.hold("serving", shared=True)
+        assert api_a is not None and api_b is not None  # API processes share it
+        assert other.hold("serving", shared=False) is None  # no embedded server beside them
+        api_a.release()
+        api_b.release()
+        server = store.hold("serving", shared=False)
+        assert server is not None
+        assert other.hold("serving", shared=True) is None  # no API process beside it
+        assert other.hold("serving", shared=False) is None  # nor a second server
+        server.release()
+        again = other.hold("serving", shared=False)
+        assert again is not None
+        again.release()
+    finally:
+        other.engine.dispose()

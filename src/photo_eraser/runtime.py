@@ -30,6 +30,7 @@ from photo_eraser.tasks.intake import TaskIntake
 from photo_eraser.tasks.records import TaskRecord
 from photo_eraser.tasks.status import TaskStatus
 from photo_eraser.tasks.store import TaskStore
+from photo_eraser.tasks.upkeep import HeldLock
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ DEFAULT_TASK_SECONDS = 5.0
 """Assumed run time of one task before any has finished, for ``wait_time``."""
 MAX_PRESIGN = 7 * 24 * 3600
 """The longest a presigned S3 URL may be valid (SigV4)."""
+DATABASE_LOCK = "serving"
+"""Held shared by every API process of a cluster, exclusively by an embedded server."""
 HEARTBEAT_SECONDS = 5.0
 """How often a worker process says it is alive; one not heard for 6x this is gone."""
 
@@ -119,11 +122,14 @@ class Runtime:
         """Set where creates are limited in the database (distributed); else in memory."""
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._database_lock: HeldLock | None = None
 
     def engine_threads(self) -> int:
         return 1
 
     async def start(self) -> None:
+        if self._database_lock is None:
+            self._take_database()
         self._stop.clear()
         self.intake.start()
         self._tasks.append(asyncio.create_task(self.maintenance.run(self._stop)))
@@ -138,6 +144,23 @@ class Runtime:
                 await task
         self._tasks.clear()
         await asyncio.to_thread(self.dispatcher.close)
+        if self._database_lock is not None:
+            self._database_lock.release()
+            self._database_lock = None
+
+    def _take_database(self) -> None:
+        """API processes of a cluster share the database; an embedded server has it alone
+        (its workers, blobs and crash recovery are its own): each refuses to start beside the
+        other kind."""
+        embedded = not self.dispatcher.republishes
+        held = self.store.sync.hold(DATABASE_LOCK, shared=not embedded)
+        if held is None:
+            other = "a cluster's API processes are" if embedded else "an embedded server is"
+            raise RuntimeError(
+                f"{other} using this database ({self.settings.db_url.split('@')[-1]}); "
+                "an embedded server (photo-eraser serve) needs a database of its own"
+            )
+        self._database_lock = held
 
     def result_url(self, key: str, expires: int, base: str) -> str:
         """Where a client downloads a result until ``expires``: a presigned URL of the object

@@ -48,6 +48,11 @@ class Service(Runtime):
     async def start(self) -> None:
         s = self.settings
         self._take_data_dir_lock()
+        try:
+            self._take_database()
+        except BaseException:
+            self._release_data_dir_lock()
+            raise
         # Stable across restarts of this data directory (its lock keeps out a second process
         # here), so a restart after a crash takes its own tasks back at once; the directory's
         # random id tells apart containers with the same host name and path.
@@ -93,6 +98,9 @@ class Service(Runtime):
         if self.settings.workers and self.node:
             with contextlib.suppress(Exception):
                 await self.store.forget_worker(self.node)
+        self._release_data_dir_lock()
+
+    def _release_data_dir_lock(self) -> None:
         if self._lock_file is not None:
             self._lock_file.close()  # releases the flock
             self._lock_file = None

@@ -3,9 +3,11 @@ leases, dispatch bookkeeping, retention, worker heartbeats and the shared rate l
 
 from __future__ import annotations
 
+import fcntl
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 
@@ -18,6 +20,13 @@ OPEN = (TaskStatus.WAITING, TaskStatus.IN_PROGRESS)
 
 def gave_up(max_attempts: int) -> str:
     return f"processing was interrupted {max_attempts} times; giving up"
+
+
+@dataclass
+class HeldLock:
+    """A lock taken by `UpkeepQueries.hold`; ``release`` frees it (so does the process's end)."""
+
+    release: Callable[[], None]
 
 
 class UpkeepQueries:
@@ -48,6 +57,35 @@ class UpkeepQueries:
                 if got:
                     conn.execute(sa.select(sa.func.pg_advisory_unlock(lock_id)))
                     conn.commit()
+
+    def hold(self, name: str, *, shared: bool) -> HeldLock | None:
+        """Take the database-wide lock ``name`` for as long as the returned handle is open
+        (the process's life): exclusively, or shared with other holders of a shared one.
+        ``None`` if it is taken the other way. PostgreSQL: a session advisory lock on a
+        connection of its own; SQLite: a lock file beside the database."""
+        if self.engine.dialect.name == "postgresql":
+            conn = self.engine.connect()
+            lock_id = conn.execute(
+                sa.select(sa.func.hashtext(sa.func.concat(sa.func.current_schema(), f":{name}")))
+            ).scalar_one()
+            take = sa.func.pg_try_advisory_lock_shared if shared else sa.func.pg_try_advisory_lock
+            got = bool(conn.execute(sa.select(take(lock_id))).scalar())
+            conn.commit()
+            if not got:
+                conn.close()
+                return None
+            # Closed, the connection would go back to the pool with the lock still held.
+            return HeldLock(conn.invalidate)
+        path = self.engine.url.database
+        if not path or path == ":memory:":
+            return HeldLock(lambda: None)
+        lock_file = open(f"{path}.{name}-lock", "a+")  # noqa: SIM115 - held until released
+        try:
+            fcntl.flock(lock_file, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock_file.close()
+            return None
+        return HeldLock(lock_file.close)
 
     # ---- Deadlines and lost workers --------------------------------------------------------
 
