@@ -36,8 +36,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TASK_SECONDS = 5.0
 """Assumed run time of one task before any has finished, for ``wait_time``."""
-MAX_PRESIGN = 7 * 24 * 3600
-"""The longest a presigned S3 URL may be valid (SigV4)."""
 DATABASE_LOCK = "serving"
 """Held shared by every API process of a cluster, exclusively by an embedded server."""
 HEARTBEAT_SECONDS = 5.0
@@ -167,7 +165,7 @@ class Runtime:
         store when PHOTO_ERASER_S3_PUBLIC_URL is set, else the API's own signed link (the API
         streams the blob, so the object store need not be public)."""
         if self.presign is not None:
-            return self.presign(key, max(1, min(expires - int(time.time()), MAX_PRESIGN)))
+            return self.presign(key, expires - int(time.time()))
         signature = self.signer.signature(key, expires)
         return f"{base}/v3/pic/rw/files/{key}?expires={expires}&signature={signature}"
 

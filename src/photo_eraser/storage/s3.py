@@ -171,9 +171,9 @@ class S3BlobStore:
         return max(newest, default=None)
 
     def presigned_url(self, key: str, expires_in: int) -> str:
-        """A URL that downloads the blob without credentials for ``expires_in`` seconds."""
-        if not 1 <= expires_in <= _MAX_EXPIRY:
-            raise ValueError(f"a presigned URL expires in 1 s to 7 days, not {expires_in} s")
+        """A URL that downloads the blob without credentials for ``expires_in`` seconds, at
+        least 1 s and at most 7 days (SigV4's limit)."""
+        expires_in = max(1, min(expires_in, _MAX_EXPIRY))
         params = {"Bucket": self.bucket, "Key": self._name(key)}
         try:
             # Signing happens here, without a request; the host is part of the signature.

@@ -23,9 +23,7 @@ from photo_eraser.tasks.records import (
 )
 from photo_eraser.tasks.status import ImageStatus, TaskStatus
 from photo_eraser.tasks.tables import task_images, tasks
-from photo_eraser.tasks.upkeep import UpkeepQueries, fail_open_images, reset_images
-
-OPEN = (TaskStatus.WAITING, TaskStatus.IN_PROGRESS)
+from photo_eraser.tasks.upkeep import OPEN, UpkeepQueries, fail_open_images, reset_images
 
 
 class TaskStore(KeyQueries, UpkeepQueries):

@@ -16,6 +16,7 @@ from photo_eraser.tasks.status import ImageStatus, TaskStatus
 from photo_eraser.tasks.tables import rate_buckets, task_images, tasks, workers
 
 OPEN = (TaskStatus.WAITING, TaskStatus.IN_PROGRESS)
+"""The statuses of a task that has not finished."""
 
 
 def gave_up(max_attempts: int) -> str:
