@@ -14,11 +14,15 @@ Four configurations, each on a fresh server or cluster, run interleaved ``--roun
 **Throughput.** ``--images`` different photo-like 1920x1080 JPEGs (q90, tests.helpers.photo with
 seeds 0..N-1), served by a loopback image host in this process, with an inline base64 PNG mask
 of one 288x144 box (2.0 % of the area), engine ``opencv``, sent as ``--tasks`` tasks created
-back to back from one client. Timed from the first create to the poll (every 0.1 s) that saw
-the last task finished; the same span from the database (first create to the last
+back to back from one client. Timed from the first create to the poll (every ``--poll`` s,
+0.1) that saw the last task finished; the same span from the database (first create to the last
 ``finished_at``) is printed beside it. Before the timed part, two tiny tasks per worker slot
 warm the workers up (a Celery child builds its engines, database pool and S3 client on its
-first task). CPU seconds per component over the timed part come from /proc.
+first task). CPU seconds per component over the timed part come from /proc. The polls are not
+free: a poll of an unfinished task costs a cluster's API about twice the CPU of the embedded
+server's (PostgreSQL round trips instead of SQLite calls), and 8 open tasks polled every 0.1 s
+take a good part of a core; ``--poll 1`` shows the workers without most of that (read the
+rate from the DB span then, as a 1 s poll rounds the wall time).
 
 **Per-task overhead** (embedded-1 and cluster-1, on the same server after the throughput part):
 ``--tiny`` tasks one after the other of one 320x256 JPEG with the same kind of 2 % box mask,
@@ -46,14 +50,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.metadata
 import json
 import math
 import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -68,6 +70,14 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.machine import (  # noqa: E402
+    code_line,
+    first_line,
+    load_average,
+    machine_line,
+    pct,
+    version,
+)
 from tests.cluster import ApiNode, WorkerNode, running_cluster  # noqa: E402
 from tests.helpers import (  # noqa: E402
     ApiClient,
@@ -88,7 +98,6 @@ BIG = (1920, 1080)
 TINY = (320, 256)
 MASK_SHARE = 0.02
 FINISHED = ("3", "4", "5", "6")
-THROUGHPUT_POLL = 0.1
 TINY_POLL = 0.02
 RUN_TIMEOUT = 600.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -181,6 +190,7 @@ def cpu_probe(inputs: Inputs, repeat: int = 5) -> float:
     for _ in range(repeat):
         t = time.perf_counter()
         img = cv2.imdecode(np.frombuffer(inputs.probe_jpeg, np.uint8), cv2.IMREAD_COLOR)
+        assert img is not None
         crop = img[y0 - pad : y1 + pad, x0 - pad : x1 + pad]
         hole = np.zeros(crop.shape[:2], np.uint8)
         hole[pad:-pad, pad:-pad] = 255
@@ -485,10 +495,6 @@ class ThroughputRun:
         return self.images / self.seconds_db
 
 
-def load_average() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
 def busy_before(seconds: float = 2.0) -> float:
     """Share of all cores busy over the next ``seconds`` (before a run starts: other jobs,
     and the idle server or cluster); load averages lag a minute and include our last run."""
@@ -521,7 +527,7 @@ def throughput(
     wall0 = time.time()
     t0 = time.perf_counter()
     ids = [target.client.create_ok(g, inputs.big_mask, engine="opencv") for g in groups]
-    t_end, done = wait_all(target.client, ids, THROUGHPUT_POLL)
+    t_end, done = wait_all(target.client, ids, args.poll)
     after = cpu_snapshot()
     probe_after = cpu_probe(inputs)
     last = max(st.finished for st in task_stamps(target.settings, ids).values())
@@ -597,63 +603,21 @@ def tiny_latency(
 # Report.
 
 
-def pct(values: list[float], p: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
-
-
-def lscpu_model() -> str:
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def _first_line(argv: list[str]) -> str:
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-        lines = (done.stdout or done.stderr).strip().splitlines()
-        if lines:
-            return lines[0].strip()
-    return "unknown"
-
-
 def versions(s3: S3Server | None) -> list[str]:
     import cv2
     import sqlalchemy as sa
 
-    def v(name: str) -> str:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            return "-"
-
-    import photo_eraser
-
-    head = _first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
-    src = Path(photo_eraser.__file__).resolve().parent.parent
-    if src == REPO / "src":
-        dirty = _first_line(
-            ["git", "--no-optional-locks", "-C", str(REPO), "status", "--short", "src"]
-        )
-        code = f"commit {head}" + (
-            " + uncommitted changes under src/" if dirty != "unknown" else ""
-        )
-    else:
-        code = f"photo_eraser imported from {src}, not this checkout (at {head})"
     pg = "unknown"
     with contextlib.suppress(Exception):
         engine = sa.create_engine(postgres_url())
         with engine.connect() as conn:
             pg = str(conn.execute(sa.text("SHOW server_version")).scalar_one()).split()[0]
         engine.dispose()
-    rabbit = _first_line(["rabbitmqctl", "-q", "version"])
-    weed = _first_line([s3.weed, "version"]) if s3 else "not used"
+    rabbit = first_line(["rabbitmqctl", "-q", "version"])
+    weed = first_line([s3.weed, "version"]) if s3 else "not used"
+    v = version
     return [
-        f"code: photo-eraser {v('photo-eraser')}, {code}",
+        f"{code_line()} (photo-eraser {v('photo-eraser')})",
         f"python: {platform.python_implementation()} {platform.python_version()}; "
         f"OpenCV {cv2.__version__}, celery {v('celery')}, kombu {v('kombu')}, "
         f"SQLAlchemy {v('SQLAlchemy')}, psycopg {v('psycopg')}, boto3 {v('boto3')}, "
@@ -662,23 +626,12 @@ def versions(s3: S3Server | None) -> list[str]:
     ]
 
 
-def machine_line() -> str:
-    cores = len(os.sched_getaffinity(0))
-    ram = "?"
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        kb = int(Path("/proc/meminfo").read_text().split("MemTotal:", 1)[1].split()[0])
-        ram = f"{kb / 2**20:.1f} GiB"
-    return (
-        f"machine: {lscpu_model()}, {cores} usable cores (of {os.cpu_count()}), RAM {ram}, "
-        f"{platform.system()} {platform.release()}; load average at start {load_average()}"
-    )
-
-
 def command(args: argparse.Namespace) -> str:
     argv = [".venv/bin/python", "bench/cluster.py", "--rounds", str(args.rounds)]
     if os.environ.get("PYTHONPATH"):
         argv.insert(0, f"PYTHONPATH={os.environ['PYTHONPATH']}")
     argv += ["--images", str(args.images), "--tasks", str(args.tasks), "--tiny", str(args.tiny)]
+    argv += ["--poll", f"{args.poll:g}"]
     argv += ["--quiet", f"{args.quiet:g}", "--quiet-wait", f"{args.quiet_wait:g}"]
     if args.only:
         argv += ["--only", ",".join(args.only)]
@@ -855,7 +808,7 @@ def run(args: argparse.Namespace) -> int:
     bench_started = time.perf_counter()
     configs = [c for c in CONFIGS if not args.only or c.name in args.only]
     print("# Photo Eraser cluster benchmark", flush=True)
-    print(machine_line(), flush=True)
+    print(f"{machine_line()}; load average at start {load_average()}", flush=True)
     print("preparing inputs ...", flush=True)
     inputs = make_inputs(args.images)
     runs: list[ThroughputRun] = []
@@ -867,7 +820,7 @@ def run(args: argparse.Namespace) -> int:
         if any(c.cluster for c in configs):
             s3 = stack.enter_context(running_s3(root / "s3"))
         header = [
-            machine_line(),
+            f"{machine_line()}; load average at start {load_average()}",
             *versions(s3),
             f"inputs: {args.images} JPEG q90 {BIG[0]}x{BIG[1]} photo-like images "
             f"(mean {inputs.big_jpeg_bytes / 1e6:.2f} MB) in {args.tasks} tasks, inline PNG "
@@ -942,6 +895,13 @@ def main() -> int:
         "--tiny", type=int, default=30, help="sequential tiny tasks (embedded-1, cluster-1)"
     )
     parser.add_argument(
+        "--poll",
+        type=float,
+        default=0.1,
+        help="throughput part: seconds between polls of the open tasks (the DB span does not "
+        "depend on it)",
+    )
+    parser.add_argument(
         "--quiet",
         type=float,
         default=30.0,
@@ -959,6 +919,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.rounds < 1 or args.tasks < 1 or args.images < args.tasks or args.tiny < 0:
         parser.error("need --rounds >= 1, 1 <= --tasks <= --images, --tiny >= 0")
+    if args.poll <= 0:
+        parser.error("--poll must be positive")
     if math.ceil(args.images / args.tasks) > 20:
         parser.error("at most 20 images per task")
     unknown = set(args.only) - {c.name for c in CONFIGS}

@@ -47,13 +47,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import importlib.metadata
-import math
 import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -71,6 +68,14 @@ import sqlalchemy as sa
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.machine import (  # noqa: E402
+    code_line,
+    first_line,
+    load_average,
+    machine_line,
+    pct,
+    version,
+)
 from tests.postgres import base_url, fresh_schema  # noqa: E402
 from tests.rabbit import fresh_vhost  # noqa: E402
 from tests.s3server import running_s3, weed_binary  # noqa: E402
@@ -163,12 +168,6 @@ class Window:
     @property
     def per_second(self) -> float:
         return self.count / self.seconds
-
-
-def pct(values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
 def run_window(
@@ -704,7 +703,7 @@ def s3_part(args: argparse.Namespace) -> dict[str, float]:
         tempfile.TemporaryDirectory(prefix="cluster-limits-") as tmp,
         running_s3(Path(tmp)) as server,
     ):
-        weed_version = _first_line([server.weed, "version"]).removeprefix("version ")
+        weed_version = first_line([server.weed, "version"]).removeprefix("version ")
         for name, value in server.env().items():
             if name.startswith("AWS_"):
                 os.environ[name] = value  # boto3's credential chain, as the service reads it
@@ -797,55 +796,6 @@ def summary(pg: dict[str, float], mq: dict[str, float], s3: dict[str, float]) ->
 # What it ran on
 
 
-def _first_line(argv: list[str]) -> str:
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-        lines = (done.stdout or done.stderr).strip().splitlines()
-        if lines:
-            return lines[0].strip()
-    return "unknown"
-
-
-def lscpu_model() -> str:
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def load_average() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def machine_line() -> str:
-    ram = "?"
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        kb = int(Path("/proc/meminfo").read_text().split("MemTotal:", 1)[1].split()[0])
-        ram = f"{kb / 2**20:.1f} GiB"
-    return (
-        f"machine: {lscpu_model()}, {len(os.sched_getaffinity(0))} usable cores "
-        f"(of {CORES}), RAM {ram}, {platform.system()} {platform.release()}"
-    )
-
-
-def code_line() -> str:
-    head = _first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
-    changed: list[str] = []
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        status = subprocess.run(
-            ["git", "--no-optional-locks", "-C", str(REPO), "status", "--porcelain", "src"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout
-        changed = [line[3:] for line in status.splitlines() if line.strip()]
-    if not changed:
-        return f"code: commit {head}"
-    return f"code: commit {head} + uncommitted changes in {', '.join(changed)}"
-
-
 def postgres_lines() -> list[str]:
     engine = sa.create_engine(base_url(), poolclass=sa.pool.NullPool)
     try:
@@ -866,12 +816,7 @@ def postgres_lines() -> list[str]:
 
 
 def versions_line() -> str:
-    def v(name: str) -> str:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            return "-"
-
+    v = version
     return (
         f"python: {platform.python_implementation()} {platform.python_version()}; "
         f"SQLAlchemy {v('SQLAlchemy')}, psycopg {v('psycopg')}, celery {v('celery')}, "
@@ -909,9 +854,9 @@ def run(args: argparse.Namespace) -> int:
     emit(f"- {versions_line()}")
     for line in postgres_lines():
         emit(f"- {line}")
-    emit(f"- RabbitMQ {_first_line(['rabbitmqctl', '-q', 'version'])} at 127.0.0.1:5672")
+    emit(f"- RabbitMQ {first_line(['rabbitmqctl', '-q', 'version'])} at 127.0.0.1:5672")
     weed = weed_binary()
-    weed_version = _first_line([weed, "version"]).removeprefix("version ") if weed else "missing"
+    weed_version = first_line([weed, "version"]).removeprefix("version ") if weed else "missing"
     emit(f"- SeaweedFS {weed_version} (`weed mini`, started by this benchmark; {weed})")
     emit(f"- command: {command(args)}")
     emit(
