@@ -85,6 +85,10 @@ class ApiNode(Node):
 
     def start(self) -> ApiNode:
         self.spawn()
+        return self.ready()
+
+    def ready(self) -> ApiNode:
+        """Wait until it answers /healthz."""
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if not self.alive:
@@ -101,14 +105,21 @@ class WorkerNode(Node):
     def __init__(self, env: dict[str, str], log_path: Path, concurrency: int) -> None:
         super().__init__(["worker", "--concurrency", str(concurrency)], env, log_path)
 
+    def spawn(self) -> None:
+        self._log_offset = len(self.log())
+        super().spawn()
+
     def start(self) -> WorkerNode:
-        offset = len(self.log())
         self.spawn()
+        return self.ready()
+
+    def ready(self) -> WorkerNode:
+        """Wait until Celery says it is (``celery@host ready.``)."""
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if not self.alive:
                 raise RuntimeError(f"worker exited: {self.log()[-3000:]}")
-            if " ready." in self.log()[offset:]:  # Celery's own "celery@host ready."
+            if " ready." in self.log()[self._log_offset :]:
                 return self
             time.sleep(0.1)
         raise RuntimeError(f"worker not ready in 60 s: {self.log()[-3000:]}")
@@ -141,6 +152,26 @@ class Cluster:
     @property
     def base_url(self) -> str:
         return self.apis[0].base_url
+
+    def up(
+        self, apis: int = 1, workers: int = 1, concurrency: int = 1
+    ) -> tuple[list[ApiNode], list[WorkerNode]]:
+        """Start API processes and workers all at once (as a deployment does: they migrate
+        in turn) and wait until every one is ready."""
+        new_apis = [
+            ApiNode(self.env, self.root / f"api{next(self._names)}.log") for _ in range(apis)
+        ]
+        new_workers = [
+            WorkerNode(self.env, self.root / f"worker{next(self._names)}.log", concurrency)
+            for _ in range(workers)
+        ]
+        for node in [*new_apis, *new_workers]:
+            node.spawn()
+        self.apis += new_apis
+        self.workers += new_workers
+        for node in [*new_apis, *new_workers]:
+            node.ready()
+        return new_apis, new_workers
 
     def add_api(self) -> ApiNode:
         node = ApiNode(self.env, self.root / f"api{next(self._names)}.log").start()

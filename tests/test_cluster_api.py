@@ -19,10 +19,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, s3: S3Server) -> Iterator[C
     """Replaces the embedded server of `test_api.py`: the tests use its base_url (the first
     API process), cli() and create_key()."""
     with running_cluster(tmp_path_factory.mktemp("cluster"), s3) as cluster:
-        cluster.add_api()
-        cluster.add_api()
-        cluster.add_worker()
-        cluster.add_worker()
+        cluster.up(apis=2, workers=2)
         yield cluster
 
 

@@ -116,8 +116,7 @@ def test_duplicate_messages_never_run_a_task_twice(cluster: Cluster, image_host:
     again = [Queued(t, 1) for t in created]
     assert len(extra.publish_now(again + again)) == 32
     extra.close()
-    cluster.add_worker(concurrency=2)
-    cluster.add_worker(concurrency=2)
+    cluster.up(apis=0, workers=2, concurrency=2)
     deadline = time.monotonic() + 20
     while store.live_slots(within=30) != 4:  # what wait_time divides the queue by
         assert time.monotonic() < deadline, store.live_slots(within=30)
@@ -132,8 +131,7 @@ def test_duplicate_messages_never_run_a_task_twice(cluster: Cluster, image_host:
 def test_a_worker_killed_mid_task_has_its_task_finished_by_another(
     cluster: Cluster, image_host: ImageHost
 ) -> None:
-    cluster.add_api()
-    doomed = cluster.add_worker()
+    _, [doomed] = cluster.up()
     client = cluster.client(*cluster.create_key())
     gate = threading.Event()
     held = client.create_ok([hosted(image_host, "held", gate=gate)], MASK, engine="opencv")
@@ -151,8 +149,7 @@ def test_a_worker_killed_mid_task_has_its_task_finished_by_another(
 def test_a_worker_stopped_mid_task_finishes_it_first(
     cluster: Cluster, image_host: ImageHost
 ) -> None:
-    cluster.add_api()
-    worker = cluster.add_worker()
+    _, [worker] = cluster.up()
     client = cluster.client(*cluster.create_key())
     gate = threading.Event()
     held = client.create_ok([hosted(image_host, "graceful", gate=gate)], MASK, engine="opencv")
@@ -173,8 +170,7 @@ def test_a_worker_stopped_mid_task_finishes_it_first(
 def test_an_api_process_killed_loses_nothing_it_accepted(
     cluster: Cluster, image_host: ImageHost
 ) -> None:
-    first, _second = cluster.add_api(), cluster.add_api()
-    cluster.add_worker()
+    [first, _second], _ = cluster.up(apis=2)
     client = cluster.client(*cluster.create_key())
     accepted: list[str] = []
     for i in range(10):
@@ -214,8 +210,7 @@ def test_tasks_survive_postgresql_going_away_and_coming_back(
 ) -> None:
     """While the database is down, requests get a 503 envelope (never a 500) and accepted
     tasks wait; once it is back, every one of them completes."""
-    cluster.add_api()
-    cluster.add_worker()
+    cluster.up()
     client = cluster.client(*cluster.create_key())
     created = [client.create_ok([hosted(image_host, f"pg{i}")], MASK) for i in range(6)]
     _pg_ctl("stop")
@@ -244,8 +239,7 @@ def test_the_object_store_away_for_a_while(cluster: Cluster, image_host: ImageHo
     """Creates that must store a mask are refused with a reason (503); tasks that cannot save
     their results go back to the queue with the reason, spending no attempt, and finish once
     the store is back."""
-    cluster.add_api()
-    cluster.add_worker()
+    cluster.up()
     client = cluster.client(*cluster.create_key())
     before = client.wait(client.create_ok([hosted(image_host, "s3-before")], MASK))
     link = before["list"][0]["image_result"]
@@ -285,8 +279,7 @@ def test_a_task_committed_but_never_published_is_run(
 ) -> None:
     """The gap between commit and publish (an API process dying there), made by storing
     tasks straight into the database: the maintenance pass publishes them."""
-    cluster.add_api()
-    cluster.add_worker()
+    cluster.up()
     appkey, appsecret = cluster.create_key()
     client = cluster.client(appkey, appsecret)
     store = store_of(cluster)
@@ -342,8 +335,7 @@ def test_result_links_can_be_presigned_urls_of_the_object_store(
     with running_cluster(
         tmp_path / "presigned", s3, PHOTO_ERASER_S3_PUBLIC_URL=s3.endpoint_url, **FAST
     ) as cluster:
-        cluster.add_api()
-        cluster.add_worker()
+        cluster.up()
         client = cluster.client(*cluster.create_key())
         data = client.wait(client.create_ok([hosted(image_host, "presigned")], MASK))
         assert data["status"] == "3", data
