@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests.helpers import encode, photo, rect_mask
+from tests.helpers import encode, photo, rect_mask, run_cli
 
 
 def run(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -91,31 +91,22 @@ def test_erase_without_lama_model_explains(tmp_path: Path) -> None:
 def test_cluster_commands_refuse_to_start_without_their_settings(tmp_path: Path) -> None:
     """`photo-eraser api` and `worker` name every setting that is missing, and the API
     refuses to run without a shared signing secret (links signed by one API process must
-    verify on the others)."""
+    verify on the others); a worker signs nothing and needs none."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PHOTO_ERASER_")}
     env["PHOTO_ERASER_DATA_DIR"] = str(tmp_path)
-    api = subprocess.run(
-        [sys.executable, "-m", "photo_eraser", "api"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
-    assert api.returncode == 2 and "Traceback" not in api.stderr
-    for name in ("DATABASE_URL", "BROKER_URL", "STORAGE_URL", "SIGNING_SECRET"):
-        assert f"PHOTO_ERASER_{name}" in api.stderr
+    cluster_settings = ("DATABASE_URL", "BROKER_URL", "STORAGE_URL")
+    api, worker = run_cli(env, "api"), run_cli(env, "worker")
+    for out in (api, worker):
+        assert out.returncode == 2 and "Traceback" not in out.stderr
+        assert all(f"PHOTO_ERASER_{name}" in out.stderr for name in cluster_settings)
+    assert "PHOTO_ERASER_SIGNING_SECRET" in api.stderr
+    assert "PHOTO_ERASER_SIGNING_SECRET" not in worker.stderr
     env.update(
         PHOTO_ERASER_DATABASE_URL="postgresql+psycopg://u@127.0.0.1:1/x",
         PHOTO_ERASER_BROKER_URL="amqp://guest:guest@127.0.0.1:1/x",
         PHOTO_ERASER_STORAGE_URL="s3://bucket/prefix",
     )
-    api_again = subprocess.run(
-        [sys.executable, "-m", "photo_eraser", "api"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
+    api_again = run_cli(env, "api")
     assert api_again.returncode == 2
     assert "PHOTO_ERASER_SIGNING_SECRET is required" in api_again.stderr
     assert "DATABASE_URL" not in api_again.stderr
