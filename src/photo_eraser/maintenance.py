@@ -73,8 +73,12 @@ class Maintenance:
                 return False
             to_publish = self._take_back()
         if to_publish:
-            log.info("publishing waiting tasks again", extra={"tasks": len(to_publish)})
-            self.dispatcher.publish_now(to_publish)
+            # One process at a time: a batch of confirmed publishes can outlast a pass, and
+            # the others would pick the same rows meanwhile (harmless, but doubled messages).
+            with self.store.exclusive("publish") as publisher:
+                if publisher:
+                    log.info("publishing waiting tasks again", extra={"tasks": len(to_publish)})
+                    self.dispatcher.publish_now(to_publish)
         if time.monotonic() - self._last_retention > RETENTION_EVERY:
             self._last_retention = time.monotonic()
             with self.store.exclusive("retention") as sweep:

@@ -65,12 +65,10 @@ def open_blob_store(settings: Settings) -> BlobStore:
 
 def check_blob_store(blobs: BlobStore) -> None:
     """Fail at start, saying what to fix, if the object store cannot be used."""
-    check = getattr(blobs, "check", None)
-    if check is not None:
-        try:
-            check()
-        except BlobStoreError as exc:
-            raise RuntimeError(f"cannot use the blob store: {exc}") from None
+    try:
+        blobs.check()
+    except BlobStoreError as exc:
+        raise RuntimeError(f"cannot use the blob store: {exc}") from None
 
 
 class RateLimit:
@@ -153,7 +151,11 @@ class Runtime:
         embedded = not self.dispatcher.republishes
         held = self.store.sync.hold(DATABASE_LOCK, shared=not embedded)
         if held is None:
-            other = "a cluster's API processes are" if embedded else "an embedded server is"
+            other = (
+                "another photo-eraser server or a cluster's API processes are"
+                if embedded
+                else "an embedded photo-eraser server is"
+            )
             raise RuntimeError(
                 f"{other} using this database ({self.settings.db_url.split('@')[-1]}); "
                 "an embedded server (photo-eraser serve) needs a database of its own"

@@ -107,7 +107,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BlobStoreError)
     async def _blob_store(_request: Request, exc: BlobStoreError) -> JSONResponse:
         log.error("blob store unavailable", extra={"error": str(exc)})
-        return _unavailable(f"{exc}; retry in {UNAVAILABLE_RETRY} s")
+        # The details (its address, which credential it refused) are for the log only.
+        return _unavailable(f"the object store is unavailable; retry in {UNAVAILABLE_RETRY} s")
 
     @app.exception_handler(sa.exc.OperationalError)
     @app.exception_handler(sa.exc.InterfaceError)

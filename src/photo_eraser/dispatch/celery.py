@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 QUEUE = "photo_eraser.tasks"
 RUN_TASK = "photo_eraser.run_task"
 MAX_PRIORITY = 9
+CLOCK_MARGIN = 5.0
+"""Seconds by which the hosts' clocks may disagree without a task being left unpublished."""
 PUBLISH_TIMEOUT = 5.0
 """Seconds a publish may wait for the broker (to send, and for its confirm)."""
 
@@ -118,7 +120,10 @@ class CeleryDispatcher:
                 )
         finally:
             if done:
-                self.store.mark_dispatched(done, published_at=started)
+                # A margin for clocks: a give-back stamped by a worker whose clock lags
+                # must still count as after this publish (a duplicate is harmless, a task
+                # left with no message is not).
+                self.store.mark_dispatched(done, published_at=started - CLOCK_MARGIN)
         return done
 
     def close(self) -> None:

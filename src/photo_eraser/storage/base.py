@@ -83,3 +83,6 @@ class BlobStore(Protocol):
 
     def modified(self, key: str) -> float | None:
         """When the blob or folder ``key`` last changed (seconds since the epoch), if it exists."""
+
+    def check(self) -> None:
+        """Raise `BlobStoreError`, saying what to fix, unless the store can be used now."""

@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from photo_eraser.storage.base import OpenBlob, is_valid_key
+from photo_eraser.storage.base import BlobStoreError, OpenBlob, is_valid_key
 
 
 class LocalBlobStore:
@@ -69,6 +69,10 @@ class LocalBlobStore:
         path = self._path(key)
         if path.is_dir():
             shutil.rmtree(path)
+
+    def check(self) -> None:
+        if not self.root.is_dir():
+            raise BlobStoreError(f"the blob folder {self.root} is gone")
 
     def delete(self, key: str) -> None:
         path = self._path(key)

@@ -63,6 +63,9 @@ class AsyncTaskStore:
     async def renew(self, lease: Lease, lease_seconds: float) -> bool:
         return await asyncio.to_thread(self.sync.renew, lease, lease_seconds)
 
+    async def note(self, lease: Lease, reason: str) -> bool:
+        return await asyncio.to_thread(self.sync.note, lease, reason)
+
     async def is_held(self, lease: Lease) -> bool:
         return await asyncio.to_thread(self.sync.is_held, lease)
 

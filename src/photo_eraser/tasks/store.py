@@ -210,6 +210,12 @@ class TaskStore(KeyQueries, UpkeepQueries):
             _write_images(conn, lease.pk, updates)
         return True
 
+    def note(self, lease: Lease, reason: str) -> bool:
+        """Say why the task is held up (its ``reason`` while in progress)."""
+        with self.engine.begin() as conn:
+            noted = conn.execute(tasks.update().where(*_held(lease)).values(reason=reason))
+        return bool(noted.rowcount)
+
     def is_held(self, lease: Lease) -> bool:
         """Whether the worker still holds the task (not closed, timed out or reaped)."""
         with self.engine.connect() as conn:

@@ -66,6 +66,12 @@ class UpkeepQueries:
         connection of its own; SQLite: a lock file beside the database."""
         if self.engine.dialect.name == "postgresql":
             conn = self.engine.connect()
+            # A holder whose host vanished must not keep the lock for the kernel's default
+            # two hours of TCP keepalive: the server drops its session within a minute or so.
+            conn.exec_driver_sql(
+                "SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10;"
+                " SET tcp_keepalives_count = 3"
+            )
             lock_id = conn.execute(
                 sa.select(sa.func.hashtext(sa.func.concat(sa.func.current_schema(), f":{name}")))
             ).scalar_one()
@@ -75,8 +81,18 @@ class UpkeepQueries:
             if not got:
                 conn.close()
                 return None
-            # Closed, the connection would go back to the pool with the lock still held.
-            return HeldLock(conn.invalidate)
+            free = sa.func.pg_advisory_unlock_shared if shared else sa.func.pg_advisory_unlock
+
+            def release() -> None:
+                # Unlocked first (the server frees it at once; a closed socket only when its
+                # backend has exited), then dropped: back in the pool it would keep nothing.
+                try:
+                    conn.execute(sa.select(free(lock_id)))
+                    conn.commit()
+                finally:
+                    conn.invalidate()
+
+            return HeldLock(release)
         path = self.engine.url.database
         if not path or path == ":memory:":
             return HeldLock(lambda: None)

@@ -42,8 +42,7 @@ T = TypeVar("T")
 
 
 STORAGE_RETRY_PAUSE = 5.0
-"""Seconds a worker waits before giving back a task the blob store failed (so a store that is
-down is not hammered, and embedded workers do not spin on it)."""
+"""Seconds between two checks of a blob store that failed a task (it is not hammered)."""
 
 
 class TaskAbandoned(Exception):
@@ -196,14 +195,20 @@ async def _after_crash(
 ) -> None:
     """A failure of ours, not the input's: retry the task, or fail it once out of attempts."""
     if isinstance(exc, BlobStoreError):
-        # The object store is away: no attempt can help until it is back, so none is spent;
-        # the task retries after a pause until it is back or the task's deadline passes.
+        # The object store is away: no attempt can help until it is back, so none is spent.
+        # The worker keeps the task (its lease renewed) until the store answers again or the
+        # deadline passes, then gives it back: the images are downloaded and restored again
+        # once, not once per pause.
         ctx.metrics.retries.labels("storage_unavailable").inc()
         log.error("task could not use the blob store", extra={**extra, "error": str(exc)})
-        try:  # the pause holds the task (its lease renewed), so no one else takes it
-            await _holding_lease(ctx, task.lease, asyncio.sleep(STORAGE_RETRY_PAUSE))
+        try:
+            await ctx.store.note(task.lease, f"{exc}; waiting for it to come back")
+            await _holding_lease(ctx, task.lease, _until_store_is_back(ctx, task))
         except TaskAbandoned:
             return
+        except asyncio.CancelledError:  # shutdown during the wait
+            await asyncio.shield(ctx.store.release(task.lease))
+            raise
         await ctx.store.requeue(task.lease, f"{exc}; retrying", attempt_counts=False)
         return
     if is_disk_full(exc):
@@ -222,6 +227,17 @@ async def _after_crash(
         await ctx.store.requeue(task.lease, retry)
     elif await ctx.store.finish(task.lease, TaskStatus.FAILED, give_up):
         ctx.metrics.tasks_finished.labels(TaskStatus.FAILED.name.lower()).inc()
+
+
+async def _until_store_is_back(ctx: WorkerContext, task: TaskRecord) -> None:
+    """Wait, a pause at a time, until the blob store answers or the task's deadline passes."""
+    while time.time() < task.deadline_at:
+        await asyncio.sleep(STORAGE_RETRY_PAUSE)
+        try:
+            await asyncio.to_thread(ctx.blobs.check)
+            return
+        except BlobStoreError:
+            continue
 
 
 async def _holding_lease(ctx: WorkerContext, lease: Lease, work: Coroutine[Any, Any, T]) -> T:

@@ -183,7 +183,7 @@ async def _put_mask(service: ServiceDep, key: str, data: bytes) -> None:
         await asyncio.to_thread(service.blobs.put, key, data)
     except BlobStoreError as exc:
         log.error("mask not stored: blob store unavailable", extra={"error": str(exc)})
-        msg = f"{exc}: the task was not stored"
+        msg = "the object store is unavailable: the task was not stored"
         raise _refused(service, "storage", Code.UNAVAILABLE, msg) from None
     except OSError as exc:
         raise _disk_full_or(exc, service, "mask") from None
