@@ -89,6 +89,10 @@ class RateLimit:
 class Runtime:
     """The dependencies of the routes; subclasses choose the dispatcher and add workers."""
 
+    shares_database = False
+    """Whether other processes of the same kind use the database too (a cluster's API
+    processes) or it is this process's alone (the embedded server)."""
+
     def __init__(self, settings: Settings, store: TaskStore, dispatcher: Dispatcher) -> None:
         self.settings = settings
         self.store = AsyncTaskStore(store)
@@ -148,13 +152,12 @@ class Runtime:
         """API processes of a cluster share the database; an embedded server has it alone
         (its workers, blobs and crash recovery are its own): each refuses to start beside the
         other kind."""
-        embedded = not self.dispatcher.republishes
-        held = self.store.sync.hold(DATABASE_LOCK, shared=not embedded)
+        held = self.store.sync.hold(DATABASE_LOCK, shared=self.shares_database)
         if held is None:
             other = (
-                "another photo-eraser server or a cluster's API processes are"
-                if embedded
-                else "an embedded photo-eraser server is"
+                "an embedded photo-eraser server is"
+                if self.shares_database
+                else "another photo-eraser server or a cluster's API processes are"
             )
             raise RuntimeError(
                 f"{other} using this database ({self.settings.db_url.split('@')[-1]}); "
@@ -188,6 +191,8 @@ class Runtime:
 
 class ApiRuntime(Runtime):
     """An API process of a cluster: HTTP only; tasks go to the workers through RabbitMQ."""
+
+    shares_database = True
 
     def __init__(self, settings: Settings) -> None:
         problems = settings.distributed_problems("api")

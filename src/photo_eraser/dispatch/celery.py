@@ -20,6 +20,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from photo_eraser.config import Settings
+from photo_eraser.groups import next_group
 from photo_eraser.tasks.records import Queued
 from photo_eraser.tasks.store import TaskStore
 
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 QUEUE = "photo_eraser.tasks"
 RUN_TASK = "photo_eraser.run_task"
 MAX_PRIORITY = 9
+PUBLISH_GROUP = 500
+"""Tasks published (then recorded in one statement) at most per round of the thread."""
 CLOCK_MARGIN = 5.0
 """Seconds by which the hosts' clocks may disagree without a task being left unpublished."""
 PUBLISH_TIMEOUT = 5.0
@@ -131,24 +134,12 @@ class CeleryDispatcher:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        while True:
-            first = self._pending.get()
-            if first is None:
-                return
-            group = [first]
-            stop = False
-            while len(group) < 500:
-                try:
-                    item = self._pending.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                group.append(item)
+        stopping = False
+        while not stopping:
+            group, stopping = next_group(self._pending, PUBLISH_GROUP)
+            if not group:
+                continue
             try:
                 self.publish_now(group)
             except Exception:  # recording failed: the maintenance pass publishes again
                 log.exception("recording published tasks failed")
-            if stop:
-                return

@@ -19,12 +19,12 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
+from photo_eraser.groups import next_group
 from photo_eraser.tasks.records import NewTask, Queued
 from photo_eraser.tasks.store import TaskStore
 
 log = logging.getLogger(__name__)
 
-_STOP = object()
 
 
 class IntakeFull(Exception):
@@ -56,7 +56,8 @@ class TaskIntake:
         dispatcher's publish: after the commit, never before)."""
         self.max_open_per_key = max_open_per_key
         self.max_batch = max_batch
-        self._queue: queue.Queue[tuple[NewTask, Future[str]] | object] = queue.Queue(max_pending)
+        # None in the queue stops the writer once the creates before it are stored.
+        self._queue: queue.Queue[tuple[NewTask, Future[str]] | None] = queue.Queue(max_pending)
         self._thread: threading.Thread | None = None
         self._closed = False
         self._lock = threading.Lock()
@@ -77,7 +78,7 @@ class TaskIntake:
         with self._lock:
             self._closed = True
         if self._thread is not None:
-            self._queue.put(_STOP)  # blocks only while the queue is full, i.e. briefly
+            self._queue.put(None)  # blocks only while the queue is full, i.e. briefly
             self._thread.join()
             self._thread = None
 
@@ -97,20 +98,7 @@ class TaskIntake:
     def _run(self) -> None:
         stopping = False
         while not stopping:
-            group: list[tuple[NewTask, Future[str]]] = []
-            item = self._queue.get()
-            while True:
-                if item is _STOP:
-                    stopping = True
-                else:
-                    assert isinstance(item, tuple)
-                    group.append(item)
-                if len(group) >= self.max_batch:
-                    break
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
+            group, stopping = next_group(self._queue, self.max_batch)
             # A request cancelled meanwhile (its client went away) never learns its task id:
             # its task is not stored. Those taken here can no longer be cancelled.
             group = [(t, f) for t, f in group if f.set_running_or_notify_cancel()]

@@ -23,7 +23,13 @@ from photo_eraser.tasks.records import (
 )
 from photo_eraser.tasks.status import ImageStatus, TaskStatus
 from photo_eraser.tasks.tables import task_images, tasks
-from photo_eraser.tasks.upkeep import OPEN, UpkeepQueries, fail_open_images, reset_images
+from photo_eraser.tasks.upkeep import (
+    OPEN,
+    UpkeepQueries,
+    advisory_key,
+    fail_open_images,
+    reset_images,
+)
 
 
 class TaskStore(KeyQueries, UpkeepQueries):
@@ -335,7 +341,7 @@ def _lock_keys(conn: sa.Connection, appkeys: set[str]) -> None:
     """Hold, to the end of the transaction, the right to count and add these keys' tasks."""
     if conn.dialect.name == "postgresql":
         for key in sorted(appkeys):  # one lock order: no deadlock
-            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(key))))
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(advisory_key(f"key:{key}"))))
     else:
         # SQLite has one writer at a time, but pysqlite begins the transaction only at the
         # first write: write first (a no-op), so the count is read under the write lock.

@@ -44,19 +44,14 @@ class UpkeepQueries:
             yield True
             return
         with self.engine.connect() as conn:
-            # Per schema: two installations (or test runs) in one database do not share it.
-            lock_id = conn.execute(
-                sa.select(
-                    sa.func.hashtext(sa.func.concat(sa.func.current_schema(), f":{name}"))
-                )
-            ).scalar_one()
-            got = bool(conn.execute(sa.select(sa.func.pg_try_advisory_lock(lock_id))).scalar())
+            key = advisory_key(name)
+            got = bool(conn.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar())
             conn.commit()
             try:
                 yield got
             finally:
                 if got:
-                    conn.execute(sa.select(sa.func.pg_advisory_unlock(lock_id)))
+                    conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
                     conn.commit()
 
     def hold(self, name: str, *, shared: bool) -> HeldLock | None:
@@ -72,11 +67,9 @@ class UpkeepQueries:
                 "SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10;"
                 " SET tcp_keepalives_count = 3"
             )
-            lock_id = conn.execute(
-                sa.select(sa.func.hashtext(sa.func.concat(sa.func.current_schema(), f":{name}")))
-            ).scalar_one()
+            key = advisory_key(name)
             take = sa.func.pg_try_advisory_lock_shared if shared else sa.func.pg_try_advisory_lock
-            got = bool(conn.execute(sa.select(take(lock_id))).scalar())
+            got = bool(conn.execute(sa.select(take(key))).scalar())
             conn.commit()
             if not got:
                 conn.close()
@@ -87,7 +80,7 @@ class UpkeepQueries:
                 # Unlocked first (the server frees it at once; a closed socket only when its
                 # backend has exited), then dropped: back in the pool it would keep nothing.
                 try:
-                    conn.execute(sa.select(free(lock_id)))
+                    conn.execute(sa.select(free(key)))
                     conn.commit()
                 finally:
                     conn.invalidate()
@@ -347,6 +340,12 @@ def _insert_missing(conn: sa.Connection, table: sa.Table, **values: object) -> N
 
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     conn.execute(dialect.insert(table).values(**values).on_conflict_do_nothing())
+
+
+def advisory_key(name: str) -> sa.ColumnElement[int]:
+    """The PostgreSQL advisory lock key of ``name``, per schema: two installations (or test
+    runs) in one database never share a lock."""
+    return sa.func.hashtext(sa.func.concat(sa.func.current_schema(), f":{name}"))
 
 
 def fail_open_images(conn: sa.Connection, pks: Sequence[int], reason: str) -> None:

@@ -150,10 +150,7 @@ async def process_task(ctx: WorkerContext, task: TaskRecord, worker: str = "") -
         work = asyncio.wait_for(_run(ctx, task, records), timeout=timeout)
         status, reason = await _holding_lease(ctx, lease, work)
     except asyncio.CancelledError:
-        # Shutdown: hand the task back without counting this attempt against it.
-        await asyncio.shield(ctx.store.release(lease))
-        ctx.dispatcher.publish([Queued(task.task_id, task.priority)])
-        log.info("task released at shutdown", extra=extra)
+        await _release_at_shutdown(ctx, task, extra)
         raise
     except TaskAbandoned:
         log.info("task abandoned (closed, timed out or taken back)", extra=extra)
@@ -190,6 +187,13 @@ async def process_task(ctx: WorkerContext, task: TaskRecord, worker: str = "") -
     )
 
 
+async def _release_at_shutdown(ctx: WorkerContext, task: TaskRecord, extra: dict[str, Any]) -> None:
+    """Hand the task back without counting this attempt against it, and say it waits."""
+    await asyncio.shield(ctx.store.release(task.lease))
+    ctx.dispatcher.publish([Queued(task.task_id, task.priority)])
+    log.info("task released at shutdown", extra=extra)
+
+
 async def _after_crash(
     ctx: WorkerContext, task: TaskRecord, exc: Exception, extra: dict[str, Any]
 ) -> None:
@@ -207,7 +211,7 @@ async def _after_crash(
         except TaskAbandoned:
             return
         except asyncio.CancelledError:  # shutdown during the wait
-            await asyncio.shield(ctx.store.release(task.lease))
+            await _release_at_shutdown(ctx, task, extra)
             raise
         await ctx.store.requeue(task.lease, f"{exc}; retrying", attempt_counts=False)
         return
