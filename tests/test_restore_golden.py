@@ -31,7 +31,7 @@ if __name__ == "__main__":  # run as a script: make ``tests`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from photo_eraser.engines.opencv import OpenCVEngine
-from photo_eraser.engines.restore import RestoreEngine
+from photo_eraser.engines.restore import WatermarkRecoveryEngine
 from tests import watermarks as wm
 
 GOLDEN = Path(__file__).parent / "golden" / "restore.json"
@@ -164,7 +164,7 @@ def build(case: Case) -> Batch:
 def outcome(case: Case) -> dict[str, object]:
     """What the engine makes of the case: a hash of everything, and readable parts of it."""
     batch = build(case)
-    engine = RestoreEngine(fallback=OpenCVEngine())
+    engine = WatermarkRecoveryEngine(fallback=OpenCVEngine())
     results = engine.restore(batch.images, batch.masks, lossless=batch.lossless)
     digest = hashlib.sha256()
     shares = []

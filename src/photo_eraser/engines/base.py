@@ -10,8 +10,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from photo_eraser.engines.restore.report import RestoreReport
 
 
 class EngineError(Exception):
@@ -30,6 +34,9 @@ class Restored:
     method: str
     recovered_share: float | None = None
     """For the batch ``restore`` engine: share of masked pixels recovered (vs. inpainted)."""
+    report: RestoreReport | None = None
+    """For the ``restore`` engine: how the image was restored (``method`` and
+    ``recovered_share`` are read from it)."""
 
 
 class Engine(ABC):

@@ -68,11 +68,11 @@ class EngineRegistry:
             assert path is not None
             return LamaEngine(path, threads=self.threads)
         if name == "restore":
-            from photo_eraser.engines.restore import RestoreEngine
+            from photo_eraser.engines.restore import RestoreParams, WatermarkRecoveryEngine
+            from photo_eraser.engines.restore.params import ExactFitParams
 
-            return RestoreEngine(
-                fallback=self._fallback_for_restore(), exact_fit=self.restore_exact_fit
-            )
+            params = RestoreParams(exact=ExactFitParams(enabled=self.restore_exact_fit))
+            return WatermarkRecoveryEngine(self._fallback_for_restore(), params)
         raise EngineUnavailable(f"unknown engine {name!r}")
 
     def _fallback_for_restore(self) -> Engine:

@@ -1,4 +1,4 @@
-"""Recovering the pixels under a watermark from one image alone (batches of one to three).
+"""Step 9: the pixels under a watermark from one image alone (batches of one to three).
 
 Many real marks have one colour ``W`` and one opacity ``a`` over their body (anti-aliased
 only at the rim). Inside the mask an inpainting ``F`` (OpenCV Telea from the mask's border)
@@ -34,47 +34,20 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-_PAD = 8
-"""Pixels around the mask's box used as its surroundings."""
-_MIN_ALPHA = 0.08
-_MAX_ALPHA = 0.8
-"""Opacity range attempted: fainter marks are hard to tell from texture, more opaque ones
-amplify noise too much."""
-_MIN_BODY = 40
-_MIN_BODY_SHARE = 0.05
-"""Fewest body pixels (count and share of the mask) to attempt an inversion."""
-_BODY_TOLERANCE = 0.3
-"""A pixel is in the body when its own opacity is within this share of ``a``."""
-_MAX_UNEXPLAINED = 0.35
-"""Largest median fit residual on the body, relative to the median ``|J - F|`` there."""
-_MAX_GHOST = 0.9
-"""Largest edge energy at the body's outline after inversion relative to before."""
-_TEXTURE_RANGE = (0.6, 1.6)
-"""Allowed RMS gradient of the recovered body relative to the photo around the mask."""
-_MIN_CAL_STD = 15.0
-"""Spread (grey levels) of the fill over the marked pixels from which ``a`` is also regressed."""
-_MIN_OK = 0.2
-"""Smallest share of the body predicted to beat inpainting for the fit to be used at all."""
+from photo_eraser.engines.restore.arrays import noise_level
+from photo_eraser.engines.restore.params import SingleParams
 
 
 @dataclass
 class SingleRecovery:
+    """Inverted pixels over the mask's box (padded) and where they may be used."""
+
     box: tuple[int, int, int, int]
     pixels: np.ndarray
     usable: np.ndarray
-    alpha: float
-    colour: np.ndarray
 
 
-def _noise(grey: np.ndarray, where: np.ndarray) -> float:
-    kernel = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float32)
-    lap = np.abs(cv2.filter2D(grey, -1, kernel))
-    if where.sum() < 20:
-        return 2.0
-    return min(4.0, max(0.5, float(np.sqrt(np.pi / 2) / 6 * lap[where].mean())))
-
-
-def _attenuation(image: np.ndarray, mask: np.ndarray) -> float | None:
+def _attenuation(image: np.ndarray, mask: np.ndarray, pad: int) -> float | None:
     """Hold-out slope of the true photo on its inpainting, for masks like ``mask`` nearby.
 
     The inpainting misses part of the photo's variation, so regressing ``J`` on the fill
@@ -95,8 +68,8 @@ def _attenuation(image: np.ndarray, mask: np.ndarray) -> float | None:
         if sm.sum() < 200:
             continue
         sy, sx = np.nonzero(sm)
-        y0, y1 = max(0, sy.min() - _PAD), min(h, sy.max() + 1 + _PAD)
-        x0, x1 = max(0, sx.min() - _PAD), min(w, sx.max() + 1 + _PAD)
+        y0, y1 = max(0, sy.min() - pad), min(h, sy.max() + 1 + pad)
+        x0, x1 = max(0, sx.min() - pad), min(w, sx.max() + 1 + pad)
         crop = np.ascontiguousarray(image[y0:y1, x0:x1])
         sub = sm[y0:y1, x0:x1]
         fill = cv2.inpaint(crop, sub.astype(np.uint8), 3, cv2.INPAINT_TELEA)
@@ -127,14 +100,14 @@ def _slope(j: np.ndarray, f: np.ndarray) -> float:
     return b
 
 
-def recover_single(image: np.ndarray, mask: np.ndarray) -> SingleRecovery | None:
+def recover_single(image: np.ndarray, mask: np.ndarray, p: SingleParams) -> SingleRecovery | None:
     """Inverted pixels over the mask's box and where to use them; ``None`` if not confident."""
     ys, xs = np.nonzero(mask)
     if ys.size == 0:
         return None
     h, w = mask.shape
-    y0, y1 = max(0, ys.min() - _PAD), min(h, ys.max() + 1 + _PAD)
-    x0, x1 = max(0, xs.min() - _PAD), min(w, xs.max() + 1 + _PAD)
+    y0, y1 = max(0, ys.min() - p.pad), min(h, ys.max() + 1 + p.pad)
+    x0, x1 = max(0, xs.min() - p.pad), min(w, xs.max() + 1 + p.pad)
     crop = np.ascontiguousarray(image[y0:y1, x0:x1])
     m = mask[y0:y1, x0:x1]
     m8 = m.astype(np.uint8)
@@ -142,13 +115,13 @@ def recover_single(image: np.ndarray, mask: np.ndarray) -> SingleRecovery | None
     j = crop.astype(np.float32)
     grey = np.ascontiguousarray(j.mean(axis=2))
     ring = (cv2.dilate(m8, np.ones((7, 7), np.uint8)) > 0) & ~m
-    noise = _noise(grey, ring)
+    noise = noise_level(grey, ring, min_pixels=20)
     d = np.linalg.norm(j - fill, axis=2)
     lap = np.abs(cv2.Laplacian(grey, cv2.CV_32F))
     ring_dev = float(np.median(lap[ring])) if ring.any() else 4.0
     thr = max(6.0 * noise, 2.0 * ring_dev, 10.0)
     cand = m & (d > thr)
-    if cand.sum() < _MIN_BODY:
+    if cand.sum() < p.min_body:
         return None
     jc, fc = j[cand], fill[cand]
     # The least opaque mark explaining the pixels (W on the colour gamut's boundary): exact
@@ -156,32 +129,32 @@ def recover_single(image: np.ndarray, mask: np.ndarray) -> SingleRecovery | None
     up = (jc - fc) / np.maximum(255.0 - fc, 1.0)
     down = (fc - jc) / np.maximum(fc, 1.0)
     a = float(np.median(np.maximum(up, down).max(axis=1)))
-    if float(fc.std(axis=0).mean()) >= _MIN_CAL_STD:
-        lam = _attenuation(image, mask)
+    if float(fc.std(axis=0).mean()) >= p.min_fill_spread:
+        lam = _attenuation(image, mask, p.pad)
         if lam is not None:
             a_cal = 1.0 - _slope(jc, fc) / lam
             a = max(a, a_cal)
-    if not _MIN_ALPHA <= a <= _MAX_ALPHA:
+    if not p.min_alpha <= a <= p.max_alpha:
         return None
     colour = np.clip(np.median((jc - (1.0 - a) * fc) / a, axis=0), 0.0, 255.0).astype(np.float32)
     # Per-pixel opacity: projection of J - F on W - F.
     dw = colour[None, None, :] - fill
     own = ((j - fill) * dw).sum(axis=2) / np.maximum((dw * dw).sum(axis=2), 1.0)
     own = cv2.medianBlur(own.astype(np.float32), 3)
-    full_body = m & (np.abs(own - a) <= _BODY_TOLERANCE * a)
+    full_body = m & (np.abs(own - a) <= p.body_tolerance * a)
     # The rim (partial opacity) is not the body: keep pixels whose neighbours are body too.
     body = cv2.erode(full_body.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
     # Masked pixels the mark does not reach (masks are drawn with a margin) are kept as they
     # are: far from the fill, and not next to a pixel that is.
     near = cv2.dilate(cand.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
     unmarked = m & (own < 0.1 * a) & (d < thr) & ~near
-    if body.sum() < max(_MIN_BODY, _MIN_BODY_SHARE * m.sum()):
+    if body.sum() < max(p.min_body, p.min_body_share * m.sum()):
         return None
     beta = 1.0 - a
     rec = (j - a * colour) / beta
     # How much of J - F the fit explains on the body.
     res = np.linalg.norm(j - a * colour - beta * fill, axis=2)[full_body]
-    if float(np.median(res)) > _MAX_UNEXPLAINED * float(np.median(d[full_body])):
+    if float(np.median(res)) > p.max_unexplained * float(np.median(d[full_body])):
         return None
     # The recovered body must show texture like the photo around the mask.
     gx = np.zeros_like(grey)
@@ -197,7 +170,7 @@ def recover_single(image: np.ndarray, mask: np.ndarray) -> SingleRecovery | None
     )
     g_out = float(np.mean((gx * gx + gy * gy)[outer])) if outer.any() else 0.0
     tex = np.sqrt((g_rec + 1.0) / (g_out + 1.0))
-    if not _TEXTURE_RANGE[0] <= tex <= _TEXTURE_RANGE[1]:
+    if not p.texture_range[0] <= tex <= p.texture_range[1]:
         return None
     # Inverting must remove the mark's edges.
     edge = (
@@ -212,7 +185,7 @@ def recover_single(image: np.ndarray, mask: np.ndarray) -> SingleRecovery | None
     before = float(_grad(j)[edge].sum())
     after = float(_grad(np.where(full_body[..., None], j - a * colour + a * fill, j))[edge].sum())
     ghost = after / max(before, 1e-6)
-    if ghost > _MAX_GHOST:
+    if ghost > p.max_ghost:
         return None
     # Per pixel: predicted inversion error vs predicted inpainting error. An inpainting gets
     # the local mean colour about right and misses the detail; the inversion's local mean
@@ -225,9 +198,9 @@ def recover_single(image: np.ndarray, mask: np.ndarray) -> SingleRecovery | None
     inv_err2 = (noise / beta) ** 2 + bias2
     detail2 = cv2.blur((((rec - lm_rec) ** 2).mean(axis=2)) * bf, (7, 7)) / wsum[..., 0]
     ok = body & (inv_err2 <= detail2)
-    if ok.sum() < _MIN_OK * body.sum():
+    if ok.sum() < p.min_confident_share * body.sum():
         return None
     usable = ok | unmarked
     out = np.where(body[..., None], rec, j)
     pixels = np.clip(np.rint(out), 0, 255).astype(np.uint8)
-    return SingleRecovery((y0, y1, x0, x1), pixels, usable, a, colour)
+    return SingleRecovery((y0, y1, x0, x1), pixels, usable)

@@ -1,0 +1,433 @@
+"""The restore engine: batch watermark recovery, step by step (docs/restore.md).
+
+A visible watermark stamped on every image of a batch is ``J = alpha*W + (1-alpha)*I``.
+Because alpha and W are the same on every image, they can be estimated from the batch and the
+blend inverted, giving back the real pixels rather than invented ones. Where the mark is
+(nearly) opaque, or where the estimate is not confident, the masked pixels are filled by the
+fallback inpainter instead. This module only orders the steps; each lives in its own module.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+from photo_eraser.engines.base import Engine, Restored, mask_bbox
+from photo_eraser.engines.restore.arrays import within
+from photo_eraser.engines.restore.confidence import InversionGate
+from photo_eraser.engines.restore.estimate import Blend, Estimate
+from photo_eraser.engines.restore.fit import fit_blend
+from photo_eraser.engines.restore.grid import Grid, align, common_grid, extract, on_image
+from photo_eraser.engines.restore.invert import Recovery, from_single, invert_on_image
+from photo_eraser.engines.restore.mark import (
+    MarkParts,
+    faint_parts,
+    ghost_scores,
+    images_without_the_mark,
+    narrowed,
+    parts_with_mark,
+    shows_mark,
+    shows_no_mark,
+    trimmed,
+)
+from photo_eraser.engines.restore.params import RestoreParams
+from photo_eraser.engines.restore.pixels import (
+    clearly_marked,
+    confident_opacity,
+    enough_marked,
+    unmarked,
+)
+from photo_eraser.engines.restore.report import BatchReport, RestoreReport
+from photo_eraser.engines.restore.single import recover_single
+from photo_eraser.engines.restore.solver import GridSolver
+
+log = logging.getLogger(__name__)
+
+Box = tuple[int, int, int, int]
+
+NO_SHARED_MARK = "no shared watermark found in the batch"
+
+
+@dataclass(frozen=True)
+class NoEstimate:
+    """Why the batch gave no usable estimate."""
+
+    reason: str
+
+
+@dataclass
+class _Batch:
+    """One call's batch, as the estimation steps see it."""
+
+    crops: dict[int, np.ndarray]
+    candidates: list[int]
+    exact: list[bool]
+    """Per image: may it take part in an exact-blend fit (lossless, on an unscaled grid)."""
+    exact_only: bool
+    """Three lossless images: estimated together only if the exact fit holds."""
+    valid: np.ndarray
+    """Grid pixels on every image (``GridSolver.valid`` of the whole mask)."""
+
+
+class _Fitted(NamedTuple):
+    blend: Blend
+    errors: np.ndarray
+    scores: np.ndarray
+    """Each image's ghost score (step 7)."""
+    gave_way: bool
+    """Whether an exact fit that found no mark gave way to the free fit."""
+
+
+@dataclass
+class _Outcome:
+    """The recoveries of a batch (``None``: left to the fallback) and what to report."""
+
+    recoveries: list[Recovery | None]
+    batch: BatchReport
+    reasons: dict[int, str] = field(default_factory=dict)
+
+
+class WatermarkRecoveryEngine(Engine):
+    """Recovers the pixels under a watermark shared by a batch; inpaints what it cannot recover
+    with ``fallback``. ``params``: every threshold (``RestoreParams``); the defaults are what the
+    service runs."""
+
+    name = "restore"
+
+    def __init__(self, fallback: Engine, params: RestoreParams | None = None) -> None:
+        self.fallback = fallback
+        self.params = params or RestoreParams()
+
+    def restore(
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        *,
+        in_place: bool = False,
+        lossless: Sequence[bool] | None = None,
+    ) -> list[Restored]:
+        if len(images) != len(masks):
+            raise ValueError("one mask per image is required")
+        if lossless is not None and len(lossless) != len(images):
+            raise ValueError("one lossless flag per image is required")
+        masks = [np.asarray(m, dtype=bool) for m in masks]
+        boxes = [mask_bbox(m) for m in masks]
+        flags = list(lossless) if lossless is not None else [False] * len(images)
+        outcome = self._recover(images, masks, boxes, flags)
+        outputs = list(images) if in_place else [np.array(im, copy=True) for im in images]
+        counts = self._fill(outputs, masks, boxes, outcome.recoveries)
+        results = []
+        for i, (out, (total, filled)) in enumerate(zip(outputs, counts, strict=True)):
+            report = self._report(i, total, filled, outcome)
+            results.append(Restored(out, report.method, report.recovered_share, report=report))
+            if total:
+                log.info("restore image", extra={"engine": self.name, **report.log_fields()})
+        return results
+
+    def _recover(
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        boxes: Sequence[Box | None],
+        lossless: Sequence[bool],
+    ) -> _Outcome:
+        """Invert the blend wherever it is safe (steps 1-9)."""
+        p = self.params
+        candidates = [i for i, box in enumerate(boxes) if box is not None]
+        # Three lossless images are too few for the free fit, but may be enough for the exact
+        # one (step 6); if it does not hold, each image is handled alone.
+        exact_only = (
+            p.exact.min_images <= len(candidates) < p.min_images
+            and p.exact.enabled
+            and all(lossless[i] for i in candidates)
+        )
+        if len(candidates) < p.min_images and not exact_only:
+            return self._each_alone(images, masks, boxes, candidates)
+        together = self._recover_together(images, masks, boxes, lossless, candidates, exact_only)
+        if isinstance(together, _Outcome):
+            return together
+        if exact_only:
+            return self._each_alone(images, masks, boxes, candidates)
+        batch = BatchReport(len(candidates), "batch", no_mark=together.reason)
+        return _Outcome([None] * len(images), batch)
+
+    def _recover_together(
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        boxes: Sequence[Box | None],
+        lossless: Sequence[bool],
+        candidates: list[int],
+        exact_only: bool,
+    ) -> _Outcome | NoEstimate:
+        """Steps 1-8: the batch estimate and its inversion."""
+        p = self.params
+        # 1-2. The common grid, the images on it, their marks lined up.
+        ref = max(candidates, key=lambda i: _box_area(boxes[i]))
+        grid = common_grid(masks, ref, candidates, p.grid)
+        if grid is None:
+            return NoEstimate("the mask vanishes on the estimation grid")
+        crops = {i: extract(images[i], grid.placements[i], grid.shape) for i in candidates}
+        shifts = align(images, grid, crops, p.grid)
+        # Grid pixels off an image (a mask at its edge) hold mirrored pixels, not the photo:
+        # the estimate ignores them, and masked ones are inverted in no image.
+        valid = np.logical_and.reduce(
+            [on_image(images[i], grid.placements[i], grid.shape) for i in candidates]
+        )
+        whole = GridSolver(grid.domain, valid)
+        # Resampling (images of another size, a scaled-down grid) mixes pixels: the crops are
+        # no longer exactly the blend, whatever the format.
+        shifts_only = all(
+            grid.placements[i].sy == 1 and grid.placements[i].sx == 1 for i in candidates
+        )
+        if exact_only and not shifts_only:
+            return NoEstimate("three images are estimated together only on an unscaled grid")
+        exact = [bool(flag) and shifts_only and p.exact.enabled for flag in lossless]
+        batch = _Batch(crops, candidates, exact, exact_only, whole.valid)
+        # 3-7. The estimate, from the images that carry the mark, around the mark.
+        first = self._estimate(batch, whole)
+        if isinstance(first, NoEstimate):
+            return first
+        est, with_mark, rounds = self._around_the_mark(first, batch)
+        # 8. Invert where confident.
+        recoveries = self._invert(images, boxes, grid, est, whole, with_mark)
+        report = BatchReport(
+            images=len(candidates),
+            approach="batch",
+            fit=est.blend.fit,
+            exact_gave_way=est.exact_gave_way,
+            shifts=shifts,
+            excluded=tuple(i for i in candidates if i not in est.images),
+            narrowing_rounds=rounds,
+        )
+        reasons = {i: "does not carry the batch's mark" for i in report.excluded}
+        return _Outcome(recoveries, report, reasons)
+
+    def _estimate(self, batch: _Batch, solver: GridSolver) -> Estimate | NoEstimate:
+        """The blend on the solver's domain from the images that carry the mark (step 7 leaves
+        out those that do not); with ``exact_only``, only if the exact-blend fit holds."""
+        p = self.params
+        fewest = p.exact.min_images if batch.exact_only else p.min_images
+        used = list(batch.candidates)
+        stack = np.stack([batch.crops[i] for i in used])
+        exact = all(batch.exact[i] for i in used)
+        blend, errors, scores, gave_way = self._fit(stack, solver, exact, batch.exact_only)
+        if shows_no_mark(scores, p):
+            return NoEstimate(NO_SHARED_MARK)
+        missing = images_without_the_mark(scores, p)
+        excluded = [i for i, out in zip(used, missing, strict=True) if out]
+        if excluded:
+            used = [i for i in used if i not in excluded]
+            if len(used) < fewest:
+                return NoEstimate("too few images carry a shared watermark")
+            stack = np.stack([batch.crops[i] for i in used])
+            exact = not gave_way and all(batch.exact[i] for i in used)
+            blend, errors, scores, again = self._fit(stack, solver, exact, batch.exact_only)
+            gave_way = gave_way or again
+        if batch.exact_only and not blend.exact:
+            return NoEstimate("the exact-blend fit does not explain the three images")
+        if not enough_marked(blend, solver.domain, p.pixels):
+            return NoEstimate(NO_SHARED_MARK)
+        return Estimate(used, stack, blend, errors, solver, gave_way)
+
+    def _fit(
+        self, stack: np.ndarray, solver: GridSolver, lossless: bool, exact_only: bool
+    ) -> _Fitted:
+        """The blend, its jackknife errors and ghost scores, and whether an exact fit that found
+        no mark gave way to the free fit.
+
+        An exact fit that finds no mark, where the free fit may well find one, means the images
+        are not exactly the blend after all (e.g. PNG files JPEG-compressed after the mark):
+        the free fit decides. (``exact_only`` batches have no free fit to fall back on.)
+        """
+        p = self.params
+        blend, errors = fit_blend(stack, solver, p, lossless=lossless)
+        scores = ghost_scores(stack, blend, solver, p)
+        if not blend.exact or exact_only or shows_mark(blend, scores, solver.domain, p):
+            return _Fitted(blend, errors, scores, False)
+        blend, errors = fit_blend(stack, solver, p)
+        return _Fitted(blend, errors, ghost_scores(stack, blend, solver, p), True)
+
+    def _around_the_mark(self, first: Estimate, batch: _Batch) -> tuple[Estimate, np.ndarray, int]:
+        """Step 7 for the mask: the estimate narrowed to the mark if the mask is loose, the
+        mask's pixels that belong to the mark or its surroundings, and how often it narrowed.
+
+        A loose mask (a box or a broad brush around the mark): the estimate takes the mask's
+        border as unmarked and integrates across all of it, so far from the mark it only adds
+        noise, and the exact fit breaks down. So the batch is estimated again on the mark, its
+        faint parts and a thin margin; then once more, as a first estimate over a loose mask
+        finds a few stray marked pixels. The rest of the mask is taken as unmarked.
+        """
+        p = self.params
+        whole = first.solver
+        parts = parts_with_mark(first, whole, p)
+        # Narrowing, first: faint parts are looked for on the whole mask (its unmarked pixels
+        # show the estimate's noise), and only when narrowing is due (it inverts once more).
+        faint = np.zeros(whole.domain.shape, dtype=bool)
+        tight = narrowed(first.blend, whole.domain, parts.pixels, faint, p)
+        if tight is not None:
+            faint = faint_parts(first, p) & parts.pixels
+            tight = narrowed(first.blend, whole.domain, parts.pixels, faint, p)
+        second = self._estimate_within(first, tight, parts.pixels, faint, parts, batch)
+        if second is None:
+            return first, parts.pixels, 0
+        if isinstance(second, NoEstimate):
+            # Far from the mark the whole mask's estimate is only noise.
+            near = within(clearly_marked(first.blend, whole.domain, p.pixels), p.mark.near)
+            return first, parts.pixels & near, 0
+        current, faint = second
+        # Narrowing, second: to what the estimate around the mark marks. A lossless batch
+        # still on the free fit (the faint parts' margin can keep the exact fit from holding)
+        # is trimmed to the free fit's margin, however little that leaves out.
+        region = current.solver.domain
+        tight = narrowed(current.blend, region, region, faint, p)
+        if (
+            tight is None
+            and not current.blend.exact
+            and all(batch.exact[i] for i in current.images)
+        ):
+            tight = trimmed(current.blend, region, region, faint, p)
+        third = self._estimate_within(current, tight, region, faint, parts, batch)
+        final, rounds = (third[0], 2) if isinstance(third, tuple) else (current, 1)
+        # The mask's parts judged again, with the final estimate.
+        return final, parts_with_mark(final, whole, p).pixels, rounds
+
+    def _estimate_within(
+        self,
+        current: Estimate,
+        tight: np.ndarray | None,
+        narrowed_from: np.ndarray,
+        faint: np.ndarray,
+        parts: MarkParts,
+        batch: _Batch,
+    ) -> tuple[Estimate, np.ndarray] | NoEstimate | None:
+        """The batch estimated again on the narrowed mask ``tight``, and the faint parts it
+        kept; ``None`` if there is nothing to narrow, or if what narrowing would drop inverts
+        like the mark (a faint part found by its offset alone); ``NoEstimate`` if it failed."""
+        if tight is None:
+            return None
+        p = self.params
+        dropped = (current.solver.domain & ~tight).astype(np.int32)
+        scores = ghost_scores(current.stack, current.blend, current.solver, p, dropped)
+        if float(np.median(scores)) <= parts.limit:
+            return None
+        again = self._estimate(batch, GridSolver(tight, batch.valid))
+        if isinstance(again, NoEstimate) and faint.any():
+            # The faint parts may be what spoiled it (false ones in the drift around an
+            # opaque mark take in pixels the images disagree on): narrow without them.
+            faint = np.zeros_like(faint)
+            without = narrowed(current.blend, current.solver.domain, narrowed_from, faint, p)
+            if without is not None:
+                again = self._estimate(batch, GridSolver(without, batch.valid))
+        return again if isinstance(again, NoEstimate) else (again, faint)
+
+    def _invert(
+        self,
+        images: Sequence[np.ndarray],
+        boxes: Sequence[Box | None],
+        grid: Grid,
+        est: Estimate,
+        whole: GridSolver,
+        with_mark: np.ndarray,
+    ) -> list[Recovery | None]:
+        """Step 8: each image of the estimate inverted where that is predicted to beat
+        inpainting; masked pixels the mark does not reach are kept as they are."""
+        p = self.params
+        blend = est.blend
+        confident = confident_opacity(blend, p.pixels)
+        kept = unmarked(blend, confident, p.pixels)
+        beta = np.where(kept, 1.0, blend.beta).astype(np.float32)
+        offset = np.where(kept[..., None], 0.0, blend.offset).astype(np.float32)
+        gate = InversionGate(whole.domain, whole.valid, p.confidence)
+        out: list[Recovery | None] = [None] * len(images)
+        for k, i in enumerate(est.images):
+            ok = gate.invertible(est.stack[k], blend, est.errors[k]) & confident
+            box = boxes[i]
+            assert box is not None
+            # Masked pixels in parts of the mask without the mark, off the estimated domain (a
+            # mask unlike the others), or off an image of the batch (not estimated), are
+            # inpainted. Grid pixels off the mask count as usable: an image's pixels at the
+            # mask's edge are resampled from both sides of it (a scaled grid, another size).
+            usable = (ok | kept) & (with_mark | ~whole.domain) & est.solver.known & whole.known
+            out[i] = invert_on_image(images[i], box, grid.placements[i], beta, offset, usable)
+        return out
+
+    def _each_alone(
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        boxes: Sequence[Box | None],
+        candidates: list[int],
+    ) -> _Outcome:
+        """Step 9: too few images to estimate the mark together; each is tried alone."""
+        out: list[Recovery | None] = [None] * len(images)
+        reasons = {}
+        for i in candidates:
+            rec = recover_single(images[i], masks[i], self.params.single)
+            box = boxes[i]
+            assert box is not None
+            out[i] = None if rec is None else from_single(rec, box)
+            reasons[i] = "one-image fit" if rec else "the one-image fit is not confident"
+        return _Outcome(out, BatchReport(len(candidates), "each alone"), reasons)
+
+    def _fill(
+        self,
+        outputs: list[np.ndarray],
+        masks: Sequence[np.ndarray],
+        boxes: Sequence[Box | None],
+        recoveries: Sequence[Recovery | None],
+    ) -> list[tuple[int, int]]:
+        """Write the recovered pixels into the outputs and let the fallback fill the rest of
+        each mask; returns each image's masked and filled pixel counts."""
+        filled_idx: list[int] = []
+        submasks: list[np.ndarray] = []
+        counts: list[tuple[int, int]] = []
+        for i, (out, mask, box, rec) in enumerate(
+            zip(outputs, masks, boxes, recoveries, strict=True)
+        ):
+            if box is None:
+                counts.append((0, 0))
+                continue
+            y0, y1, x0, x1 = box
+            todo = mask[y0:y1, x0:x1].copy()
+            if rec is not None:
+                take = rec.usable & todo
+                out[y0:y1, x0:x1][take] = rec.pixels[take]
+                todo &= ~take
+            filled_px = int(todo.sum())
+            counts.append((int(mask[y0:y1, x0:x1].sum()), filled_px))
+            if filled_px:
+                sub = np.zeros_like(mask)
+                sub[y0:y1, x0:x1] = todo
+                filled_idx.append(i)
+                submasks.append(sub)
+        if filled_idx:
+            # Our outputs are private (copies, or handed over): the fallback may write into them.
+            batch = [outputs[i] for i in filled_idx]
+            filled = self.fallback.restore(batch, submasks, in_place=True)
+            for i, sub, res in zip(filled_idx, submasks, filled, strict=True):
+                if res.image is not outputs[i]:
+                    outputs[i][sub] = res.image[sub]
+        return counts
+
+    def _report(self, i: int, total: int, filled: int, outcome: _Outcome) -> RestoreReport:
+        batch = outcome.batch
+        if not total:  # nothing masked in this image: nothing was recovered or filled
+            return RestoreReport(i, self.fallback.name, None, 0, 0, "nothing masked", batch)
+        share = 1.0 - filled / total
+        if share >= 0.5:
+            method = self.name
+        elif share > 0.0:
+            method = f"{self.name}+{self.fallback.name}"
+        else:
+            method = self.fallback.name
+        reason = outcome.reasons.get(i) or batch.no_mark or "inverted where confident"
+        return RestoreReport(i, method, share, total, filled, reason, batch)
+
+
+def _box_area(box: Box | None) -> int:
+    return 0 if box is None else (box[1] - box[0]) * (box[3] - box[2])

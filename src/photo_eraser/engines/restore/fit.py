@@ -1,0 +1,106 @@
+"""Steps 3-6 put together: which fit a batch gets, and its jackknife errors (step 8).
+
+Every batch starts with the free fit's ratio and gradient fits. From ``RefineParams.min_images``
+images a short first fit is refined with texture weights (step 5); a lossless batch tries the
+exact-blend fit (step 6) from the same short first fit instead, and keeps it only if it holds.
+Mostly opaque marks get neither: the plain free fit (steps 3-4).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from photo_eraser.engines.restore.confidence import jackknife_errors, jackknife_groups
+from photo_eraser.engines.restore.estimate import Blend, Fit
+from photo_eraser.engines.restore.exact_fit import exact_fit
+from photo_eraser.engines.restore.free_fit import (
+    EdgeFit,
+    free_fit,
+    gradients,
+    spread,
+    weighted_mean,
+)
+from photo_eraser.engines.restore.params import RestoreParams
+from photo_eraser.engines.restore.refine import refinable, refine, refined_without
+from photo_eraser.engines.restore.solver import GridSolver, beta_from_ratio
+
+
+def fit_blend(
+    stack: np.ndarray,
+    solver: GridSolver,
+    p: RestoreParams,
+    *,
+    lossless: bool = False,
+    jackknife: bool = True,
+) -> tuple[Blend, np.ndarray | None]:
+    """The blend on the solver's domain from aligned crops ``stack`` (N x H x W x 3, float32).
+
+    ``lossless``: the crops are exactly the blend (no lossy step after the mark was put on),
+    so the exact-blend fit may be tried.
+
+    With ``jackknife``, also returns each image's per-pixel standard error of the recovered
+    photo (N x H x W, grey levels RMS over channels): the blend is re-fitted without each group
+    of images (keeping the robust weights of the full fit), and how much the recovered photos
+    move is the error. The engine decides on this confidence.
+    """
+    values = np.ascontiguousarray(np.moveaxis(solver.gather(stack), -1, 0))
+    n = values.shape[1]
+    fit = EdgeFit(values, solver)
+    rough_beta = spread(values, solver)
+    to_refine = n >= p.refine.min_images
+    try_exact = lossless and n >= p.exact.min_images
+    if to_refine or try_exact:
+        # A short first fit, only good enough to tell smooth from textured neighbourhoods.
+        ratio, edge_weight, weights = fit.robust(p.free_fit, p.refine.first_fit_irls)
+        poisson = solver.poisson(edge_weight, p.free_fit.anchor)
+        beta = beta_from_ratio(ratio, poisson, p.free_fit.min_beta)
+        # The ratio fits' robust weights already discount photo edges: a weighted mean will do.
+        u = poisson.solve(weighted_mean(gradients(fit, beta, solver), weights).T).T
+        worth_it = refinable(beta, rough_beta, solver, p)
+        to_refine, try_exact = to_refine and worth_it, try_exact and worth_it
+    exact = None
+    if try_exact:
+        # The exact fit replaces the refinement when it holds; a large batch is fitted on an
+        # even subset of its images.
+        most = max(p.exact.subset_min_images, p.exact.subset_image_edges // max(solver.ea.size, 1))
+        rows = np.linspace(0, n - 1, min(n, most)).round().astype(int)
+        exact = exact_fit(
+            values[:, rows], stack[rows], fit.subset(rows), solver, beta, u, poisson, p
+        )
+    kind: Fit
+    if exact is not None:
+        kind, beta, u = "exact", exact.beta, exact.u
+    elif to_refine:
+        kind = "refined"
+        beta, u, w_ratio, w_grad = refine(fit, poisson, stack, beta, u, p)
+    else:
+        kind = "free"
+        ratio, edge_weight, weights = fit.robust(p.free_fit)
+        poisson = solver.poisson(edge_weight, p.free_fit.anchor)
+        beta, u = free_fit(fit, ratio, poisson, p.free_fit)
+    blend = Blend(
+        beta=solver.scatter(beta, 1.0),
+        u=solver.scatter(u.T, 0.0),
+        spread=solver.scatter(rough_beta, 1.0),
+        fit=kind,
+    )
+    if not jackknife:
+        return blend, None
+    inv_betas, offsets = [], []
+    if exact is not None:
+        # The exact fit saw only its subset: leave out groups of that subset (groups of the
+        # whole batch could leave a subset half empty).
+        for group in jackknife_groups(rows.size, p.confidence):
+            beta_g, u_g = exact.without(np.setdiff1d(np.arange(rows.size), group))
+            inv_betas.append(1.0 / beta_g)
+            offsets.append(u_g)
+    else:
+        for group in jackknife_groups(n, p.confidence):
+            keep = np.setdiff1d(np.arange(n), group)
+            if kind == "refined":
+                beta_g, u_g = refined_without(fit, poisson, w_ratio, w_grad, keep, p.free_fit)
+            else:
+                beta_g, u_g = free_fit(fit, fit.slope(weights, keep)[0], poisson, p.free_fit, keep)
+            inv_betas.append(1.0 / beta_g)
+            offsets.append(u_g)
+    return blend, jackknife_errors(values, inv_betas, offsets, solver)

@@ -1,0 +1,190 @@
+"""Steps 3-4, the free fit: opacity from pixel-pair ratios, colour from the robust mean gradient.
+
+Model, per pixel p of image k: ``J_k(p) = c(p) + beta(p) * I_k(p)`` with ``beta = 1 - alpha``
+and ``c = alpha * W`` (the mark's colour W may vary across it). Two facts about photos
+identify ``beta`` and ``c`` from a batch:
+
+* neighbouring pixels p, q of one photo are nearly equal, so across the batch
+  ``J_k(p) ~ (beta_p / beta_q) * J_k(q) + const``: a robust regression per pixel pair
+  (``EdgeFit``) gives the ratio, and integrating ``log beta`` (``solver``) gives ``beta``;
+* with ``Z_k = J_k / beta = I_k + u`` (``u = c / beta``), a robust mean over the batch of the
+  gradient of ``Z_k`` is the gradient of ``u`` (photo gradients are sparse and differ between
+  photos; Dekel et al., CVPR 2017); a second Poisson solve gives ``u``.
+
+"Free": every pixel has its own opacity and offset. Arrays are channels-first over the solver's
+nodes and edges: values 3 x N x M, edge data 3 x N x E.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from photo_eraser.engines.restore.arrays import batch_median
+from photo_eraser.engines.restore.params import FreeFitParams
+from photo_eraser.engines.restore.solver import GridSolver, Poisson, beta_from_ratio
+
+
+class EdgeFit:
+    """Per-edge robust regression of ``J(a)`` on ``J(b)`` over the images of a batch.
+
+    For an edge (a, b) and images n, ``J_n(a) = r * J_n(b) + d`` (one slope ``r``, one
+    intercept per channel) where ``r = beta_a / beta_b``: neighbouring photo pixels are nearly
+    equal, and a photo edge between a and b only makes that image an outlier. The fit is
+    iteratively reweighted least squares (Cauchy weights); the slope is the symmetric one
+    (geometric mean of y-on-x and inverse x-on-y), so noise in J(b) does not bias it.
+    Arrays are channels-first: (3, N, E).
+    """
+
+    def __init__(self, values: np.ndarray, solver: GridSolver) -> None:
+        # Indexing the last axis leaves the edges outermost in memory; the sums over channels
+        # below run several times faster on C-ordered copies.
+        self.y = np.ascontiguousarray(values[:, :, solver.ea])
+        self.x = np.ascontiguousarray(values[:, :, solver.eb])
+        # Centre once so the float32 moment sums below do not cancel catastrophically.
+        self.y_mean = self.y.mean(axis=1)
+        self.x_mean = self.x.mean(axis=1)
+        self.y -= self.y_mean[:, None]
+        self.x -= self.x_mean[:, None]
+        self.xx = np.einsum("cne,cne->ne", self.x, self.x)
+        self.yy = np.einsum("cne,cne->ne", self.y, self.y)
+        self.xy = np.einsum("cne,cne->ne", self.x, self.y)
+
+    def subset(self, images: np.ndarray, edges: np.ndarray | None = None) -> EdgeFit:
+        """The same data for some images (indices) and edges (E bool, all by default); still
+        centred on the whole batch's means, which every use here allows."""
+        sub = object.__new__(EdgeFit)
+        keep = slice(None) if edges is None else edges
+        c = np.ascontiguousarray  # as in __init__
+        sub.y, sub.x = c(self.y[:, images][:, :, keep]), c(self.x[:, images][:, :, keep])
+        sub.y_mean, sub.x_mean = c(self.y_mean[:, keep]), c(self.x_mean[:, keep])
+        sub.xx, sub.yy = c(self.xx[images][:, keep]), c(self.yy[images][:, keep])
+        sub.xy = c(self.xy[images][:, keep])
+        return sub
+
+    def slope(self, w: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+        """Weighted fit on the images ``rows`` (all by default): slope, sums of w, x, y."""
+        x, y, xx, yy, xy = self.x, self.y, self.xx, self.yy, self.xy
+        if rows is not None:
+            x, y, xx, yy, xy, w = x[:, rows], y[:, rows], xx[rows], yy[rows], xy[rows], w[rows]
+        sw = w.sum(axis=0)
+        sx = np.einsum("ne,cne->ce", w, x)
+        sy = np.einsum("ne,cne->ce", w, y)
+        sxx = np.maximum(np.einsum("ne,ne->e", w, xx) - (sx * sx).sum(axis=0) / sw, 0.0)
+        syy = np.maximum(np.einsum("ne,ne->e", w, yy) - (sy * sy).sum(axis=0) / sw, 0.0)
+        sxy = np.einsum("ne,ne->e", w, xy) - (sx * sy).sum(axis=0) / sw
+        r = np.where(sxy > 0, np.sqrt((syy + 1e-3) / (sxx + 1e-3)), 1.0).astype(np.float32)
+        # Per-sample variance of the weaker end: how much signal the edge's fit had.
+        info = np.minimum(sxx, syy) / (x.shape[0] * sw)
+        return r, sw, sx, sy, info
+
+    def residuals(
+        self, r: np.ndarray, sw: np.ndarray, sx: np.ndarray, sy: np.ndarray
+    ) -> np.ndarray:
+        """Residual norm over channels of every image at every edge (N, E) for a fit."""
+        d = (sy - r * sx) / sw
+        proj = np.einsum("cne,ce->ne", self.y, d) - r * np.einsum("cne,ce->ne", self.x, d)
+        res2 = self.yy - 2 * r * self.xy + r * r * self.xx - 2 * proj + (d * d).sum(axis=0)
+        return np.sqrt(np.maximum(res2, 0.0))
+
+    def robust(
+        self, p: FreeFitParams, iterations: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """IRLS over all images: slope and Poisson weight per edge, final weights (N, E).
+
+        The Poisson weight is the slope's precision (signal over residual variance, relative
+        to the median edge), damped where the ends barely vary over the batch (an opaque
+        mark, flat photos): there the ratio says little whatever the residuals.
+        """
+        w = np.ones(self.xx.shape, dtype=np.float32)
+        r, sw, sx, sy, info = self.slope(w)
+        if iterations is None:
+            iterations = p.irls_iterations
+        for _ in range(iterations if self.xx.shape[0] >= 3 else 0):
+            res = self.residuals(r, sw, sx, sy)
+            scale = 1.4826 * batch_median(res, axis=0) + p.residual_floor
+            w = 1.0 / (1.0 + (res / (p.cauchy * scale)) ** 2)
+            r, sw, sx, sy, info = self.slope(w)
+        res = self.residuals(r, sw, sx, sy)
+        noise = (w * res * res).sum(axis=0) / sw + p.residual_floor**2
+        precision = info / noise
+        precision /= max(float(np.median(precision)), 1e-12)
+        weight = np.clip(precision, 0.01, 100.0) * info / (info + p.signal_variance)
+        return r, weight, w
+
+
+def robust_mean(a: np.ndarray, p: FreeFitParams, iterations: int = 2) -> np.ndarray:
+    """Robust location over the images (axis 1 of a 3 x N x E array).
+
+    Starts at the median and refines it with Cauchy weights (scale: the median absolute
+    deviation), which uses the images that agree more efficiently than the median alone.
+    """
+    loc = batch_median(a, axis=1)
+    scale = 1.4826 * batch_median(np.abs(a - loc[:, None]), axis=1) + p.residual_floor
+    width = (p.cauchy * scale)[:, None]
+    for _ in range(iterations):
+        w = a - loc[:, None]
+        w /= width
+        np.square(w, out=w)
+        w += 1.0
+        np.reciprocal(w, out=w)
+        loc = np.einsum("cne,cne->ce", w, a) / w.sum(axis=1)
+    return loc
+
+
+def edge_gradients(
+    fit: EdgeFit, beta: np.ndarray, solver: GridSolver, rows: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradient of ``J/beta`` along every edge of the images ``rows`` (all by default): the
+    centred part per image (3 x N x E) and the centring's two terms, the same for every image
+    (3 x E each): the mean of ``J(a)`` over ``beta_a`` and that of ``J(b)`` over ``beta_b``.
+    """
+    inv_a, inv_b = 1.0 / beta[solver.ea], 1.0 / beta[solver.eb]
+    y, x = (fit.y, fit.x) if rows is None else (fit.y[:, rows], fit.x[:, rows])
+    diff = y * inv_a
+    diff -= x * inv_b
+    return diff, fit.y_mean * inv_a, fit.x_mean * inv_b
+
+
+def gradients(
+    fit: EdgeFit, beta: np.ndarray, solver: GridSolver, rows: np.ndarray | None = None
+) -> np.ndarray:
+    """Gradient of ``J/beta`` along every edge, per image (3 x N x E); images ``rows`` only."""
+    diff, mean_a, mean_b = edge_gradients(fit, beta, solver, rows)
+    diff += (mean_a - mean_b)[:, None]
+    return diff
+
+
+def weighted_mean(a: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted mean over the images (axis 1 of a 3 x N x E array; weights N x E)."""
+    return np.einsum("ne,cne->ce", w, a) / np.maximum(w.sum(axis=0), 1e-12)
+
+
+def free_fit(
+    fit: EdgeFit,
+    ratio: np.ndarray,
+    poisson: Poisson,
+    p: FreeFitParams,
+    rows: np.ndarray | None = None,
+    iterations: int = 2,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``beta`` (M) from the edges' ratios, then ``u`` (3 x M) from the robust mean gradient of
+    ``J/beta``, on the images ``rows`` of the fit (all by default)."""
+    solver = poisson.solver
+    beta = beta_from_ratio(ratio, poisson, p.min_beta)
+    # The centring is added back after the robust mean (it is the same for every image).
+    diff, mean_a, mean_b = edge_gradients(fit, beta, solver, rows)
+    grad = robust_mean(diff, p, iterations) + mean_a - mean_b
+    return beta, poisson.solve(grad.T).T
+
+
+def spread(values: np.ndarray, solver: GridSolver) -> np.ndarray:
+    """Rough ``beta`` per node: its spread over the batch relative to the surroundings'.
+
+    Independent of the edge fits: under an opaque mark (the same colour in every image) it is
+    near 0 even where integrating the edges cannot tell.
+    """
+    spread = values.mean(axis=0).std(axis=0)
+    ref = float(np.median(spread[~solver.inside])) if (~solver.inside).any() else 0.0
+    if ref <= 0:
+        return np.ones(spread.shape, dtype=np.float32)
+    return np.clip(spread / ref, 0.0, 1.0).astype(np.float32)

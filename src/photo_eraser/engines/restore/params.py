@@ -1,0 +1,253 @@
+"""Every threshold of the restore engine, grouped by the step of docs/restore.md it belongs to.
+
+Grey levels are of 8-bit images; ``alpha`` is the mark's opacity, ``beta = 1 - alpha``; "grid
+pixels" are pixels of the common grid the batch is estimated on. How the values were chosen,
+and what changing them did on the benchmark, is in docs/restore-history.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class GridParams:
+    """Steps 1-2: the common grid and the alignment of each image's mark."""
+
+    max_grid_pixels: int = 250_000
+    """Masks with more pixels are estimated on a scaled-down grid (time and memory)."""
+    align_radius: int = 4
+    """Largest shift (grid pixels, in x and y) that lines an image's mark up with the batch's."""
+    align_rounds: int = 2
+    """Rounds of alignment (a second one corrects shifts the first misjudged)."""
+    align_stay_bonus: float = 0.02
+    """Correlation a shift must gain over staying put: no shift unless clearly better."""
+
+
+@dataclass(frozen=True)
+class FreeFitParams:
+    """Steps 3-4: opacity from pixel-pair ratios, colour from the robust mean gradient."""
+
+    min_beta: float = 0.02
+    """Lower clamp of the estimated ``beta``: below the inversion limit anyway."""
+    residual_floor: float = 1.0
+    """Added to the robust fits' residual scale (grey levels) so it never reaches 0."""
+    cauchy: float = 0.6
+    """Cauchy weight width in residual scales: narrow, as photo edges make residuals heavy-tailed."""
+    irls_iterations: int = 5
+    """Reweighting steps of the ratio fits."""
+    signal_variance: float = 100.0
+    """Per-image variance (grey levels squared) at which an edge's ratio gets half weight."""
+    anchor: float = 1e-6
+    """Tiny pull to 0 in the Poisson solves, so pixels without informative edges stay defined."""
+
+
+@dataclass(frozen=True)
+class RefineParams:
+    """Step 5: the fits redone with each image weighted by how smooth its photo is locally."""
+
+    min_images: int = 6
+    """Smallest batch refined: with fewer, leaving images out (step 8) moves the fits too much."""
+    texture: float = 2.0
+    """Local gradient RMS (grey levels) at which an image's edge gets half weight."""
+    max_opaque_share: float = 0.5
+    """Not refined when more of the marked pixels are opaque: little to invert, no texture."""
+    iterations: int = 2
+    """Rounds of texture weights and refits."""
+    reweights: int = 2
+    """Cauchy reweighting steps of the robust mean gradient within a round."""
+    first_fit_irls: int = 2
+    """Reweighting steps of the short first fit (it only tells smooth from textured places)."""
+    cauchy: float = 1.5
+    """Cauchy width (residual scales); wider than the free fit's, texture weights do the rest."""
+    residual_floor: float = 0.5
+    """Residual-scale floor (grey levels) of the refined and exact fits."""
+
+
+@dataclass(frozen=True)
+class ExactFitParams:
+    """Step 6: the exact-blend fit for lossless batches (one smooth colour, flat opacity)."""
+
+    enabled: bool = True
+    """Whether lossless batches may get this fit at all (``PHOTO_ERASER_RESTORE_EXACT_FIT``)."""
+    min_images: int = 3
+    """Smallest batch it is tried on; three lossless images are estimated with it alone."""
+    iterations: int = 4
+    """Rounds of opacity then colour."""
+    body_iterations: int = 2
+    """Further rounds with the mark's body (its most common opacity) as one unknown."""
+    snap: float = 1.5
+    """Edges whose log ratio is within this many standard errors of 0 are taken as flat."""
+    snap_max_error: float = 0.03
+    """...only when that standard error is smaller: imprecise edges keep their ratio."""
+    body_bin: float = 0.005
+    """Histogram bin of ``beta`` in which the body's opacity (the mode) is looked for."""
+    body_width: float = 0.003
+    """A pixel joins the body within at least this of the mode..."""
+    body_max_width: float = 0.02
+    """...and never farther (pixels with few edges have large errors)."""
+    body_errors: float = 2.0
+    """...otherwise within this many of its own standard errors."""
+    body_min_share: float = 0.2
+    """The body is pooled only if at least this share of the marked pixels is at its opacity."""
+    irls: int = 4
+    """Reweighting steps of the first round's ratio fits (later rounds take one)."""
+    texture_every: int = 2
+    """Rounds between updates of the texture weights (they change slowly)."""
+    colour_irls: int = 2
+    """Reweighting steps of each colour fit."""
+    subset_image_edges: int = 950_000
+    """Larger batches are fitted on an even subset of images keeping images x edges under this."""
+    subset_min_images: int = 8
+    """...of at least this many images."""
+    unmarked_alpha: float = 0.02
+    """A first fit's pixel below this opacity..."""
+    unmarked_offset: float = 1.0
+    """...and this offset (grey levels), with no such neighbour, is not fitted (flat)."""
+    rim_step: float = 0.01
+    """Edges across which ``alpha / beta`` changes by more than this inform the colour fit."""
+    colour_degree: int = 2
+    """Degree of the polynomial in x and y that the mark's colour follows."""
+    max_rss_ratio: float = 1.4
+    """Kept only if at the mark's outline its residuals are at most this times the free fit's."""
+    max_rss_ratio_few: tuple[tuple[int, float], ...] = ((3, 1.7), (4, 1.6))
+    """...with three or four images (the free fit is rough, clean blends score higher)."""
+    max_colour_residual: float = 5.0
+    """...and the free fit's offset is within this (grey levels) of alpha times the colour."""
+    outline_step: float = 0.05
+    """Log-opacity plus offset/128 step of the free fit that marks an edge as the outline."""
+
+    def rss_limit(self, images: int) -> float:
+        return dict(self.max_rss_ratio_few).get(images, self.max_rss_ratio)
+
+
+@dataclass(frozen=True)
+class PixelParams:
+    """What a grid pixel is: opaque, clearly marked, unmarked (steps 5-8 all use these)."""
+
+    max_alpha: float = 0.85
+    """More opaque pixels are inpainted: inversion amplifies noise by ``1 / (1 - alpha)``."""
+    opaque_spread: float = 0.1
+    """Pixels varying over the batch less than this share of their surroundings are opaque."""
+    opaque_margin: int = 2
+    """Grid pixels around opaque ones whose opacity is not trusted (the ratios see nothing)."""
+    marked_alpha: float = 0.1
+    """Opacity from which a pixel is clearly under the mark..."""
+    marked_offset: float = 15.0
+    """...or offset ``alpha * W`` (grey levels, any channel)."""
+    min_marked_pixels: int = 20
+    """Fewest clearly marked pixels of a mark (or of an opaque area that counts as one)..."""
+    min_marked_share: float = 0.02
+    """...and share of the mask."""
+    unmarked_alpha: float = 0.03
+    """After a free fit, masked pixels below this opacity..."""
+    unmarked_offset: float = 6.0
+    """...and this offset (grey levels) are left as they are: the mark does not reach them."""
+    unmarked_alpha_exact: float = 0.01
+    """The same after an exact fit, precise enough to keep faint rim pixels marked..."""
+    unmarked_offset_exact: float = 2.0
+    """...(leaving a rim pixel at alpha 0.02 costs 2-3 grey levels)."""
+    drift_reach: int = 8
+    """Within this of an opaque area a free fit's offset drifts: only the opacity counts there."""
+
+    @property
+    def min_beta(self) -> float:
+        """Pixels with a smaller ``beta`` (more opaque than ``max_alpha``) are never inverted."""
+        return 1.0 - self.max_alpha
+
+
+@dataclass(frozen=True)
+class MarkParams:
+    """Step 7: which images and which parts of the mask carry the mark; loose masks."""
+
+    ghost_limit: float = 1.25
+    """An image scoring above this (and ``ghost_outlier`` times the median) lacks the mark."""
+    ghost_outlier: float = 2.0
+    """...so a faint mark, near 1 in every image, excludes none."""
+    no_mark_score: float = 0.85
+    """Median ghost score above which the batch carries no shared mark."""
+    part_score_ratio: float = 1.4
+    """A part of the mask carries the mark if it scores at most this times the mark's typical part..."""
+    part_score_floor: float = 0.65
+    """...or at most this (and at most ``no_mark_score``)."""
+    near: int = 8
+    """Grid pixels around the mark that are its surroundings; also the gap that chains parts."""
+    tight_margin: int = 2
+    """A loose mask is narrowed to the mark and this margin (its faint rim, a few unmarked)..."""
+    tight_margin_free: int = 1
+    """...this after a free fit, whose marked pixels spill about a pixel beyond the mark."""
+    loose_share: float = 0.1
+    """A mask is narrowed if more than this share lies beyond ``tight_margin`` of the mark."""
+    faint_seed: float = 6.0
+    """Standard score (contrast over the estimate's noise) that starts a faint part..."""
+    faint_grow: float = 3.0
+    """...and that extends one."""
+    faint_min_seeds: int = 20
+    """Fewest starting pixels of a faint part."""
+    faint_min_beyond: int = 16
+    """Fewest pixels of a faint part beyond the margin narrowing keeps anyway."""
+    faint_min_reference: int = 200
+    """Fewest mask pixels away from the mark to measure the estimate's noise on."""
+    faint_min_confidence: float = 1.2
+    """Median correction of a faint part in units of its jackknife error (speckle: 0.7-1.0)."""
+
+
+@dataclass(frozen=True)
+class ConfidenceParams:
+    """Step 8: per pixel, invert or inpaint."""
+
+    max_error: float = 3.0
+    """A pixel is inverted when its predicted error (grey levels RMS) is at most this..."""
+    error_ratio: float = 1.5
+    """...or at most this times the predicted inpainting error."""
+    halves_from: int = 6
+    """From this many images the jackknife leaves out halves of the batch, else single images."""
+
+
+@dataclass(frozen=True)
+class SingleParams:
+    """Step 9: one image alone, one colour and one opacity over the mark's body."""
+
+    pad: int = 8
+    """Pixels around the mask's box used as its surroundings."""
+    min_alpha: float = 0.08
+    """Fainter marks are hard to tell from texture..."""
+    max_alpha: float = 0.8
+    """...more opaque ones amplify noise too much."""
+    min_body: int = 40
+    """Fewest body pixels to attempt an inversion..."""
+    min_body_share: float = 0.05
+    """...and share of the mask."""
+    body_tolerance: float = 0.3
+    """A pixel is in the body when its own opacity is within this share of the mark's."""
+    max_unexplained: float = 0.35
+    """Largest median fit residual on the body, relative to the median ``|J - F|`` there."""
+    max_ghost: float = 0.9
+    """Largest edge energy at the body's outline after inversion relative to before."""
+    texture_range: tuple[float, float] = (0.6, 1.6)
+    """Allowed RMS gradient of the recovered body relative to the photo around the mask."""
+    min_fill_spread: float = 15.0
+    """Spread (grey levels) of the fill from which the opacity is also regressed."""
+    min_confident_share: float = 0.2
+    """Smallest share of the body predicted to beat inpainting for the fit to be used at all."""
+
+
+@dataclass(frozen=True)
+class RestoreParams:
+    """All of the engine's settings; the defaults are what the service runs."""
+
+    min_images: int = 4
+    """Batches estimated together from this many images (at least 3); smaller ones image by
+    image (step 9), except lossless ones the exact fit holds for."""
+    grid: GridParams = field(default_factory=GridParams)
+    free_fit: FreeFitParams = field(default_factory=FreeFitParams)
+    refine: RefineParams = field(default_factory=RefineParams)
+    exact: ExactFitParams = field(default_factory=ExactFitParams)
+    pixels: PixelParams = field(default_factory=PixelParams)
+    mark: MarkParams = field(default_factory=MarkParams)
+    confidence: ConfidenceParams = field(default_factory=ConfidenceParams)
+    single: SingleParams = field(default_factory=SingleParams)
+
+    def __post_init__(self) -> None:
+        if self.min_images < 3:
+            raise ValueError("min_images must be at least 3")
