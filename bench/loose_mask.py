@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from photo_eraser.engines.opencv import OpenCVEngine  # noqa: E402
-from photo_eraser.engines.restore import RestoreEngine  # noqa: E402
+from photo_eraser.engines.restore import WatermarkRecoveryEngine  # noqa: E402
 from quality import FORMATS, machine, make_batch, marks, masked_psnr  # noqa: E402
 
 ALPHAS = (0.3, 0.5, 1.0)
@@ -73,7 +73,7 @@ def mask_for(kind: str, support: np.ndarray) -> tuple[np.ndarray, np.ndarray | N
 
 def main() -> None:
     logging.disable(logging.INFO)
-    engine, telea = RestoreEngine(fallback=OpenCVEngine()), OpenCVEngine()
+    engine, telea = WatermarkRecoveryEngine(fallback=OpenCVEngine()), OpenCVEngine()
     print("| mask | format | N | restore | Telea | worst restore - Telea | object inpainted |")
     print("|---|---|---|---|---|---|---|")
     for kind in MASKS:

@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from photo_eraser.engines.opencv import OpenCVEngine  # noqa: E402
-from photo_eraser.engines.restore import RestoreEngine  # noqa: E402
+from photo_eraser.engines.restore import WatermarkRecoveryEngine  # noqa: E402
 from quality import H, W, machine, marks, masked_psnr, photo_crop, photos, stamp  # noqa: E402
 
 BATCHES = 8
@@ -43,7 +43,7 @@ def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
 
 
-def gain(history: str, quality: int, n: int, seed: int, engine: RestoreEngine) -> float:
+def gain(history: str, quality: int, n: int, seed: int, engine: WatermarkRecoveryEngine) -> float:
     """Masked PSNR with the hint minus without it, for one batch."""
     designs = marks()
     mark = designs[seed % len(designs)]
@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="JPEG quality 90 only")
     args = parser.parse_args()
     logging.disable(logging.INFO)
-    engine = RestoreEngine(fallback=OpenCVEngine())
+    engine = WatermarkRecoveryEngine(fallback=OpenCVEngine())
     qualities = (90,) if args.quick else (75, 90, 95)
     print("| history | JPEG quality | N | hint - none: min | mean | max |")
     print("|---|---|---|---|---|---|")

@@ -8,7 +8,7 @@ Synthetic cases from photos bundled with scikit-image (nothing is downloaded): a
 watermark ``J = a*W + (1-a)*I`` with known alpha matte ``a`` and colour ``W`` is stamped on N
 different photo crops, saved as PNG or JPEG quality 90, and the masked pixels are restored by:
 
-* ``restore``: ``RestoreEngine(fallback=OpenCVEngine())`` with its default settings;
+* ``restore``: ``WatermarkRecoveryEngine(fallback=OpenCVEngine())`` with its default settings;
 * ``telea``: ``OpenCVEngine`` (OpenCV Telea inpainting), image by image;
 * ``oracle``: the blend inverted with the true ``a`` and ``W`` where ``a <= 0.9``, Telea on the
   rest: what is left once only compression noise stands in the way.
@@ -42,7 +42,7 @@ from skimage.metrics import structural_similarity
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from photo_eraser.engines.opencv import OpenCVEngine  # noqa: E402
-from photo_eraser.engines.restore import RestoreEngine  # noqa: E402
+from photo_eraser.engines.restore import WatermarkRecoveryEngine  # noqa: E402
 
 H, W = 384, 512
 ORACLE_MAX_ALPHA = 0.9
@@ -222,7 +222,9 @@ def make_batch(mark: Mark, alpha0: float, n: int, fmt: str, seed: int) -> Batch:
     return Batch(truths, alpha, mask, [stamp(t, alpha, mark.colour, fmt) for t in truths])
 
 
-def run_case(mark: Mark, alpha0: float, n: int, fmt: str, engine: RestoreEngine, seed: int) -> Row:
+def run_case(
+    mark: Mark, alpha0: float, n: int, fmt: str, engine: WatermarkRecoveryEngine, seed: int
+) -> Row:
     case = make_batch(mark, alpha0, n, fmt, seed)
     truths, alpha, mask, stamped = case.truths, case.alpha, case.mask, case.stamped
     masks = [mask] * n
@@ -260,7 +262,7 @@ def timing(repeats: int, fmt: str) -> dict[str, float]:
     stamped = [stamp(t, 0.5 * coverage, colour, fmt) for t in truths]
     masks = [mask] * len(stamped)
     lossless = [fmt == "png"] * len(stamped)
-    restore, telea = RestoreEngine(fallback=OpenCVEngine()), OpenCVEngine()
+    restore, telea = WatermarkRecoveryEngine(fallback=OpenCVEngine()), OpenCVEngine()
     times: dict[str, list[float]] = {"restore": [], "telea": []}
     for i in range(repeats + 1):
         for name, engine in (("telea", telea), ("restore", restore)):
@@ -369,7 +371,7 @@ def figure(path: Path) -> None:
     alpha = 0.5 * mark.coverage
     mask = cv2.dilate((mark.coverage > 0).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
     stamped = [stamp(t, alpha, mark.colour, "jpeg90") for t in truths]
-    restored = RestoreEngine(fallback=OpenCVEngine()).restore(stamped, [mask] * 8)
+    restored = WatermarkRecoveryEngine(fallback=OpenCVEngine()).restore(stamped, [mask] * 8)
     telea = OpenCVEngine().inpaint(stamped[0], mask)
     ys, xs = np.nonzero(mask)
     y0, y1 = max(0, ys.min() - 12), min(H, ys.max() + 13)
@@ -411,7 +413,7 @@ def main() -> None:
         ]
     else:
         grid = [(m, a, n, f) for m in all_marks for a in ALPHAS for n in COUNTS for f in FORMATS]
-    engine = RestoreEngine(fallback=OpenCVEngine())
+    engine = WatermarkRecoveryEngine(fallback=OpenCVEngine())
     rows = []
     print("| mark | alpha | N | format | restore | telea | oracle | share | missed |")
     for k, (mark, alpha, n, fmt) in enumerate(grid):

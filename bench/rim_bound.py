@@ -23,7 +23,7 @@ the gap lies. Where a genie comes within 1.5 dB of the oracle, the rim's opacity
 from the batch well enough for target T1, given the photo around it: what ``restore`` lacks
 is that photo (its neighbours are estimates too) and an exact body and border.
 
-The other side of the same question: ``restore``'s own estimate (``estimate_blend`` on the
+The other side of the same question: ``restore``'s own estimate (``fit_blend`` on the
 mask's crop, every masked pixel inverted) with the truth put in for part of it:
 
 * ``est``: the estimate as it is;
@@ -47,9 +47,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from photo_eraser.engines._watermark import GridSolver, estimate_blend  # noqa: E402
 from photo_eraser.engines.opencv import OpenCVEngine  # noqa: E402
-from photo_eraser.engines.restore import RestoreEngine  # noqa: E402
+from photo_eraser.engines.restore import RestoreParams, WatermarkRecoveryEngine  # noqa: E402
+from photo_eraser.engines.restore.fit import fit_blend  # noqa: E402
+from photo_eraser.engines.restore.solver import GridSolver  # noqa: E402
 from quality import (  # noqa: E402
     ALPHAS,
     COUNTS,
@@ -115,7 +116,7 @@ def with_truth(stamped, truths, alpha, colour, coverage, mask) -> list[float]:
     domain, cov = mask[rows, cols], coverage[rows, cols]
     stack = np.stack([s[rows, cols].astype(np.float32) for s in stamped])
     crops = [t[rows, cols] for t in truths]
-    est, _ = estimate_blend(stack, GridSolver(domain), lossless=True)
+    est, _ = fit_blend(stack, GridSolver(domain), RestoreParams(), lossless=True, jackknife=False)
     true_beta = 1.0 - alpha[rows, cols]
     true_offset = alpha[rows, cols][..., None] * colour[rows, cols]
     rim = domain & (cov > 0) & (cov < 1)
@@ -130,7 +131,7 @@ def with_truth(stamped, truths, alpha, colour, coverage, mask) -> list[float]:
 
 def main() -> None:
     logging.disable(logging.INFO)
-    engine = RestoreEngine(fallback=OpenCVEngine())
+    engine = WatermarkRecoveryEngine(fallback=OpenCVEngine())
     grid = [(m, a, n, f) for m in marks() for a in ALPHAS for n in COUNTS for f in FORMATS]
     print(
         "| mark | alpha | N | restore | genie-8 | genie-best | est | rim exact | rim+margin exact "
