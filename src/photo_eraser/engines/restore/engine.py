@@ -246,10 +246,12 @@ class WatermarkRecoveryEngine(Engine):
         """
         p = self.params
         blend, errors = fit_blend(stack, solver, p, lossless=lossless)
+        assert errors is not None
         scores = ghost_scores(stack, blend, solver, p)
         if not blend.exact or exact_only or shows_mark(blend, scores, solver.domain, p):
             return _Fitted(blend, errors, scores, False)
         blend, errors = fit_blend(stack, solver, p)
+        assert errors is not None
         return _Fitted(blend, errors, ghost_scores(stack, blend, solver, p), True)
 
     def _around_the_mark(self, first: Estimate, batch: _Batch) -> tuple[Estimate, np.ndarray, int]:

@@ -100,8 +100,54 @@ def _slope(j: np.ndarray, f: np.ndarray) -> float:
     return b
 
 
+@dataclass
+class _Crop:
+    """The mask's padded box of one image, its Telea fill and the pixels far from the fill."""
+
+    box: tuple[int, int, int, int]
+    mask: np.ndarray
+    j: np.ndarray
+    """The image's pixels (float32 HxWx3)."""
+    fill: np.ndarray
+    """Telea's fill of the mask ``F`` (float32 HxWx3): the photo's local colour, roughly."""
+    grey: np.ndarray
+    noise: float
+    distance: np.ndarray
+    """``|J - F|`` per pixel."""
+    threshold: float
+    """Distance from the fill beyond which a masked pixel is taken as marked."""
+
+    @property
+    def marked(self) -> np.ndarray:
+        return self.mask & (self.distance > self.threshold)
+
+
 def recover_single(image: np.ndarray, mask: np.ndarray, p: SingleParams) -> SingleRecovery | None:
     """Inverted pixels over the mask's box and where to use them; ``None`` if not confident."""
+    crop = _look(image, mask, p)
+    if crop is None or crop.marked.sum() < p.min_body:
+        return None
+    fitted = _fit_mark(crop, image, mask, p)
+    if fitted is None:
+        return None
+    a, colour = fitted
+    full_body, body, unmarked = _body(crop, a, colour, p)
+    if body.sum() < max(p.min_body, p.min_body_share * crop.mask.sum()):
+        return None
+    beta = 1.0 - a
+    rec = (crop.j - a * colour) / beta
+    if not _is_a_blend(crop, a, colour, rec, full_body, body, p):
+        return None
+    ok = body & _beats_inpainting(crop, rec, body, beta)
+    if ok.sum() < p.min_confident_share * body.sum():
+        return None
+    out = np.where(body[..., None], rec, crop.j)
+    pixels = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return SingleRecovery(crop.box, pixels, ok | unmarked)
+
+
+def _look(image: np.ndarray, mask: np.ndarray, p: SingleParams) -> _Crop | None:
+    """The mask's padded box, its fill, its noise and how far from the fill is "marked"."""
     ys, xs = np.nonzero(mask)
     if ys.size == 0:
         return None
@@ -119,11 +165,16 @@ def recover_single(image: np.ndarray, mask: np.ndarray, p: SingleParams) -> Sing
     d = np.linalg.norm(j - fill, axis=2)
     lap = np.abs(cv2.Laplacian(grey, cv2.CV_32F))
     ring_dev = float(np.median(lap[ring])) if ring.any() else 4.0
-    thr = max(6.0 * noise, 2.0 * ring_dev, 10.0)
-    cand = m & (d > thr)
-    if cand.sum() < p.min_body:
-        return None
-    jc, fc = j[cand], fill[cand]
+    threshold = max(6.0 * noise, 2.0 * ring_dev, 10.0)
+    return _Crop((y0, y1, x0, x1), m, j, fill, grey, noise, d, threshold)
+
+
+def _fit_mark(
+    crop: _Crop, image: np.ndarray, mask: np.ndarray, p: SingleParams
+) -> tuple[float, np.ndarray] | None:
+    """The mark's opacity ``a`` and colour ``W`` from its pixels, if ``a`` is in range."""
+    cand = crop.marked
+    jc, fc = crop.j[cand], crop.fill[cand]
     # The least opaque mark explaining the pixels (W on the colour gamut's boundary): exact
     # for white and black marks, a lower bound for others.
     up = (jc - fc) / np.maximum(255.0 - fc, 1.0)
@@ -137,6 +188,15 @@ def recover_single(image: np.ndarray, mask: np.ndarray, p: SingleParams) -> Sing
     if not p.min_alpha <= a <= p.max_alpha:
         return None
     colour = np.clip(np.median((jc - (1.0 - a) * fc) / a, axis=0), 0.0, 255.0).astype(np.float32)
+    return a, colour
+
+
+def _body(
+    crop: _Crop, a: float, colour: np.ndarray, p: SingleParams
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pixels at the mark's opacity, those of them inside the body (not its rim), and the
+    masked pixels the mark does not reach (HxW bool each)."""
+    j, fill, m = crop.j, crop.fill, crop.mask
     # Per-pixel opacity: projection of J - F on W - F.
     dw = colour[None, None, :] - fill
     own = ((j - fill) * dw).sum(axis=2) / np.maximum((dw * dw).sum(axis=2), 1.0)
@@ -146,17 +206,28 @@ def recover_single(image: np.ndarray, mask: np.ndarray, p: SingleParams) -> Sing
     body = cv2.erode(full_body.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
     # Masked pixels the mark does not reach (masks are drawn with a margin) are kept as they
     # are: far from the fill, and not next to a pixel that is.
-    near = cv2.dilate(cand.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
-    unmarked = m & (own < 0.1 * a) & (d < thr) & ~near
-    if body.sum() < max(p.min_body, p.min_body_share * m.sum()):
-        return None
+    near = cv2.dilate(crop.marked.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    unmarked = m & (own < 0.1 * a) & (crop.distance < crop.threshold) & ~near
+    return full_body, body, unmarked
+
+
+def _is_a_blend(
+    crop: _Crop,
+    a: float,
+    colour: np.ndarray,
+    rec: np.ndarray,
+    full_body: np.ndarray,
+    body: np.ndarray,
+    p: SingleParams,
+) -> bool:
+    """Whether the fit clearly is a blend: it explains most of ``J - F`` on the body, the
+    recovered body shows texture like the photo around the mask, and inverting weakens the
+    mark's outline."""
+    j, fill, grey = crop.j, crop.fill, crop.grey
     beta = 1.0 - a
-    rec = (j - a * colour) / beta
-    # How much of J - F the fit explains on the body.
     res = np.linalg.norm(j - a * colour - beta * fill, axis=2)[full_body]
-    if float(np.median(res)) > p.max_unexplained * float(np.median(d[full_body])):
-        return None
-    # The recovered body must show texture like the photo around the mask.
+    if float(np.median(res)) > p.max_unexplained * float(np.median(crop.distance[full_body])):
+        return False
     gx = np.zeros_like(grey)
     gy = np.zeros_like(grey)
     rg = np.ascontiguousarray(rec.mean(axis=2))
@@ -165,42 +236,43 @@ def recover_single(image: np.ndarray, mask: np.ndarray, p: SingleParams) -> Sing
     g_rec = float(np.mean((gx * gx + gy * gy)[body]))
     gx[:, :-1] = grey[:, 1:] - grey[:, :-1]
     gy[:-1] = grey[1:] - grey[:-1]
+    m8 = crop.mask.astype(np.uint8)
     outer = (cv2.dilate(m8, np.ones((15, 15), np.uint8)) > 0) & ~(
         cv2.dilate(m8, np.ones((3, 3), np.uint8)) > 0
     )
     g_out = float(np.mean((gx * gx + gy * gy)[outer])) if outer.any() else 0.0
     tex = np.sqrt((g_rec + 1.0) / (g_out + 1.0))
     if not p.texture_range[0] <= tex <= p.texture_range[1]:
-        return None
-    # Inverting must remove the mark's edges.
+        return False
     edge = (
         cv2.morphologyEx(full_body.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
         > 0
     )
+    before = float(_sobel_energy(j)[edge].sum())
+    after = float(
+        _sobel_energy(np.where(full_body[..., None], j - a * colour + a * fill, j))[edge].sum()
+    )
+    return after / max(before, 1e-6) <= p.max_ghost
 
-    def _grad(x: np.ndarray) -> np.ndarray:
-        g = x.mean(axis=2)
-        return np.abs(cv2.Sobel(g, cv2.CV_32F, 1, 0)) + np.abs(cv2.Sobel(g, cv2.CV_32F, 0, 1))
 
-    before = float(_grad(j)[edge].sum())
-    after = float(_grad(np.where(full_body[..., None], j - a * colour + a * fill, j))[edge].sum())
-    ghost = after / max(before, 1e-6)
-    if ghost > p.max_ghost:
-        return None
-    # Per pixel: predicted inversion error vs predicted inpainting error. An inpainting gets
-    # the local mean colour about right and misses the detail; the inversion's local mean
-    # departing from the inpainting's counts as its error (a wrong a or W shows up there).
+def _sobel_energy(x: np.ndarray) -> np.ndarray:
+    """Absolute Sobel gradients of the grey image, x plus y (HxW)."""
+    g = x.mean(axis=2)
+    return np.abs(cv2.Sobel(g, cv2.CV_32F, 1, 0)) + np.abs(cv2.Sobel(g, cv2.CV_32F, 0, 1))
+
+
+def _beats_inpainting(crop: _Crop, rec: np.ndarray, body: np.ndarray, beta: float) -> np.ndarray:
+    """Per pixel: predicted inversion error below predicted inpainting error (HxW bool).
+
+    An inpainting gets the local mean colour about right and misses the detail; the inversion's
+    local mean departing from the inpainting's counts as its error (a wrong ``a`` or ``W``
+    shows up there), with the noise amplified by ``1/beta``.
+    """
     bf = body.astype(np.float32)
     wsum = np.maximum(cv2.blur(bf, (7, 7)), 1e-6)[..., None]
     lm_rec = cv2.blur(rec * bf[..., None], (7, 7)) / wsum
-    lm_fill = cv2.blur(fill * bf[..., None], (7, 7)) / wsum
+    lm_fill = cv2.blur(crop.fill * bf[..., None], (7, 7)) / wsum
     bias2 = ((lm_rec - lm_fill) ** 2).mean(axis=2)
-    inv_err2 = (noise / beta) ** 2 + bias2
+    inv_err2 = (crop.noise / beta) ** 2 + bias2
     detail2 = cv2.blur((((rec - lm_rec) ** 2).mean(axis=2)) * bf, (7, 7)) / wsum[..., 0]
-    ok = body & (inv_err2 <= detail2)
-    if ok.sum() < p.min_confident_share * body.sum():
-        return None
-    usable = ok | unmarked
-    out = np.where(body[..., None], rec, j)
-    pixels = np.clip(np.rint(out), 0, 255).astype(np.uint8)
-    return SingleRecovery((y0, y1, x0, x1), pixels, usable)
+    return inv_err2 <= detail2
