@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -319,13 +320,13 @@ def test_corrupt_model_is_a_clear_error_and_not_retried(
     path = tmp_path / "lama_fp32.onnx"
     path.write_bytes(b"this is not an onnx file" * 10)
     opened = []
-    real_session = lama_module.ort.InferenceSession
+    real_session = ort.InferenceSession
 
     def counting_session(*args: object, **kwargs: object) -> object:
         opened.append(args[0])
         return real_session(*args, **kwargs)
 
-    monkeypatch.setattr(lama_module.ort, "InferenceSession", counting_session)
+    monkeypatch.setattr(ort, "InferenceSession", counting_session)
     engine = LamaEngine(path)
     image, mask = noise(64, 64), rect_mask(64, 64, (10, 20, 10, 20))
     for _ in range(3):
@@ -360,13 +361,13 @@ def test_session_is_created_once_with_the_thread_count(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     opened = []
-    real_session = lama_module.ort.InferenceSession
+    real_session = ort.InferenceSession
 
     def counting_session(*args: object, **kwargs: object) -> object:
         opened.append(args[0])
         return real_session(*args, **kwargs)
 
-    monkeypatch.setattr(lama_module.ort, "InferenceSession", counting_session)
+    monkeypatch.setattr(ort, "InferenceSession", counting_session)
     engine = LamaEngine(build_model(tmp_path / "m.onnx"), threads=2)
     loaded = []
     threads = [threading.Thread(target=lambda: loaded.append(engine.load())) for _ in range(4)]
