@@ -7,10 +7,34 @@ from pathlib import Path
 
 import numpy as np
 
-from photo_eraser.engines.base import EngineError, InpaintingEngine
+from photo_eraser.engines.base import EngineError, EngineSetup, EngineUnavailable, InpaintingEngine
 from photo_eraser.engines.lama.blend import composite, model_inputs
 from photo_eraser.engines.lama.crops import Crop, batches, find_holes, group_holes, plan_crop
 from photo_eraser.engines.lama.model import LamaModel, ModelFile
+
+_NEEDS_MODEL = (
+    "engine 'lama' needs its model: run `photo-eraser models pull lama` "
+    "(or `photo-eraser models import lama FILE` on an air-gapped host)"
+)
+
+
+def unavailable_reason(setup: EngineSetup) -> str | None:
+    """Why LaMa cannot run here (for users), or None: it needs its model installed."""
+    return _NEEDS_MODEL if _installed_model(setup) is None else None
+
+
+def build(setup: EngineSetup) -> LamaEngine:
+    """The engine on the installed model; `EngineUnavailable` if there is none."""
+    path = _installed_model(setup)
+    if path is None:
+        raise EngineUnavailable(_NEEDS_MODEL)
+    return LamaEngine(path, threads=setup.threads)
+
+
+def _installed_model(setup: EngineSetup) -> Path | None:
+    from photo_eraser.models.manager import installed_path
+
+    return installed_path("lama", setup.model_dir)
 
 
 class LamaEngine(InpaintingEngine):
@@ -33,9 +57,6 @@ class LamaEngine(InpaintingEngine):
         self.max_batch = max(1, max_batch)
         self.max_dynamic_side = max(8, max_dynamic_side)
         self._file = ModelFile(self.model_path, self.threads)
-
-    def is_available(self) -> bool:
-        return self.model_path.is_file()
 
     def restore_in_place(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> None:
         """Inpaint every image in place; crops of all images share inference batches."""
