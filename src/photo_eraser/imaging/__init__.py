@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from photo_eraser.imaging.codec import DecodedImage, EncodedImage, decode_image, encode_image
 from photo_eraser.imaging.formats import ACCEPTED_FORMATS, LOSSLESS_FORMATS, sniff_format
-from photo_eraser.imaging.limits import ImageError, ImageInfo, ImageLimits, probe
+from photo_eraser.imaging.limits import ImageError, ImageInfo, ImageLimits
 from photo_eraser.imaging.mask import (
     DEFAULT_MAX_SIDE,
     MaskError,
@@ -34,6 +34,5 @@ __all__ = [
     "encode_image",
     "fit_mask",
     "parse_mask_field",
-    "probe",
     "sniff_format",
 ]

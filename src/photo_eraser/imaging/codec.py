@@ -1,8 +1,8 @@
 """Decoding input images to upright RGB arrays, and encoding results in the input's format.
 
-Decoding (`decode_image`): limits are checked from the header first (`probe`), then pixels are
-decoded strictly (a truncated file is an error, never a grey-padded image), converted to RGB
-uint8 HxWx3 and turned upright by the EXIF orientation. Conversions:
+Decoding (`decode_image`): limits are checked from the header first (`open_checked`), then
+pixels are decoded strictly (a truncated file is an error, never a grey-padded image), converted
+to RGB uint8 HxWx3 and turned upright by the EXIF orientation. Conversions:
 
 - palette, 1-bit and grayscale images become RGB (grey replicated, values unchanged);
 - 16-bit images are scaled to 8 bits (results are 8-bit);
