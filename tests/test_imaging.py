@@ -23,6 +23,7 @@ from photo_eraser.imaging import (
     encode_image,
     fit_mask,
     parse_mask_field,
+    result_content_type,
 )
 
 LIMITS = ImageLimits()
@@ -82,7 +83,7 @@ def test_each_accepted_format_decodes_and_encodes(fmt: str) -> None:
     assert decoded.pixels.shape == (300, 400, 3) and decoded.pixels.dtype == np.uint8
     assert decoded.alpha is None
     expected = ("image/jpeg", "jpg") if fmt == "JPEG" else ("image/png", "png")
-    assert (encoded.content_type, encoded.extension) == expected
+    assert (result_content_type(f"0.{encoded.extension}"), encoded.extension) == expected
     assert reopen(encoded.data).format == ("JPEG" if fmt == "JPEG" else "PNG")
     if fmt != "JPEG":
         assert np.array_equal(decoded.pixels, pixels)
