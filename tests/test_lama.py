@@ -8,12 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from photo_eraser.engines import lama as lama_module
-from photo_eraser.engines.base import EngineError
+from photo_eraser.engines.base import EngineError, EngineUnavailable
 from photo_eraser.engines.lama import LamaEngine, seam_weights
+from photo_eraser.engines.registry import EngineRegistry
 
 FILL = 0.4  # the "fill" model paints masked pixels with this value; 0.4 * 255 = 102
 
@@ -319,13 +321,13 @@ def test_corrupt_model_is_a_clear_error_and_not_retried(
     path = tmp_path / "lama_fp32.onnx"
     path.write_bytes(b"this is not an onnx file" * 10)
     opened = []
-    real_session = lama_module.ort.InferenceSession
+    real_session = ort.InferenceSession
 
     def counting_session(*args: object, **kwargs: object) -> object:
         opened.append(args[0])
         return real_session(*args, **kwargs)
 
-    monkeypatch.setattr(lama_module.ort, "InferenceSession", counting_session)
+    monkeypatch.setattr(ort, "InferenceSession", counting_session)
     engine = LamaEngine(path)
     image, mask = noise(64, 64), rect_mask(64, 64, (10, 20, 10, 20))
     for _ in range(3):
@@ -339,8 +341,11 @@ def test_corrupt_model_is_a_clear_error_and_not_retried(
 
 
 def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
+    registry = EngineRegistry(tmp_path)
+    assert registry.availability()["lama"] is False
+    with pytest.raises(EngineUnavailable, match="needs its model.*models pull lama"):
+        registry.get("lama")
     engine = LamaEngine(tmp_path / "lama_fp32.onnx")
-    assert not engine.is_available()
     with pytest.raises(EngineError, match="is missing.*models pull lama"):
         engine.load()
 
@@ -360,13 +365,13 @@ def test_session_is_created_once_with_the_thread_count(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     opened = []
-    real_session = lama_module.ort.InferenceSession
+    real_session = ort.InferenceSession
 
     def counting_session(*args: object, **kwargs: object) -> object:
         opened.append(args[0])
         return real_session(*args, **kwargs)
 
-    monkeypatch.setattr(lama_module.ort, "InferenceSession", counting_session)
+    monkeypatch.setattr(ort, "InferenceSession", counting_session)
     engine = LamaEngine(build_model(tmp_path / "m.onnx"), threads=2)
     loaded = []
     threads = [threading.Thread(target=lambda: loaded.append(engine.load())) for _ in range(4)]
@@ -436,7 +441,6 @@ def test_rotated_views_are_accepted(tmp_path: Path) -> None:
 def test_registry_builds_the_engine_from_the_installed_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from photo_eraser.engines.registry import EngineRegistry
     from photo_eraser.models.manager import MANIFEST_ENV, sha256_file
 
     model_dir = tmp_path / "models"

@@ -1,8 +1,7 @@
-"""Restoration engines behind one interface, chosen by name.
+"""Restoration engines behind one interface, chosen by name (`registry`).
 
-``auto`` picks the best engine available: batch watermark recovery (``restore``) when it is
-installed, which itself falls back to the best inpainter; else LaMa when its model is installed;
-else OpenCV.
+``auto`` is batch watermark recovery (``restore``), which falls back to the best inpainter
+installed: LaMa when its model is installed, else OpenCV.
 """
 
 from __future__ import annotations
@@ -10,9 +9,17 @@ from __future__ import annotations
 from photo_eraser.engines.base import (
     Engine,
     EngineError,
+    EngineSetup,
     EngineUnavailable,
     InpaintingEngine,
     Restored,
 )
 
-__all__ = ["Engine", "EngineError", "EngineUnavailable", "InpaintingEngine", "Restored"]
+__all__ = [
+    "Engine",
+    "EngineError",
+    "EngineSetup",
+    "EngineUnavailable",
+    "InpaintingEngine",
+    "Restored",
+]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,6 +25,18 @@ class EngineError(Exception):
 
 class EngineUnavailable(EngineError):
     """The engine exists but cannot be used on this installation (e.g. its model is not installed)."""
+
+
+@dataclass(frozen=True)
+class EngineSetup:
+    """What this installation builds its engines from."""
+
+    model_dir: Path
+    """Where model files are installed (``photo-eraser models``)."""
+    threads: int = 1
+    """Threads one engine call may use."""
+    restore_exact_fit: bool = True
+    """Whether ``restore`` fits an exact blend model to all-lossless batches."""
 
 
 @dataclass
@@ -43,9 +56,6 @@ class Engine(ABC):
     """Restores the masked area of every image of a batch at once."""
 
     name: str = ""
-
-    def is_available(self) -> bool:
-        return True
 
     @abstractmethod
     def restore(

@@ -1,85 +1,93 @@
-"""Engine names, lazy construction, and the ``auto`` choice."""
+"""Engine names, whether each can run here, and lazy construction.
+
+The table `_ENGINES` is the registry: a name, how to build the engine, and how to tell whether
+it can run on this installation (with the reason for users when not). A new engine is a module
+and one line there. ``auto`` is an alias of ``restore``, whose fallback inpainter is LaMa when
+its model is installed, else OpenCV.
+"""
 
 from __future__ import annotations
 
-import logging
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from photo_eraser.engines.base import Engine, EngineUnavailable
+from photo_eraser.engines import lama
+from photo_eraser.engines.base import Engine, EngineSetup, EngineUnavailable
 from photo_eraser.engines.opencv import OpenCVEngine
 
-log = logging.getLogger(__name__)
 
-ENGINE_NAMES = ("auto", "opencv", "lama", "restore")
+def _always(setup: EngineSetup) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class _Entry:
+    build: Callable[[EngineRegistry], Engine]
+    """Makes the engine; it may ask the registry for other engines (``restore`` does)."""
+    unavailable_reason: Callable[[EngineSetup], str | None] = _always
+    """Why the engine cannot run here (for users), or None when it can."""
+
+
+def _restore(engines: EngineRegistry) -> Engine:
+    from photo_eraser.engines.restore import RestoreParams, WatermarkRecoveryEngine
+    from photo_eraser.engines.restore.params import ExactFitParams
+
+    fallback = engines.get("lama" if engines.can_run("lama") else "opencv")
+    exact = ExactFitParams(enabled=engines.setup.restore_exact_fit)
+    return WatermarkRecoveryEngine(fallback, RestoreParams(exact=exact))
+
+
+_ENGINES: dict[str, _Entry] = {
+    "opencv": _Entry(lambda engines: OpenCVEngine()),
+    "lama": _Entry(lambda engines: lama.build(engines.setup), lama.unavailable_reason),
+    "restore": _Entry(_restore),
+}
+_ALIASES = {"auto": "restore"}
+
+ENGINE_NAMES = (*_ALIASES, *_ENGINES)
+"""Every name a request may give, aliases first."""
 
 
 class EngineRegistry:
     """Builds each engine once per process and shares it between workers."""
 
     def __init__(self, model_dir: Path, threads: int = 1, restore_exact_fit: bool = True) -> None:
-        self.model_dir = model_dir
-        self.threads = max(1, threads)
-        self.restore_exact_fit = restore_exact_fit
+        self.setup: EngineSetup = EngineSetup(Path(model_dir), max(1, threads), restore_exact_fit)
         self._engines: dict[str, Engine] = {}
-        self._lock = threading.Lock()
-
-    def lama_model_path(self) -> Path | None:
-        from photo_eraser.models.manager import installed_path
-
-        return installed_path("lama", self.model_dir)
+        self._lock = threading.RLock()  # reentrant: building ``restore`` gets its fallback
 
     def availability(self) -> dict[str, bool]:
-        return {"opencv": True, "lama": self.lama_model_path() is not None, "restore": True}
+        """Whether each engine (aliases aside) can run here now."""
+        return {name: self.can_run(name) for name in _ENGINES}
+
+    def can_run(self, name: str) -> bool:
+        """Whether engine (or alias) ``name`` exists and can run here now."""
+        try:
+            self.check(name)
+        except EngineUnavailable:
+            return False
+        return True
 
     def check(self, name: str) -> None:
         """Raise ``EngineUnavailable`` (user-facing message) if ``name`` cannot run here."""
-        if name not in ENGINE_NAMES:
+        entry = _ENGINES.get(_ALIASES.get(name, name))
+        if entry is None:
             raise EngineUnavailable(
                 f"unknown engine {name!r}; choose one of {', '.join(ENGINE_NAMES)}"
             )
-        if name == "lama" and self.lama_model_path() is None:
-            raise EngineUnavailable(
-                "engine 'lama' needs its model: run `photo-eraser models pull lama` "
-                "(or `photo-eraser models import lama FILE` on an air-gapped host)"
-            )
+        reason = entry.unavailable_reason(self.setup)
+        if reason is not None:
+            raise EngineUnavailable(reason)
 
     def get(self, name: str) -> Engine:
+        """The engine (built on first use) for ``name``; ``EngineUnavailable`` if it cannot run."""
         self.check(name)
-        if name == "auto":
-            name = "restore"
+        name = _ALIASES.get(name, name)
         with self._lock:
             engine = self._engines.get(name)
             if engine is None:
-                engine = self._build(name)
+                engine = _ENGINES[name].build(self)
                 self._engines[name] = engine
             return engine
-
-    def best_inpainter(self) -> Engine:
-        return self.get("lama") if self.lama_model_path() is not None else self.get("opencv")
-
-    def _build(self, name: str) -> Engine:
-        if name == "opencv":
-            return OpenCVEngine()
-        if name == "lama":
-            from photo_eraser.engines.lama import LamaEngine
-
-            path = self.lama_model_path()
-            assert path is not None
-            return LamaEngine(path, threads=self.threads)
-        if name == "restore":
-            from photo_eraser.engines.restore import RestoreParams, WatermarkRecoveryEngine
-            from photo_eraser.engines.restore.params import ExactFitParams
-
-            params = RestoreParams(exact=ExactFitParams(enabled=self.restore_exact_fit))
-            return WatermarkRecoveryEngine(self._fallback_for_restore(), params)
-        raise EngineUnavailable(f"unknown engine {name!r}")
-
-    def _fallback_for_restore(self) -> Engine:
-        # Called with the lock held: build the inpainter directly rather than via get().
-        name = "lama" if self.lama_model_path() is not None else "opencv"
-        engine = self._engines.get(name)
-        if engine is None:
-            engine = self._build(name)
-            self._engines[name] = engine
-        return engine

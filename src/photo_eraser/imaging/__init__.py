@@ -6,9 +6,16 @@ arrays, True = restore. OpenCV (BGR) never leaks out of this package.
 
 from __future__ import annotations
 
-from photo_eraser.imaging.codec import DecodedImage, EncodedImage, decode_image, encode_image
+from photo_eraser.imaging.codec import (
+    RESULT_TYPES,
+    DecodedImage,
+    EncodedImage,
+    decode_image,
+    encode_image,
+    result_content_type,
+)
 from photo_eraser.imaging.formats import ACCEPTED_FORMATS, LOSSLESS_FORMATS, sniff_format
-from photo_eraser.imaging.limits import ImageError, ImageInfo, ImageLimits, probe
+from photo_eraser.imaging.limits import ImageError, ImageInfo, ImageLimits
 from photo_eraser.imaging.mask import (
     DEFAULT_MAX_SIDE,
     MaskError,
@@ -22,6 +29,7 @@ __all__ = [
     "ACCEPTED_FORMATS",
     "DEFAULT_MAX_SIDE",
     "LOSSLESS_FORMATS",
+    "RESULT_TYPES",
     "DecodedImage",
     "EncodedImage",
     "ImageError",
@@ -34,6 +42,6 @@ __all__ = [
     "encode_image",
     "fit_mask",
     "parse_mask_field",
-    "probe",
+    "result_content_type",
     "sniff_format",
 ]

@@ -1,8 +1,8 @@
 """Decoding input images to upright RGB arrays, and encoding results in the input's format.
 
-Decoding (`decode_image`): limits are checked from the header first (`probe`), then pixels are
-decoded strictly (a truncated file is an error, never a grey-padded image), converted to RGB
-uint8 HxWx3 and turned upright by the EXIF orientation. Conversions:
+Decoding (`decode_image`): limits are checked from the header first (`open_checked`), then
+pixels are decoded strictly (a truncated file is an error, never a grey-padded image), converted
+to RGB uint8 HxWx3 and turned upright by the EXIF orientation. Conversions:
 
 - palette, 1-bit and grayscale images become RGB (grey replicated, values unchanged);
 - 16-bit images are scaled to 8 bits (results are 8-bit);
@@ -23,24 +23,35 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from io import BytesIO
+from pathlib import PurePosixPath
 
 import numpy as np
 from PIL import Image, ImageCms
 
 from photo_eraser.imaging.limits import ImageError, ImageLimits, open_checked, upright
 
-__all__ = ["DecodedImage", "EncodedImage", "decode_image", "encode_image"]
+__all__ = [
+    "RESULT_TYPES",
+    "DecodedImage",
+    "EncodedImage",
+    "decode_image",
+    "encode_image",
+    "result_content_type",
+]
 
 _HIGH_DEPTH_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 _GREY_MODES = frozenset({"1", "L", "LA", "La"}) | _HIGH_DEPTH_MODES
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
-# Input format -> (output format, content type, file extension without dot).
+# Input format -> (output format, file extension without dot).
 _OUTPUTS = {
-    "JPEG": ("JPEG", "image/jpeg", "jpg"),
-    "JPG": ("JPEG", "image/jpeg", "jpg"),
-    "PNG": ("PNG", "image/png", "png"),
-    "BMP": ("PNG", "image/png", "png"),
+    "JPEG": ("JPEG", "jpg"),
+    "JPG": ("JPEG", "jpg"),
+    "PNG": ("PNG", "png"),
+    "BMP": ("PNG", "png"),
 }
+RESULT_TYPES = {"jpg": "image/jpeg", "png": "image/png"}
+"""Content type of a result by its file extension. The extension ends the result's blob key
+(`storage.result_key`), which is stored with the task, so it is how a result's type is kept."""
 
 
 @dataclass
@@ -67,12 +78,17 @@ class DecodedImage:
 
 @dataclass(frozen=True)
 class EncodedImage:
-    """An encoded result: bytes plus how to serve and name them."""
+    """An encoded result: bytes plus how to name them (the name says how to serve them)."""
 
     data: bytes
-    content_type: str
     extension: str
-    """Without the dot: ``jpg`` or ``png``."""
+    """Without the dot: ``jpg`` or ``png`` (a key of `RESULT_TYPES`)."""
+
+
+def result_content_type(key: str) -> str:
+    """The content type of the result stored under ``key`` (or a file name), from its
+    extension; ``application/octet-stream`` for a name that no result has."""
+    return RESULT_TYPES.get(PurePosixPath(key).suffix[1:], "application/octet-stream")
 
 
 def decode_image(data: bytes, limits: ImageLimits | None = None) -> DecodedImage:
@@ -119,7 +135,7 @@ def encode_image(
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
         raise ValueError(f"expected RGB uint8 HxWx3 pixels, got {pixels.dtype} {pixels.shape}")
     try:
-        out_format, content_type, extension = _OUTPUTS[fmt.upper()]
+        out_format, extension = _OUTPUTS[fmt.upper()]
     except KeyError:
         raise ValueError(f"no result format for input format {fmt!r}") from None
     result = Image.fromarray(np.ascontiguousarray(pixels))
@@ -138,7 +154,7 @@ def encode_image(
             result.putalpha(Image.fromarray(np.ascontiguousarray(alpha)))
     buffer = BytesIO()
     result.save(buffer, format=out_format, **params)
-    return EncodedImage(buffer.getvalue(), content_type, extension)
+    return EncodedImage(buffer.getvalue(), extension)
 
 
 def _icc_space(profile: bytes | None) -> bytes | None:

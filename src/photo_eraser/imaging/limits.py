@@ -1,4 +1,4 @@
-"""Input limits for images and the header-only check against them (`probe`).
+"""Input limits for images and the header-only check against them (`open_checked`).
 
 Limits are inclusive: with the defaults a side of 256 or 5000 px is accepted, 255 or 5001 is
 not, and an aspect ratio of exactly 4:1 is accepted. They apply to the image as displayed,
@@ -20,7 +20,7 @@ from photo_eraser.sizes import format_size
 if TYPE_CHECKING:
     from photo_eraser.config import Settings
 
-__all__ = ["ImageError", "ImageInfo", "ImageLimits", "probe"]
+__all__ = ["ImageError", "ImageInfo", "ImageLimits", "open_checked"]
 
 # EXIF orientations 5..8 turn the image by a quarter, swapping width and height.
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
@@ -70,15 +70,9 @@ class ImageInfo:
     orientation: int = 1
 
 
-def probe(data: bytes, limits: ImageLimits | None = None) -> ImageInfo:
-    """Check format, byte size and resolution from the header, without decoding pixels."""
-    info, _image = open_checked(data, limits or ImageLimits())
-    _image.close()
-    return info
-
-
 def open_checked(data: bytes, limits: ImageLimits) -> tuple[ImageInfo, Image.Image]:
-    """`probe`, returning the lazily opened (not yet decoded) Pillow image too."""
+    """Check format, byte size and resolution from the header, without decoding pixels; return
+    what the header says and the lazily opened (not yet decoded) Pillow image."""
     if not data:
         raise ImageError("image is empty")
     if len(data) > limits.max_bytes:

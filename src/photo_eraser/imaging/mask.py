@@ -61,10 +61,6 @@ class MaskSource:
     url: str | None = None
     data: bytes | None = None
 
-    @property
-    def is_url(self) -> bool:
-        return self.url is not None
-
 
 def parse_mask_field(value: str) -> MaskSource:
     """Tell an http(s) URL from inline data (a ``data:`` URI or raw base64) and decode the latter.

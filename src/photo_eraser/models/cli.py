@@ -7,29 +7,13 @@ from pathlib import Path
 
 import click
 
-from photo_eraser.config import Settings
+from photo_eraser.cli_settings import data_dir_option, load_settings
 from photo_eraser.models.manager import ModelError, import_model, list_models, pull
-
-_data_dir_option = click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Data directory (models go to DATA_DIR/models unless PHOTO_ERASER_MODEL_DIR is set).",
-)
+from photo_eraser.sizes import format_size
 
 
 def _model_dir(data_dir: Path | None) -> Path:
-    settings = Settings() if data_dir is None else Settings(data_dir=data_dir)
-    return settings.models_path
-
-
-def _human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
+    return load_settings(data_dir).models_path
 
 
 @click.group("models")
@@ -39,7 +23,7 @@ def models() -> None:
 
 @models.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-@_data_dir_option
+@data_dir_option
 def list_command(as_json: bool, data_dir: Path | None) -> None:
     """List known models and whether they are installed."""
     model_dir = _model_dir(data_dir)
@@ -61,7 +45,7 @@ def list_command(as_json: bool, data_dir: Path | None) -> None:
         else:
             state = f"installed (unverified) at {status.path}"
         click.echo(f"{spec.name}: {state}")
-        click.echo(f"  file     {spec.file} ({_human_size(spec.size)}, {spec.size} bytes)")
+        click.echo(f"  file     {spec.file}, {format_size(spec.size)}")
         click.echo(f"  sha256   {spec.sha256}")
         click.echo(f"  license  {spec.license}")
         click.echo(f"  source   {spec.url}")
@@ -69,7 +53,7 @@ def list_command(as_json: bool, data_dir: Path | None) -> None:
 
 @models.command("pull")
 @click.argument("name")
-@_data_dir_option
+@data_dir_option
 def pull_command(name: str, data_dir: Path | None) -> None:
     """Download model NAME, verify its size and SHA-256, and install it."""
     model_dir = _model_dir(data_dir)
@@ -84,7 +68,7 @@ def pull_command(name: str, data_dir: Path | None) -> None:
 @click.argument("name")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--no-verify", is_flag=True, help="Install without checking size and SHA-256.")
-@_data_dir_option
+@data_dir_option
 def import_command(name: str, path: Path, no_verify: bool, data_dir: Path | None) -> None:
     """Install model NAME from a file at PATH (for hosts without internet access)."""
     model_dir = _model_dir(data_dir)

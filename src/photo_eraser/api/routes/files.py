@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import PurePosixPath
 from typing import BinaryIO
 
 from fastapi import APIRouter, Query
@@ -13,12 +12,12 @@ from fastapi.responses import Response, StreamingResponse
 from photo_eraser.api.deps import Blobs, Signer
 from photo_eraser.api.errors import ApiError, Code
 from photo_eraser.api.openapi import errors
+from photo_eraser.imaging import result_content_type
 from photo_eraser.storage import UrlSigner
 
 router = APIRouter(tags=["results"])
 
 PATH = "/v3/pic/rw/files/{key:path}"
-_MEDIA = {".jpg": "image/jpeg", ".png": "image/png"}
 _FILE = {"schema": {"type": "string", "format": "binary"}}
 _ERRORS = errors(
     Code.BAD_PARAMETER, Code.LINK_EXPIRED, Code.NOT_FOUND, Code.INTERNAL, Code.UNAVAILABLE
@@ -51,7 +50,7 @@ async def get_file(
         raise ApiError(Code.NOT_FOUND, "result no longer exists")
     # Whole files only (no Range): results are a few MB, and every error stays an envelope.
     return StreamingResponse(
-        _chunks(blob.file), media_type=_media(key), headers=_headers(blob.size)
+        _chunks(blob.file), media_type=result_content_type(key), headers=_headers(blob.size)
     )
 
 
@@ -72,16 +71,12 @@ async def head_file(
     size = await asyncio.to_thread(blobs.size, key)
     if size is None:
         raise ApiError(Code.NOT_FOUND, "result no longer exists")
-    return Response(media_type=_media(key), headers=_headers(size))
+    return Response(media_type=result_content_type(key), headers=_headers(size))
 
 
 def _check_signature(signer: UrlSigner, key: str, expires: int, signature: str) -> None:
     if not signer.verify(key, expires, signature):
         raise ApiError(Code.LINK_EXPIRED, "result link is invalid or has expired")
-
-
-def _media(key: str) -> str:
-    return _MEDIA.get(PurePosixPath(key).suffix, "application/octet-stream")
 
 
 def _headers(size: int) -> dict[str, str]:
