@@ -204,17 +204,17 @@ def test_too_few_clearly_marked_pixels_is_no_mark_whatever_the_ghost_scores() ->
     estimate with too few clearly marked pixels shows no mark, even where inverting it weakens
     every image's edges. The same estimate with the mark's opacity shows one (the control)."""
     from photo_eraser.engines.restore.estimate import Blend
-    from photo_eraser.engines.restore.mark import shows_mark
+    from photo_eraser.engines.restore.mark import finds_mark
 
     mask = wm.tight_mask(wm.text_coverage())
     faint = np.where(mask, np.float32(0.95), np.float32(1.0))
     u = np.zeros((H, W, 3), np.float32)
     spread = np.ones((H, W), np.float32)
     low_scores = np.full(8, 0.3)
-    assert not shows_mark(Blend(faint, u, spread, "exact"), low_scores, mask, PARAMS)
+    assert not finds_mark(Blend(faint, u, spread, "exact"), low_scores, mask, PARAMS)
     marked = np.where(mask, np.float32(0.5), np.float32(1.0))
-    assert shows_mark(Blend(marked, u, spread, "exact"), low_scores, mask, PARAMS)
-    assert not shows_mark(Blend(marked, u, spread, "exact"), np.full(8, 0.9), mask, PARAMS)
+    assert finds_mark(Blend(marked, u, spread, "exact"), low_scores, mask, PARAMS)
+    assert not finds_mark(Blend(marked, u, spread, "exact"), np.full(8, 0.9), mask, PARAMS)
 
 
 def test_engine_uses_the_exact_fit_only_for_all_lossless_batches() -> None:

@@ -7,13 +7,14 @@ solver.py      3-6  Poisson integration on the mask
 free_fit.py    3-4  opacity from pixel-pair ratios, colour from the robust mean gradient
 refine.py      5    texture-weighted refinement
 exact_fit.py   6    the exact-blend fit for lossless batches
-fit.py         3-6  which fit a batch gets, and its jackknife
+fit.py         3-6  which fit a batch gets, and its re-fits for the jackknife
 mark.py        7    which images and parts carry the mark; loose masks, faint parts
-pixels.py      5-8  opaque / clearly marked / unmarked pixels, each rule once
-confidence.py  8    jackknife errors; invert or inpaint, per pixel
+pixels.py      5-8  opaque / clearly marked / unmarked pixels
+jackknife.py   8    which images to leave out, and the errors of the re-fits
+confidence.py  8    invert or inpaint, per pixel
 invert.py      8    the inversion on each image
 single.py      9    one image alone
-estimate.py, report.py, arrays.py: the types and helpers they share
+estimate.py, report.py, arrays.py: the types and helpers the steps share
 """
 
 from photo_eraser.engines.restore.engine import WatermarkRecoveryEngine

@@ -18,30 +18,23 @@ import numpy as np
 
 from photo_eraser.engines.base import Engine, Restored, mask_bbox
 from photo_eraser.engines.restore.arrays import within
-from photo_eraser.engines.restore.confidence import InversionGate
-from photo_eraser.engines.restore.estimate import Blend, Estimate
+from photo_eraser.engines.restore.estimate import Blend, Estimate, Recovery
 from photo_eraser.engines.restore.fit import fit_blend
-from photo_eraser.engines.restore.grid import Grid, align, common_grid, extract, on_image
-from photo_eraser.engines.restore.invert import Recovery, from_single, invert_on_image
+from photo_eraser.engines.restore.grid import align, common_grid, extract, on_image
+from photo_eraser.engines.restore.invert import cut_to_box, invert_batch
 from photo_eraser.engines.restore.mark import (
-    MarkParts,
     faint_parts,
+    finds_mark,
     ghost_scores,
     images_without_the_mark,
     narrowed,
+    no_shared_mark,
     parts_with_mark,
-    shows_mark,
-    shows_no_mark,
     trimmed,
 )
 from photo_eraser.engines.restore.params import RestoreParams
-from photo_eraser.engines.restore.pixels import (
-    clearly_marked,
-    confident_opacity,
-    enough_marked,
-    unmarked,
-)
-from photo_eraser.engines.restore.report import BatchReport, RestoreReport
+from photo_eraser.engines.restore.pixels import clearly_marked, enough_marked
+from photo_eraser.engines.restore.report import BatchReport, RestoreReport, method_for
 from photo_eraser.engines.restore.single import recover_single
 from photo_eraser.engines.restore.solver import GridSolver
 
@@ -71,6 +64,13 @@ class _Batch:
     """Three lossless images: estimated together only if the exact fit holds."""
     valid: np.ndarray
     """Grid pixels on every image (``GridSolver.valid`` of the whole mask)."""
+
+
+class _Narrowed(NamedTuple):
+    """The batch estimated again on a narrowed mask, and the faint parts that mask kept."""
+
+    estimate: Estimate
+    faint: np.ndarray
 
 
 class _Fitted(NamedTuple):
@@ -138,6 +138,8 @@ class WatermarkRecoveryEngine(Engine):
         """Invert the blend wherever it is safe (steps 1-9)."""
         p = self.params
         candidates = [i for i, box in enumerate(boxes) if box is not None]
+        if not candidates:
+            return _Outcome([None] * len(images), BatchReport(0, "none"))
         # Three lossless images are too few for the free fit, but may be enough for the exact
         # one (step 6); if it does not hold, each image is handled alone.
         exact_only = (
@@ -194,7 +196,7 @@ class WatermarkRecoveryEngine(Engine):
             return first
         est, with_mark, rounds = self._around_the_mark(first, batch)
         # 8. Invert where confident.
-        recoveries = self._invert(images, boxes, grid, est, whole, with_mark)
+        recoveries = invert_batch(images, boxes, grid, est, whole, with_mark, p)
         report = BatchReport(
             images=len(candidates),
             approach="batch",
@@ -216,7 +218,7 @@ class WatermarkRecoveryEngine(Engine):
         stack = np.stack([batch.crops[i] for i in used])
         exact = all(batch.exact[i] for i in used)
         blend, errors, scores, gave_way = self._fit(stack, solver, exact, batch.exact_only)
-        if shows_no_mark(scores, p):
+        if no_shared_mark(scores, p):
             return NoEstimate(NO_SHARED_MARK)
         missing = images_without_the_mark(scores, p)
         excluded = [i for i, out in zip(used, missing, strict=True) if out]
@@ -248,7 +250,7 @@ class WatermarkRecoveryEngine(Engine):
         blend, errors = fit_blend(stack, solver, p, lossless=lossless)
         assert errors is not None
         scores = ghost_scores(stack, blend, solver, p)
-        if not blend.exact or exact_only or shows_mark(blend, scores, solver.domain, p):
+        if not blend.exact or exact_only or finds_mark(blend, scores, solver.domain, p):
             return _Fitted(blend, errors, scores, False)
         blend, errors = fit_blend(stack, solver, p)
         assert errors is not None
@@ -274,14 +276,14 @@ class WatermarkRecoveryEngine(Engine):
         if tight is not None:
             faint = faint_parts(first, p) & parts.pixels
             tight = narrowed(first.blend, whole.domain, parts.pixels, faint, p)
-        second = self._estimate_within(first, tight, parts.pixels, faint, parts, batch)
+        second = self._estimate_within(first, tight, parts.pixels, faint, parts.limit, batch)
         if second is None:
             return first, parts.pixels, 0
         if isinstance(second, NoEstimate):
             # Far from the mark the whole mask's estimate is only noise.
             near = within(clearly_marked(first.blend, whole.domain, p.pixels), p.mark.near)
             return first, parts.pixels & near, 0
-        current, faint = second
+        current, faint = second.estimate, second.faint
         # Narrowing, second: to what the estimate around the mark marks. A lossless batch
         # still on the free fit (the faint parts' margin can keep the exact fit from holding)
         # is trimmed to the free fit's margin, however little that leaves out.
@@ -293,8 +295,8 @@ class WatermarkRecoveryEngine(Engine):
             and all(batch.exact[i] for i in current.images)
         ):
             tight = trimmed(current.blend, region, region, faint, p)
-        third = self._estimate_within(current, tight, region, faint, parts, batch)
-        final, rounds = (third[0], 2) if isinstance(third, tuple) else (current, 1)
+        third = self._estimate_within(current, tight, region, faint, parts.limit, batch)
+        final, rounds = (third.estimate, 2) if isinstance(third, _Narrowed) else (current, 1)
         # The mask's parts judged again, with the final estimate.
         return final, parts_with_mark(final, whole, p).pixels, rounds
 
@@ -302,11 +304,11 @@ class WatermarkRecoveryEngine(Engine):
         self,
         current: Estimate,
         tight: np.ndarray | None,
-        narrowed_from: np.ndarray,
+        with_mark: np.ndarray,
         faint: np.ndarray,
-        parts: MarkParts,
+        limit: float,
         batch: _Batch,
-    ) -> tuple[Estimate, np.ndarray] | NoEstimate | None:
+    ) -> _Narrowed | NoEstimate | None:
         """The batch estimated again on the narrowed mask ``tight``, and the faint parts it
         kept; ``None`` if there is nothing to narrow, or if what narrowing would drop inverts
         like the mark (a faint part found by its offset alone); ``NoEstimate`` if it failed."""
@@ -315,48 +317,17 @@ class WatermarkRecoveryEngine(Engine):
         p = self.params
         dropped = (current.solver.domain & ~tight).astype(np.int32)
         scores = ghost_scores(current.stack, current.blend, current.solver, p, dropped)
-        if float(np.median(scores)) <= parts.limit:
+        if float(np.median(scores)) <= limit:
             return None
         again = self._estimate(batch, GridSolver(tight, batch.valid))
         if isinstance(again, NoEstimate) and faint.any():
             # The faint parts may be what spoiled it (false ones in the drift around an
             # opaque mark take in pixels the images disagree on): narrow without them.
             faint = np.zeros_like(faint)
-            without = narrowed(current.blend, current.solver.domain, narrowed_from, faint, p)
+            without = narrowed(current.blend, current.solver.domain, with_mark, faint, p)
             if without is not None:
                 again = self._estimate(batch, GridSolver(without, batch.valid))
-        return again if isinstance(again, NoEstimate) else (again, faint)
-
-    def _invert(
-        self,
-        images: Sequence[np.ndarray],
-        boxes: Sequence[Box | None],
-        grid: Grid,
-        est: Estimate,
-        whole: GridSolver,
-        with_mark: np.ndarray,
-    ) -> list[Recovery | None]:
-        """Step 8: each image of the estimate inverted where that is predicted to beat
-        inpainting; masked pixels the mark does not reach are kept as they are."""
-        p = self.params
-        blend = est.blend
-        confident = confident_opacity(blend, p.pixels)
-        kept = unmarked(blend, confident, p.pixels)
-        beta = np.where(kept, 1.0, blend.beta).astype(np.float32)
-        offset = np.where(kept[..., None], 0.0, blend.offset).astype(np.float32)
-        gate = InversionGate(whole.domain, whole.valid, p.confidence)
-        out: list[Recovery | None] = [None] * len(images)
-        for k, i in enumerate(est.images):
-            ok = gate.invertible(est.stack[k], blend, est.errors[k]) & confident
-            box = boxes[i]
-            assert box is not None
-            # Masked pixels in parts of the mask without the mark, off the estimated domain (a
-            # mask unlike the others), or off an image of the batch (not estimated), are
-            # inpainted. Grid pixels off the mask count as usable: an image's pixels at the
-            # mask's edge are resampled from both sides of it (a scaled grid, another size).
-            usable = (ok | kept) & (with_mark | ~whole.domain) & est.solver.known & whole.known
-            out[i] = invert_on_image(images[i], box, grid.placements[i], beta, offset, usable)
-        return out
+        return again if isinstance(again, NoEstimate) else _Narrowed(again, faint)
 
     def _each_alone(
         self,
@@ -372,7 +343,7 @@ class WatermarkRecoveryEngine(Engine):
             rec = recover_single(images[i], masks[i], self.params.single)
             box = boxes[i]
             assert box is not None
-            out[i] = None if rec is None else from_single(rec, box)
+            out[i] = None if rec is None else cut_to_box(rec, box)
             reasons[i] = "one-image fit" if rec else "the one-image fit is not confident"
         return _Outcome(out, BatchReport(len(candidates), "each alone"), reasons)
 
@@ -421,13 +392,10 @@ class WatermarkRecoveryEngine(Engine):
         if not total:  # nothing masked in this image: nothing was recovered or filled
             return RestoreReport(i, self.fallback.name, None, 0, 0, "nothing masked", batch)
         share = 1.0 - filled / total
-        if share >= 0.5:
-            method = self.name
-        elif share > 0.0:
-            method = f"{self.name}+{self.fallback.name}"
-        else:
-            method = self.fallback.name
-        reason = outcome.reasons.get(i) or batch.no_mark or "inverted where confident"
+        method = method_for(share, self.name, self.fallback.name)
+        reason = outcome.reasons.get(i) or batch.no_mark
+        if reason is None:
+            reason = "inverted where confident" if share else "no pixel confident enough to invert"
         return RestoreReport(i, method, share, total, filled, reason, batch)
 
 

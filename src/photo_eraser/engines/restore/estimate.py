@@ -43,6 +43,16 @@ class Blend:
         return self.u * self.beta[..., None]
 
 
+@dataclass
+class Recovery:
+    """The inverted pixels of one image over a box of it (image coordinates), and where they
+    may be used; the other masked pixels go to the fallback inpainter."""
+
+    box: tuple[int, int, int, int]
+    pixels: np.ndarray
+    usable: np.ndarray
+
+
 @dataclass(frozen=True)
 class Estimate:
     """The batch's mark estimated on a solver's domain from the images that carry it."""

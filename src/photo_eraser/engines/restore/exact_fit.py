@@ -157,7 +157,7 @@ class ExactFit:
     sub: EdgeFit
     weights: np.ndarray
     poisson: Poisson
-    min_beta: float
+    beta_floor: float
 
     def without(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The fit on the images ``rows`` only, keeping its colour, weights and flat edges."""
@@ -167,7 +167,9 @@ class ExactFit:
         yy, xx, _ = _origin_moments(self.sub, colour[:, ea], colour[:, eb], rows)
         log_ratio = np.zeros(self.flat.shape)
         log_ratio[self.active] = np.log(_origin_slope(yy, xx, self.weights[rows]))
-        beta = beta_from_log_ratio(np.where(self.flat, 0.0, log_ratio), self.poisson, self.min_beta)
+        beta = beta_from_log_ratio(
+            np.where(self.flat, 0.0, log_ratio), self.poisson, self.beta_floor
+        )
         return beta, ((1.0 - beta) / beta)[None] * self.colour
 
 
@@ -236,7 +238,7 @@ def exact_fit(
             )
         log_ratio = np.zeros(active.shape)
         log_ratio[active] = ratios.log_ratio
-        beta = beta_from_log_ratio(np.where(flat, 0.0, log_ratio), poisson, p.free_fit.min_beta)
+        beta = beta_from_log_ratio(np.where(flat, 0.0, log_ratio), poisson, p.free_fit.beta_floor)
         theta = _colour_from_gradients(values, beta, basis, texture, solver, p)
         colour = np.clip(theta @ basis, 0.0, 255.0).astype(np.float32)
         u = ((1.0 - beta) / beta)[None] * colour
@@ -244,7 +246,7 @@ def exact_fit(
     if not _explains_batch(values, fit, solver, texture, free_beta, free_u, beta, colour, p):
         return None
     return ExactFit(
-        beta, u, colour, ratio_colour, flat, active, sub, weights, poisson, p.free_fit.min_beta
+        beta, u, colour, ratio_colour, flat, active, sub, weights, poisson, p.free_fit.beta_floor
     )
 
 
@@ -260,7 +262,7 @@ def _near_the_mark(
     beta: np.ndarray, u: np.ndarray, solver: GridSolver, e: ExactFitParams
 ) -> np.ndarray:
     """Edges (E bool) with an end at, or next to, a pixel a first fit finds marked at all."""
-    marked = (beta < 1.0 - e.unmarked_alpha) | (np.abs(u * beta).max(axis=0) > e.unmarked_offset)
+    marked = (beta < 1.0 - e.active_alpha) | (np.abs(u * beta).max(axis=0) > e.active_offset)
     grid = solver.scatter(marked.astype(np.float32), 0.0)
     near = solver.gather(cv2.dilate(grid, np.ones((3, 3), np.uint8))) > 0
     return near[solver.ea] | near[solver.eb]

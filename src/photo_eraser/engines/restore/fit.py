@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from photo_eraser.engines.restore.confidence import jackknife_errors, jackknife_groups
 from photo_eraser.engines.restore.estimate import Blend, Fit
 from photo_eraser.engines.restore.exact_fit import exact_fit
 from photo_eraser.engines.restore.free_fit import (
@@ -20,6 +19,7 @@ from photo_eraser.engines.restore.free_fit import (
     spread,
     weighted_mean,
 )
+from photo_eraser.engines.restore.jackknife import jackknife_errors, jackknife_groups
 from photo_eraser.engines.restore.params import RestoreParams
 from photo_eraser.engines.restore.refine import refinable, refine, refined_without
 from photo_eraser.engines.restore.solver import GridSolver, beta_from_ratio
@@ -48,12 +48,12 @@ def fit_blend(
     fit = EdgeFit(values, solver)
     rough_beta = spread(values, solver)
     to_refine = n >= p.refine.min_images
-    try_exact = lossless and n >= p.exact.min_images
+    try_exact = lossless and p.exact.enabled and n >= p.exact.min_images
     if to_refine or try_exact:
         # A short first fit, only good enough to tell smooth from textured neighbourhoods.
         ratio, edge_weight, weights = fit.robust(p.free_fit, p.refine.first_fit_irls)
         poisson = solver.poisson(edge_weight, p.free_fit.anchor)
-        beta = beta_from_ratio(ratio, poisson, p.free_fit.min_beta)
+        beta = beta_from_ratio(ratio, poisson, p.free_fit.beta_floor)
         # The ratio fits' robust weights already discount photo edges: a weighted mean will do.
         u = poisson.solve(weighted_mean(gradients(fit, beta, solver), weights).T).T
         worth_it = refinable(beta, rough_beta, solver, p)

@@ -170,7 +170,7 @@ def free_fit(
     """``beta`` (M) from the edges' ratios, then ``u`` (3 x M) from the robust mean gradient of
     ``J/beta``, on the images ``rows`` of the fit (all by default)."""
     solver = poisson.solver
-    beta = beta_from_ratio(ratio, poisson, p.min_beta)
+    beta = beta_from_ratio(ratio, poisson, p.beta_floor)
     # The centring is added back after the robust mean (it is the same for every image).
     diff, mean_a, mean_b = edge_gradients(fit, beta, solver, rows)
     grad = robust_mean(diff, p, iterations) + mean_a - mean_b

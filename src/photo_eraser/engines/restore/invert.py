@@ -1,30 +1,62 @@
-"""Inverting the blend on an image: ``I = (J - c) / beta``, with the grid's maps resampled onto
-the image's own pixels over the mask's box."""
+"""Step 8, the inversion: ``I = (J - c) / beta`` on each image where it is predicted to beat
+inpainting, with the grid's maps resampled onto the image's own pixels over the mask's box."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
 
-from photo_eraser.engines.restore.grid import Placement
-from photo_eraser.engines.restore.single import SingleRecovery
+from photo_eraser.engines.restore.confidence import InversionGate
+from photo_eraser.engines.restore.estimate import Estimate, Recovery
+from photo_eraser.engines.restore.grid import Grid, Placement
+from photo_eraser.engines.restore.params import RestoreParams
+from photo_eraser.engines.restore.pixels import confident_opacity, unmarked
+from photo_eraser.engines.restore.solver import GridSolver
+
+Box = tuple[int, int, int, int]
 
 
-@dataclass
-class Recovery:
-    """The inverted pixels of one image and where they may be used (image coordinates, over
-    the mask's bounding box)."""
+def invert_batch(
+    images: Sequence[np.ndarray],
+    boxes: Sequence[Box | None],
+    grid: Grid,
+    est: Estimate,
+    whole: GridSolver,
+    with_mark: np.ndarray,
+    p: RestoreParams,
+) -> list[Recovery | None]:
+    """Each image of the estimate inverted where that is predicted to beat inpainting
+    (``None`` for the others); masked pixels the mark does not reach are kept as they are.
 
-    box: tuple[int, int, int, int]
-    pixels: np.ndarray
-    usable: np.ndarray
+    ``whole``: the solver of the whole mask; ``with_mark``: the mask's pixels that belong to
+    the mark or its surroundings (step 7). Masked pixels in other parts of the mask, off the
+    estimated domain (a mask unlike the others), or off an image of the batch (not estimated),
+    are not usable: the fallback inpaints them. Grid pixels off the mask count as usable: an
+    image's pixels at the mask's edge are resampled from both sides of it (a scaled grid,
+    another size).
+    """
+    blend = est.blend
+    confident = confident_opacity(blend, p.pixels)
+    kept = unmarked(blend, confident, p.pixels)
+    beta = np.where(kept, 1.0, blend.beta).astype(np.float32)
+    offset = np.where(kept[..., None], 0.0, blend.offset).astype(np.float32)
+    gate = InversionGate(whole.domain, whole.valid, p.confidence)
+    known = (with_mark | ~whole.domain) & est.solver.known & whole.known
+    out: list[Recovery | None] = [None] * len(images)
+    for k, i in enumerate(est.images):
+        ok = gate.invertible(est.stack[k], blend, est.errors[k]) & confident
+        box = boxes[i]
+        assert box is not None
+        usable = (ok | kept) & known
+        out[i] = _invert_on_image(images[i], box, grid.placements[i], beta, offset, usable)
+    return out
 
 
-def invert_on_image(
+def _invert_on_image(
     image: np.ndarray,
-    box: tuple[int, int, int, int],
+    box: Box,
     placement: Placement,
     beta: np.ndarray,
     offset: np.ndarray,
@@ -44,8 +76,8 @@ def invert_on_image(
     return Recovery(box=box, pixels=pixels, usable=ok > 0.999)
 
 
-def from_single(rec: SingleRecovery, box: tuple[int, int, int, int]) -> Recovery:
-    """A one-image recovery (over its padded box) cut to the mask's box."""
+def cut_to_box(rec: Recovery, box: Box) -> Recovery:
+    """A recovery over a larger box (the one-image fit's padded one) cut to ``box``."""
     y0, y1, x0, x1 = box
     ry0, _, rx0, _ = rec.box
     sl = (slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0))

@@ -69,16 +69,16 @@ def ghost_scores(
     return np.where(before > 0, after / np.maximum(before, 1e-6), np.inf)
 
 
-def shows_no_mark(scores: np.ndarray, p: RestoreParams) -> bool:
+def no_shared_mark(scores: np.ndarray, p: RestoreParams) -> bool:
     """Whether inverting barely changes the edges of a typical image (median ghost score): no
     shared mark (e.g. the mask covers an object that differs between the photos)."""
     return float(np.median(scores)) > p.mark.no_mark_score
 
 
-def shows_mark(blend: Blend, scores: np.ndarray, domain: np.ndarray, p: RestoreParams) -> bool:
+def finds_mark(blend: Blend, scores: np.ndarray, domain: np.ndarray, p: RestoreParams) -> bool:
     """Whether the estimate found a shared mark: inverting it weakens the edges of a typical
     image, and enough pixels are clearly marked."""
-    return not shows_no_mark(scores, p) and enough_marked(blend, domain, p.pixels)
+    return not no_shared_mark(scores, p) and enough_marked(blend, domain, p.pixels)
 
 
 def images_without_the_mark(scores: np.ndarray, p: RestoreParams) -> np.ndarray:
@@ -154,7 +154,7 @@ def narrowed(
     opaque mark the free fit's offset drifts far into a loose mask), or where pixels hardly vary
     over the batch (under an opaque mark the ratio fits have no signal).
     """
-    tight, around_mark = _around_the_marked(blend, domain, with_mark, faint, p)
+    tight, around_mark = _margins(blend, domain, with_mark, faint, p)
     if tight is None or around_mark.sum() > (1.0 - p.mark.loose_share) * domain.sum():
         return None
     return tight
@@ -169,11 +169,11 @@ def trimmed(
 ) -> np.ndarray | None:
     """The mask cut down as by ``narrowed``, if that leaves anything out at all, however little
     (a lossless batch left on the free fit: the margin can be what keeps the exact fit out)."""
-    tight, _ = _around_the_marked(blend, domain, with_mark, faint, p)
+    tight, _ = _margins(blend, domain, with_mark, faint, p)
     return tight if tight is not None and tight.sum() < domain.sum() else None
 
 
-def _around_the_marked(
+def _margins(
     blend: Blend,
     domain: np.ndarray,
     with_mark: np.ndarray,

@@ -17,7 +17,8 @@ class GridParams:
     max_grid_pixels: int = 250_000
     """Masks with more pixels are estimated on a scaled-down grid (time and memory)."""
     align_radius: int = 4
-    """Largest shift (grid pixels, in x and y) that lines an image's mark up with the batch's."""
+    """Largest shift (grid pixels, in x and y) that lines an image's mark up with the batch's;
+    the grid's margin around the mask is this plus 4."""
     align_rounds: int = 2
     """Rounds of alignment (a second one corrects shifts the first misjudged)."""
     align_stay_bonus: float = 0.02
@@ -28,8 +29,8 @@ class GridParams:
 class FreeFitParams:
     """Steps 3-4: opacity from pixel-pair ratios, colour from the robust mean gradient."""
 
-    min_beta: float = 0.02
-    """Lower clamp of the estimated ``beta``: below the inversion limit anyway."""
+    beta_floor: float = 0.02
+    """Lower clamp of every estimated ``beta``: far below the inversion limit anyway."""
     residual_floor: float = 1.0
     """Added to the robust fits' residual scale (grey levels) so it never reaches 0."""
     cauchy: float = 0.6
@@ -47,7 +48,8 @@ class RefineParams:
     """Step 5: the fits redone with each image weighted by how smooth its photo is locally."""
 
     min_images: int = 6
-    """Smallest batch refined: with fewer, leaving images out (step 8) moves the fits too much."""
+    """Smallest batch refined: with fewer, leaving images out (step 8) moves the fits too much.
+    Also from how many images the exact fit's colour is checked against the free fit's."""
     texture: float = 2.0
     """Local gradient RMS (grey levels) at which an image's edge gets half weight."""
     max_opaque_share: float = 0.5
@@ -59,7 +61,8 @@ class RefineParams:
     first_fit_irls: int = 2
     """Reweighting steps of the short first fit (it only tells smooth from textured places)."""
     cauchy: float = 1.5
-    """Cauchy width (residual scales); wider than the free fit's, texture weights do the rest."""
+    """Cauchy width (residual scales) of the refined and exact fits; wider than the free fit's,
+    as texture weights discount most photo edges."""
     residual_floor: float = 0.5
     """Residual-scale floor (grey levels) of the refined and exact fits."""
 
@@ -100,10 +103,10 @@ class ExactFitParams:
     """Larger batches are fitted on an even subset of images keeping images x edges under this."""
     subset_min_images: int = 8
     """...of at least this many images."""
-    unmarked_alpha: float = 0.02
-    """A first fit's pixel below this opacity..."""
-    unmarked_offset: float = 1.0
-    """...and this offset (grey levels), with no such neighbour, is not fitted (flat)."""
+    active_alpha: float = 0.02
+    """Edges are fitted only at or next to a first fit's pixel above this opacity..."""
+    active_offset: float = 1.0
+    """...or this offset (grey levels); the others are taken as flat (unmarked)."""
     rim_step: float = 0.01
     """Edges across which ``alpha / beta`` changes by more than this inform the colour fit."""
     colour_degree: int = 2
@@ -118,6 +121,7 @@ class ExactFitParams:
     """Log-opacity plus offset/128 step of the free fit that marks an edge as the outline."""
 
     def rss_limit(self, images: int) -> float:
+        """The residual ratio the fit must stay under with this many images."""
         return dict(self.max_rss_ratio_few).get(images, self.max_rss_ratio)
 
 
@@ -126,13 +130,15 @@ class PixelParams:
     """What a grid pixel is: opaque, clearly marked, unmarked (steps 5-8 all use these)."""
 
     max_alpha: float = 0.85
-    """More opaque pixels are inpainted: inversion amplifies noise by ``1 / (1 - alpha)``."""
+    """More opaque pixels are inpainted: inversion amplifies noise by ``1 / (1 - alpha)``.
+    Also what counts as opaque for the refinement (step 5) and the ghost score (step 7)."""
     opaque_spread: float = 0.1
     """Pixels varying over the batch less than this share of their surroundings are opaque."""
     opaque_margin: int = 2
     """Grid pixels around opaque ones whose opacity is not trusted (the ratios see nothing)."""
     marked_alpha: float = 0.1
-    """Opacity from which a pixel is clearly under the mark..."""
+    """Opacity from which a pixel is clearly under the mark (also the pixels whose offset
+    gives the exact fit's starting colour and its colour check)..."""
     marked_offset: float = 15.0
     """...or offset ``alpha * W`` (grey levels, any channel)."""
     min_marked_pixels: int = 20
@@ -151,8 +157,9 @@ class PixelParams:
     """Within this of an opaque area a free fit's offset drifts: only the opacity counts there."""
 
     @property
-    def min_beta(self) -> float:
-        """Pixels with a smaller ``beta`` (more opaque than ``max_alpha``) are never inverted."""
+    def min_inverted_beta(self) -> float:
+        """Pixels with a smaller ``beta`` (more opaque than ``max_alpha``) are never inverted;
+        also the largest amplification ``1/beta`` the refinement's texture is measured with."""
         return 1.0 - self.max_alpha
 
 
@@ -249,5 +256,5 @@ class RestoreParams:
     single: SingleParams = field(default_factory=SingleParams)
 
     def __post_init__(self) -> None:
-        if self.min_images < 3:
-            raise ValueError("min_images must be at least 3")
+        if self.min_images < 3 or self.exact.min_images < 3:
+            raise ValueError("batches are estimated together from three images at least")

@@ -1,6 +1,7 @@
 """What a grid pixel is, by an estimate: opaque, clearly marked, or not reached by the mark.
 
-Each rule is written once here; the steps ask these functions rather than compare thresholds.
+The engine's classes of pixels, each written once; the exact fit, which works on its own
+first fit, states its few thresholds where it uses them (``exact_fit.py``).
 ``beta`` and ``spread`` may be grid arrays (HxW) or node arrays (M) alike.
 """
 
@@ -17,7 +18,7 @@ from photo_eraser.engines.restore.params import PixelParams
 def opaque(beta: np.ndarray, spread: np.ndarray, p: PixelParams) -> np.ndarray:
     """(Nearly) opaque: too opaque to invert, or the same colour in every image of the batch
     (under an opaque mark the ratio fits have no signal, but the spread shows it)."""
-    return (beta < p.min_beta) | (spread < p.opaque_spread)
+    return (beta < p.min_inverted_beta) | (spread < p.opaque_spread)
 
 
 def marked_by_opacity(beta: np.ndarray, spread: np.ndarray, p: PixelParams) -> np.ndarray:

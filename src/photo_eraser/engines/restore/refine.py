@@ -29,7 +29,7 @@ def texture_weights(
     its two ends), so images that are flat there dominate the fits. Estimation errors show up
     the same in every image, so they do not change the images' relative weights.
     """
-    inv = 1.0 / np.maximum(solver.scatter(beta, 1.0), p.pixels.min_beta)
+    inv = 1.0 / np.maximum(solver.scatter(beta, 1.0), p.pixels.min_inverted_beta)
     offset = solver.scatter(u.T, 0.0)
     energy = np.empty(stack.shape[:3], dtype=np.float32)
     for k, crop in enumerate(stack):
@@ -71,7 +71,7 @@ def refine(
         res = fit.residuals(ratio, sw, sx, sy)
         scale = 1.4826 * batch_median(res, axis=0) + p.free_fit.residual_floor
         w_slope = texture / (1.0 + (res / (r.cauchy * scale)) ** 2)
-        beta = beta_from_ratio(fit.slope(w_slope)[0], poisson, p.free_fit.min_beta)
+        beta = beta_from_ratio(fit.slope(w_slope)[0], poisson, p.free_fit.beta_floor)
         grad = gradients(fit, beta, solver)
         norm2 = np.einsum("cne,cne->ne", grad, grad)
         loc = weighted_mean(grad, texture)
@@ -109,6 +109,6 @@ def refined_without(
     p: FreeFitParams,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The refined fit on the images ``rows`` only, keeping the full fit's weights."""
-    beta = beta_from_ratio(fit.slope(w_slope, rows)[0], poisson, p.min_beta)
+    beta = beta_from_ratio(fit.slope(w_slope, rows)[0], poisson, p.beta_floor)
     grad = gradients(fit, beta, poisson.solver, rows)
     return beta, poisson.solve(weighted_mean(grad, w_grad[rows]).T).T

@@ -50,7 +50,8 @@ class RestoreReport:
     filled_pixels: int
     """Masked pixels left to the fallback inpainter."""
     reason: str
-    """Why the image came out this way, for people: e.g. ``inverted``, or why it was not."""
+    """Why the image came out this way, for people: e.g. "inverted where confident", "does
+    not carry the batch's mark", "the one-image fit is not confident"."""
     batch: BatchReport
 
     def log_fields(self) -> dict[str, object]:
@@ -61,3 +62,13 @@ class RestoreReport:
         if self.recovered_share is not None:
             fields["recovered_share"] = round(self.recovered_share, 4)
         return fields
+
+
+def method_for(share: float, engine: str, fallback: str) -> str:
+    """The result's ``method``: the engine's name when at least half of the mask was
+    recovered, ``<engine>+<fallback>`` when less, the fallback's when none."""
+    if share >= 0.5:
+        return engine
+    if share > 0.0:
+        return f"{engine}+{fallback}"
+    return fallback

@@ -35,16 +35,8 @@ import cv2
 import numpy as np
 
 from photo_eraser.engines.restore.arrays import noise_level
+from photo_eraser.engines.restore.estimate import Recovery
 from photo_eraser.engines.restore.params import SingleParams
-
-
-@dataclass
-class SingleRecovery:
-    """Inverted pixels over the mask's box (padded) and where they may be used."""
-
-    box: tuple[int, int, int, int]
-    pixels: np.ndarray
-    usable: np.ndarray
 
 
 def _attenuation(image: np.ndarray, mask: np.ndarray, pad: int) -> float | None:
@@ -122,7 +114,7 @@ class _Crop:
         return self.mask & (self.distance > self.threshold)
 
 
-def recover_single(image: np.ndarray, mask: np.ndarray, p: SingleParams) -> SingleRecovery | None:
+def recover_single(image: np.ndarray, mask: np.ndarray, p: SingleParams) -> Recovery | None:
     """Inverted pixels over the mask's box and where to use them; ``None`` if not confident."""
     crop = _look(image, mask, p)
     if crop is None or crop.marked.sum() < p.min_body:
@@ -143,7 +135,7 @@ def recover_single(image: np.ndarray, mask: np.ndarray, p: SingleParams) -> Sing
         return None
     out = np.where(body[..., None], rec, crop.j)
     pixels = np.clip(np.rint(out), 0, 255).astype(np.uint8)
-    return SingleRecovery(crop.box, pixels, ok | unmarked)
+    return Recovery(crop.box, pixels, ok | unmarked)
 
 
 def _look(image: np.ndarray, mask: np.ndarray, p: SingleParams) -> _Crop | None:
