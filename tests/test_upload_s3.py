@@ -59,3 +59,20 @@ def test_uploads_are_objects_in_the_bucket_and_tasks_read_them(
     data = client.wait(task_id)
     assert data["status"] == "3" and data["list"][0]["status"] == "3", data
     client.close()
+
+
+def test_an_upload_while_the_object_store_is_down_is_a_503(
+    s3_server: ServerProcess, s3: S3Server
+) -> None:
+    client = ApiClient(s3_server.base_url, *s3_server.create_key("s3-down"))
+    auth = {"Authorization": client.http.headers["Authorization"]}
+    png = encode(photo(W, H, seed=3), "PNG")
+    url = f"{s3_server.base_url}/v3/pic/rw/upload"
+    with s3.down():
+        r = httpx.post(url, content=png, headers=auth, timeout=60)
+    assert r.status_code == 503, r.text
+    assert r.json()["code"] == 50301 and r.json()["data"] == {}
+    assert r.headers["retry-after"] == "5"
+    r = httpx.post(url, content=png, headers=auth, timeout=60)  # back: accepted again
+    assert r.status_code == 200, r.text
+    client.close()
