@@ -227,6 +227,14 @@ def test_a_multipart_body_without_the_file_is_a_400(http: httpx.Client) -> None:
     refused(r, 40001, "body: the form has no field 'file'")
     r = http.post(UPLOAD, content=b"--x--", headers={"Content-Type": "multipart/form-data"})
     refused(r, 40001, "boundary")
+    cut = b'--b\r\nContent-Disposition: form-data; name="file"\r\n\r\n\x89PNG'
+    r = http.post(UPLOAD, content=cut, headers={"Content-Type": "multipart/form-data; boundary=b"})
+    refused(r, 40001, "closing delimiter")
+    garbage = b"--b\r\nno header end here\r\n--b--\r\n"
+    r = http.post(
+        UPLOAD, content=garbage, headers={"Content-Type": "multipart/form-data; boundary=b"}
+    )
+    assert r.status_code == 400 and r.json()["code"] == 40001, r.text
 
 
 def test_credentials_are_required(server: ServerProcess) -> None:
