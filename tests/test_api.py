@@ -368,6 +368,7 @@ def test_healthz_and_openapi(server: ServerProcess) -> None:
         ("post", "/v3/pic/rw/batch"),
         ("get", "/v3/pic/rw/result/{task_id}"),
         ("post", "/v3/pic/rw/close/{task_id}"),
+        ("post", "/v3/pic/rw/upload"),
     }
 
 

@@ -29,6 +29,11 @@ deterministic = true
 [[operations]]
 include-path = "/v3/pic/rw/batch"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "429"]
+# An upload must decode as an image (or a mask that marks something): a schema-valid binary
+# body may still be a 400.
+[[operations]]
+include-path = "/v3/pic/rw/upload"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "413", "429"]
 """
 
 
@@ -92,10 +97,12 @@ def test_a_client_generated_from_the_document_works(
 ) -> None:
     spec = tmp_path / "openapi.json"
     spec.write_bytes(httpx.get(f"{accept_only.base_url}/openapi.json").content)
-    # The generator reads one binary type per response; ours are image/png or image/jpeg.
+    # The generator reads one binary type per response; ours are image/png, image/jpeg or
+    # image/bmp (an upload).
     (tmp_path / "generator.yaml").write_text(
         "post_hooks: []\ncontent_type_overrides:\n"
         "  image/png: application/octet-stream\n  image/jpeg: application/octet-stream\n"
+        "  image/bmp: application/octet-stream\n"
     )
     out = subprocess.run(
         [

@@ -30,6 +30,7 @@ from photo_eraser.fetch import Fetcher
 from photo_eraser.metrics import Metrics
 from photo_eraser.pipeline import MaskCache
 from photo_eraser.runtime import HEARTBEAT_SECONDS, open_blob_store
+from photo_eraser.storage import UrlSigner
 from photo_eraser.tasks.aio import AsyncTaskStore
 from photo_eraser.tasks.db import create_db_engine
 from photo_eraser.tasks.store import TaskStore
@@ -109,6 +110,7 @@ class WorkerHost:
             disk=DiskMonitor(s.data_dir, 0),  # results go to the object store
             metrics=Metrics(store.queue_counts),
             dispatcher=CeleryDispatcher(self.app, store),
+            signer=UrlSigner(s.signing_secret.encode()) if s.signing_secret else None,
         )
         threading.Thread(target=self._beat, args=(store, name), daemon=True).start()
         log.info("worker child ready", extra={"worker": name})

@@ -19,6 +19,7 @@ from photo_eraser.storage import (
     MASKS,
     RESULTS,
     TASK_FOLDER,
+    UPLOADS,
     BlobStore,
     BlobStoreError,
     task_folder,
@@ -110,8 +111,8 @@ class Maintenance:
         )
 
     def delete_expired(self) -> None:
-        """Delete blobs of tasks finished longer ago than the result TTL, and blobs no task
-        recorded (a worker that lost its task while saving; a create that failed after storing
+        """Delete blobs of tasks finished longer ago than the result TTL, uploads stored longer
+        ago than that, and blobs no task recorded (a worker that lost its task while saving; a create that failed after storing
         its mask) once they are as old."""
         before = time.time() - self.settings.result_ttl_seconds
         for folder in (RESULTS, MASKS):
@@ -130,9 +131,19 @@ class Maintenance:
                         self.blobs.delete_prefix(key)
                     except (OSError, BlobStoreError):
                         log.exception("could not delete a blob folder", extra={"key": key})
+        self._delete_old_uploads(before)
         for pk, keys in self.store.expired_blob_keys(before):
             for key in keys:
                 self.blobs.delete(key)
             self.store.forget_blobs(pk)
         self.store.forget_masks(before)
         self.store.forget_silent_workers()
+
+    def _delete_old_uploads(self, before: float) -> None:
+        """Uploads stored before ``before``: their links expired with the result TTL."""
+        for key, stored in self.blobs.list_blobs(UPLOADS):
+            if stored < before:
+                try:
+                    self.blobs.delete(key)
+                except (OSError, BlobStoreError):
+                    log.exception("could not delete an upload", extra={"key": key})

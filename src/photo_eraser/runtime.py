@@ -171,6 +171,11 @@ class Runtime:
         streams the blob, so the object store need not be public)."""
         if self.presign is not None:
             return self.presign(key, expires - int(time.time()))
+        return self.signed_link(key, expires, base)
+
+    def signed_link(self, key: str, expires: int, base: str) -> str:
+        """The API's own link to the blob ``key`` until ``expires`` (`routes.files` serves it).
+        Uploads are always linked so, never presigned: a worker recognises the path."""
         signature = self.signer.signature(key, expires)
         return f"{base}/v3/pic/rw/files/{key}?expires={expires}&signature={signature}"
 

@@ -82,6 +82,7 @@ class Service(Runtime):
             self.disk,
             self.metrics,
             self.local,
+            self.signer,
         )
         for i in range(s.workers):
             worker = run_worker(ctx, f"{self.node}#w{i}", self.local.wake, self._stop)

@@ -18,7 +18,7 @@ from photo_eraser import __version__
 from photo_eraser.api import openapi
 from photo_eraser.api.auth import RateLimiter
 from photo_eraser.api.errors import CODE_TABLE, ApiError, Code, InternalErrorMiddleware, envelope
-from photo_eraser.api.routes import files, ops, tasks
+from photo_eraser.api.routes import files, ops, tasks, uploads
 from photo_eraser.config import Settings
 from photo_eraser.disk import DISK_FULL_REASON, is_disk_full
 from photo_eraser.runtime import Runtime
@@ -68,10 +68,13 @@ def create_app(settings: Settings | None = None, *, distributed: bool = False) -
     )
     app.state.service = service
     app.state.limiter = service.rate_limit or RateLimiter(settings.rate_limit_per_minute)
+    # One body budget for creates and uploads; one key may hold at least one upload.
+    one_body = max(settings.max_body_bytes, settings.max_image_bytes + uploads.MULTIPART_OVERHEAD)
     app.state.admission = tasks.CreateAdmission(
-        settings.max_pending_creates, settings.max_body_buffer_mb << 20, settings.max_body_bytes
+        settings.max_pending_creates, settings.max_body_buffer_mb << 20, one_body
     )
-    for module in (tasks, files, ops):
+    app.state.upload_checks = uploads.UploadChecks()
+    for module in (tasks, uploads, files, ops):
         app.include_router(module.router)
     _install_error_handlers(app)
     # HTTP metrics by route template (never by task id), into the service's own registry:

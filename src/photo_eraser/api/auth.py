@@ -58,11 +58,11 @@ class RateLimiter:
         return 0.0 if taken else (1.0 - tokens) / rate
 
 
-def rate_limited(per_minute: int, wait: float) -> ApiError:
-    """The 429 of a create past the key's rate limit."""
+def rate_limited(per_minute: int, wait: float, what: str = "tasks") -> ApiError:
+    """The 429 of a create (or an upload) past the key's rate limit."""
     retry = max(1, math.ceil(wait))
     return ApiError(
         Code.RATE_LIMITED,
-        f"rate limit of {per_minute} tasks per minute exceeded; retry in {retry} s",
+        f"rate limit of {per_minute} {what} per minute exceeded; retry in {retry} s",
         headers={"Retry-After": str(retry)},
     )

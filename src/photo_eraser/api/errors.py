@@ -47,12 +47,13 @@ CODE_TABLE = {
     Code.MALFORMED_JSON: "the body is not one UTF-8 JSON object (or was cut off by the client)",
     Code.MISSING_CREDENTIALS: "no Authorization: Basic header",
     Code.INVALID_CREDENTIALS: "unknown, revoked or wrong appkey/appsecret",
-    Code.LINK_EXPIRED: "a result link's signature is wrong or it has expired",
+    Code.LINK_EXPIRED: "a result or upload link's signature is wrong or it has expired",
     Code.NOT_FOUND: "no such task for this key (or no such route)",
     Code.METHOD_NOT_ALLOWED: "the route exists but not for this HTTP method",
     Code.REQUEST_TIMEOUT: "the request body did not arrive within PHOTO_ERASER_BODY_TIMEOUT_SECONDS",
-    Code.BODY_TOO_LARGE: "the request body exceeds the configured limit",
-    Code.RATE_LIMITED: "too many task creations for this key; retry after Retry-After seconds",
+    Code.BODY_TOO_LARGE: "the request body (or an uploaded file) exceeds the configured limit",
+    Code.RATE_LIMITED: "too many task creations (or uploads) for this key; retry after "
+    "Retry-After seconds",
     Code.INTERNAL: "internal error; the request may be retried",
     Code.TOO_MANY_OPEN_TASKS: "this key has as many unfinished tasks as it may "
     "(PHOTO_ERASER_MAX_OPEN_TASKS_PER_KEY); retry after Retry-After seconds",

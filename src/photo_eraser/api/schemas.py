@@ -114,6 +114,21 @@ class Closed(Envelope):
     data: ClosedData  # type: ignore[assignment]
 
 
+class UploadedData(BaseModel):
+    url: str = Field(
+        description="signed link to the upload, usable in `images` and `mask` of a task of "
+        "the same key and to download the file (no Authorization needed) until it expires"
+    )
+    expires_at: int = Field(description="when the link expires, seconds since the epoch")
+    format: str = Field(description="the format found in the content: PNG, JPEG, BMP, ...")
+    width: int = Field(description="width in pixels, as displayed (EXIF orientation applied)")
+    height: int = Field(description="height in pixels, as displayed")
+
+
+class Uploaded(Envelope):
+    data: UploadedData  # type: ignore[assignment]
+
+
 class HealthData(BaseModel):
     status: Literal["ok", "degraded"]
     engines: dict[str, bool] | None = None

@@ -14,6 +14,9 @@ RESULTS = "results"
 """Folder of result files, one subfolder per task: ``results/<task_id>/<index>.<ext>``."""
 MASKS = "masks"
 """Folder of inline masks (sent in the create request), one per task: ``masks/<task_id>/mask``."""
+UPLOADS = "uploads"
+"""Folder of files uploaded through ``POST /v3/pic/rw/upload``, one subfolder per key:
+``uploads/<owner>/<upload_id>.<ext>`` (`photo_eraser.uploads` names the owner)."""
 TASK_FOLDER = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 """A folder name under `RESULTS` that is a task id (uuid4, as the store makes them)."""
 
@@ -83,6 +86,10 @@ class BlobStore(Protocol):
 
     def modified(self, key: str) -> float | None:
         """When the blob or folder ``key`` last changed (seconds since the epoch), if it exists."""
+
+    def list_blobs(self, key: str) -> list[tuple[str, float]]:
+        """``(key, when stored)`` of every blob under the folder ``key``, at any depth: one
+        listing, for a sweep that judges blobs one by one (uploads) rather than by folder."""
 
     def check(self) -> None:
         """Raise `BlobStoreError`, saying what to fix, unless the store can be used now."""

@@ -64,6 +64,20 @@ class LocalBlobStore:
         except (OSError, ValueError):
             return None
 
+    def list_blobs(self, key: str) -> list[tuple[str, float]]:
+        path = self._path(key)
+        found = []
+        for file in path.rglob("*") if path.is_dir() else ():
+            name = file.relative_to(self.root).as_posix()
+            if not is_valid_key(name):  # a temporary file of a `put` in progress
+                continue
+            try:
+                if file.is_file():
+                    found.append((name, file.stat().st_mtime))
+            except OSError:  # deleted meanwhile
+                continue
+        return sorted(found)
+
     def delete_prefix(self, key: str) -> None:
         """Delete a folder of blobs with everything in it (also files no key was kept for)."""
         path = self._path(key)

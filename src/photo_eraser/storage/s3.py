@@ -170,6 +170,16 @@ class S3BlobStore:
         ]
         return max(newest, default=None)
 
+    def list_blobs(self, key: str) -> list[tuple[str, float]]:
+        folder = self._name(key) + "/"
+        start = len(self.prefix) + 1 if self.prefix else 0
+        return sorted(
+            (item["Key"][start:], float(item["LastModified"].timestamp()))
+            for page in self._pages(folder)
+            for item in page.get("Contents", [])
+            if not item["Key"].endswith("/")  # SeaweedFS's folder markers (see `delete`)
+        )
+
     def presigned_url(self, key: str, expires_in: int) -> str:
         """A URL that downloads the blob without credentials for ``expires_in`` seconds, at
         least 1 s and at most 7 days (SigV4's limit)."""

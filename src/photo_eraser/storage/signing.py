@@ -34,7 +34,12 @@ class UrlSigner:
         return hmac.new(self._secret, msg, hashlib.sha256).hexdigest()
 
     def verify(self, key: str, expires: int, signature: str, now: float | None = None) -> bool:
+        """Whether the signature is ours and ``expires`` has not passed."""
         now = time.time() if now is None else now
+        return expires >= now and self.is_signed(key, expires, signature)
+
+    def is_signed(self, key: str, expires: int, signature: str) -> bool:
+        """Whether ``signature`` is ours for ``(key, expires)``, expired or not."""
         # compare_digest refuses non-ASCII str, and a signature is a hex string: compare bytes.
         given = signature.encode("utf-8", "surrogateescape")
-        return expires >= now and hmac.compare_digest(self.signature(key, expires).encode(), given)
+        return hmac.compare_digest(self.signature(key, expires).encode(), given)

@@ -31,10 +31,11 @@ from photo_eraser.imaging import (
 )
 from photo_eraser.metrics import Metrics, download_reason_class
 from photo_eraser.pipeline import MaskCache, StageTimes, restore_images
-from photo_eraser.storage import BlobStore, BlobStoreError, result_key
+from photo_eraser.storage import BlobStore, BlobStoreError, UrlSigner, result_key
 from photo_eraser.tasks.aio import AsyncTaskStore
 from photo_eraser.tasks.records import ImageRecord, Lease, Queued, TaskRecord
 from photo_eraser.tasks.status import ImageStatus, TaskStatus
+from photo_eraser.uploads import parse_upload_link, read_upload
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,9 @@ class WorkerContext:
     metrics: Metrics
     dispatcher: Dispatcher
     """Told about a task handed back at shutdown (it may run again at once)."""
+    signer: UrlSigner | None = None
+    """Checks the links of uploads a task names (None: a cluster worker without the signing
+    secret, which trusts the check made when the task was created)."""
 
     @property
     def limits(self) -> ImageLimits:
@@ -307,7 +311,8 @@ async def _run(
     t = time.perf_counter()
     payloads: list[bytes | BaseException | None] = list(
         await asyncio.gather(
-            *(ctx.fetcher.fetch(im.url) for im in task.images), return_exceptions=True
+            *(fetch_input(ctx, im.url, task.appkey) for im in task.images),
+            return_exceptions=True,
         )
     )
     times.add("download", t)
@@ -384,8 +389,17 @@ async def _load_mask(ctx: WorkerContext, task: TaskRecord) -> np.ndarray:
         data = task.mask_data
     else:
         assert task.mask_url is not None
-        data = await ctx.fetcher.fetch(task.mask_url)
+        data = await fetch_input(ctx, task.mask_url, task.appkey)
     return await ctx.run_cpu(ctx.masks.decode, data)
+
+
+async def fetch_input(ctx: WorkerContext, url: str, appkey: str) -> bytes:
+    """An image or mask a task names: an upload of this service is read from the blob store
+    (no HTTP round trip, no address policy to pass); any other URL is downloaded."""
+    link = parse_upload_link(url)
+    if link is None:
+        return await ctx.fetcher.fetch(url)
+    return await asyncio.to_thread(read_upload, ctx.blobs, link, appkey, ctx.signer)
 
 
 def _read_blob(blobs: BlobStore, key: str) -> bytes:

@@ -1,4 +1,4 @@
-"""Result files: signed, expiring links that need no Authorization header."""
+"""Result files and uploads: signed, expiring links that need no Authorization header."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from photo_eraser.api.deps import Blobs, Signer
 from photo_eraser.api.errors import ApiError, Code
 from photo_eraser.api.openapi import errors
 from photo_eraser.imaging import result_content_type
-from photo_eraser.storage import UrlSigner
+from photo_eraser.storage import UPLOADS, UrlSigner
+from photo_eraser.uploads import UPLOAD_TYPES
 
 router = APIRouter(tags=["results"])
 
@@ -33,8 +34,9 @@ Signature = Query("", description="HMAC-SHA256 signature of the key and expiry")
     operation_id="get_result_file",
     responses={
         200: {
-            "description": "the result image, in the format of its input (BMP becomes PNG)",
-            "content": {"image/png": _FILE, "image/jpeg": _FILE},
+            "description": "the result image, in the format of its input (BMP becomes PNG), "
+            "or an upload, in its own format",
+            "content": {"image/png": _FILE, "image/jpeg": _FILE, "image/bmp": _FILE},
         },
         **_ERRORS,
     },
@@ -42,15 +44,16 @@ Signature = Query("", description="HMAC-SHA256 signature of the key and expiry")
 async def get_file(
     key: str, blobs: Blobs, signer: Signer, expires: int = Expires, signature: str = Signature
 ) -> StreamingResponse:
-    """A result image. The link is signed and expires; no Authorization header needed."""
+    """A result image or an upload. The link is signed and expires; no Authorization header
+    needed."""
     _check_signature(signer, key, expires, signature)
     # Opened now: deleted after this (retention), it still streams to the end.
     blob = await asyncio.to_thread(blobs.open, key)
     if blob is None:
-        raise ApiError(Code.NOT_FOUND, "result no longer exists")
+        raise ApiError(Code.NOT_FOUND, "file no longer exists")
     # Whole files only (no Range): results are a few MB, and every error stays an envelope.
     return StreamingResponse(
-        _chunks(blob.file), media_type=result_content_type(key), headers=_headers(blob.size)
+        _chunks(blob.file), media_type=_content_type(key), headers=_headers(blob.size)
     )
 
 
@@ -70,17 +73,29 @@ async def head_file(
     _check_signature(signer, key, expires, signature)
     size = await asyncio.to_thread(blobs.size, key)
     if size is None:
-        raise ApiError(Code.NOT_FOUND, "result no longer exists")
-    return Response(media_type=result_content_type(key), headers=_headers(size))
+        raise ApiError(Code.NOT_FOUND, "file no longer exists")
+    return Response(media_type=_content_type(key), headers=_headers(size))
 
 
 def _check_signature(signer: UrlSigner, key: str, expires: int, signature: str) -> None:
     if not signer.verify(key, expires, signature):
-        raise ApiError(Code.LINK_EXPIRED, "result link is invalid or has expired")
+        raise ApiError(Code.LINK_EXPIRED, "link is invalid or has expired")
+
+
+def _content_type(key: str) -> str:
+    if key.startswith(UPLOADS + "/"):
+        return UPLOAD_TYPES.get(key.rpartition(".")[2], "application/octet-stream")
+    return result_content_type(key)
 
 
 def _headers(size: int) -> dict[str, str]:
-    return {"Content-Length": str(size), "Cache-Control": "private"}
+    # nosniff: an upload is served from the studio's origin; checked as an image by content,
+    # it must never be read as anything else.
+    return {
+        "Content-Length": str(size),
+        "Cache-Control": "private",
+        "X-Content-Type-Options": "nosniff",
+    }
 
 
 async def _chunks(f: BinaryIO, chunk: int = 1 << 20) -> AsyncIterator[bytes]:

@@ -36,6 +36,7 @@ from photo_eraser.storage import BlobStoreError, mask_key
 from photo_eraser.tasks.intake import IntakeClosed, IntakeFull, OpenTasksLimit
 from photo_eraser.tasks.records import NewTask
 from photo_eraser.tasks.status import ImageStatus
+from photo_eraser.uploads import UploadRefused, check_upload_link, parse_upload_link
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["tasks"])
@@ -154,6 +155,7 @@ async def _new_task(
         raise ApiError(Code.BAD_PARAMETER, f"engine: {exc}") from None
     try:
         mask = _parse_mask(req.mask)
+        _check_uploads(req.images, mask.url, appkey, service)
         if mask.data is not None:  # decoded now, so a bad mask is a 400, not a failed task
             async with decodes:
                 await asyncio.to_thread(service.masks.decode, mask.data)
@@ -311,6 +313,24 @@ def _parse_mask(value: str) -> MaskSource:
         except ValueError as exc:
             raise MaskError(str(exc)) from None
     return mask
+
+
+def _check_uploads(
+    images: list[str], mask_url: str | None, appkey: str, service: ServiceDep
+) -> None:
+    """Links to this service's uploads are checked now (signature, owner, expiry), so that
+    another key's upload is a 400 here rather than a failed image later."""
+    named = [(f"images.{i}", url) for i, url in enumerate(images)]
+    if mask_url is not None:
+        named.append(("mask", mask_url))
+    for field, url in named:
+        link = parse_upload_link(url)
+        if link is None:
+            continue
+        try:
+            check_upload_link(link, appkey, service.signer)
+        except UploadRefused as exc:
+            raise ApiError(Code.BAD_PARAMETER, f"{field}: {exc.reason}") from None
 
 
 def _validation_message(exc: ValidationError) -> str:
