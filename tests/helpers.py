@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import os
 import signal
 import socket
@@ -12,6 +11,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,6 +20,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
+
+from photo_eraser.config import Settings
+from photo_eraser.service import open_store
+from photo_eraser.tasks.store import TaskStore
 
 
 def free_port() -> int:
@@ -189,6 +194,10 @@ class ServerProcess:
     def create_key(self, name: str = "test") -> tuple[str, str]:
         return create_key(self.env, name)
 
+    def revoke_key(self, appkey: str) -> bool:
+        with env_store(self.env) as store:
+            return store.revoke_key(appkey)
+
 
 def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """``photo-eraser ARGS`` with ``env``, as a user runs it."""
@@ -201,12 +210,24 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
     )
 
 
+@contextmanager
+def env_store(env: dict[str, str]) -> Iterator[TaskStore]:
+    """The task store of the database that ``env`` (``PHOTO_ERASER_*`` variables) names, as
+    the ``photo-eraser keys`` commands open it."""
+    prefix = "PHOTO_ERASER_"
+    values = {k.removeprefix(prefix).lower(): v for k, v in env.items() if k.startswith(prefix)}
+    store = open_store(Settings(**values))
+    try:
+        yield store
+    finally:
+        store.engine.dispose()
+
+
 def create_key(env: dict[str, str], name: str = "test") -> tuple[str, str]:
-    """A new key of the database ``env`` names: ``(appkey, appsecret)``."""
-    out = run_cli(env, "keys", "create", "--name", name, "--json")
-    assert out.returncode == 0, out.stderr
-    creds = json.loads(out.stdout.strip().splitlines()[-1])
-    return creds["appkey"], creds["appsecret"]
+    """A new key of the database ``env`` names: ``(appkey, appsecret)``, made through the
+    store as ``photo-eraser keys create`` makes it (test_cli runs the command itself)."""
+    with env_store(env) as store:
+        return store.create_key(name)
 
 
 def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 15) -> None:
@@ -223,12 +244,19 @@ def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 15) -> N
 class ApiClient:
     """A thin client of the seed contract, as an integrating customer would write it."""
 
-    def __init__(self, base_url: str, appkey: str, appsecret: str) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        appkey: str,
+        appsecret: str,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         token = base64.b64encode(f"{appkey}:{appsecret}".encode()).decode()
         self.http = httpx.Client(
             base_url=base_url,
             headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"},
             timeout=30,
+            transport=transport,
         )
 
     def create(

@@ -9,9 +9,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.helpers import encode, photo, rect_mask, run_cli
+
+# The `photo-eraser` command itself, in processes of its own.
+pytestmark = pytest.mark.process
 
 
 def run(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -33,6 +37,9 @@ def test_keys_create_json_list_revoke(tmp_path: Path) -> None:
     assert key["appkey"] == creds["appkey"] and key["name"] == "shop"
     assert creds["appsecret"] not in listing.stdout
     assert run("keys", "revoke", creds["appkey"], data_dir=tmp_path).returncode == 0
+    listing = run("keys", "list", data_dir=tmp_path)
+    assert creds["appkey"] in listing.stdout and "revoked" in listing.stdout
+    assert creds["appsecret"] not in listing.stdout
     again = run("keys", "revoke", creds["appkey"], data_dir=tmp_path)
     assert again.returncode != 0 and "no active key" in again.stderr
 

@@ -25,6 +25,9 @@ from tests.cluster import Cluster, running_cluster
 from tests.helpers import ApiClient, ImageHost, b64, encode, photo, rect_mask
 from tests.s3server import S3Server
 
+# API and worker processes on PostgreSQL, RabbitMQ and SeaweedFS.
+pytestmark = [pytest.mark.process, pytest.mark.services]
+
 W, H = 320, 256
 MASK = b64(encode(rect_mask(W, H, (100, 100, 160, 130))))
 FAST = {

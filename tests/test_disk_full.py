@@ -19,6 +19,9 @@ import pytest
 
 from tests.helpers import ApiClient, ImageHost, ServerProcess, b64, encode, rect_mask
 
+# Server processes on a tmpfs that only root can mount.
+pytestmark = [pytest.mark.process, pytest.mark.services]
+
 MiB = 1 << 20
 
 

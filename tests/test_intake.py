@@ -20,7 +20,7 @@ from photo_eraser.tasks.store import TaskStore
 from tests.postgres import fresh_schema
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TaskStore]:
     global APPKEY
     if request.param == "sqlite":

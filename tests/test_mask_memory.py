@@ -16,6 +16,9 @@ from PIL import Image
 
 from tests.helpers import ApiClient, ServerProcess, b64
 
+# The peak resident set of a server process of its own.
+pytestmark = pytest.mark.process
+
 MiB = 1 << 20
 
 

@@ -7,9 +7,13 @@ import threading
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.helpers import ApiClient, ImageHost, ServerProcess, b64, encode, photo, rect_mask
 from tests.postgres import fresh_schema
+
+# A server process on PostgreSQL, killed with kill -9 and restarted.
+pytestmark = [pytest.mark.process, pytest.mark.services]
 
 
 def test_tasks_run_and_survive_a_kill_on_postgresql(tmp_path: Path, image_host: ImageHost) -> None:

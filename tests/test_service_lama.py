@@ -9,10 +9,14 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.helpers import ApiClient, ImageHost, ServerProcess, b64, encode, photo, rect_mask
 from tests.test_lama import build_model
+
+# `photo-eraser models import` and a server process that loads what it installed.
+pytestmark = pytest.mark.process
 
 W, H = 400, 300
 BOX = (150, 100, 250, 160)

@@ -24,7 +24,7 @@ from tests.postgres import fresh_schema
 LEASE = 60.0
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TaskStore]:
     """The same store on SQLite (the embedded default) and on PostgreSQL."""
     if request.param == "sqlite":
