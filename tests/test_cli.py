@@ -53,7 +53,7 @@ def test_erase_restores_local_files(tmp_path: Path) -> None:
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"nope")
     mask = tmp_path / "mask.png"
-    mask.write_bytes(encode(rect_mask(400, 300, (10, 10, 60, 40))))
+    mask.write_bytes(encode(rect_mask(300, 400, (10, 40, 10, 60))))
     out_dir = tmp_path / "out"
     out = run(
         "erase",
@@ -71,7 +71,7 @@ def test_erase_restores_local_files(tmp_path: Path) -> None:
     assert "bad.png" in out.stderr
     png = np.asarray(Image.open(out_dir / "in0.png").convert("RGB"))
     original = photo(400, 300, seed=0)
-    keep = ~(rect_mask(400, 300, (10, 10, 60, 40)) > 0)
+    keep = ~rect_mask(300, 400, (10, 40, 10, 60))
     assert np.array_equal(png[keep], original[keep])
     assert Image.open(out_dir / "in1.jpg").format == "JPEG"
 
@@ -80,7 +80,7 @@ def test_erase_without_lama_model_explains(tmp_path: Path) -> None:
     img = tmp_path / "a.png"
     img.write_bytes(encode(photo(300, 300)))
     mask = tmp_path / "m.png"
-    mask.write_bytes(encode(rect_mask(300, 300, (1, 1, 9, 9))))
+    mask.write_bytes(encode(rect_mask(300, 300, (1, 9, 1, 9))))
     out = run(
         "erase",
         "--mask",

@@ -12,9 +12,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import ApiClient, ImageHost, b64, encode, photo, rect_mask
+from tests.helpers import ApiClient, ImageHost, b64, encode, photo, rect_mask, rgba_mask_png
 from tests.inprocess import LocalServer
-from tests.test_mask_memory import rgba_mask_png
 
 
 def scrape(server: LocalServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -36,7 +35,7 @@ def test_a_scrape_after_a_task_shows_the_counts_moving(
 ) -> None:
     good = image_host.add("/metrics/a.png", encode(photo(320, 256, seed=4)))
     missing = image_host.url("/metrics/missing.png")
-    mask = b64(encode(rect_mask(320, 256, (100, 100, 160, 140))))
+    mask = b64(encode(rect_mask(256, 320, (100, 140, 100, 160))))
     before = scrape(server)
     task_id = client.create_ok([good, missing], mask, priority=7, engine="opencv")
     assert client.wait(task_id)["status"] == "3"

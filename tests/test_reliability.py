@@ -21,7 +21,7 @@ from tests.helpers import ApiClient, ImageHost, ServerProcess, b64, encode, phot
 from tests.inprocess import LocalServer
 
 W, H = 320, 256
-MASK = b64(encode(rect_mask(W, H, (100, 100, 160, 130))))
+MASK = b64(encode(rect_mask(H, W, (100, 130, 100, 160))))
 
 
 @pytest.fixture
@@ -88,7 +88,10 @@ def test_task_past_its_deadline_times_out(local_server, image_host: ImageHost) -
     gate = threading.Event()
     url = image_host.add("/deadline/slow.png", encode(photo(W, H)), gate=gate)
     running = c.create_ok([url], MASK)
-    waiting = c.create_ok([image_host.add("/deadline/other.png", encode(photo(W, H)))], MASK)
+    # Held too: once the first is cut at its deadline, the one worker may take this one a few
+    # ms before its own deadline, and a small image is done in less.
+    other = image_host.add("/deadline/other.png", encode(photo(W, H)), gate=gate)
+    waiting = c.create_ok([other], MASK)
     for task_id in (running, waiting):
         data = c.wait(task_id, timeout=30)
         assert data["status"] == "6", data
