@@ -127,12 +127,12 @@ CONFIGS = (
 
 def box_mask(width: int, height: int) -> tuple[bytes, tuple[int, int, int, int]]:
     """A PNG mask of one 2:1 box covering MASK_SHARE of the image, near the bottom right corner
-    as a watermark would be; and the box."""
+    as a watermark would be; and the box, (y0, y1, x0, x1) end-exclusive."""
     h = round(math.sqrt(MASK_SHARE * width * height / 2))
     w = 2 * h
     x1, y1 = width - width // 20, height - height // 20
-    box = (x1 - w, y1 - h, x1, y1)
-    return encode(rect_mask(width, height, box), "PNG"), box
+    box = (y1 - h, y1, x1 - w, x1)
+    return encode(rect_mask(height, width, box), "PNG"), box
 
 
 @dataclass
@@ -184,7 +184,7 @@ def cpu_probe(inputs: Inputs, repeat: int = 5) -> float:
     import numpy as np
 
     cv2.setNumThreads(1)
-    x0, y0, x1, y1 = inputs.big_box
+    y0, y1, x0, x1 = inputs.big_box
     pad = 32
     times = []
     for _ in range(repeat):

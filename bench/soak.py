@@ -49,9 +49,10 @@ def rss_mib(pid: int) -> float:
 
 
 def stamped(name: str, box: tuple[int, int, int, int]) -> np.ndarray:
-    """A photo with a semi-transparent white box over ``box``, as a watermark would be."""
+    """A photo with a semi-transparent white box over ``box`` = (y0, y1, x0, x1), as a
+    watermark would be."""
     img = cv2.resize(getattr(skdata, name)(), (W, H), interpolation=cv2.INTER_AREA)
-    x0, y0, x1, y1 = box
+    y0, y1, x0, x1 = box
     img[y0:y1, x0:x1] = (0.6 * img[y0:y1, x0:x1] + 0.4 * 255).astype(np.uint8)
     return img
 
@@ -64,7 +65,7 @@ def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
 
 
 async def run(args: argparse.Namespace) -> int:
-    box = (W - 300, H - 120, W - 40, H - 40)
+    box = (H - 120, H - 40, W - 300, W - 40)
     host = ImageHost()
     urls = []
     for name in PHOTOS:
@@ -75,7 +76,7 @@ async def run(args: argparse.Namespace) -> int:
                 f"/soak/{name}.jpg", encode(pixels, "JPEG", quality=90), content_type="image/jpeg"
             )
         )
-    mask_png = encode(rect_mask(W, H, box), "PNG")
+    mask_png = encode(rect_mask(H, W, box), "PNG")
     mask_url = host.add("/soak/mask.png", mask_png)
     missing = host.url("/soak/missing.png")
 
