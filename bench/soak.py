@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/soak.py [--minutes 60] [--warmup-minutes 10] [--rate 0.5]
 
-A loopback image host (tests.helpers.ImageHost) serves photos that ship with scikit-image.
+A loopback image host (harness.imagehost.ImageHost) serves photos that ship with scikit-image.
 Every two seconds (``--rate 0.5``) one task of 4 images is created, alternating the engines ``auto``,
 ``opencv`` and ``restore``, with the mask inline or by URL; every open task is polled and each
 result downloaded. Malformed and unauthenticated requests, missing images and /metrics scrapes
@@ -35,7 +35,9 @@ from skimage import data as skdata
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.helpers import ImageHost, ServerProcess, b64, encode, rect_mask  # noqa: E402
+from harness.imagehost import ImageHost  # noqa: E402
+from harness.images import b64, encode, rect_mask  # noqa: E402
+from harness.server import ServerProcess  # noqa: E402
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 W, H = 1024, 768

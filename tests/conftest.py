@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ApiClient, ImageHost
+from harness.client import ApiClient
+from harness.imagehost import ImageHost
+from harness.s3server import S3Server, running_s3
 from tests.inprocess import LocalServer
-from tests.s3server import S3Server, running_s3
 
 
 @pytest.fixture(scope="session")

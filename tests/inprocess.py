@@ -22,11 +22,11 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
+from harness.client import ApiClient
 from photo_eraser.api.app import create_app
 from photo_eraser.config import Settings
 from photo_eraser.service import open_store
 from photo_eraser.tasks.store import TaskStore
-from tests.helpers import ApiClient
 
 T = TypeVar("T")
 
@@ -88,9 +88,8 @@ class LocalServer:
         loop; safe to call twice."""
         self.http.close()
         if self._thread.is_alive():
-            if self._uvicorn is not None and self._serving is not None:
-                self._uvicorn.should_exit = True
-                self._run(asyncio.wait_for(asyncio.shield(self._serving), TIMEOUT))
+            if self._uvicorn is not None:
+                self._run(self._stop_serving())
                 self._uvicorn = None
             if self._lifespan is not None:
                 self._run(self._lifespan.shutdown())
@@ -129,6 +128,13 @@ class LocalServer:
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(TIMEOUT)
+
+    async def _stop_serving(self) -> None:
+        """As on SIGTERM: uvicorn stops taking connections and finishes those it has."""
+        assert self._uvicorn is not None
+        self._uvicorn.should_exit = True
+        if self._serving is not None:
+            await self._serving
 
     def _serve(self) -> None:
         assert self.app is not None

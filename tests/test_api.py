@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import ApiClient, ImageHost, b64, encode, photo, psnr, rect_mask
+from harness.client import ApiClient
+from harness.imagehost import ImageHost
+from harness.images import b64, encode, photo, psnr, rect_mask
 from tests.inprocess import LocalServer
 
 W, H = 400, 300

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import encode, photo, rect_mask, run_cli
+from harness.images import encode, photo, rect_mask
+from harness.server import run_cli
 
 # The `photo-eraser` command itself, in processes of its own.
 pytestmark = pytest.mark.process

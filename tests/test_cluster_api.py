@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.cluster import Cluster, running_cluster
-from tests.helpers import ApiClient
-from tests.s3server import S3Server
+from harness.client import ApiClient
+from harness.cluster import Cluster, running_cluster
+from harness.s3server import S3Server
 from tests.test_api import *  # noqa: F403 - the same tests, collected again here
 
 pytestmark = [pytest.mark.process, pytest.mark.services]

@@ -17,13 +17,15 @@ import httpx
 import pytest
 from PIL import Image
 
+from harness.client import ApiClient
+from harness.cluster import Cluster, running_cluster
+from harness.imagehost import ImageHost
+from harness.images import b64, encode, photo, rect_mask
+from harness.s3server import S3Server
 from photo_eraser.config import Settings
 from photo_eraser.runtime import open_store
 from photo_eraser.tasks.records import NewTask
 from photo_eraser.tasks.store import TaskStore
-from tests.cluster import Cluster, running_cluster
-from tests.helpers import ApiClient, ImageHost, b64, encode, photo, rect_mask
-from tests.s3server import S3Server
 
 # API and worker processes on PostgreSQL, RabbitMQ and SeaweedFS.
 pytestmark = [pytest.mark.process, pytest.mark.services]

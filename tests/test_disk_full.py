@@ -17,7 +17,10 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import ApiClient, ImageHost, ServerProcess, b64, encode, rect_mask
+from harness.client import ApiClient
+from harness.imagehost import ImageHost
+from harness.images import b64, encode, rect_mask
+from harness.server import ServerProcess
 
 # Server processes on a tmpfs that only root can mount.
 pytestmark = [pytest.mark.process, pytest.mark.services]

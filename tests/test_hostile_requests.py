@@ -17,8 +17,9 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
+from harness.client import ApiClient
+from harness.server import free_port
 from photo_eraser.api.errors import InternalErrorMiddleware
-from tests.helpers import ApiClient, free_port
 from tests.inprocess import LocalServer
 
 FUTURE = int(time.time()) + 3600

@@ -11,10 +11,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from harness.images import rect_mask
 from photo_eraser.engines import lama as lama_module
 from photo_eraser.engines.base import EngineError
 from photo_eraser.engines.lama import LamaEngine, seam_weights
-from tests.helpers import rect_mask
 
 FILL = 0.4  # the "fill" model paints masked pixels with this value; 0.4 * 255 = 102
 

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ApiClient, ServerProcess, b64, rgba_mask_png
+from harness.client import ApiClient
+from harness.images import b64, rgba_mask_png
+from harness.server import ServerProcess
 
 # The peak resident set of a server process of its own.
 pytestmark = pytest.mark.process

@@ -12,7 +12,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import ApiClient, ImageHost, b64, encode, photo, rect_mask, rgba_mask_png
+from harness.client import ApiClient
+from harness.imagehost import ImageHost
+from harness.images import b64, encode, photo, rect_mask, rgba_mask_png
 from tests.inprocess import LocalServer
 
 

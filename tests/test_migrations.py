@@ -15,10 +15,10 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
+from harness.postgres import fresh_schema
 from photo_eraser.tasks.db import MIGRATIONS, create_db_engine, migrate
 from photo_eraser.tasks.status import ImageStatus, TaskStatus
 from photo_eraser.tasks.store import TaskStore
-from tests.postgres import fresh_schema
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])

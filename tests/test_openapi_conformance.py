@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import ServerProcess
+from harness.server import ServerProcess
 
 # schemathesis and a generated client run as commands against a server process.
 pytestmark = pytest.mark.process

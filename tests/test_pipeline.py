@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from harness.images import encode, photo, rect_mask
 from photo_eraser.engines.opencv import OpenCVEngine
 from photo_eraser.imaging import MaskError, decode_image
 from photo_eraser.pipeline import MaskCache, restore_images
-from tests.helpers import encode, photo, rect_mask
 
 
 def test_mask_cache_decodes_each_mask_once_and_guards_it() -> None:

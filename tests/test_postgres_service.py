@@ -9,8 +9,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import ApiClient, ImageHost, ServerProcess, b64, encode, photo, rect_mask
-from tests.postgres import fresh_schema
+from harness.client import ApiClient
+from harness.imagehost import ImageHost
+from harness.images import b64, encode, photo, rect_mask
+from harness.postgres import fresh_schema
+from harness.server import ServerProcess
 
 # A server process on PostgreSQL, killed with kill -9 and restarted.
 pytestmark = [pytest.mark.process, pytest.mark.services]

@@ -13,11 +13,14 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
+from harness.client import ApiClient
+from harness.imagehost import ImageHost
+from harness.images import b64, encode, photo, rect_mask
+from harness.server import ServerProcess
 from photo_eraser.config import Settings
 from photo_eraser.service import open_store
 from photo_eraser.tasks.status import TaskStatus
 from photo_eraser.tasks.tables import tasks
-from tests.helpers import ApiClient, ImageHost, ServerProcess, b64, encode, photo, rect_mask
 from tests.inprocess import LocalServer
 
 W, H = 320, 256

@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import ApiClient, ImageHost, ServerProcess, b64, encode, photo, rect_mask
+from harness.client import ApiClient
+from harness.imagehost import ImageHost
+from harness.images import b64, encode, photo, rect_mask
+from harness.server import ServerProcess
 from tests.test_lama import build_model
 
 # `photo-eraser models import` and a server process that loads what it installed.

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from harness.postgres import fresh_schema
 from photo_eraser.config import Settings
 from photo_eraser.runtime import open_store
 from photo_eraser.tasks.records import ImageRecord, NewTask, TaskRecord
 from photo_eraser.tasks.status import ImageStatus, TaskStatus
 from photo_eraser.tasks.store import TaskStore
-from tests.postgres import fresh_schema
 
 LEASE = 60.0
 

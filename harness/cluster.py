@@ -16,10 +16,11 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import ApiClient, create_key, env_store, free_port, run_cli
-from tests.postgres import fresh_schema
-from tests.rabbit import fresh_vhost
-from tests.s3server import S3Server, unique_bucket
+from harness.client import ApiClient
+from harness.postgres import fresh_schema
+from harness.rabbit import fresh_vhost
+from harness.s3server import S3Server, unique_bucket
+from harness.server import create_key, env_store, free_port, run_cli
 
 
 class Node:
