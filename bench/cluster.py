@@ -6,12 +6,12 @@
 Four configurations, each on a fresh server or cluster, run interleaved ``--rounds`` times:
 
 - ``embedded-1`` / ``embedded-2``: ``photo-eraser serve`` with ``PHOTO_ERASER_WORKERS`` 1 / 2
-  (SQLite and blobs in a fresh data directory; tests.helpers.ServerProcess);
+  (SQLite and blobs in a fresh data directory; harness.server.ServerProcess);
 - ``cluster-1`` / ``cluster-2``: one ``photo-eraser api`` process and 1 / 2 ``photo-eraser
   worker --concurrency 1`` processes on a fresh PostgreSQL schema, RabbitMQ vhost and S3 bucket
-  (tests.cluster; the S3 server is one SeaweedFS ``weed mini`` for the whole run).
+  (harness.cluster; the S3 server is one SeaweedFS ``weed mini`` for the whole run).
 
-**Throughput.** ``--images`` different photo-like 1920x1080 JPEGs (q90, tests.helpers.photo with
+**Throughput.** ``--images`` different photo-like 1920x1080 JPEGs (q90, harness.images.photo with
 seeds 0..N-1), served by a loopback image host in this process, with an inline base64 PNG mask
 of one 288x144 box (2.0 % of the area), engine ``opencv``, sent as ``--tasks`` tasks created
 back to back from one client. Timed from the first create to the poll (every ``--poll`` s,
@@ -78,19 +78,13 @@ from bench.machine import (  # noqa: E402
     pct,
     version,
 )
-from tests.cluster import ApiNode, WorkerNode, running_cluster  # noqa: E402
-from tests.helpers import (  # noqa: E402
-    ApiClient,
-    ImageHost,
-    ServerProcess,
-    b64,
-    encode,
-    photo,
-    rect_mask,
-)
-from tests.postgres import base_url as postgres_url  # noqa: E402
-from tests.s3server import S3Server, running_s3  # noqa: E402
-
+from harness.client import ApiClient  # noqa: E402
+from harness.cluster import ApiNode, WorkerNode, running_cluster  # noqa: E402
+from harness.imagehost import ImageHost  # noqa: E402
+from harness.images import b64, encode, photo, rect_mask  # noqa: E402
+from harness.postgres import base_url as postgres_url  # noqa: E402
+from harness.s3server import S3Server, running_s3  # noqa: E402
+from harness.server import ServerProcess  # noqa: E402
 from photo_eraser.config import Settings  # noqa: E402
 from photo_eraser.runtime import open_store  # noqa: E402
 
@@ -127,12 +121,12 @@ CONFIGS = (
 
 def box_mask(width: int, height: int) -> tuple[bytes, tuple[int, int, int, int]]:
     """A PNG mask of one 2:1 box covering MASK_SHARE of the image, near the bottom right corner
-    as a watermark would be; and the box."""
+    as a watermark would be; and the box, (y0, y1, x0, x1) end-exclusive."""
     h = round(math.sqrt(MASK_SHARE * width * height / 2))
     w = 2 * h
     x1, y1 = width - width // 20, height - height // 20
-    box = (x1 - w, y1 - h, x1, y1)
-    return encode(rect_mask(width, height, box), "PNG"), box
+    box = (y1 - h, y1, x1 - w, x1)
+    return encode(rect_mask(height, width, box), "PNG"), box
 
 
 @dataclass
@@ -184,7 +178,7 @@ def cpu_probe(inputs: Inputs, repeat: int = 5) -> float:
     import numpy as np
 
     cv2.setNumThreads(1)
-    x0, y0, x1, y1 = inputs.big_box
+    y0, y1, x0, x1 = inputs.big_box
     pad = 32
     times = []
     for _ in range(repeat):

@@ -26,7 +26,7 @@ measured one at a time through the project's own code, on this machine.
    message published first opens the connection and declares the queue (not timed). Then a
    plain kombu consumer (prefetch 1, an ack per message, as a Celery worker with
    ``acks_late``) drains the queue; every task id must come back exactly once.
-3. **The object store**: SeaweedFS ``weed mini`` (tests.s3server) on this machine, an
+3. **The object store**: SeaweedFS ``weed mini`` (harness.s3server) on this machine, an
    `S3BlobStore` as the service builds it; ``--objects`` objects of 1 and 4 MiB of
    ``os.urandom`` bytes, put then read back (and compared) from 1 and 8 threads. Five objects
    are put and read first (not timed); each run's objects are deleted after it (not timed).
@@ -37,7 +37,7 @@ core busy): this process, the service's processes (every process named ``postgre
 /proc/stat. All three services and this benchmark share the same cores, so each figure is a
 floor for that service on this machine, not its ceiling on a host of its own.
 
-Services: those of the cluster tests (tests.postgres, tests.rabbit, tests.s3server); without
+Services: those of the cluster tests (harness.postgres, harness.rabbit, harness.s3server); without
 one it says which and exits with status 2. The schemas, the vhost and the weed process are
 removed whatever happens; everything stays on 127.0.0.1.
 """
@@ -76,10 +76,9 @@ from bench.machine import (  # noqa: E402
     pct,
     version,
 )
-from tests.postgres import base_url, fresh_schema  # noqa: E402
-from tests.rabbit import fresh_vhost  # noqa: E402
-from tests.s3server import running_s3, weed_binary  # noqa: E402
-
+from harness.postgres import base_url, fresh_schema  # noqa: E402
+from harness.rabbit import fresh_vhost  # noqa: E402
+from harness.s3server import running_s3, weed_binary  # noqa: E402
 from photo_eraser.config import Settings  # noqa: E402
 from photo_eraser.dispatch.celery import QUEUE, CeleryDispatcher, make_celery  # noqa: E402
 from photo_eraser.storage import mask_key, result_key  # noqa: E402

@@ -29,8 +29,10 @@ from skimage import data as skdata
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.helpers import ApiClient, ImageHost, ServerProcess, b64  # noqa: E402
-
+from harness.client import ApiClient  # noqa: E402
+from harness.imagehost import ImageHost  # noqa: E402
+from harness.images import b64, psnr  # noqa: E402
+from harness.server import ServerProcess  # noqa: E402
 from photo_eraser.engines.opencv import OpenCVEngine  # noqa: E402
 from photo_eraser.fetch import Fetcher  # noqa: E402
 from photo_eraser.imaging import ImageLimits, decode_image, decode_mask  # noqa: E402
@@ -177,8 +179,7 @@ def bench_radius_quality() -> None:
                 t = time.perf_counter()
                 out = engine.inpaint(photo, m)
                 times.append(time.perf_counter() - t)
-                err = out[m].astype(float) - photo[m].astype(float)
-                psnrs.append(10 * np.log10(255**2 / np.mean(err**2)))
+                psnrs.append(psnr(out, photo, m))
             print(f"| {name} | {radius} | {np.mean(psnrs):.2f} dB | {median_ms(times):.1f} |")
 
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/soak.py [--minutes 60] [--warmup-minutes 10] [--rate 0.5]
 
-A loopback image host (tests.helpers.ImageHost) serves photos that ship with scikit-image.
+A loopback image host (harness.imagehost.ImageHost) serves photos that ship with scikit-image.
 Every two seconds (``--rate 0.5``) one task of 4 images is created, alternating the engines ``auto``,
 ``opencv`` and ``restore``, with the mask inline or by URL; every open task is polled and each
 result downloaded. Malformed and unauthenticated requests, missing images and /metrics scrapes
@@ -35,7 +35,9 @@ from skimage import data as skdata
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.helpers import ImageHost, ServerProcess, b64, encode, rect_mask  # noqa: E402
+from harness.imagehost import ImageHost  # noqa: E402
+from harness.images import b64, encode, rect_mask  # noqa: E402
+from harness.server import ServerProcess  # noqa: E402
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 W, H = 1024, 768
@@ -49,9 +51,10 @@ def rss_mib(pid: int) -> float:
 
 
 def stamped(name: str, box: tuple[int, int, int, int]) -> np.ndarray:
-    """A photo with a semi-transparent white box over ``box``, as a watermark would be."""
+    """A photo with a semi-transparent white box over ``box`` = (y0, y1, x0, x1), as a
+    watermark would be."""
     img = cv2.resize(getattr(skdata, name)(), (W, H), interpolation=cv2.INTER_AREA)
-    x0, y0, x1, y1 = box
+    y0, y1, x0, x1 = box
     img[y0:y1, x0:x1] = (0.6 * img[y0:y1, x0:x1] + 0.4 * 255).astype(np.uint8)
     return img
 
@@ -64,7 +67,7 @@ def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
 
 
 async def run(args: argparse.Namespace) -> int:
-    box = (W - 300, H - 120, W - 40, H - 40)
+    box = (H - 120, H - 40, W - 300, W - 40)
     host = ImageHost()
     urls = []
     for name in PHOTOS:
@@ -75,7 +78,7 @@ async def run(args: argparse.Namespace) -> int:
                 f"/soak/{name}.jpg", encode(pixels, "JPEG", quality=90), content_type="image/jpeg"
             )
         )
-    mask_png = encode(rect_mask(W, H, box), "PNG")
+    mask_png = encode(rect_mask(H, W, box), "PNG")
     mask_url = host.add("/soak/mask.png", mask_png)
     missing = host.url("/soak/missing.png")
 

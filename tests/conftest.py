@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ApiClient, ImageHost, ServerProcess
-from tests.s3server import S3Server, running_s3
+from harness.client import ApiClient
+from harness.imagehost import ImageHost
+from harness.s3server import S3Server, running_s3
+from tests.inprocess import LocalServer
 
 
 @pytest.fixture(scope="session")
@@ -17,17 +19,17 @@ def image_host() -> Iterator[ImageHost]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One shared server (2 workers) for tests that do not need special settings."""
-    proc = ServerProcess(tmp_path_factory.mktemp("server"), PHOTO_ERASER_WORKERS="2").start()
-    yield proc
-    proc.stop()
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    """One shared in-process server (2 workers, also listening on a real port) for tests that
+    do not need special settings."""
+    local = LocalServer(tmp_path_factory.mktemp("server"), listen=True, workers=2).start()
+    yield local
+    local.stop()
 
 
 @pytest.fixture(scope="module")
-def client(server: ServerProcess) -> Iterator[ApiClient]:
-    appkey, appsecret = server.create_key("client-a")
-    c = ApiClient(server.base_url, appkey, appsecret)
+def client(server: LocalServer) -> Iterator[ApiClient]:
+    c = server.new_client("client-a")
     yield c
     c.close()
 

@@ -9,9 +9,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from tests.helpers import encode, photo, rect_mask, run_cli
+from harness.images import encode, photo, rect_mask
+from harness.server import run_cli
+
+# The `photo-eraser` command itself, in processes of its own.
+pytestmark = pytest.mark.process
 
 
 def run(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -33,6 +38,9 @@ def test_keys_create_json_list_revoke(tmp_path: Path) -> None:
     assert key["appkey"] == creds["appkey"] and key["name"] == "shop"
     assert creds["appsecret"] not in listing.stdout
     assert run("keys", "revoke", creds["appkey"], data_dir=tmp_path).returncode == 0
+    listing = run("keys", "list", data_dir=tmp_path)
+    assert creds["appkey"] in listing.stdout and "revoked" in listing.stdout
+    assert creds["appsecret"] not in listing.stdout
     again = run("keys", "revoke", creds["appkey"], data_dir=tmp_path)
     assert again.returncode != 0 and "no active key" in again.stderr
 
@@ -46,7 +54,7 @@ def test_erase_restores_local_files(tmp_path: Path) -> None:
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"nope")
     mask = tmp_path / "mask.png"
-    mask.write_bytes(encode(rect_mask(400, 300, (10, 10, 60, 40))))
+    mask.write_bytes(encode(rect_mask(300, 400, (10, 40, 10, 60))))
     out_dir = tmp_path / "out"
     out = run(
         "erase",
@@ -64,7 +72,7 @@ def test_erase_restores_local_files(tmp_path: Path) -> None:
     assert "bad.png" in out.stderr
     png = np.asarray(Image.open(out_dir / "in0.png").convert("RGB"))
     original = photo(400, 300, seed=0)
-    keep = ~(rect_mask(400, 300, (10, 10, 60, 40)) > 0)
+    keep = ~rect_mask(300, 400, (10, 40, 10, 60))
     assert np.array_equal(png[keep], original[keep])
     assert Image.open(out_dir / "in1.jpg").format == "JPEG"
 
@@ -73,7 +81,7 @@ def test_erase_without_lama_model_explains(tmp_path: Path) -> None:
     img = tmp_path / "a.png"
     img.write_bytes(encode(photo(300, 300)))
     mask = tmp_path / "m.png"
-    mask.write_bytes(encode(rect_mask(300, 300, (1, 1, 9, 9))))
+    mask.write_bytes(encode(rect_mask(300, 300, (1, 9, 1, 9))))
     out = run(
         "erase",
         "--mask",

@@ -8,16 +8,18 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.cluster import Cluster, running_cluster
-from tests.helpers import ApiClient
-from tests.s3server import S3Server
+from harness.client import ApiClient
+from harness.cluster import Cluster, running_cluster
+from harness.s3server import S3Server
 from tests.test_api import *  # noqa: F403 - the same tests, collected again here
+
+pytestmark = [pytest.mark.process, pytest.mark.services]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, s3: S3Server) -> Iterator[Cluster]:
     """Replaces the embedded server of `test_api.py`: the tests use its base_url (the first
-    API process), cli() and create_key()."""
+    API process), create_key(), revoke_key() and client()."""
     with running_cluster(tmp_path_factory.mktemp("cluster"), s3) as cluster:
         cluster.up(apis=2, workers=2)
         yield cluster

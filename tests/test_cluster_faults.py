@@ -17,16 +17,21 @@ import httpx
 import pytest
 from PIL import Image
 
+from harness.client import ApiClient
+from harness.cluster import Cluster, running_cluster
+from harness.imagehost import ImageHost
+from harness.images import b64, encode, photo, rect_mask
+from harness.s3server import S3Server
 from photo_eraser.config import Settings
 from photo_eraser.runtime import open_store
 from photo_eraser.tasks.records import NewTask
 from photo_eraser.tasks.store import TaskStore
-from tests.cluster import Cluster, running_cluster
-from tests.helpers import ApiClient, ImageHost, b64, encode, photo, rect_mask
-from tests.s3server import S3Server
+
+# API and worker processes on PostgreSQL, RabbitMQ and SeaweedFS.
+pytestmark = [pytest.mark.process, pytest.mark.services]
 
 W, H = 320, 256
-MASK = b64(encode(rect_mask(W, H, (100, 100, 160, 130))))
+MASK = b64(encode(rect_mask(H, W, (100, 130, 100, 160))))
 FAST = {
     "PHOTO_ERASER_LEASE_SECONDS": "3",
     "PHOTO_ERASER_REPUBLISH_AFTER_SECONDS": "1",
@@ -244,7 +249,7 @@ def test_the_object_store_away_for_a_while(cluster: Cluster, image_host: ImageHo
     before = client.wait(client.create_ok([hosted(image_host, "s3-before")], MASK))
     link = before["list"][0]["image_result"]
     mask_url = image_host.add(
-        f"/cluster/mask-{uuid.uuid4().hex[:6]}.png", encode(rect_mask(W, H, (100, 100, 160, 130)))
+        f"/cluster/mask-{uuid.uuid4().hex[:6]}.png", encode(rect_mask(H, W, (100, 130, 100, 160)))
     )
     store = store_of(cluster)
     with cluster.s3.down():

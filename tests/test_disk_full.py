@@ -17,7 +17,13 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import ApiClient, ImageHost, ServerProcess, b64, encode, rect_mask
+from harness.client import ApiClient
+from harness.imagehost import ImageHost
+from harness.images import b64, encode, rect_mask
+from harness.server import ServerProcess
+
+# Server processes on a tmpfs that only root can mount.
+pytestmark = [pytest.mark.process, pytest.mark.services]
 
 MiB = 1 << 20
 
@@ -106,7 +112,7 @@ def test_a_task_that_cannot_save_its_results_fails_naming_the_disk(
     noise = rng.integers(0, 256, (1200, 1600, 3), dtype=np.uint8)  # PNG of ~5.5 MB
     gate = threading.Event()
     url = image_host.add("/disk/noise.png", encode(noise, "PNG"), gate=gate)
-    mask = b64(encode(rect_mask(1600, 1200, (100, 100, 300, 200)), "PNG"))
+    mask = b64(encode(rect_mask(1200, 1600, (100, 200, 100, 300)), "PNG"))
     server = serve_on(
         PHOTO_ERASER_WORKERS="1", PHOTO_ERASER_MIN_FREE_DISK_MB="0", PHOTO_ERASER_MAX_ATTEMPTS="1"
     )

@@ -17,8 +17,10 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
+from harness.client import ApiClient
+from harness.server import free_port
 from photo_eraser.api.errors import InternalErrorMiddleware
-from tests.helpers import ApiClient, ServerProcess, free_port
+from tests.inprocess import LocalServer
 
 FUTURE = int(time.time()) + 3600
 
@@ -68,7 +70,7 @@ HEALTH = http("GET", "/healthz")
 
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 def test_non_ascii_signature_is_403_and_keeps_the_connection(
-    server: ServerProcess, method: str
+    server: LocalServer, method: str
 ) -> None:
     path = f"/v3/pic/rw/files/results/x/0.png?expires={FUTURE}&signature=%C3%A9"
     request = http(method, path)
@@ -82,7 +84,7 @@ def test_non_ascii_signature_is_403_and_keeps_the_connection(
 
 
 @pytest.mark.parametrize("value", [b"Basic \xc3\xa9\xc3\xa9", b"\xff\xfe", b"Basic YTpi\xe9"])
-def test_non_ascii_authorization_is_401(server: ServerProcess, value: bytes) -> None:
+def test_non_ascii_authorization_is_401(server: LocalServer, value: bytes) -> None:
     request = http("GET", "/v3/pic/rw/result/abc", {"Authorization": value})
     (status, body), (health, _) = exchange(server.port, [request, HEALTH])
     assert status == 401 and body["code"] in (40101, 40102)
@@ -90,7 +92,7 @@ def test_non_ascii_authorization_is_401(server: ServerProcess, value: bytes) -> 
 
 
 @pytest.mark.parametrize("depth", [40, 900, 2000, 100_000])
-def test_deeply_nested_json_is_400(server: ServerProcess, client: ApiClient, depth: int) -> None:
+def test_deeply_nested_json_is_400(server: LocalServer, client: ApiClient, depth: int) -> None:
     nested = b"[" * depth + b"]" * depth
     for raw in (nested, b'{"images": ' + nested + b', "mask": "x", "priority": 1}'):
         request = http("POST", "/v3/pic/rw/batch", {"Authorization": basic(client)}, raw)
@@ -126,7 +128,7 @@ def test_invalid_ports_are_400(client: ApiClient, port: str) -> None:
 
 
 def test_trailing_slash_is_a_404_envelope_not_a_redirect(
-    server: ServerProcess, client: ApiClient
+    server: LocalServer, client: ApiClient
 ) -> None:
     request = http(
         "POST", "/v3/pic/rw/batch/", {"Authorization": basic(client), "Host": b"evil.example"}
@@ -174,7 +176,7 @@ def test_an_internal_error_is_a_500_envelope_and_keeps_the_connection(crashing_s
     assert (after, ok) == (200, {"code": 0})
 
 
-def test_basic_credentials_with_non_utf8_are_401(server: ServerProcess) -> None:
+def test_basic_credentials_with_non_utf8_are_401(server: LocalServer) -> None:
     token = base64.b64encode(b"\xff\xfe:\xff").decode()
     request = http("GET", "/v3/pic/rw/result/x", {"Authorization": f"Basic {token}".encode()})
     [(status, body)] = exchange(server.port, [request])
@@ -201,21 +203,22 @@ def test_bodies_json_does_not_allow_are_400(client: ApiClient, raw: bytes, msg: 
 
 
 @pytest.fixture(scope="module")
-def narrow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, ApiClient]]:
+def narrow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalServer, ApiClient]]:
     """Two creates handled at once at most, and one second for a body to arrive."""
-    server = ServerProcess(
+    server = LocalServer(
         tmp_path_factory.mktemp("narrow"),
-        PHOTO_ERASER_WORKERS="0",
-        PHOTO_ERASER_MAX_PENDING_CREATES="2",
-        PHOTO_ERASER_BODY_TIMEOUT_SECONDS="1",
+        listen=True,
+        workers=0,
+        max_pending_creates=2,
+        body_timeout_seconds=1,
     ).start()
-    client = ApiClient(server.base_url, *server.create_key("narrow"))
+    client = server.new_client("narrow")
     yield server, client
     client.close()
     server.stop()
 
 
-def test_slow_bodies_hold_no_place_and_time_out(narrow: tuple[ServerProcess, ApiClient]) -> None:
+def test_slow_bodies_hold_no_place_and_time_out(narrow: tuple[LocalServer, ApiClient]) -> None:
     """Four clients trickle their bodies; others' creates still pass, and the slow ones get a
     408 once the body timeout is up."""
     server, client = narrow
@@ -237,14 +240,14 @@ def test_slow_bodies_hold_no_place_and_time_out(narrow: tuple[ServerProcess, Api
 
 
 def test_a_client_that_leaves_mid_body_is_not_an_internal_error(
-    narrow: tuple[ServerProcess, ApiClient],
+    narrow: tuple[LocalServer, ApiClient],
 ) -> None:
     server, client = narrow
     head = http("POST", "/v3/pic/rw/batch", {"Authorization": basic(client)}, b"x" * 80)
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(head[: len(head) - 75])
     time.sleep(0.5)
-    log = server.log_path.read_text()
+    log = server.log_text()
     assert "unhandled error" not in log and "Traceback" not in log
     assert client.create(["https://a.example/x.png"], "https://a.example/m.png").is_success
 
@@ -256,16 +259,17 @@ BIG_BODY = (
 
 
 @pytest.fixture
-def budget_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+def budget_server(tmp_path: Path) -> Iterator[Callable[..., LocalServer]]:
     """Start a server with the given body limits (no workers); stopped after the test."""
-    started: list[ServerProcess] = []
+    started: list[LocalServer] = []
 
-    def start(buffer_mb: int, body_bytes: int) -> ServerProcess:
-        server = ServerProcess(
+    def start(buffer_mb: int, body_bytes: int) -> LocalServer:
+        server = LocalServer(
             tmp_path / f"data{len(started)}",
-            PHOTO_ERASER_WORKERS="0",
-            PHOTO_ERASER_MAX_BODY_BUFFER_MB=str(buffer_mb),
-            PHOTO_ERASER_MAX_BODY_BYTES=str(body_bytes),
+            listen=True,
+            workers=0,
+            max_body_buffer_mb=buffer_mb,
+            max_body_bytes=body_bytes,
         )
         started.append(server.start())
         return server
@@ -276,7 +280,7 @@ def budget_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 
 
 @contextmanager
-def trickling(server: ServerProcess, client: ApiClient) -> Iterator[list[tuple[int, dict]]]:
+def trickling(server: LocalServer, client: ApiClient) -> Iterator[list[tuple[int, dict]]]:
     """`BIG_BODY` sent but for its last ten bytes while the block runs, so the server holds it
     in the budget; then the rest, and its answer is put in the list yielded."""
     request = http("POST", "/v3/pic/rw/batch", {"Authorization": basic(client)}, BIG_BODY)
@@ -289,12 +293,12 @@ def trickling(server: ServerProcess, client: ApiClient) -> Iterator[list[tuple[i
         answer.append(read_response(sock.makefile("rb")))
 
 
-def test_bodies_held_at_once_are_bounded(budget_server: Callable[..., ServerProcess]) -> None:
+def test_bodies_held_at_once_are_bounded(budget_server: Callable[..., LocalServer]) -> None:
     """Bodies in memory at once are bounded in all (1 MB here) and per key (at least one body,
     here also 1 MB as the budget is small). While one 700 KB upload is still arriving, a second
     of that key gets 503; once the first is done the bytes are given back."""
     server = budget_server(buffer_mb=1, body_bytes=1_000_000)
-    client = ApiClient(server.base_url, *server.create_key("budget"))
+    client = server.new_client("budget")
     with trickling(server, client) as first:
         second = client.http.post("/v3/pic/rw/batch", content=BIG_BODY)
         assert second.status_code == 503 and second.json()["code"] == 50302, second.text
@@ -307,13 +311,13 @@ def test_bodies_held_at_once_are_bounded(budget_server: Callable[..., ServerProc
 
 
 def test_one_key_cannot_take_the_whole_body_budget(
-    budget_server: Callable[..., ServerProcess],
+    budget_server: Callable[..., LocalServer],
 ) -> None:
     """A 4 MB budget, 1 MB bodies: one key may hold a quarter (1 MB). While it trickles one
     upload, its next is refused, and another key's passes."""
     server = budget_server(buffer_mb=4, body_bytes=1 << 20)
-    greedy = ApiClient(server.base_url, *server.create_key("greedy"))
-    other = ApiClient(server.base_url, *server.create_key("other"))
+    greedy = server.new_client("greedy")
+    other = server.new_client("other")
     with trickling(server, greedy):
         refused = greedy.http.post("/v3/pic/rw/batch", content=BIG_BODY)
         assert refused.status_code == 503, refused.text

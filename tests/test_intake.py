@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from harness.postgres import fresh_schema
 from photo_eraser.config import Settings
 from photo_eraser.service import open_store
 from photo_eraser.tasks.intake import IntakeClosed, IntakeFull, TaskIntake
 from photo_eraser.tasks.records import NewTask
 from photo_eraser.tasks.store import TaskStore
-from tests.postgres import fresh_schema
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TaskStore]:
     global APPKEY
     if request.param == "sqlite":

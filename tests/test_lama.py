@@ -12,6 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from harness.images import rect_mask
 from photo_eraser.engines import lama as lama_module
 from photo_eraser.engines.base import EngineError, EngineUnavailable
 from photo_eraser.engines.lama import LamaEngine, seam_weights
@@ -96,13 +97,6 @@ def gradient(h: int, w: int) -> np.ndarray:
 
 def noise(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-
-
-def rect_mask(h: int, w: int, *boxes: tuple[int, int, int, int]) -> np.ndarray:
-    mask = np.zeros((h, w), bool)
-    for y0, y1, x0, x1 in boxes:
-        mask[y0:y1, x0:x1] = True
-    return mask
 
 
 def assert_outside_unchanged(result: np.ndarray, image: np.ndarray, mask: np.ndarray) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.s3server import S3Server
 from photo_eraser.config import Settings
 from photo_eraser.dispatch import InProcessDispatcher
 from photo_eraser.maintenance import Maintenance
@@ -20,10 +21,9 @@ from photo_eraser.storage import BlobStore, LocalBlobStore, mask_key, result_key
 from photo_eraser.tasks.records import ImageRecord, NewTask
 from photo_eraser.tasks.status import ImageStatus, TaskStatus
 from photo_eraser.tasks.store import TaskStore
-from tests.s3server import S3Server
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.services)])
 def blobs(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
     if request.param == "local":
         return LocalBlobStore(tmp_path / "blobs")

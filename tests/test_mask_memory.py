@@ -5,29 +5,20 @@ Measured on a real server process: its peak resident set (VmHWM, reset through
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from tests.helpers import ApiClient, ServerProcess, b64
+from harness.client import ApiClient
+from harness.images import b64, rgba_mask_png
+from harness.server import ServerProcess
+
+# The peak resident set of a server process of its own.
+pytestmark = pytest.mark.process
 
 MiB = 1 << 20
-
-
-def rgba_mask_png(side: int, seed: int) -> bytes:
-    """A ``side`` x ``side`` RGBA PNG, transparent but for one painted square (compresses to
-    a few hundred KB, decodes to 4 bytes a pixel)."""
-    pixels = np.zeros((side, side, 4), np.uint8)
-    x = 100 + 37 * seed
-    pixels[x : x + 200, x : x + 300] = 255
-    buf = io.BytesIO()
-    Image.fromarray(pixels, "RGBA").save(buf, "PNG", compress_level=9)
-    return buf.getvalue()
 
 
 def peak_rss_during(server: ServerProcess, burst: list[str], client: ApiClient) -> tuple[int, list]:

@@ -12,12 +12,14 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import ApiClient, ImageHost, ServerProcess, b64, encode, photo, rect_mask
-from tests.test_mask_memory import rgba_mask_png
+from harness.client import ApiClient
+from harness.imagehost import ImageHost
+from harness.images import b64, encode, photo, rect_mask, rgba_mask_png
+from tests.inprocess import LocalServer
 
 
-def scrape(server: ServerProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    r = httpx.get(server.base_url + "/metrics")
+def scrape(server: LocalServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    r = server.http.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
@@ -31,11 +33,11 @@ def value(samples: dict, name: str, **labels: str) -> float:
 
 
 def test_a_scrape_after_a_task_shows_the_counts_moving(
-    server: ServerProcess, client: ApiClient, image_host: ImageHost
+    server: LocalServer, client: ApiClient, image_host: ImageHost
 ) -> None:
     good = image_host.add("/metrics/a.png", encode(photo(320, 256, seed=4)))
     missing = image_host.url("/metrics/missing.png")
-    mask = b64(encode(rect_mask(320, 256, (100, 100, 160, 140))))
+    mask = b64(encode(rect_mask(256, 320, (100, 140, 100, 160))))
     before = scrape(server)
     task_id = client.create_ok([good, missing], mask, priority=7, engine="opencv")
     assert client.wait(task_id)["status"] == "3"
@@ -73,21 +75,21 @@ def test_a_scrape_after_a_task_shows_the_counts_moving(
 
 
 @pytest.fixture
-def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = ServerProcess(
+def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    server = LocalServer(
         tmp_path_factory.mktemp("capped"),
-        PHOTO_ERASER_WORKERS="0",
-        PHOTO_ERASER_MAX_OPEN_TASKS_PER_KEY="3",
-        PHOTO_ERASER_MAX_PENDING_CREATES="1",
-        PHOTO_ERASER_RATE_LIMIT_PER_MINUTE="0",
+        workers=0,
+        max_open_tasks_per_key=3,
+        max_pending_creates=1,
+        rate_limit_per_minute=0,
     ).start()
     yield server
     server.stop()
 
 
-def test_one_key_cannot_have_more_unfinished_tasks_than_its_cap(capped: ServerProcess) -> None:
-    shop = ApiClient(capped.base_url, *capped.create_key("shop"))
-    other = ApiClient(capped.base_url, *capped.create_key("other"))
+def test_one_key_cannot_have_more_unfinished_tasks_than_its_cap(capped: LocalServer) -> None:
+    shop = capped.new_client("shop")
+    other = capped.new_client("other")
     body = (["https://a.example/x.png"], "https://a.example/m.png")
     ids = [shop.create_ok(*body) for _ in range(3)]
     refused = shop.create(*body)
@@ -108,9 +110,9 @@ def test_one_key_cannot_have_more_unfinished_tasks_than_its_cap(capped: ServerPr
     other.close()
 
 
-def test_creates_past_the_admission_limit_are_shed_with_503(capped: ServerProcess) -> None:
+def test_creates_past_the_admission_limit_are_shed_with_503(capped: LocalServer) -> None:
     """One create in flight at most: while a large inline mask is decoded, the next is shed."""
-    client = ApiClient(capped.base_url, *capped.create_key("burst"))
+    client = capped.new_client("burst")
     slow_mask = b64(rgba_mask_png(5000, seed=2))  # about a second to decode
     first: list[httpx.Response] = []
     thread = threading.Thread(

@@ -15,13 +15,13 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
+from harness.postgres import fresh_schema
 from photo_eraser.tasks.db import MIGRATIONS, create_db_engine, migrate
 from photo_eraser.tasks.status import ImageStatus, TaskStatus
 from photo_eraser.tasks.store import TaskStore
-from tests.postgres import fresh_schema
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'old.db'}"
@@ -85,6 +85,7 @@ def test_an_upgrade_keeps_every_task_and_takes_back_the_running_ones(url: str) -
     engine.dispose()
 
 
+@pytest.mark.process
 def test_processes_starting_together_migrate_one_after_the_other(url: str) -> None:
     """Four processes (as API processes and workers started at once) on a new database."""
     code = "import sys; from photo_eraser.tasks.db import create_db_engine, migrate; "

@@ -15,7 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import ServerProcess
+from harness.server import ServerProcess
+
+# schemathesis and a generated client run as commands against a server process.
+pytestmark = pytest.mark.process
 
 # The create body cannot say everything in JSON Schema: a mask must decode and an image URL
 # must have a host, so a schema-valid body may still be a 400; 6.0 is a JSON-Schema integer

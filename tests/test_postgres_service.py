@@ -7,16 +7,23 @@ import threading
 from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.helpers import ApiClient, ImageHost, ServerProcess, b64, encode, photo, rect_mask
-from tests.postgres import fresh_schema
+from harness.client import ApiClient
+from harness.imagehost import ImageHost
+from harness.images import b64, encode, photo, rect_mask
+from harness.postgres import fresh_schema
+from harness.server import ServerProcess
+
+# A server process on PostgreSQL, killed with kill -9 and restarted.
+pytestmark = [pytest.mark.process, pytest.mark.services]
 
 
 def test_tasks_run_and_survive_a_kill_on_postgresql(tmp_path: Path, image_host: ImageHost) -> None:
     good = image_host.add("/pg/a.png", encode(photo(320, 256, seed=6)))
     gate = threading.Event()
     held = image_host.add("/pg/held.png", encode(photo(320, 256, seed=7)), gate=gate)
-    mask = b64(encode(rect_mask(320, 256, (100, 100, 160, 140))))
+    mask = b64(encode(rect_mask(256, 320, (100, 140, 100, 160))))
     with fresh_schema() as url:
         env = {"PHOTO_ERASER_DATABASE_URL": url, "PHOTO_ERASER_WORKERS": "1"}
         server = ServerProcess(tmp_path / "data", **env).start()

@@ -1,4 +1,6 @@
-"""Queue order, deadlines, crash recovery and the SSRF guard, each on its own server."""
+"""Queue order, deadlines, crash recovery and the SSRF guard, each on its own server: in this
+process (`tests.inprocess`) unless the test needs a process of its own to kill, stop with
+SIGTERM, lock out of its data directory or take a lease from (marked ``process``)."""
 
 from __future__ import annotations
 
@@ -11,14 +13,18 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
+from harness.client import ApiClient
+from harness.imagehost import ImageHost
+from harness.images import b64, encode, photo, rect_mask
+from harness.server import ServerProcess
 from photo_eraser.config import Settings
 from photo_eraser.service import open_store
 from photo_eraser.tasks.status import TaskStatus
 from photo_eraser.tasks.tables import tasks
-from tests.helpers import ApiClient, ImageHost, ServerProcess, b64, encode, photo, rect_mask
+from tests.inprocess import LocalServer
 
 W, H = 320, 256
-MASK = b64(encode(rect_mask(W, H, (100, 100, 160, 130))))
+MASK = b64(encode(rect_mask(H, W, (100, 130, 100, 160))))
 
 
 @pytest.fixture
@@ -35,15 +41,30 @@ def run_server(tmp_path: Path):  # type: ignore[no-untyped-def]
         proc.stop()
 
 
+@pytest.fixture
+def local_server(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Start in-process servers (`LocalServer`, settings as keywords); stopped afterwards."""
+    started: list[LocalServer] = []
+
+    def start(data_dir: Path | None = None, **settings: object) -> LocalServer:
+        server = LocalServer(data_dir or tmp_path / f"data{len(started)}", **settings)
+        started.append(server.start())
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
 def test_single_worker_takes_priority_9_before_0_and_fifo_within(
-    run_server,
+    local_server,
     image_host: ImageHost,
     tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     data_dir = tmp_path / "prio"
-    accept_only = run_server(data_dir, PHOTO_ERASER_WORKERS="0")
+    accept_only = local_server(data_dir, workers=0)
     appkey, appsecret = accept_only.create_key()
-    c = ApiClient(accept_only.base_url, appkey, appsecret)
+    c = accept_only.client(appkey, appsecret)
     img = encode(photo(W, H))
     order = [("p0-first", 0), ("p0-second", 0), ("p9", 9), ("p5", 5), ("p9-later", 9)]
     ids = {
@@ -53,8 +74,8 @@ def test_single_worker_takes_priority_9_before_0_and_fifo_within(
     accept_only.stop()
     c.close()
 
-    worker = run_server(data_dir, PHOTO_ERASER_WORKERS="1")
-    c = ApiClient(worker.base_url, appkey, appsecret)
+    worker = local_server(data_dir, workers=1)
+    c = worker.client(appkey, appsecret)
     for task_id in ids.values():
         assert c.wait(task_id)["status"] == "3"
     fetched = [
@@ -64,13 +85,16 @@ def test_single_worker_takes_priority_9_before_0_and_fifo_within(
     c.close()
 
 
-def test_task_past_its_deadline_times_out(run_server, image_host: ImageHost) -> None:  # type: ignore[no-untyped-def]
-    server = run_server(PHOTO_ERASER_TASK_DEADLINE_SECONDS="1.5")
-    c = ApiClient(server.base_url, *server.create_key())
+def test_task_past_its_deadline_times_out(local_server, image_host: ImageHost) -> None:  # type: ignore[no-untyped-def]
+    server = local_server(task_deadline_seconds=1.5)
+    c = server.new_client()
     gate = threading.Event()
     url = image_host.add("/deadline/slow.png", encode(photo(W, H)), gate=gate)
     running = c.create_ok([url], MASK)
-    waiting = c.create_ok([image_host.add("/deadline/other.png", encode(photo(W, H)))], MASK)
+    # Held too: once the first is cut at its deadline, the one worker may take this one a few
+    # ms before its own deadline, and a small image is done in less.
+    other = image_host.add("/deadline/other.png", encode(photo(W, H)), gate=gate)
+    waiting = c.create_ok([other], MASK)
     for task_id in (running, waiting):
         data = c.wait(task_id, timeout=30)
         assert data["status"] == "6", data
@@ -79,6 +103,7 @@ def test_task_past_its_deadline_times_out(run_server, image_host: ImageHost) -> 
     c.close()
 
 
+@pytest.mark.process
 def test_kill_9_loses_no_accepted_task(run_server, image_host: ImageHost, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     data_dir = tmp_path / "crash"
     server = run_server(data_dir)
@@ -102,9 +127,9 @@ def test_kill_9_loses_no_accepted_task(run_server, image_host: ImageHost, tmp_pa
     c.close()
 
 
-def test_private_addresses_are_refused_by_default(run_server, image_host: ImageHost) -> None:  # type: ignore[no-untyped-def]
-    server = run_server(PHOTO_ERASER_ALLOW_PRIVATE_URLS="0")
-    c = ApiClient(server.base_url, *server.create_key())
+def test_private_addresses_are_refused_by_default(local_server, image_host: ImageHost) -> None:  # type: ignore[no-untyped-def]
+    server = local_server(allow_private_urls=False)
+    c = server.new_client()
     port = image_host.port
     urls = [
         image_host.add("/ssrf/secret.png", encode(photo(W, H))),
@@ -123,9 +148,9 @@ def test_private_addresses_are_refused_by_default(run_server, image_host: ImageH
     c.close()
 
 
-def test_wait_time_is_an_honest_string(run_server, image_host: ImageHost) -> None:  # type: ignore[no-untyped-def]
-    server = run_server(PHOTO_ERASER_WORKERS="0")
-    c = ApiClient(server.base_url, *server.create_key())
+def test_wait_time_is_an_honest_string(local_server, image_host: ImageHost) -> None:  # type: ignore[no-untyped-def]
+    server = local_server(workers=0)
+    c = server.new_client()
     img = image_host.add("/wait/a.png", encode(photo(W, H)))
     ids = [c.create_ok([img], MASK) for _ in range(3)]
     waits = [int(c.result(t).json()["data"]["wait_time"]) for t in ids]
@@ -133,36 +158,36 @@ def test_wait_time_is_an_honest_string(run_server, image_host: ImageHost) -> Non
     c.close()
 
 
-def test_rate_limit_is_429_with_retry_after(run_server, image_host: ImageHost) -> None:  # type: ignore[no-untyped-def]
-    server = run_server(PHOTO_ERASER_RATE_LIMIT_PER_MINUTE="2", PHOTO_ERASER_WORKERS="0")
-    c = ApiClient(server.base_url, *server.create_key())
+def test_rate_limit_is_429_with_retry_after(local_server, image_host: ImageHost) -> None:  # type: ignore[no-untyped-def]
+    server = local_server(rate_limit_per_minute=2, workers=0)
+    c = server.new_client()
     url = image_host.add("/rate/a.png", encode(photo(W, H)))
     c.create_ok([url], MASK)
     c.create_ok([url], MASK)
     r = c.create([url], MASK)
     assert r.status_code == 429 and r.json()["code"] == 42901
     assert int(r.headers["Retry-After"]) >= 1
-    other = ApiClient(server.base_url, *server.create_key("other"))
+    other = server.new_client("other")
     other.create_ok([url], MASK)  # the limit is per key
     c.close()
     other.close()
 
 
-def test_public_url_is_the_base_of_result_links(run_server, image_host: ImageHost) -> None:  # type: ignore[no-untyped-def]
-    server = run_server(PHOTO_ERASER_PUBLIC_URL="https://eraser.example.com/")
-    c = ApiClient(server.base_url, *server.create_key())
+def test_public_url_is_the_base_of_result_links(local_server, image_host: ImageHost) -> None:  # type: ignore[no-untyped-def]
+    server = local_server(public_url="https://eraser.example.com/")
+    c = server.new_client()
     url = image_host.add("/public/a.png", encode(photo(W, H)))
     data = c.wait(c.create_ok([url], MASK))
     link = data["list"][0]["image_result"]
     assert link.startswith("https://eraser.example.com/v3/pic/rw/files/results/")
     local = link.replace("https://eraser.example.com", server.base_url)
-    assert httpx.get(local).status_code == 200
+    assert server.http.get(local).status_code == 200
     c.close()
 
 
-def test_truncated_and_oversized_images_fail_alone(run_server, image_host: ImageHost) -> None:  # type: ignore[no-untyped-def]
-    server = run_server(PHOTO_ERASER_MAX_IMAGE_BYTES=str(300_000))
-    c = ApiClient(server.base_url, *server.create_key())
+def test_truncated_and_oversized_images_fail_alone(local_server, image_host: ImageHost) -> None:  # type: ignore[no-untyped-def]
+    server = local_server(max_image_bytes=300_000)
+    c = server.new_client()
     jpeg = encode(photo(W, H), "JPEG", quality=90)
     noisy = np.random.default_rng(0).integers(0, 256, (600, 600, 3), dtype=np.uint8)
     urls = [
@@ -181,6 +206,7 @@ def test_truncated_and_oversized_images_fail_alone(run_server, image_host: Image
     c.close()
 
 
+@pytest.mark.process
 def test_clean_shutdown_hands_running_task_back(
     run_server, image_host: ImageHost, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
@@ -202,6 +228,7 @@ def test_clean_shutdown_hands_running_task_back(
     c.close()
 
 
+@pytest.mark.process
 def test_second_server_on_same_data_dir_refuses_to_start(
     run_server, image_host: ImageHost, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
@@ -219,6 +246,7 @@ def test_second_server_on_same_data_dir_refuses_to_start(
     c.close()
 
 
+@pytest.mark.process
 def test_second_server_on_the_same_database_refuses_to_start(
     run_server, image_host: ImageHost, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
@@ -242,6 +270,7 @@ def test_second_server_on_the_same_database_refuses_to_start(
     assert httpx.get(second.base_url + "/healthz").status_code == 200
 
 
+@pytest.mark.process
 def test_a_server_killed_without_shutdown_restarts_at_once_on_its_data_dir(
     run_server, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
@@ -254,12 +283,12 @@ def test_a_server_killed_without_shutdown_restarts_at_once_on_its_data_dir(
 
 
 def test_a_task_longer_than_its_lease_keeps_it_and_runs_once(
-    run_server, image_host: ImageHost, tmp_path: Path
+    local_server, image_host: ImageHost, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     """The worker renews the lease while it works: a task running over three times its lease
     is not taken back by the maintenance pass."""
-    server = run_server(PHOTO_ERASER_LEASE_SECONDS="2")
-    c = ApiClient(server.base_url, *server.create_key())
+    server = local_server(lease_seconds=2)
+    c = server.new_client()
     gate = threading.Event()
     task_id = c.create_ok([image_host.add("/renew/held.png", encode(photo(W, H)), gate=gate)], MASK)
     c.wait(task_id, until=("2",))
@@ -274,6 +303,7 @@ def test_a_task_longer_than_its_lease_keeps_it_and_runs_once(
     c.close()
 
 
+@pytest.mark.process
 def test_a_worker_whose_lease_is_taken_stops_and_writes_nothing(
     run_server, image_host: ImageHost, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]

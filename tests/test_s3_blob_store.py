@@ -13,8 +13,11 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from harness.s3server import S3Server, running_s3, services_required, unique_bucket
 from photo_eraser.storage import BlobStore, BlobStoreError, result_key, task_results
-from tests.s3server import S3Server, running_s3, services_required, unique_bucket
+
+# A real S3 server (SeaweedFS).
+pytestmark = pytest.mark.services
 
 try:
     from photo_eraser.storage.s3 import S3BlobStore

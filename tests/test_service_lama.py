@@ -9,13 +9,20 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 from PIL import Image
 
-from tests.helpers import ApiClient, ImageHost, ServerProcess, b64, encode, photo, rect_mask
+from harness.client import ApiClient
+from harness.imagehost import ImageHost
+from harness.images import b64, encode, photo, rect_mask
+from harness.server import ServerProcess
 from tests.test_lama import build_model
 
+# `photo-eraser models import` and a server process that loads what it installed.
+pytestmark = pytest.mark.process
+
 W, H = 400, 300
-BOX = (150, 100, 250, 160)
+BOX = (100, 160, 150, 250)  # y0, y1, x0, x1
 
 
 def test_lama_installed_by_import_serves_requests(tmp_path: Path, image_host: ImageHost) -> None:
@@ -47,7 +54,7 @@ def test_lama_installed_by_import_serves_requests(tmp_path: Path, image_host: Im
         c = ApiClient(server.base_url, *server.create_key())
         original = photo(W, H, seed=7)
         url = image_host.add("/lama/a.png", encode(original))
-        mask = b64(encode(rect_mask(W, H, BOX)))
+        mask = b64(encode(rect_mask(H, W, BOX)))
         for engine, method in (("lama", "lama"), ("auto", None)):
             data = c.wait(c.create_ok([url], mask, engine=engine))
             assert data["status"] == "3", data
@@ -59,9 +66,9 @@ def test_lama_installed_by_import_serves_requests(tmp_path: Path, image_host: Im
             result = np.asarray(
                 Image.open(io.BytesIO(httpx.get(item["image_result"]).content)).convert("RGB")
             )
-            inside = rect_mask(W, H, BOX) > 0
+            inside = rect_mask(H, W, BOX)
             assert np.array_equal(result[~inside], original[~inside])
-            x0, y0, x1, y1 = BOX
+            y0, y1, x0, x1 = BOX
             core = result[y0 + 4 : y1 - 4, x0 + 4 : x1 - 4]  # away from the feathered seam
             assert (core == 102).all()  # the stand-in model paints 0.4 * 255
         c.close()

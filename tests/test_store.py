@@ -14,17 +14,17 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from harness.postgres import fresh_schema
 from photo_eraser.config import Settings
 from photo_eraser.runtime import open_store
 from photo_eraser.tasks.records import ImageRecord, NewTask, TaskRecord
 from photo_eraser.tasks.status import ImageStatus, TaskStatus
 from photo_eraser.tasks.store import TaskStore
-from tests.postgres import fresh_schema
 
 LEASE = 60.0
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TaskStore]:
     """The same store on SQLite (the embedded default) and on PostgreSQL."""
     if request.param == "sqlite":

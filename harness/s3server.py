@@ -31,7 +31,7 @@ from typing import Any, NoReturn
 
 import pytest
 
-from tests.helpers import stop_process
+from harness.server import stop_process
 
 READY_SECONDS = 60
 REGION = "us-east-1"

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import ApiClient, create_key, free_port, run_cli
-from tests.postgres import fresh_schema
-from tests.rabbit import fresh_vhost
-from tests.s3server import S3Server, unique_bucket
+from harness.client import ApiClient
+from harness.postgres import fresh_schema
+from harness.rabbit import fresh_vhost
+from harness.s3server import S3Server, unique_bucket
+from harness.server import create_key, env_store, free_port, run_cli
 
 
 class Node:
@@ -189,6 +190,10 @@ class Cluster:
 
     def create_key(self, name: str = "test") -> tuple[str, str]:
         return create_key(self.env, name)
+
+    def revoke_key(self, appkey: str) -> bool:
+        with env_store(self.env) as store:
+            return store.revoke_key(appkey)
 
     def client(self, appkey: str, appsecret: str) -> ApiClient:
         """A client whose requests go to the API processes in turn, as behind a load
