@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.s3server import S3Server
 from photo_eraser.config import Settings
 from photo_eraser.dispatch import InProcessDispatcher
 from photo_eraser.maintenance import Maintenance
@@ -18,12 +19,11 @@ from photo_eraser.runtime import open_store
 from photo_eraser.storage import BlobStore, LocalBlobStore, result_key
 from photo_eraser.tasks.store import TaskStore
 from photo_eraser.uploads import UploadInfo, new_upload_key
-from tests.s3server import S3Server
 
 TASK = "0b8f4a36-1d7e-4c2a-9f51-3a6e2b7c9d10"
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.services)])
 def blobs(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
     if request.param == "local":
         return LocalBlobStore(tmp_path / "blobs")

@@ -10,8 +10,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import ApiClient, ServerProcess, encode, photo, rect_mask
-from tests.s3server import S3Server
+from harness.client import ApiClient
+from harness.images import encode, photo, rect_mask
+from harness.s3server import S3Server
+from harness.server import ServerProcess
+
+pytestmark = [pytest.mark.process, pytest.mark.services]
 
 W, H = 400, 300
 
@@ -38,7 +42,7 @@ def test_uploads_are_objects_in_the_bucket_and_tasks_read_them(
     r = httpx.post(f"{s3_server.base_url}/v3/pic/rw/upload", content=png, headers=auth)
     assert r.status_code == 200, r.text
     image = r.json()["data"]
-    mask_png = encode(rect_mask(W, H, (100, 100, 200, 150)), "PNG")
+    mask_png = encode(rect_mask(H, W, (100, 150, 100, 200)), "PNG")
     r = httpx.post(
         f"{s3_server.base_url}/v3/pic/rw/upload",
         files={"file": ("mask.png", mask_png, "image/png")},

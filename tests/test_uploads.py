@@ -15,11 +15,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from harness.client import ApiClient
+from harness.images import encode, photo, rect_mask
 from photo_eraser.storage import UrlSigner
-from tests.helpers import ApiClient, ServerProcess, encode, photo, rect_mask
+from tests.inprocess import LocalServer
 
 W, H = 400, 300
-BOX = (150, 120, 250, 160)
+BOX = (120, 160, 150, 250)
+"""The mask's rectangle: (y0, y1, x0, x1)."""
 UPLOAD = "/v3/pic/rw/upload"
 
 
@@ -35,7 +38,7 @@ def http(client: ApiClient) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture(scope="module")
-def other(server: ServerProcess) -> Iterator[ApiClient]:
+def other(server: LocalServer) -> Iterator[ApiClient]:
     c = ApiClient(server.base_url, *server.create_key("client-b"))
     yield c
     c.close()
@@ -57,7 +60,7 @@ def refused(r: httpx.Response, code: int, words: str) -> None:
 
 
 def test_a_raw_png_comes_back_as_a_signed_link_that_serves_it(
-    http: httpx.Client, server: ServerProcess
+    http: httpx.Client, server: LocalServer
 ) -> None:
     png = encode(photo(W, H, seed=3), "PNG")
     before = int(time.time())
@@ -99,7 +102,7 @@ def test_an_uploaded_image_and_mask_make_a_task_that_completes(
     original = photo(W, H, seed=6)
     image = upload(http, encode(original, "PNG"))
     # A mask may be smaller than an image may (it is resized to the image).
-    small_mask = rect_mask(W // 2, H // 2, tuple(v // 2 for v in BOX))  # type: ignore[arg-type]
+    small_mask = rect_mask(H // 2, W // 2, (60, 80, 75, 125))
     mask = upload(http, encode(small_mask, "PNG"), kind="mask")
     assert (mask["width"], mask["height"]) == (W // 2, H // 2)
     task_id = client.create_ok([image["url"], image["url"]], mask["url"], engine="opencv")
@@ -107,9 +110,7 @@ def test_an_uploaded_image_and_mask_make_a_task_that_completes(
     assert data["status"] == "3", data
     assert [i["status"] for i in data["list"]] == ["3", "3"]
     out = np.asarray(Image.open(io.BytesIO(httpx.get(data["list"][0]["image_result"]).content)))
-    x0, y0, x1, y1 = BOX
-    inside = np.zeros((H, W), bool)
-    inside[y0:y1, x0:x1] = True
+    inside = rect_mask(H, W, BOX)
     assert np.array_equal(out[~inside], original[~inside])
     assert not np.array_equal(out[inside], original[inside])
 
@@ -121,7 +122,7 @@ def test_a_link_seen_through_another_host_name_is_still_recognised(
     is read from the blob store (localhost would be refused as a download without
     ALLOW_PRIVATE_URLS, and no such host resolves)."""
     image = upload(http, encode(photo(W, H, seed=7), "PNG"))
-    mask = upload(http, encode(rect_mask(W, H, BOX), "PNG"), kind="mask")
+    mask = upload(http, encode(rect_mask(H, W, BOX), "PNG"), kind="mask")
     elsewhere = "https://eraser.invalid:8443/prefix" + urlsplit(image["url"]).path
     elsewhere += "?" + urlsplit(image["url"]).query
     task_id = client.create_ok([elsewhere], mask["url"], engine="opencv")
@@ -132,7 +133,7 @@ def test_another_keys_upload_is_refused_when_the_task_is_created(
     http: httpx.Client, other: ApiClient, client: ApiClient
 ) -> None:
     image = upload(http, encode(photo(W, H, seed=8), "PNG"))
-    mask = upload(http, encode(rect_mask(W, H, BOX), "PNG"), kind="mask")
+    mask = upload(http, encode(rect_mask(H, W, BOX), "PNG"), kind="mask")
     refused(other.create([image["url"]], mask["url"]), 40001, "images.0: the upload belongs")
     refused(
         other.create(["https://shop.example/a.png"], mask["url"]),
@@ -143,7 +144,7 @@ def test_another_keys_upload_is_refused_when_the_task_is_created(
 
 
 def test_tampered_and_expired_links_are_refused(
-    http: httpx.Client, client: ApiClient, server: ServerProcess
+    http: httpx.Client, client: ApiClient, server: LocalServer
 ) -> None:
     image = upload(http, encode(photo(W, H, seed=9), "PNG"))
     mask = "https://shop.example/m.png"
@@ -162,13 +163,13 @@ def test_tampered_and_expired_links_are_refused(
 
 
 def test_an_upload_deleted_before_the_task_runs_fails_that_image(
-    http: httpx.Client, client: ApiClient, server: ServerProcess
+    http: httpx.Client, client: ApiClient, server: LocalServer
 ) -> None:
     """The worker's own check: the link passed at creation, the blob was gone when it ran
     (as after the retention sweep): that image fails like a download, the other is done."""
     kept = upload(http, encode(photo(W, H, seed=10), "PNG"))
     gone = upload(http, encode(photo(W, H, seed=11), "PNG"))
-    mask = upload(http, encode(rect_mask(W, H, BOX), "PNG"), kind="mask")
+    mask = upload(http, encode(rect_mask(H, W, BOX), "PNG"), kind="mask")
     key = urlsplit(gone["url"]).path.removeprefix("/v3/pic/rw/files/")
     (server.data_dir / "blobs" / key).unlink()
     task_id = client.create_ok([kept["url"], gone["url"]], mask["url"], engine="opencv")
@@ -237,7 +238,7 @@ def test_a_multipart_body_without_the_file_is_a_400(http: httpx.Client) -> None:
     assert r.status_code == 400 and r.json()["code"] == 40001, r.text
 
 
-def test_credentials_are_required(server: ServerProcess) -> None:
+def test_credentials_are_required(server: LocalServer) -> None:
     png = encode(photo(W, H), "PNG")
     refused(httpx.post(server.base_url + UPLOAD, content=png), 40101, "Authorization")
     bad = {"Authorization": "Basic " + "bm9ib2R5Om5vdGhpbmc="}  # nobody:nothing
