@@ -270,6 +270,8 @@ def budget_server(tmp_path: Path) -> Iterator[Callable[..., LocalServer]]:
             workers=0,
             max_body_buffer_mb=buffer_mb,
             max_body_bytes=body_bytes,
+            # One key may hold one upload at least: keep uploads within the body size too.
+            max_image_bytes=body_bytes // 2,
         )
         started.append(server.start())
         return server

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from harness.images import psnr
+from harness.images import psnr as masked_psnr
 from photo_eraser.engines.opencv import OpenCVEngine
 from photo_eraser.engines.registry import EngineRegistry
 from photo_eraser.engines.restore import RestoreParams, RestoreReport, WatermarkRecoveryEngine
@@ -50,7 +50,7 @@ def test_estimator_recovers_exact_blend() -> None:
     offset_err = np.abs(est.offset - alpha[..., None] * wm.gradient_colour())[mask]
     assert float(offset_err.mean()) < 1.0
     psnrs = [
-        psnr(np.clip(est.invert(s.astype(np.float32)), 0, 255), p, mask)
+        masked_psnr(np.clip(est.invert(s.astype(np.float32)), 0, 255), p, mask)
         for s, p in zip(stamped, photos, strict=True)
     ]
     assert min(psnrs) > 42.0 and float(np.mean(psnrs)) > 45.0
@@ -67,7 +67,7 @@ def test_exact_fit_on_a_lossless_batch_is_near_exact() -> None:
         est, _ = fit_blend(stack, GridSolver(mask), PARAMS, lossless=lossless, jackknife=False)
         assert est.exact is lossless
         psnrs = [
-            psnr(np.clip(est.invert(s), 0, 255), p, mask)
+            masked_psnr(np.clip(est.invert(s), 0, 255), p, mask)
             for s, p in zip(stack, photos, strict=True)
         ]
         results[lossless] = (float(np.abs(est.beta - (1 - alpha))[mask].mean()), min(psnrs))
@@ -94,7 +94,7 @@ def test_exact_fit_on_four_or_five_lossless_images() -> None:
                 assert est.exact is (lossless and name == "one colour"), (n, name)
                 psnr[name, lossless] = np.mean(
                     [
-                        psnr(np.clip(est.invert(s), 0, 255), p, mask)
+                        masked_psnr(np.clip(est.invert(s), 0, 255), p, mask)
                         for s, p in zip(stack, photos, strict=True)
                     ]
                 )
@@ -122,8 +122,8 @@ def test_three_lossless_images_are_estimated_together_with_the_exact_fit() -> No
         _assert_outside_unchanged(stamped, masks, hinted)
         held += {r.method for r in hinted} == {"restore"}
         gains.append(
-            np.mean([psnr(r.image, p, mask) for r, p in zip(hinted, photos, strict=True)])
-            - np.mean([psnr(r.image, p, mask) for r, p in zip(plain, photos, strict=True)])
+            np.mean([masked_psnr(r.image, p, mask) for r, p in zip(hinted, photos, strict=True)])
+            - np.mean([masked_psnr(r.image, p, mask) for r, p in zip(plain, photos, strict=True)])
         )
         # A mark the exact fit does not explain.
         stamped = wm.stamp(photos, 0.5 * cov, two_colours)
@@ -133,9 +133,9 @@ def test_three_lossless_images_are_estimated_together_with_the_exact_fit() -> No
             np.array_equal(a.image, b.image) and a.method == b.method
             for a, b in zip(hinted, plain, strict=True)
         )
-        worse = np.mean([psnr(r.image, p, mask) for r, p in zip(plain, photos, strict=True)]) - (
-            np.mean([psnr(r.image, p, mask) for r, p in zip(hinted, photos, strict=True)])
-        )
+        worse = np.mean(
+            [masked_psnr(r.image, p, mask) for r, p in zip(plain, photos, strict=True)]
+        ) - (np.mean([masked_psnr(r.image, p, mask) for r, p in zip(hinted, photos, strict=True)]))
         assert worse < 0.5, (seed, worse)
     # Measured: held in all four, gaining 6-12 dB over each image alone (about 19-20 dB); the
     # two-colour mark refused in two of the four (the other two: 23-25 dB against 19-20 dB).
@@ -185,10 +185,10 @@ def test_an_exact_fit_that_finds_no_mark_gives_way_to_the_free_fit() -> None:
     for a, b in zip(hinted, plain, strict=True):
         assert np.array_equal(a.image, b.image)
         assert a.recovered_share is not None and a.recovered_share > 0.2
-    psnr = np.mean([psnr(r.image, p, mask) for r, p in zip(hinted, photos, strict=True)])
+    psnr = np.mean([masked_psnr(r.image, p, mask) for r, p in zip(hinted, photos, strict=True)])
     telea = np.mean(
         [
-            psnr(OpenCVEngine().inpaint(s, mask), p, mask)
+            masked_psnr(OpenCVEngine().inpaint(s, mask), p, mask)
             for s, p in zip(stamped, photos, strict=True)
         ]
     )
@@ -231,7 +231,9 @@ def test_engine_uses_the_exact_fit_only_for_all_lossless_batches() -> None:
         _assert_outside_unchanged(stamped, masks, results)
         fits = {_report(r).batch.fit for r in results}
         assert fits == ({"exact"} if name == "lossless" else {"refined"}), name
-        psnr[name] = np.mean([psnr(r.image, p, mask) for r, p in zip(results, photos, strict=True)])
+        psnr[name] = np.mean(
+            [masked_psnr(r.image, p, mask) for r, p in zip(results, photos, strict=True)]
+        )
     assert psnr["lossless"] > psnr["one jpeg"] + 3.0
     assert psnr["switched off"] == psnr["one jpeg"]
     with pytest.raises(ValueError, match="lossless"):
@@ -250,7 +252,7 @@ def test_exact_fit_on_a_subset_of_a_large_batch() -> None:
     assert _report(results[0]).batch.fit == "exact"
     # Measured: share 1.0 and 52 dB (share 0.73 and 35 dB with the empty half).
     assert min(r.recovered_share or 0.0 for r in results) > 0.95
-    psnr = np.mean([psnr(r.image, p, mask) for r, p in zip(results, photos, strict=True)])
+    psnr = np.mean([masked_psnr(r.image, p, mask) for r, p in zip(results, photos, strict=True)])
     assert psnr > 48.0
 
 
@@ -294,8 +296,8 @@ def test_semi_transparent_batch_is_recovered_much_better_than_inpainting() -> No
     results = _engine().restore(stamped, masks)
     telea = OpenCVEngine().restore(stamped, masks)
     _assert_outside_unchanged(stamped, masks, results)
-    ours = np.mean([psnr(r.image, p, mask) for r, p in zip(results, photos, strict=True)])
-    base = np.mean([psnr(r.image, p, mask) for r, p in zip(telea, photos, strict=True)])
+    ours = np.mean([masked_psnr(r.image, p, mask) for r, p in zip(results, photos, strict=True)])
+    base = np.mean([masked_psnr(r.image, p, mask) for r, p in zip(telea, photos, strict=True)])
     assert ours > base + 5.0
     shares = [r.recovered_share for r in results]
     assert all(s is not None and s > 0.2 for s in shares)
@@ -326,7 +328,9 @@ def test_single_image_constant_mark_is_recovered_better_than_inpainting() -> Non
     [result] = _engine().restore(stamped, [mask])
     [telea] = OpenCVEngine().restore(stamped, [mask])
     _assert_outside_unchanged(stamped, [mask], [result])
-    assert psnr(result.image, photos[0], mask) > psnr(telea.image, photos[0], mask) + 1.0
+    assert (
+        masked_psnr(result.image, photos[0], mask) > masked_psnr(telea.image, photos[0], mask) + 1.0
+    )
     assert result.method == "restore+opencv"
     assert result.recovered_share is not None and result.recovered_share > 0.1
     assert _report(result).reason == "one-image fit"
@@ -378,7 +382,7 @@ def test_opaque_mark_is_filled_by_the_fallback() -> None:
     for r, t, p, filled in zip(results, telea, photos, fallback.filled, strict=True):
         assert filled[core].all()
         assert r.recovered_share is not None and r.recovered_share < 0.9
-        assert psnr(r.image, p, mask) > psnr(t.image, p, mask) - 0.5
+        assert masked_psnr(r.image, p, mask) > masked_psnr(t.image, p, mask) - 0.5
 
 
 def test_batch_without_a_shared_mark_is_inpainted() -> None:
@@ -412,7 +416,10 @@ def test_images_without_the_mark_are_excluded() -> None:
             assert _report(r).reason == "does not carry the batch's mark"
         else:
             assert r.method in ("restore", "restore+opencv"), i
-            assert psnr(r.image, photos[i], mask) > psnr(telea[i].image, photos[i], mask) + 5
+            assert (
+                masked_psnr(r.image, photos[i], mask)
+                > masked_psnr(telea[i].image, photos[i], mask) + 5
+            )
 
 
 def test_mark_misplaced_by_a_few_pixels_is_realigned() -> None:
@@ -429,7 +436,7 @@ def test_mark_misplaced_by_a_few_pixels_is_realigned() -> None:
     results = _engine().restore(stamped, masks)
     _assert_outside_unchanged(stamped, masks, results)
     assert results[4].method in ("restore", "restore+opencv")
-    assert psnr(results[4].image, photos[4], moved_mask) > 30.0
+    assert masked_psnr(results[4].image, photos[4], moved_mask) > 30.0
 
 
 def test_images_of_different_sizes() -> None:
@@ -446,7 +453,7 @@ def test_images_of_different_sizes() -> None:
     _assert_outside_unchanged(stamped, masks, results)
     for r, t, p, m in zip(results, telea, photos, masks, strict=True):
         assert r.recovered_share is not None and r.recovered_share > 0.3
-        assert psnr(r.image, p, m) > psnr(t.image, p, m) + 3.0
+        assert masked_psnr(r.image, p, m) > masked_psnr(t.image, p, m) + 3.0
 
 
 def test_empty_mask_and_length_mismatch() -> None:
@@ -527,8 +534,12 @@ def test_mark_cut_by_the_image_edge_is_recovered_as_well_as_inside(lossless: boo
         edge = mask.copy()
         edge[3:-3, 3:-3] = False
         pairs = list(zip(results, photos, strict=True))
-        whole = float(np.mean([psnr(r.image, p, mask) for r, p in pairs]))
-        rim = float(np.mean([psnr(r.image, p, edge) for r, p in pairs])) if edge.any() else whole
+        whole = float(np.mean([masked_psnr(r.image, p, mask) for r, p in pairs]))
+        rim = (
+            float(np.mean([masked_psnr(r.image, p, edge) for r, p in pairs]))
+            if edge.any()
+            else whole
+        )
         return whole, rim
 
     inside, _ = recover(cov)  # about 41.7 dB (52.0 with the exact fit)
@@ -581,8 +592,8 @@ def test_a_loose_mask_is_narrowed_to_the_mark(lossless: bool) -> None:
     # over the box, Telea 27 dB at best; before narrowing, the box gave about 28 dB.
     for t, b, tl, p, s in zip(on_tight, on_box, telea, photos, stamped, strict=True):
         assert b.method == "restore"
-        assert psnr(b.image, p, tight) > psnr(t.image, p, tight) - 1.5
-        assert psnr(b.image, p, box) > psnr(tl.image, p, box) + 10.0
+        assert masked_psnr(b.image, p, tight) > masked_psnr(t.image, p, tight) - 1.5
+        assert masked_psnr(b.image, p, box) > masked_psnr(tl.image, p, box) + 10.0
         kept = (b.image[far] == s[far]).all(axis=-1).mean()
         # Lossless: every far pixel kept; the free fit finds a few stray marked pixels.
         assert kept == 1.0 if lossless else kept > 0.95
@@ -602,7 +613,7 @@ def test_a_part_of_the_mask_away_from_the_mark_is_inpainted() -> None:
     for r, b, p, s in zip(results, blob_only, photos, stamped, strict=True):
         assert np.array_equal(r.image[blob], b.image[blob])
         assert (r.image[blob] != s[blob]).any(axis=-1).mean() > 0.5
-        assert psnr(r.image, p, wm.tight_mask(cov)) > 45.0
+        assert masked_psnr(r.image, p, wm.tight_mask(cov)) > 45.0
 
 
 @pytest.mark.parametrize("n", [4, 8])
@@ -623,8 +634,8 @@ def test_an_opaque_logo_under_a_box_is_filled_not_kept(n: int) -> None:
     core = logo > 0.9
     for r, s in zip(results, stamped, strict=True):
         assert (r.image[core] != s[core]).any(axis=-1).mean() > 0.95  # the logo is gone
-    ours = psnr(np.stack([r.image for r in results]), np.stack(photos), np.stack([box] * n))
-    theirs = psnr(np.stack([t.image for t in telea]), np.stack(photos), np.stack([box] * n))
+    ours = masked_psnr(np.stack([r.image for r in results]), np.stack(photos), np.stack([box] * n))
+    theirs = masked_psnr(np.stack([t.image for t in telea]), np.stack(photos), np.stack([box] * n))
     assert ours > theirs + 3.0
 
 
@@ -645,7 +656,7 @@ def test_a_mark_of_many_small_parts_masked_one_by_one_is_recovered() -> None:
         results = _engine().restore(stamped, [mask] * 8, lossless=[lossless] * 8)
         for r, t, p in zip(results, telea, photos, strict=True):
             assert r.method == "restore"
-            assert psnr(r.image, p, mask) > psnr(t.image, p, mask) + 15.0
+            assert masked_psnr(r.image, p, mask) > masked_psnr(t.image, p, mask) + 15.0
 
 
 def test_an_object_masked_next_to_the_mark_is_erased_beyond_its_surroundings() -> None:
@@ -670,7 +681,7 @@ def test_an_object_masked_next_to_the_mark_is_erased_beyond_its_surroundings() -
             # free fit, pixels within 8 px of stray marked ones in it are kept (measured: 74%
             # of the far part inpainted).
             assert filled[far].mean() > (0.99 if lossless else 0.6)
-            assert psnr(r.image, p, tight) > (45.0 if lossless else 35.0)
+            assert masked_psnr(r.image, p, tight) > (45.0 if lossless else 35.0)
 
 
 def test_a_box_at_the_image_edge_with_shifted_marks_keeps_no_mark_pixel() -> None:
@@ -728,8 +739,10 @@ def test_a_faint_line_beside_a_bold_mark_is_recovered_too(loose: bool, fmt: str)
         ]
     )
     assert left < 0.1
-    ours = psnr(np.stack([r.image for r in results]), np.stack(photos), np.stack([on_line] * 8))
-    as_is = psnr(np.stack(stamped), np.stack(photos), np.stack([on_line] * 8))
+    ours = masked_psnr(
+        np.stack([r.image for r in results]), np.stack(photos), np.stack([on_line] * 8)
+    )
+    as_is = masked_psnr(np.stack(stamped), np.stack(photos), np.stack([on_line] * 8))
     assert ours > as_is + (10.0 if fmt == "png" else 4.0)
 
 
@@ -755,8 +768,8 @@ def test_around_an_opaque_mark_the_drifting_offset_is_not_inverted(fmt: str, off
     results = _engine().restore(stamped, [mask] * 4, lossless=[fmt == "png"] * 4)
     telea = OpenCVEngine().restore(stamped, [mask] * 4)
     _assert_outside_unchanged(stamped, [mask] * 4, results)
-    ours = psnr(np.stack([r.image for r in results]), np.stack(photos), np.stack([mask] * 4))
-    theirs = psnr(np.stack([t.image for t in telea]), np.stack(photos), np.stack([mask] * 4))
+    ours = masked_psnr(np.stack([r.image for r in results]), np.stack(photos), np.stack([mask] * 4))
+    theirs = masked_psnr(np.stack([t.image for t in telea]), np.stack(photos), np.stack([mask] * 4))
     assert ours > theirs + 1.5
 
 
@@ -775,5 +788,5 @@ def test_a_faint_line_does_not_keep_six_lossless_images_from_the_exact_fit() -> 
     results = _engine().restore(stamped, [box] * 6, lossless=[True] * 6)
     assert _report(results[0]).batch.fit == "exact"
     assert _report(results[0]).batch.narrowing_rounds == 2
-    ours = psnr(np.stack([r.image for r in results]), np.stack(photos), np.stack([box] * 6))
+    ours = masked_psnr(np.stack([r.image for r in results]), np.stack(photos), np.stack([box] * 6))
     assert ours > 38.0
