@@ -518,6 +518,7 @@ function render() {
 }
 
 function draw() {
+  $("#stage").dataset.zoom = state.view.zoom.toFixed(3);
   const ctx = viewCtx;
   ctx.clearRect(0, 0, view.width, view.height);
   const image = currentImage();
@@ -980,12 +981,6 @@ function wire() {
   $("#file-input").addEventListener("change", (ev) => {
     addFiles([...ev.target.files]);
     ev.target.value = "";
-  });
-  drop.addEventListener("keydown", (ev) => {
-    if (ev.key === "Enter" || ev.key === " ") {
-      ev.preventDefault();
-      $("#file-input").click();
-    }
   });
   drop.addEventListener("dragover", (ev) => {
     ev.preventDefault();
