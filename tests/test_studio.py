@@ -195,6 +195,8 @@ def test_upload_paint_run_compare_download(
     page.click("#image-list li:nth-child(3) .pick")
     _screenshot(page, "studio-mask.png", tmp_path)
 
+    polls: list[Any] = []  # the result requests, finished
+    page.on("requestfinished", lambda r: polls.append(r) if "/rw/result/" in r.url else None)
     page.select_option("#engine", "opencv")
     with page.expect_request("**/v3/pic/rw/batch") as sent:
         page.click("#submit")
@@ -202,6 +204,15 @@ def test_upload_paint_run_compare_download(
     assert batch["images"] == list(uploads) and batch["engine"] == "opencv"
     assert list(uploads.values()) == [encode(p) for p in inputs]
     page.wait_for_selector("#run-status[data-status='3']", timeout=TASK_TIMEOUT_MS)
+    # The page asked again only once the wait_time of the previous answer had passed.
+    # (Browser timings, in ms: when each request started and its answer ended.)
+    answers = [(r.timing["startTime"], r.response().json()["data"]["wait_time"]) for r in polls]
+    # The first poll follows the create at once, before a worker has fetched three images.
+    assert len(answers) >= 2 and answers[-1][1] == "0"
+    for prev, (started, _) in zip(polls, answers[1:], strict=False):
+        wait = float(prev.response().json()["data"]["wait_time"])
+        answered = prev.timing["startTime"] + prev.timing["responseEnd"]
+        assert started - answered >= wait * 1000 - 20
     rows = page.locator("#results tbody tr")
     assert rows.count() == 3
     for i in range(3):
@@ -332,8 +343,10 @@ def test_mask_tools(page: Any, server: ServerProcess, tmp_path: Path) -> None:
     appkey, appsecret = server.create_key("studio-tools")
     _sign_in(page, server, appkey, appsecret)
     page.wait_for_selector("#workspace:not([hidden])")
-    page.set_input_files("#file-input", [_png_file("one.png", photo(600, 300, seed=4))])
-    expect(page.locator("#image-list li")).to_have_count(1)
+    big = {"name": "big.jpg", "mimeType": "image/jpeg", "buffer": encode(photo(2600, 1300), "JPEG")}
+    page.set_input_files("#file-input", [_png_file("one.png", photo(600, 300, seed=4)), big])
+    expect(page.locator("#image-list li")).to_have_count(2)
+    expect(page.locator("#image-list li .meta").nth(1)).to_have_text("2600×1300")
     box = page.locator("#view").bounding_box()
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
 

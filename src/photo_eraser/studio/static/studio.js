@@ -5,6 +5,7 @@ import { zipStore } from "./zip.js";
 const CONFIG = JSON.parse(document.body.dataset.config);
 const MAX_IMAGES = 20;
 const MASK_MAX_SIDE = 2048; // the painted mask's resolution; the service stretches it anyway
+const PREVIEW_MAX_SIDE = 2048;
 const UNDO_DEPTH = 20;
 const MASK_RGB = [255, 48, 96]; // the overlay colour; the mask itself is the alpha channel
 const CREDENTIALS = "photo-eraser.credentials";
@@ -149,12 +150,24 @@ async function checkFile(file) {
   } catch {
     throw new Error("image is truncated or corrupt");
   }
-  const problem = resolutionProblem(bitmap.width, bitmap.height);
+  const { width, height } = bitmap;
+  const problem = resolutionProblem(width, height);
   if (problem) {
     bitmap.close();
     throw new Error(problem);
   }
-  return { format, bitmap };
+  // Kept for display at most PREVIEW_MAX_SIDE a side: 20 photos of 5000 px would take 2 GB.
+  const scale = PREVIEW_MAX_SIDE / Math.max(width, height);
+  if (scale < 1) {
+    const full = bitmap;
+    bitmap = await createImageBitmap(full, {
+      resizeWidth: Math.max(1, Math.round(width * scale)),
+      resizeHeight: Math.max(1, Math.round(height * scale)),
+      resizeQuality: "high",
+    });
+    full.close();
+  }
+  return { format, bitmap, width, height };
 }
 
 function refuse(name, reason) {
@@ -171,11 +184,8 @@ async function addFiles(files) {
       continue;
     }
     try {
-      const { format, bitmap } = await checkFile(file);
-      addImage({
-        name: file.name, file, format, bitmap, width: bitmap.width, height: bitmap.height,
-        preview: URL.createObjectURL(file),
-      });
+      const checked = await checkFile(file);
+      addImage({ name: file.name, file, ...checked, preview: URL.createObjectURL(file) });
     } catch (err) {
       refuse(file.name, err.message);
     }
@@ -208,8 +218,7 @@ async function addUrls(text) {
     }
     try {
       const blob = await (await fetch(url.href)).blob();
-      const { format, bitmap } = await checkFile(blob);
-      addImage({ name, remote: url.href, format, bitmap, width: bitmap.width, height: bitmap.height, preview: url.href });
+      addImage({ name, remote: url.href, ...(await checkFile(blob)), preview: url.href });
     } catch (err) {
       refuse(raw, err.message);
     }
