@@ -6,10 +6,11 @@ where they fail. ``PHOTO_ERASER_SCREENSHOTS=1`` writes the screenshots of the ma
 ``docs/img/`` (the README shows one); otherwise they go to the test's temporary directory.
 
 Uploads: the page sends local files to ``POST /v3/pic/rw/upload`` (its ``uploadImage``).
-Until that endpoint is in this branch, the ``uploads`` fixture answers those requests in the
-browser itself: it puts the file on a local image host (the server runs with
-``PHOTO_ERASER_ALLOW_PRIVATE_URLS=1``) and answers with its URL, as the endpoint will with
-a URL of its own. Once the endpoint lands, drop that fixture; nothing else changes.
+Where the server lacks that endpoint (it is built on another branch), the ``uploads``
+fixture answers those requests in the browser itself: it puts the file on a local image host
+(the server runs with ``PHOTO_ERASER_ALLOW_PRIVATE_URLS=1``) and answers with its URL, as
+the endpoint does with a URL of its own. Once the endpoint is merged, delete that stand-in;
+nothing else changes.
 """
 
 # Another branch adds the `process` marker (real server processes); once it is registered in
@@ -107,24 +108,25 @@ def page(browser: Any, server: ServerProcess) -> Iterator[Any]:
 
 
 @pytest.fixture
-def uploads(page: Any, image_host: ImageHost) -> dict[str, bytes]:
-    """Stands in for ``POST /v3/pic/rw/upload`` (see the module's docstring): each uploaded
-    file goes to the image host, whose URL the page then puts in its batch."""
-    received: dict[str, bytes] = {}
+def uploads(page: Any, server: ServerProcess, image_host: ImageHost) -> None:
+    """Where the server has no ``POST /v3/pic/rw/upload`` yet (a request without credentials
+    finds no route), stand in for it (see the module's docstring). Once the endpoint is
+    merged, delete this fixture: a server without the endpoint must then fail the test."""
+    if httpx.post(server.base_url + "/v3/pic/rw/upload").json()["code"] != 40401:
+        return
     counter = itertools.count()
 
-    def handle(route: Any) -> None:
+    def stand_in(route: Any) -> None:
         request = route.request
-        body = request.post_data_buffer or b""
         url = image_host.add(
-            f"/studio-upload/{next(counter)}", body, content_type=request.headers["content-type"]
+            f"/studio-upload/{next(counter)}",
+            request.post_data_buffer or b"",
+            content_type=request.headers["content-type"],
         )
-        received[url] = body
         envelope = {"code": 0, "msg": "", "data": {"url": url, "expires_at": 2**31 - 1}}
         route.fulfill(status=200, content_type="application/json", body=json.dumps(envelope))
 
-    page.route("**/v3/pic/rw/upload", handle)
-    return received
+    page.route("**/v3/pic/rw/upload", stand_in)
 
 
 def _screenshot(page: Any, name: str, tmp_path: Path, *, full_page: bool = False) -> None:
@@ -158,7 +160,7 @@ def _drag(page: Any, points: list[tuple[float, float]]) -> None:
 
 
 def test_upload_paint_run_compare_download(
-    page: Any, server: ServerProcess, uploads: dict[str, bytes], tmp_path: Path
+    page: Any, server: ServerProcess, uploads: None, tmp_path: Path
 ) -> None:
     appkey, appsecret = server.create_key("studio")
     _sign_in(page, server, appkey, appsecret)
@@ -201,8 +203,9 @@ def test_upload_paint_run_compare_download(
     with page.expect_request("**/v3/pic/rw/batch") as sent:
         page.click("#submit")
     batch = json.loads(sent.value.post_data)
-    assert batch["images"] == list(uploads) and batch["engine"] == "opencv"
-    assert list(uploads.values()) == [encode(p) for p in inputs]
+    assert batch["engine"] == "opencv"
+    # The batch names the uploaded files, in order (an upload's URL gives back its file).
+    assert [httpx.get(url).content for url in batch["images"]] == [encode(p) for p in inputs]
     page.wait_for_selector("#run-status[data-status='3']", timeout=TASK_TIMEOUT_MS)
     # The page asked again only once the wait_time of the previous answer had passed.
     # (Browser timings, in ms: when each request started and its answer ended.)
