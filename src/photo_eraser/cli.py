@@ -132,6 +132,7 @@ Try it:
     -d '{{"images": ["https://example.com/photo.jpg"], "mask": "https://example.com/mask.png", "priority": 1}}'
   curl -s {base}/v3/pic/rw/result/TASK_ID -H 'Authorization: Basic {token}'
 API docs: {base}/docs
+Studio (upload, paint a mask, compare): {base}/
 """,
         err=True,
     )

@@ -18,7 +18,7 @@ from photo_eraser import __version__
 from photo_eraser.api import openapi
 from photo_eraser.api.auth import RateLimiter
 from photo_eraser.api.errors import CODE_TABLE, ApiError, Code, InternalErrorMiddleware, envelope
-from photo_eraser.api.routes import files, ops, tasks, uploads
+from photo_eraser.api.routes import files, ops, studio, tasks, uploads
 from photo_eraser.config import Settings
 from photo_eraser.disk import DISK_FULL_REASON, is_disk_full
 from photo_eraser.runtime import Runtime
@@ -74,7 +74,7 @@ def create_app(settings: Settings | None = None, *, distributed: bool = False) -
         settings.max_pending_creates, settings.max_body_buffer_mb << 20, one_body
     )
     app.state.upload_checks = uploads.UploadChecks()
-    for module in (tasks, uploads, files, ops):
+    for module in (tasks, uploads, files, ops, studio):
         app.include_router(module.router)
     _install_error_handlers(app)
     # HTTP metrics by route template (never by task id), into the service's own registry:

@@ -1,0 +1,1 @@
+"""The studio page's static files (served by `photo_eraser.api.routes.studio`)."""

@@ -1,0 +1,1070 @@
+// Photo Eraser Studio: upload a batch, paint one mask, run it, compare before/after.
+// Plain ES module, no framework, no build step; every request goes to this origin.
+import { zipStore } from "./zip.js";
+
+const CONFIG = JSON.parse(document.body.dataset.config);
+const MAX_IMAGES = 20;
+const MASK_MAX_SIDE = 2048; // the painted mask's resolution; the service stretches it anyway
+const PREVIEW_MAX_SIDE = 2048;
+const UNDO_DEPTH = 20;
+const MASK_RGB = [255, 48, 96]; // the overlay colour; the mask itself is the alpha channel
+const CREDENTIALS = "photo-eraser.credentials";
+const TASK_STATUS = { 1: "waiting", 2: "in progress", 3: "complete", 4: "failed", 5: "closed", 6: "timed out" };
+const IMAGE_STATUS = { 1: "waiting", 2: "processing", 3: "done", 4: "failed" };
+
+const $ = (sel) => document.querySelector(sel);
+
+const state = {
+  auth: null, // "Basic ..." while signed in
+  images: [], // see addImage
+  current: -1,
+  nextId: 1,
+  tool: "brush",
+  size: 40,
+  opacity: 0.55,
+  showOriginal: false,
+  view: { zoom: 1, panX: 0, panY: 0 },
+  undo: [],
+  redo: [],
+  marked: 0,
+  bbox: null, // mask bounding box in mask pixels: [x0, y0, x1, y1) or null
+  task: null, // {id, items: [image], timer}
+  compare: null,
+};
+
+// ---------------------------------------------------------------- the server's API
+
+function utf8Base64(text) {
+  let binary = "";
+  for (const byte of new TextEncoder().encode(text)) binary += String.fromCharCode(byte);
+  return btoa(binary);
+}
+
+/** One call of the API: the parsed envelope, or an envelope made from a network error. */
+async function api(method, path, body, headers = {}) {
+  let response;
+  try {
+    response = await fetch(path, {
+      method,
+      headers: { Authorization: state.auth, ...headers },
+      body,
+      cache: "no-store",
+    });
+  } catch (err) {
+    return { code: -1, msg: `the server did not answer (${err.message})`, data: {} };
+  }
+  try {
+    return await response.json();
+  } catch {
+    return { code: response.status * 100, msg: `HTTP ${response.status}`, data: {} };
+  }
+}
+
+/**
+ * The one place that turns a local file into a URL the batch API can fetch:
+ * `POST /v3/pic/rw/upload` with the raw file, answering {url, expires_at}.
+ */
+export async function uploadImage(file, contentType) {
+  const env = await api("POST", "/v3/pic/rw/upload", file, { "Content-Type": contentType });
+  if (env.code !== 0) throw new Error(env.msg || `upload refused (code ${env.code})`);
+  return { url: env.data.url, expiresAt: Number(env.data.expires_at) || 0 };
+}
+
+// ---------------------------------------------------------------- sign in
+
+async function signIn(appkey, appsecret, { quiet = false } = {}) {
+  const msg = $("#signin-msg");
+  msg.className = "msg";
+  msg.textContent = quiet ? "" : "Checking the key…";
+  state.auth = "Basic " + utf8Base64(`${appkey}:${appsecret}`);
+  const env = await api("POST", "/studio/session");
+  if (env.code !== 0 || !env.data.valid) {
+    state.auth = null;
+    sessionStorage.removeItem(CREDENTIALS);
+    msg.className = "msg error";
+    msg.textContent =
+      env.code === 0
+        ? `This appkey/appsecret was not accepted (${env.data.msg}). Check both, or create a key with "photo-eraser keys create --name NAME".`
+        : `Could not check the key: ${env.msg}`;
+    return;
+  }
+  sessionStorage.setItem(CREDENTIALS, JSON.stringify({ appkey, appsecret }));
+  msg.textContent = "";
+  $("#whoami").textContent = `Signed in as ${appkey}`;
+  $("#session").hidden = false;
+  $("#signin-panel").hidden = true;
+  $("#workspace").hidden = false;
+  resizeView();
+}
+
+function signOut() {
+  sessionStorage.removeItem(CREDENTIALS);
+  state.auth = null;
+  $("#session").hidden = true;
+  $("#signin-panel").hidden = false;
+  $("#workspace").hidden = true;
+  $("#appsecret").value = "";
+}
+
+// ---------------------------------------------------------------- adding images
+
+function sniffFormat(b) {
+  const at = (i, s) => [...s].every((ch, k) => b[i + k] === ch.charCodeAt(0));
+  if (b[0] === 0x89 && at(1, "PNG")) return "PNG";
+  if (b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return "JPEG";
+  if (at(0, "BM")) return "BMP";
+  if (at(0, "GIF8")) return "!GIF";
+  if (at(0, "RIFF") && at(8, "WEBP")) return "!WebP";
+  if (at(0, "II*\0") || at(0, "MM\0*")) return "!TIFF";
+  if (at(4, "ftyp")) return "!HEIC/AVIF";
+  return "!";
+}
+
+const TYPES = { PNG: "image/png", JPEG: "image/jpeg", BMP: "image/bmp" };
+
+function sizeText(bytes) {
+  return bytes >= 1 << 20 ? `${(bytes / (1 << 20)).toFixed(1)} MB` : `${Math.ceil(bytes / 1024)} KB`;
+}
+
+/** The reason a size breaks the service's limits (its own wording), or "". */
+function resolutionProblem(w, h) {
+  const [short, long] = w < h ? [w, h] : [h, w];
+  if (long > CONFIG.maxSide) return `resolution ${w}x${h} is above ${CONFIG.maxSide}x${CONFIG.maxSide}`;
+  if (short < CONFIG.minSide) return `resolution ${w}x${h} is below ${CONFIG.minSide}x${CONFIG.minSide}`;
+  if (long > CONFIG.maxAspect * short)
+    return `aspect ratio ${(long / short).toFixed(2)}:1 is above ${CONFIG.maxAspect}:1`;
+  return "";
+}
+
+/** Check a file as the service will; {format, bitmap} or throw an Error saying why not. */
+async function checkFile(file) {
+  if (file.size > CONFIG.maxImageBytes)
+    throw new Error(`${sizeText(file.size)} is larger than ${sizeText(CONFIG.maxImageBytes)}`);
+  const head = new Uint8Array(await file.slice(0, 16).arrayBuffer());
+  const format = sniffFormat(head);
+  if (format.startsWith("!"))
+    throw new Error(`unsupported format: ${format.slice(1) || "not a PNG, JPEG or BMP image"}`);
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(file); // EXIF orientation applied, as the service does
+  } catch {
+    throw new Error("image is truncated or corrupt");
+  }
+  const { width, height } = bitmap;
+  const problem = resolutionProblem(width, height);
+  if (problem) {
+    bitmap.close();
+    throw new Error(problem);
+  }
+  // Kept for display at most PREVIEW_MAX_SIDE a side: 20 photos of 5000 px would take 2 GB.
+  const scale = PREVIEW_MAX_SIDE / Math.max(width, height);
+  if (scale < 1) {
+    const full = bitmap;
+    bitmap = await createImageBitmap(full, {
+      resizeWidth: Math.max(1, Math.round(width * scale)),
+      resizeHeight: Math.max(1, Math.round(height * scale)),
+      resizeQuality: "high",
+    });
+    full.close();
+  }
+  return { format, bitmap, width, height };
+}
+
+function refuse(name, reason) {
+  const li = document.createElement("li");
+  li.textContent = `${name}: ${reason}`;
+  $("#refused").append(li);
+}
+
+async function addFiles(files) {
+  $("#refused").replaceChildren();
+  for (const file of files) {
+    if (state.images.length >= MAX_IMAGES) {
+      refuse(file.name, `the batch is full (${MAX_IMAGES} images at most)`);
+      continue;
+    }
+    try {
+      const checked = await checkFile(file);
+      addImage({ name: file.name, file, ...checked, preview: URL.createObjectURL(file) });
+    } catch (err) {
+      refuse(file.name, err.message);
+    }
+  }
+}
+
+async function addUrls(text) {
+  $("#refused").replaceChildren();
+  for (const raw of text.split(/\s+/).filter(Boolean)) {
+    if (state.images.length >= MAX_IMAGES) {
+      refuse(raw, `the batch is full (${MAX_IMAGES} images at most)`);
+      continue;
+    }
+    let url;
+    try {
+      url = new URL(raw);
+    } catch {
+      refuse(raw, "not a URL");
+      continue;
+    }
+    if (url.protocol !== "http:" && url.protocol !== "https:") {
+      refuse(raw, "only http and https URLs can be fetched by the service");
+      continue;
+    }
+    const name = decodeURIComponent(url.pathname.split("/").pop() || url.host);
+    if (url.origin !== location.origin) {
+      // The page makes no request outside this server: the service checks this one itself.
+      addImage({ name, remote: url.href, width: 0, height: 0 });
+      continue;
+    }
+    try {
+      const blob = await (await fetch(url.href)).blob();
+      addImage({ name, remote: url.href, ...(await checkFile(blob)), preview: url.href });
+    } catch (err) {
+      refuse(raw, err.message);
+    }
+  }
+}
+
+function addImage(fields) {
+  const image = { id: state.nextId++, upload: null, result: null, ...fields };
+  state.images.push(image);
+  // The mask takes the size of the first image (capped); later ones get it stretched.
+  const first = !state.images.some((im) => im !== image && im.width);
+  if (first && image.width && state.marked === 0 && state.undo.length === 0) sizeMaskTo(image.width, image.height);
+  renderList();
+  if (state.current < 0) select(state.images.length - 1);
+}
+
+function removeImage(id) {
+  const index = state.images.findIndex((im) => im.id === id);
+  if (index < 0) return;
+  const [image] = state.images.splice(index, 1);
+  if (image.file && image.preview) URL.revokeObjectURL(image.preview);
+  if (state.current >= state.images.length) state.current = state.images.length - 1;
+  renderList();
+  select(state.current);
+}
+
+function renderList() {
+  const list = $("#image-list");
+  list.replaceChildren();
+  state.images.forEach((image, index) => {
+    const li = document.createElement("li");
+    li.dataset.id = image.id;
+    li.classList.toggle("current", index === state.current);
+    const pick = document.createElement("button");
+    pick.type = "button";
+    pick.className = "pick";
+    pick.setAttribute("aria-label", `Edit the mask on ${image.name}`);
+    const thumb = document.createElement("canvas");
+    thumb.width = 160;
+    thumb.height = 96;
+    image.thumb = thumb;
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = image.name;
+    const meta = document.createElement("span");
+    meta.className = "meta";
+    meta.textContent = image.width ? `${image.width}×${image.height}` : "remote, checked by the service";
+    const status = image.result ?? (image.uploadError ? { status: "4" } : null);
+    if (status) {
+      const badge = document.createElement("span");
+      badge.className = `badge s${status.status}`;
+      badge.textContent = IMAGE_STATUS[status.status] ?? status.status;
+      meta.append(" ", badge);
+    }
+    pick.append(thumb, name, meta);
+    pick.addEventListener("click", () => select(index));
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.className = "remove";
+    remove.textContent = "×";
+    remove.setAttribute("aria-label", `Remove ${image.name}`);
+    remove.addEventListener("click", () => removeImage(image.id));
+    li.append(pick, remove);
+    list.append(li);
+    drawThumb(image);
+  });
+  $("#image-count").textContent = state.images.length ? `(${state.images.length} of ${MAX_IMAGES})` : "";
+}
+
+/** A thumbnail with the mask stretched onto it exactly as the service stretches it. */
+function drawThumb(image) {
+  const c = image.thumb;
+  if (!c) return;
+  const ctx = c.getContext("2d");
+  ctx.clearRect(0, 0, c.width, c.height);
+  const w = image.width || mask.width;
+  const h = image.height || mask.height;
+  const s = Math.min(c.width / w, c.height / h);
+  const [x, y, dw, dh] = [(c.width - w * s) / 2, (c.height - h * s) / 2, w * s, h * s];
+  if (image.bitmap) ctx.drawImage(image.bitmap, x, y, dw, dh);
+  else {
+    ctx.fillStyle = "#333";
+    ctx.fillRect(x, y, dw, dh);
+  }
+  ctx.imageSmoothingEnabled = false;
+  ctx.globalAlpha = 0.8;
+  ctx.drawImage(mask, x, y, dw, dh);
+  ctx.globalAlpha = 1;
+}
+
+function drawThumbs() {
+  for (const image of state.images) drawThumb(image);
+}
+
+function select(index) {
+  state.current = index;
+  for (const li of $("#image-list").children) li.classList.toggle("current", Number(li.dataset.id) === state.images[index]?.id);
+  const image = state.images[index];
+  $("#editor-image").textContent = image ? `on ${image.name}` : "";
+  fitView();
+}
+
+// ---------------------------------------------------------------- the mask
+
+const mask = document.createElement("canvas"); // alpha 255 = restore, 0 = keep
+mask.width = mask.height = 1024;
+const maskCtx = mask.getContext("2d", { willReadFrequently: true });
+
+function sizeMaskTo(w, h) {
+  const s = Math.min(1, MASK_MAX_SIDE / Math.max(w, h));
+  mask.width = Math.max(1, Math.round(w * s));
+  mask.height = Math.max(1, Math.round(h * s));
+}
+
+/** Snap the mask to fully marked/unmarked pixels (what is sent is what is shown), and count. */
+function settleMask() {
+  const data = maskCtx.getImageData(0, 0, mask.width, mask.height);
+  const px = data.data;
+  let marked = 0;
+  let [x0, y0, x1, y1] = [mask.width, mask.height, -1, -1];
+  for (let i = 0, p = 0; i < px.length; i += 4, p++) {
+    const on = px[i + 3] >= 128;
+    px[i] = MASK_RGB[0];
+    px[i + 1] = MASK_RGB[1];
+    px[i + 2] = MASK_RGB[2];
+    px[i + 3] = on ? 255 : 0;
+    if (on) {
+      marked++;
+      const x = p % mask.width;
+      const y = (p - x) / mask.width;
+      if (x < x0) x0 = x;
+      if (x > x1) x1 = x;
+      if (y < y0) y0 = y;
+      if (y > y1) y1 = y;
+    }
+  }
+  maskCtx.putImageData(data, 0, 0);
+  state.marked = marked;
+  state.bbox = marked ? [x0, y0, x1 + 1, y1 + 1] : null;
+  maskChanged();
+}
+
+function maskChanged() {
+  const info = $("#mask-info");
+  info.dataset.marked = String(state.marked);
+  const share = (100 * state.marked) / (mask.width * mask.height);
+  info.textContent = state.marked
+    ? `The mask covers ${share < 0.1 ? share.toFixed(2) : share.toFixed(1)}% of each picture (${mask.width}×${mask.height} px, stretched to every image as the service does).`
+    : "The mask is empty: paint over what to erase. It is stretched to every image of the batch, as the service does.";
+  $("#undo").disabled = state.undo.length === 0;
+  $("#redo").disabled = state.redo.length === 0;
+  drawThumbs();
+  render();
+}
+
+function snapshot() {
+  return maskCtx.getImageData(0, 0, mask.width, mask.height);
+}
+
+function restoreSnapshot(data) {
+  if (mask.width !== data.width || mask.height !== data.height) {
+    mask.width = data.width;
+    mask.height = data.height;
+  }
+  maskCtx.putImageData(data, 0, 0);
+}
+
+function pushUndo() {
+  state.undo.push(snapshot());
+  if (state.undo.length > UNDO_DEPTH) state.undo.shift();
+  state.redo = [];
+}
+
+function undo() {
+  if (!state.undo.length) return;
+  state.redo.push(snapshot());
+  restoreSnapshot(state.undo.pop());
+  settleMask();
+}
+
+function redo() {
+  if (!state.redo.length) return;
+  state.undo.push(snapshot());
+  restoreSnapshot(state.redo.pop());
+  settleMask();
+}
+
+function clearMask() {
+  if (!state.marked) return;
+  pushUndo();
+  maskCtx.clearRect(0, 0, mask.width, mask.height);
+  settleMask();
+}
+
+/** Draw on the mask in the coordinates of `image` (the mask is stretched onto it). */
+function withImageTransform(image, draw) {
+  const w = image.width || mask.width;
+  const h = image.height || mask.height;
+  maskCtx.save();
+  maskCtx.setTransform(mask.width / w, 0, 0, mask.height / h, 0, 0);
+  draw(maskCtx);
+  maskCtx.restore();
+}
+
+/** A mask file marks what the service would mark: alpha if it has transparency, else any
+ * non-black pixel (above 127 for a JPEG, whose noise around black must not count). */
+async function loadMask(file) {
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(file, { premultiplyAlpha: "none" });
+  } catch {
+    setStatus("That mask file cannot be decoded.", "error");
+    return;
+  }
+  const isJpeg = sniffFormat(new Uint8Array(await file.slice(0, 16).arrayBuffer())) === "JPEG";
+  const c = document.createElement("canvas");
+  c.width = bitmap.width;
+  c.height = bitmap.height;
+  const ctx = c.getContext("2d", { willReadFrequently: true });
+  ctx.drawImage(bitmap, 0, 0);
+  const src = ctx.getImageData(0, 0, c.width, c.height).data;
+  let hasAlpha = false;
+  for (let i = 3; i < src.length; i += 4) if (src[i] < 255) { hasAlpha = true; break; }
+  const threshold = isJpeg ? 127 : 0;
+  const out = new ImageData(c.width, c.height);
+  for (let i = 0; i < src.length; i += 4) {
+    const on = hasAlpha ? src[i + 3] > 0 : Math.max(src[i], src[i + 1], src[i + 2]) > threshold;
+    out.data[i + 3] = on ? 255 : 0;
+  }
+  pushUndo();
+  restoreSnapshot(out);
+  settleMask();
+}
+
+/** The mask as the PNG the service receives: white = restore on opaque black. */
+function maskPng() {
+  const c = document.createElement("canvas");
+  c.width = mask.width;
+  c.height = mask.height;
+  const ctx = c.getContext("2d");
+  const src = snapshot().data;
+  const out = ctx.createImageData(c.width, c.height);
+  for (let i = 0; i < src.length; i += 4) {
+    const v = src[i + 3] >= 128 ? 255 : 0;
+    out.data[i] = out.data[i + 1] = out.data[i + 2] = v;
+    out.data[i + 3] = 255;
+  }
+  ctx.putImageData(out, 0, 0);
+  return new Promise((resolve) => c.toBlob(resolve, "image/png"));
+}
+
+async function blobBase64(blob) {
+  const bytes = new Uint8Array(await blob.arrayBuffer());
+  let binary = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(binary);
+}
+
+function saveBlob(blob, name) {
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(blob);
+  a.download = name;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+}
+
+// ---------------------------------------------------------------- the editor view
+
+const view = $("#view");
+const viewCtx = view.getContext("2d");
+const pointer = { x: 0, y: 0, inside: false, drag: null, spaceDown: false };
+
+function currentImage() {
+  return state.images[state.current] ?? null;
+}
+
+function imageSize(image) {
+  return image && image.width ? [image.width, image.height] : [mask.width, mask.height];
+}
+
+/** Where the current image lies on the canvas: [x, y, scale] in canvas pixels. */
+function placement() {
+  const [w, h] = imageSize(currentImage());
+  const fit = Math.min(view.width / w, view.height / h) * 0.96;
+  const scale = fit * state.view.zoom;
+  return [(view.width - w * scale) / 2 + state.view.panX, (view.height - h * scale) / 2 + state.view.panY, scale];
+}
+
+function toImage(ev) {
+  const rect = view.getBoundingClientRect();
+  const dpr = view.width / rect.width;
+  const [x, y, s] = placement();
+  return [((ev.clientX - rect.left) * dpr - x) / s, ((ev.clientY - rect.top) * dpr - y) / s];
+}
+
+let renderQueued = false;
+function render() {
+  if (renderQueued) return;
+  renderQueued = true;
+  requestAnimationFrame(() => {
+    renderQueued = false;
+    draw();
+  });
+}
+
+function draw() {
+  $("#stage").dataset.zoom = state.view.zoom.toFixed(3);
+  const ctx = viewCtx;
+  ctx.clearRect(0, 0, view.width, view.height);
+  const image = currentImage();
+  if (!image) {
+    ctx.fillStyle = "#9aa3b2";
+    ctx.font = `${16 * devicePixelRatio}px system-ui`;
+    ctx.textAlign = "center";
+    ctx.fillText("Add images to paint the mask on them", view.width / 2, view.height / 2);
+    return;
+  }
+  const [w, h] = imageSize(image);
+  const [x, y, s] = placement();
+  ctx.imageSmoothingEnabled = s < 2;
+  if (image.bitmap) ctx.drawImage(image.bitmap, x, y, w * s, h * s);
+  else {
+    ctx.fillStyle = "#2b2f38";
+    ctx.fillRect(x, y, w * s, h * s);
+    ctx.fillStyle = "#9aa3b2";
+    ctx.font = `${13 * devicePixelRatio}px system-ui`;
+    ctx.textAlign = "center";
+    ctx.fillText("remote image: not shown (this page only talks to its server)", x + (w * s) / 2, y + (h * s) / 2);
+  }
+  if (!state.showOriginal) {
+    ctx.imageSmoothingEnabled = false; // nearest neighbour, as the service stretches the mask
+    ctx.globalAlpha = state.opacity;
+    ctx.drawImage(mask, x, y, w * s, h * s);
+    ctx.globalAlpha = 1;
+  }
+  const drag = pointer.drag;
+  if (drag && drag.kind === "rect") {
+    ctx.strokeStyle = "#fff";
+    ctx.setLineDash([6, 4]);
+    ctx.lineWidth = 1.5 * devicePixelRatio;
+    ctx.strokeRect(x + drag.x0 * s, y + drag.y0 * s, (drag.x1 - drag.x0) * s, (drag.y1 - drag.y0) * s);
+    ctx.setLineDash([]);
+  }
+  if (pointer.inside && (state.tool === "brush" || state.tool === "eraser") && !pointer.spaceDown) {
+    const rect = view.getBoundingClientRect();
+    const dpr = view.width / rect.width;
+    ctx.strokeStyle = "#fff";
+    ctx.lineWidth = devicePixelRatio;
+    ctx.beginPath();
+    ctx.arc(pointer.x * dpr, pointer.y * dpr, (state.size / 2) * s, 0, 2 * Math.PI);
+    ctx.stroke();
+  }
+}
+
+function resizeView() {
+  const rect = view.getBoundingClientRect();
+  if (!rect.width) return;
+  view.width = Math.round(rect.width * devicePixelRatio);
+  view.height = Math.round(rect.height * devicePixelRatio);
+  render();
+}
+
+function fitView() {
+  state.view = { zoom: 1, panX: 0, panY: 0 };
+  render();
+}
+
+function zoomBy(factor, cx = view.width / 2, cy = view.height / 2) {
+  const [x, y, s] = placement();
+  const zoom = Math.min(32, Math.max(0.2, state.view.zoom * factor));
+  const ix = (cx - x) / s;
+  const iy = (cy - y) / s;
+  state.view.zoom = zoom;
+  const [x2, y2, s2] = placement();
+  state.view.panX += cx - (x2 + ix * s2);
+  state.view.panY += cy - (y2 + iy * s2);
+  render();
+}
+
+function panning(ev) {
+  return state.tool === "hand" || pointer.spaceDown || ev.button === 1;
+}
+
+function strokeTo(drag, px, py) {
+  withImageTransform(currentImage(), (ctx) => {
+    ctx.globalCompositeOperation = drag.erase ? "destination-out" : "source-over";
+    ctx.strokeStyle = `rgb(${MASK_RGB})`;
+    ctx.lineWidth = state.size;
+    ctx.lineCap = "round";
+    ctx.lineJoin = "round";
+    ctx.beginPath();
+    ctx.moveTo(drag.lx, drag.ly);
+    ctx.lineTo(px, py);
+    ctx.stroke();
+  });
+  drag.lx = px;
+  drag.ly = py;
+}
+
+view.addEventListener("pointerdown", (ev) => {
+  if (!currentImage() || (ev.button !== 0 && ev.button !== 1)) return;
+  view.setPointerCapture(ev.pointerId);
+  $("#stage").focus({ preventScroll: true });
+  const [px, py] = toImage(ev);
+  if (panning(ev)) {
+    pointer.drag = { kind: "pan", sx: ev.clientX, sy: ev.clientY, panX: state.view.panX, panY: state.view.panY };
+  } else if (state.tool === "rect") {
+    pointer.drag = { kind: "rect", x0: px, y0: py, x1: px, y1: py, sx: px, sy: py };
+  } else {
+    pushUndo();
+    pointer.drag = { kind: "stroke", erase: state.tool === "eraser", lx: px, ly: py };
+    strokeTo(pointer.drag, px, py);
+  }
+  render();
+});
+
+view.addEventListener("pointermove", (ev) => {
+  const rect = view.getBoundingClientRect();
+  pointer.x = ev.clientX - rect.left;
+  pointer.y = ev.clientY - rect.top;
+  pointer.inside = true;
+  const drag = pointer.drag;
+  if (drag) {
+    const [px, py] = toImage(ev);
+    if (drag.kind === "pan") {
+      const dpr = view.width / rect.width;
+      state.view.panX = drag.panX + (ev.clientX - drag.sx) * dpr;
+      state.view.panY = drag.panY + (ev.clientY - drag.sy) * dpr;
+    } else if (drag.kind === "rect") {
+      drag.x0 = Math.min(drag.sx, px);
+      drag.x1 = Math.max(drag.sx, px);
+      drag.y0 = Math.min(drag.sy, py);
+      drag.y1 = Math.max(drag.sy, py);
+    } else {
+      for (const e of ev.getCoalescedEvents?.() ?? [ev]) strokeTo(drag, ...toImage(e));
+    }
+  }
+  render();
+});
+
+function endDrag() {
+  const drag = pointer.drag;
+  pointer.drag = null;
+  if (!drag) return;
+  if (drag.kind === "rect" && drag.x1 - drag.x0 >= 1 && drag.y1 - drag.y0 >= 1) {
+    pushUndo();
+    withImageTransform(currentImage(), (ctx) => {
+      ctx.fillStyle = `rgb(${MASK_RGB})`;
+      ctx.fillRect(drag.x0, drag.y0, drag.x1 - drag.x0, drag.y1 - drag.y0);
+    });
+  }
+  if (drag.kind !== "pan") settleMask();
+  render();
+}
+
+view.addEventListener("pointerup", endDrag);
+view.addEventListener("pointercancel", endDrag);
+view.addEventListener("pointerleave", () => {
+  pointer.inside = false;
+  render();
+});
+view.addEventListener(
+  "wheel",
+  (ev) => {
+    ev.preventDefault();
+    const rect = view.getBoundingClientRect();
+    const dpr = view.width / rect.width;
+    zoomBy(ev.deltaY < 0 ? 1.15 : 1 / 1.15, (ev.clientX - rect.left) * dpr, (ev.clientY - rect.top) * dpr);
+  },
+  { passive: false },
+);
+new ResizeObserver(resizeView).observe(view);
+
+function setTool(tool) {
+  state.tool = tool;
+  for (const input of document.querySelectorAll('input[name="tool"]')) input.checked = input.value === tool;
+  $("#stage").classList.toggle("panning", tool === "hand");
+  render();
+}
+
+function setSize(size) {
+  state.size = Math.max(2, Math.min(300, Math.round(size)));
+  $("#brush-size").value = state.size;
+  $("#brush-size-out").textContent = state.size;
+  render();
+}
+
+function setOriginal(on) {
+  state.showOriginal = on;
+  $("#show-original").setAttribute("aria-pressed", String(on));
+  render();
+}
+
+// ---------------------------------------------------------------- running a batch
+
+function setStatus(text, kind = "") {
+  const el = $("#run-status");
+  el.className = `msg ${kind}`;
+  el.textContent = text;
+}
+
+async function ensureUploaded(image) {
+  if (image.remote) return image.remote;
+  const soon = Date.now() / 1000 + 120;
+  if (!image.upload || (image.upload.expiresAt && image.upload.expiresAt < soon)) {
+    image.upload = await uploadImage(image.file, TYPES[image.format]);
+  }
+  return image.upload.url;
+}
+
+async function submit() {
+  if (state.task?.timer) clearTimeout(state.task.timer);
+  if (!state.images.length) return setStatus("Add at least one image first.", "error");
+  if (!state.marked) return setStatus("The mask is empty: paint over what to erase first.", "error");
+  const priority = Number($("#priority").value);
+  if (!Number.isInteger(priority) || priority < 0 || priority > 9)
+    return setStatus("Priority must be a whole number from 0 to 9.", "error");
+  $("#submit").disabled = true;
+  try {
+    const items = [];
+    for (const [i, image] of state.images.entries()) {
+      image.result = null;
+      image.uploadError = null;
+      setStatus(`Uploading ${i + 1} of ${state.images.length}: ${image.name}…`);
+      try {
+        items.push({ image, url: await ensureUploaded(image) });
+      } catch (err) {
+        image.uploadError = `upload failed: ${err.message}`;
+      }
+    }
+    renderList();
+    renderResults(state.images.filter((im) => im.uploadError));
+    if (!items.length) return setStatus("No image could be uploaded; see the reasons below.", "error");
+    const maskData = "data:image/png;base64," + (await blobBase64(await maskPng()));
+    const body = JSON.stringify({
+      images: items.map((it) => it.url),
+      mask: maskData,
+      priority,
+      engine: $("#engine").value,
+    });
+    if (body.length > CONFIG.maxBodyBytes)
+      return setStatus(`The request is ${sizeText(body.length)}, more than the server takes (${sizeText(CONFIG.maxBodyBytes)}).`, "error");
+    setStatus("Sending the batch…");
+    const env = await api("POST", "/v3/pic/rw/batch", body, { "Content-Type": "application/json" });
+    if (env.code !== 0) return setStatus(`The batch was refused: ${env.msg}`, "error");
+    state.task = { id: env.data.task_id, items: items.map((it) => it.image), timer: 0 };
+    setStatus(`Task ${state.task.id}: sent.`);
+    await poll(state.task);
+  } finally {
+    $("#submit").disabled = false;
+  }
+}
+
+/** Ask for the task's result, then again after the `wait_time` the server asks for. */
+async function poll(task) {
+  if (state.task !== task) return;
+  const env = await api("GET", `/v3/pic/rw/result/${encodeURIComponent(task.id)}`);
+  if (state.task !== task) return;
+  let wait = 5;
+  if (env.code !== 0) {
+    setStatus(`Could not read the task's state (${env.msg}); trying again in ${wait} s.`, "error");
+  } else {
+    const data = env.data;
+    data.list.forEach((item, i) => {
+      if (task.items[i]) task.items[i].result = item;
+    });
+    const done = data.list.filter((it) => it.status === "3" || it.status === "4").length;
+    const finished = !["1", "2"].includes(data.status);
+    wait = Math.max(1, Number(data.wait_time) || 1);
+    setStatus(
+      `Task ${task.id}: ${TASK_STATUS[data.status] ?? data.status}, ${done} of ${data.list.length} images finished` +
+        (finished ? "." : `; next look in ${wait} s.`),
+      finished ? (data.status === "3" ? "ok" : "error") : "",
+    );
+    $("#run-status").dataset.status = data.status;
+    renderList();
+    renderResults([...task.items, ...state.images.filter((im) => im.uploadError)]);
+    if (finished) {
+      task.timer = 0;
+      const first = task.items.find((im) => im.result?.status === "3");
+      if (first) showCompare(first);
+      $("#download-all").disabled = !task.items.some((im) => im.result?.image_result);
+      return;
+    }
+  }
+  task.timer = setTimeout(() => poll(task), wait * 1000);
+}
+
+function resultName(image) {
+  const ext = (new URL(image.result.image_result, location.href).pathname.match(/\.(\w+)$/) ?? [, "png"])[1];
+  return `${image.name.replace(/\.[^.]*$/, "")}-erased.${ext}`;
+}
+
+function renderResults(images) {
+  const body = $("#results tbody");
+  body.replaceChildren();
+  images.forEach((image, i) => {
+    const r = image.result ?? { status: "4", reason: image.uploadError ?? "" };
+    const tr = document.createElement("tr");
+    tr.dataset.status = r.status;
+    const cells = [
+      String(i + 1),
+      image.name,
+      IMAGE_STATUS[r.status] ?? r.status,
+      r.method ?? "",
+      r.recovered_share == null ? "" : `${Math.round(100 * r.recovered_share)}%`,
+      r.reason ?? "",
+    ];
+    for (const [k, text] of cells.entries()) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      if (k === 5) td.className = "reason";
+      tr.append(td);
+    }
+    const td = document.createElement("td");
+    if (r.status === "3" && r.image_result) {
+      const compare = document.createElement("button");
+      compare.type = "button";
+      compare.textContent = "Compare";
+      compare.addEventListener("click", () => showCompare(image));
+      const a = document.createElement("a");
+      a.className = "button download";
+      a.href = r.image_result;
+      a.download = resultName(image);
+      a.textContent = "Download";
+      td.append(compare, " ", a);
+    }
+    tr.append(td);
+    body.append(tr);
+  });
+}
+
+// ---------------------------------------------------------------- before / after
+
+function showCompare(image) {
+  state.compare = image;
+  $("#compare-panel").hidden = false;
+  $("#compare-name").textContent = image.name;
+  const before = $("#before");
+  before.hidden = !image.preview;
+  if (image.preview) before.src = image.preview;
+  const after = $("#after");
+  after.src = image.result.image_result;
+  // The frame takes the image's shape, so that the divide lies where the slider says.
+  const setAspect = (w, h) => $("#compare-panel").style.setProperty("--aspect", String(w / h));
+  if (image.width) setAspect(image.width, image.height);
+  else after.addEventListener("load", () => setAspect(after.naturalWidth, after.naturalHeight), { once: true });
+  const link = $("#download-one");
+  link.href = image.result.image_result;
+  link.download = resultName(image);
+  setComparePosition(Number($("#compare-slider").value));
+  $("#compare-zoom").style.transform = "";
+}
+
+function setComparePosition(percent) {
+  $("#compare").style.setProperty("--pos", `${percent}%`);
+}
+
+/** Zoom the comparison onto the mask's box, as the mask lands on this image. */
+function zoomToMask() {
+  if (!state.bbox) return;
+  const [x0, y0, x1, y1] = state.bbox;
+  const fx0 = x0 / mask.width, fx1 = x1 / mask.width, fy0 = y0 / mask.height, fy1 = y1 / mask.height;
+  const frame = $("#compare-zoom");
+  const W = frame.offsetWidth;
+  const H = frame.offsetHeight;
+  const z = Math.max(1, Math.min(16, 1 / (1.4 * Math.max(fx1 - fx0, fy1 - fy0))));
+  let tx = W / 2 - ((fx0 + fx1) / 2) * W * z;
+  let ty = H / 2 - ((fy0 + fy1) / 2) * H * z;
+  tx = Math.min(0, Math.max(W - W * z, tx));
+  ty = Math.min(0, Math.max(H - H * z, ty));
+  frame.style.transform = `translate(${tx}px, ${ty}px) scale(${z})`;
+}
+
+async function downloadAll() {
+  const items = state.task?.items.filter((im) => im.result?.status === "3" && im.result.image_result) ?? [];
+  if (!items.length) return;
+  $("#download-all").disabled = true;
+  try {
+    const files = [];
+    for (const [i, image] of items.entries()) {
+      setStatus(`Fetching result ${i + 1} of ${items.length}…`);
+      const response = await fetch(image.result.image_result);
+      if (!response.ok) throw new Error(`${image.name}: HTTP ${response.status}`);
+      const name = `${String(i + 1).padStart(2, "0")}-${resultName(image)}`;
+      files.push({ name, data: new Uint8Array(await response.arrayBuffer()) });
+    }
+    saveBlob(zipStore(files), "photo-eraser-results.zip");
+    setStatus(`Saved ${files.length} results as photo-eraser-results.zip.`, "ok");
+  } catch (err) {
+    setStatus(`Could not fetch every result: ${err.message}`, "error");
+  } finally {
+    $("#download-all").disabled = false;
+  }
+}
+
+// ---------------------------------------------------------------- wiring
+
+function typing(ev) {
+  return ev.target.closest?.("input:not([type=range]):not([type=radio]), textarea, select");
+}
+
+document.addEventListener("keydown", (ev) => {
+  if ($("#workspace").hidden || typing(ev)) return;
+  const mod = ev.ctrlKey || ev.metaKey;
+  const key = ev.key.toLowerCase();
+  if (mod && key === "z") {
+    ev.preventDefault();
+    if (ev.shiftKey) redo();
+    else undo();
+    return;
+  }
+  if (mod && key === "y") {
+    ev.preventDefault();
+    redo();
+    return;
+  }
+  if (mod || ev.altKey) return;
+  const inStage = ev.target === $("#stage");
+  const step = Math.max(2, Math.round(state.size * 0.15));
+  const handled = {
+    b: () => setTool("brush"),
+    e: () => setTool("eraser"),
+    r: () => setTool("rect"),
+    h: () => setTool("hand"),
+    "[": () => setSize(state.size - step),
+    "]": () => setSize(state.size + step),
+    "+": () => zoomBy(1.25),
+    "=": () => zoomBy(1.25),
+    "-": () => zoomBy(0.8),
+    0: () => fitView(),
+    o: () => setOriginal(true),
+  }[key];
+  if (handled) {
+    ev.preventDefault();
+    handled();
+  } else if (inStage && key === " ") {
+    ev.preventDefault();
+    pointer.spaceDown = true;
+    $("#stage").classList.add("panning");
+  } else if (inStage && key.startsWith("arrow")) {
+    ev.preventDefault();
+    const d = 40 * devicePixelRatio;
+    state.view.panX += { arrowleft: d, arrowright: -d }[key] ?? 0;
+    state.view.panY += { arrowup: d, arrowdown: -d }[key] ?? 0;
+    render();
+  }
+});
+
+document.addEventListener("keyup", (ev) => {
+  const key = ev.key.toLowerCase();
+  if (key === "o") setOriginal(false);
+  if (key === " ") {
+    pointer.spaceDown = false;
+    $("#stage").classList.toggle("panning", state.tool === "hand");
+  }
+});
+
+function wire() {
+  $("#signin").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    signIn($("#appkey").value.trim(), $("#appsecret").value.trim());
+  });
+  $("#signout").addEventListener("click", signOut);
+
+  const drop = $("#dropzone");
+  $("#file-input").addEventListener("change", (ev) => {
+    addFiles([...ev.target.files]);
+    ev.target.value = "";
+  });
+  drop.addEventListener("dragover", (ev) => {
+    ev.preventDefault();
+    drop.classList.add("over");
+  });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (ev) => {
+    ev.preventDefault();
+    drop.classList.remove("over");
+    addFiles([...ev.dataTransfer.files]);
+  });
+  $("#add-urls").addEventListener("click", () => {
+    addUrls($("#url-input").value);
+    $("#url-input").value = "";
+  });
+
+  for (const input of document.querySelectorAll('input[name="tool"]'))
+    input.addEventListener("change", () => setTool(input.value));
+  $("#brush-size").addEventListener("input", (ev) => setSize(Number(ev.target.value)));
+  $("#opacity").addEventListener("input", (ev) => {
+    state.opacity = Number(ev.target.value) / 100;
+    render();
+  });
+  $("#undo").addEventListener("click", undo);
+  $("#redo").addEventListener("click", redo);
+  $("#clear").addEventListener("click", clearMask);
+  $("#zoom-in").addEventListener("click", () => zoomBy(1.25));
+  $("#zoom-out").addEventListener("click", () => zoomBy(0.8));
+  $("#zoom-fit").addEventListener("click", fitView);
+  const original = $("#show-original");
+  original.addEventListener("pointerdown", () => setOriginal(true));
+  for (const type of ["pointerup", "pointerleave", "blur"]) original.addEventListener(type, () => setOriginal(false));
+  original.addEventListener("keydown", (ev) => {
+    if (ev.key === " " || ev.key === "Enter") {
+      ev.preventDefault();
+      setOriginal(true);
+    }
+  });
+  original.addEventListener("keyup", () => setOriginal(false));
+  $("#load-mask").addEventListener("change", (ev) => {
+    if (ev.target.files[0]) loadMask(ev.target.files[0]);
+    ev.target.value = "";
+  });
+  $("#save-mask").addEventListener("click", async () => saveBlob(await maskPng(), "mask.png"));
+
+  $("#run-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    submit();
+  });
+  $("#compare-slider").addEventListener("input", (ev) => setComparePosition(Number(ev.target.value)));
+  $("#zoom-mask").addEventListener("click", zoomToMask);
+  $("#zoom-reset").addEventListener("click", () => ($("#compare-zoom").style.transform = ""));
+  $("#download-all").addEventListener("click", downloadAll);
+}
+
+async function loadEngines() {
+  const select = $("#engine");
+  let available = {};
+  try {
+    available = (await (await fetch("/healthz", { cache: "no-store" })).json()).data?.engines ?? {};
+  } catch {
+    // the list below still offers every engine; the server says which one it lacks
+  }
+  for (const name of CONFIG.engines) {
+    const option = document.createElement("option");
+    option.value = name;
+    option.textContent = available[name] === false ? `${name} (not installed)` : name;
+    option.disabled = available[name] === false;
+    select.append(option);
+  }
+}
+
+wire();
+setSize(state.size);
+maskChanged();
+loadEngines();
+const saved = JSON.parse(sessionStorage.getItem(CREDENTIALS) ?? "null");
+if (saved) signIn(saved.appkey, saved.appsecret, { quiet: true });
