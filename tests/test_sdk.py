@@ -39,9 +39,10 @@ W, H = 320, 256
 BOX = (100, 140, 120, 200)
 
 
-def sdk(server: LocalServer, **kw: object) -> Client:
+def sdk(server: LocalServer) -> Client:
+    """A client with a new key of ``server``, polling at least twice a second."""
     appkey, appsecret = server.create_key("sdk")
-    return Client(server.base_url, appkey, appsecret, min_poll=0.05, max_poll=0.5, **kw)  # type: ignore[arg-type]
+    return Client(server.base_url, appkey, appsecret, min_poll=0.05, max_poll=0.5)
 
 
 def files(tmp_path: Path) -> tuple[Path, Path, np.ndarray]:
@@ -110,7 +111,8 @@ def test_async_client(server: LocalServer, tmp_path: Path) -> None:
                 assert share is None or 0.0 <= share <= 1.0
                 (path,) = await task.download(tmp_path / "async")
                 assert path is not None and outside_unchanged(path, pixels)
-            erased = await c.erase([image], mask, tmp_path / "erase", engine="opencv")
+            # The mask as bytes: uploaded as a mask.
+            erased = await c.erase([image], mask.read_bytes(), tmp_path / "erase", engine="opencv")
             assert erased.files == [tmp_path / "erase" / "shop photo.png"]
             with pytest.raises(NotFoundError) as info:
                 await c.task("00000000-0000-4000-8000-000000000000").result()
@@ -137,6 +139,11 @@ def test_errors_carry_code_and_msg(server: LocalServer, image_host: ImageHost) -
         assert bad_request.value.msg.startswith("priority")
         with pytest.raises(NotFoundError):
             client.task("no-such-task").result()
+        # An image neither a URL nor a file: refused before anything is sent.
+        with pytest.raises(BadRequestError) as not_a_file:
+            client.submit([url, "no/such/file.png"], mask)
+        assert not_a_file.value.code == NO_ANSWER
+        assert not_a_file.value.msg.startswith("images.1: not an http(s) URL nor a file")
         # Extensions the server does not know are passed through and ignored by it.
         task = client.submit([url], mask, engine="opencv", not_an_extension={"x": 1})
         assert task.wait(60).status is TaskStatus.COMPLETE

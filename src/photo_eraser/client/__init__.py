@@ -13,8 +13,8 @@ from photo_eraser.client._errors import (
     ServerError,
     TimeoutExceeded,
 )
-from photo_eraser.client._models import ImageResult, ImageStatus, TaskResult, TaskStatus
-from photo_eraser.client._sync import Client, Erased, Task
+from photo_eraser.client._models import Erased, ImageResult, ImageStatus, TaskResult, TaskStatus
+from photo_eraser.client._sync import Client, Task
 from photo_eraser.client._wire import RetryPolicy, Source
 
 __all__ = [

@@ -22,20 +22,20 @@ from photo_eraser.client._http import (
     on_answer,
     on_transport_error,
 )
-from photo_eraser.client._models import TaskResult, TaskStatus
-from photo_eraser.client._sync import Erased, _describe
+from photo_eraser.client._models import Erased, TaskResult, TaskStatus
 from photo_eraser.client._wire import (
     Request,
     RetryPolicy,
     Source,
     Wire,
-    local_path,
     parse_closed,
     parse_result,
     parse_task_id,
     parse_upload,
     poll_delay,
     result_names,
+    source_name,
+    to_upload,
 )
 
 
@@ -76,11 +76,17 @@ class AsyncClient:
     ) -> AsyncTask:
         """Create a task. Local files (and bytes) among ``images`` and ``mask`` are uploaded
         first; ``extensions`` are sent as extra JSON fields."""
-        urls = [await self._prepare(source, "image") for source in images]
-        mask_value = await self._prepare(mask, "mask")
+        # Every source is checked before any is uploaded.
+        plans = [to_upload(s, "image", f"images.{i}") for i, s in enumerate(images)]
+        mask_plan = to_upload(mask, "mask", "mask")
+        urls = [
+            str(s) if p is None else await self._upload(p, "image")
+            for s, p in zip(images, plans, strict=True)
+        ]
+        mask_value = str(mask) if mask_plan is None else await self._upload(mask_plan, "mask")
         request = self._wire.create(urls, mask_value, priority, engine, extensions)
         task_id = parse_task_id(await self._call(request))
-        return AsyncTask(self, task_id, [_describe(s) for s in images])
+        return AsyncTask(self, task_id, [source_name(s) for s in images])
 
     def task(self, task_id: str) -> AsyncTask:
         """A handle on a task created earlier (by this process or another)."""
@@ -89,11 +95,10 @@ class AsyncClient:
     async def upload(self, source: Source, kind: str = "image") -> str:
         """Upload a local file (or bytes) through ``POST /v3/pic/rw/upload``; returns the
         signed link to name in a task of this key. ``kind``: ``image`` or ``mask``."""
-        path = local_path(source, mask=kind == "mask")
-        body = path.read_bytes() if path is not None else source
-        if not isinstance(body, bytes):
+        found = to_upload(source, kind, "source")
+        if found is None:
             raise ValueError(f"not a local file: {source!r}")
-        return parse_upload(await self._call(self._wire.upload(body, kind)))
+        return await self._upload(found, kind)
 
     async def erase(
         self,
@@ -126,10 +131,9 @@ class AsyncClient:
     ) -> None:
         await self.aclose()
 
-    async def _prepare(self, source: Source, kind: str) -> str:
-        if isinstance(source, bytes) or local_path(source, mask=kind == "mask") is not None:
-            return await self.upload(source, kind)
-        return str(source)
+    async def _upload(self, found: Path | bytes, kind: str) -> str:
+        body = found if isinstance(found, bytes) else await asyncio.to_thread(found.read_bytes)
+        return parse_upload(await self._call(self._wire.upload(body, kind)))
 
     async def _call(self, request: Request) -> dict[str, Any]:
         return data_of(await self._send(request))
@@ -225,7 +229,8 @@ class AsyncTask:
                 files.append(None)
                 continue
             target = out / name
-            target.write_bytes(await self._owner._fetch(image.url))
+            content = await self._owner._fetch(image.url)
+            await asyncio.to_thread(target.write_bytes, content)
             files.append(target)
         return files
 

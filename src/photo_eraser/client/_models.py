@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 
 class TaskStatus(StrEnum):
@@ -73,3 +74,11 @@ class TaskResult:
     def done_count(self) -> int:
         """Images finished one way or the other (done or failed)."""
         return sum(i.status in (ImageStatus.DONE, ImageStatus.FAILED) for i in self.images)
+
+
+class Erased(NamedTuple):
+    """What ``erase`` returns: the final result and, in input order, the file each image was
+    written to (``None`` where the image has no result)."""
+
+    result: TaskResult
+    files: list[Path | None]

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any
 
 import httpx
 
@@ -20,28 +20,21 @@ from photo_eraser.client._http import (
     on_answer,
     on_transport_error,
 )
-from photo_eraser.client._models import TaskResult, TaskStatus
+from photo_eraser.client._models import Erased, TaskResult, TaskStatus
 from photo_eraser.client._wire import (
     Request,
     RetryPolicy,
     Source,
     Wire,
-    local_path,
     parse_closed,
     parse_result,
     parse_task_id,
     parse_upload,
     poll_delay,
     result_names,
+    source_name,
+    to_upload,
 )
-
-
-class Erased(NamedTuple):
-    """What ``Client.erase`` returns: the final result and, in input order, the file each
-    image was written to (``None`` where the image failed)."""
-
-    result: TaskResult
-    files: list[Path | None]
 
 
 class Client:
@@ -81,11 +74,17 @@ class Client:
     ) -> Task:
         """Create a task. Local files (and bytes) among ``images`` and ``mask`` are uploaded
         first; ``extensions`` are sent as extra JSON fields."""
-        urls = [self._prepare(source, "image") for source in images]
-        mask_value = self._prepare(mask, "mask")
+        # Every source is checked before any is uploaded.
+        plans = [to_upload(s, "image", f"images.{i}") for i, s in enumerate(images)]
+        mask_plan = to_upload(mask, "mask", "mask")
+        urls = [
+            str(s) if p is None else self._upload(p, "image")
+            for s, p in zip(images, plans, strict=True)
+        ]
+        mask_value = str(mask) if mask_plan is None else self._upload(mask_plan, "mask")
         request = self._wire.create(urls, mask_value, priority, engine, extensions)
         task_id = parse_task_id(self._call(request))
-        return Task(self, task_id, [_describe(s) for s in images])
+        return Task(self, task_id, [source_name(s) for s in images])
 
     def task(self, task_id: str) -> Task:
         """A handle on a task created earlier (by this process or another)."""
@@ -94,11 +93,10 @@ class Client:
     def upload(self, source: Source, kind: str = "image") -> str:
         """Upload a local file (or bytes) through ``POST /v3/pic/rw/upload``; returns the
         signed link to name in a task of this key. ``kind``: ``image`` or ``mask``."""
-        path = local_path(source, mask=kind == "mask")
-        body = path.read_bytes() if path is not None else source
-        if not isinstance(body, bytes):
+        found = to_upload(source, kind, "source")
+        if found is None:
             raise ValueError(f"not a local file: {source!r}")
-        return parse_upload(self._call(self._wire.upload(body, kind)))
+        return self._upload(found, kind)
 
     def erase(
         self,
@@ -128,10 +126,9 @@ class Client:
     ) -> None:
         self.close()
 
-    def _prepare(self, source: Source, kind: str) -> str:
-        if isinstance(source, bytes) or local_path(source, mask=kind == "mask") is not None:
-            return self.upload(source, kind)
-        return str(source)
+    def _upload(self, found: Path | bytes, kind: str) -> str:
+        body = found if isinstance(found, bytes) else found.read_bytes()
+        return parse_upload(self._call(self._wire.upload(body, kind)))
 
     def _call(self, request: Request) -> dict[str, Any]:
         return data_of(self._send(request))
@@ -256,8 +253,3 @@ class Task:
         if self._client is None:
             raise PhotoEraserError(NO_ANSWER, f"task handle {self.id} is closed")
         return self._client
-
-
-def _describe(source: Source) -> str:
-    """How a source is named in file names: its path or URL (bytes have no name)."""
-    return "" if isinstance(source, bytes) else str(source)

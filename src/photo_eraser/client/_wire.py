@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from photo_eraser.client._errors import (
+    NO_ANSWER,
     AuthError,
     BadRequestError,
     NotFoundError,
@@ -256,6 +257,25 @@ def poll_delay(
     base = min(max(wait_time, min_interval), max_interval)
     draw = rng.random() if rng is not None else random.random()
     return base * (1 + 0.2 * draw)
+
+
+def to_upload(source: Source, kind: str, name: str) -> Path | bytes | None:
+    """What to upload for ``source`` (a file's path, or the bytes), or ``None``: send it as
+    it is. An image that is neither an ``http(s)`` URL nor an existing file is refused here
+    (``name`` is the field, ``images.0``), before anything is uploaded."""
+    if isinstance(source, bytes):
+        return source
+    path = local_path(source, mask=kind == "mask")
+    if path is not None:
+        return path
+    if kind != "mask" and not str(source)[:8].lower().startswith(("http://", "https://")):
+        raise BadRequestError(NO_ANSWER, f"{name}: not an http(s) URL nor a file: {source!r}")
+    return None
+
+
+def source_name(source: Source) -> str:
+    """How a source is named in result file names (bytes have no name)."""
+    return "" if isinstance(source, bytes) else str(source)
 
 
 def local_path(source: Source, *, mask: bool = False) -> Path | None:
