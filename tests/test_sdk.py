@@ -169,9 +169,7 @@ def test_wait_timeout_then_cancel(tmp_path: Path, image_host: ImageHost) -> None
         idle.stop()
 
 
-def test_rate_limit_of_the_server_is_retried_after_retry_after(
-    tmp_path: Path, image_host: ImageHost
-) -> None:
+def test_the_servers_rate_limit_is_waited_out(tmp_path: Path, image_host: ImageHost) -> None:
     limited = LocalServer(tmp_path / "rl", listen=True, workers=0, rate_limit_per_minute=60)
     limited.start()
     try:
@@ -179,20 +177,41 @@ def test_rate_limit_of_the_server_is_retried_after_retry_after(
         mask = b64(encode(rect_mask(H, W, BOX)))
         appkey, appsecret = limited.create_key("sdk-rl")
         raw = limited.client(appkey, appsecret)
-        for _ in range(60):  # the key's whole bucket
-            raw.create_ok([url], mask)
+        for _ in range(200):  # the key's whole bucket, until the server says 429
+            if raw.create([url], mask).status_code == 429:
+                break
+        else:
+            pytest.fail("the rate limit never answered 429")
         raw.close()
-        no_retry = RetryPolicy(max_retries=0)
-        with Client(limited.base_url, appkey, appsecret, retry=no_retry) as client:
-            with pytest.raises(RateLimitedError) as info:
-                client.submit([url], mask)
-            assert info.value.code == 42901 and info.value.retry_after == 1
+        # Retry-After is 1 s here: waited out (how long is the stand-in tests' to measure:
+        # a token may come back between the 429 above and this request).
         with Client(limited.base_url, appkey, appsecret) as client:
-            started = time.monotonic()
             assert client.submit([url], mask).id
-            assert time.monotonic() - started >= 0.9  # it waited for Retry-After
     finally:
         limited.stop()
+
+
+def test_the_servers_open_task_cap_is_raised_past_max_wait(
+    tmp_path: Path, image_host: ImageHost
+) -> None:
+    capped = LocalServer(tmp_path / "cap", listen=True, workers=0, max_open_tasks_per_key=1)
+    capped.start()
+    try:
+        url = image_host.add("/sdk/c.png", encode(photo(W, H)))
+        mask = b64(encode(rect_mask(H, W, BOX)))
+        appkey, appsecret = capped.create_key("sdk-cap")
+        with Client(capped.base_url, appkey, appsecret, retry=RetryPolicy(max_wait=5)) as client:
+            first = client.submit([url], mask)
+            started = time.monotonic()
+            with pytest.raises(RateLimitedError) as info:
+                client.submit([url], mask)
+            # Retry-After: 10 is longer than max_wait: raised at once, not slept on.
+            assert info.value.code == 42902 and info.value.retry_after == 10
+            assert time.monotonic() - started < 3
+            assert first.cancel() is TaskStatus.CLOSED  # the slot is free again
+            assert client.submit([url], mask).id
+    finally:
+        capped.stop()
 
 
 class StandIn:
@@ -325,3 +344,25 @@ def test_async_429_retried(stand_in: list[StandIn]) -> None:
 
     asyncio.run(main())
     assert len(s.seen) == 2 and s.seen[1][2] - s.seen[0][2] >= 1.0
+
+
+def test_wait_sleeps_by_the_servers_wait_time(stand_in: list[StandIn]) -> None:
+    waiting = (200, {}, envelope(0, status="1", wait_time="1", list=[]))
+    s = StandIn([waiting, waiting, DONE])
+    stand_in.append(s)
+    seen: list[TaskStatus] = []
+    with Client(s.url, "k", "s", min_poll=0.01) as client:
+        result = client.task("t-1").wait(timeout=10, on_poll=lambda r: seen.append(r.status))
+    assert result.status is TaskStatus.COMPLETE
+    assert seen == [TaskStatus.WAITING, TaskStatus.WAITING, TaskStatus.COMPLETE]
+    gaps = [b[2] - a[2] for a, b in zip(s.seen, s.seen[1:], strict=False)]
+    assert all(1.0 <= gap < 2.0 for gap in gaps), gaps  # wait_time plus up to 20 % jitter
+
+
+def test_retry_after_longer_than_max_wait_is_raised_at_once(stand_in: list[StandIn]) -> None:
+    s = StandIn([(429, {"Retry-After": "120"}, envelope(42902, "too many open tasks"))])
+    stand_in.append(s)
+    with Client(s.url, "k", "s") as client, pytest.raises(RateLimitedError) as info:
+        client.submit(["https://shop.example/a.png"], "https://shop.example/m.png")
+    assert info.value.code == 42902 and info.value.retry_after == 120
+    assert len(s.seen) == 1
