@@ -24,6 +24,7 @@ from photo_eraser.api.schemas import (
     Created,
     CreatedData,
     CreateTaskRequest,
+    Rectangle,
     Result,
     ResultData,
     ResultItem,
@@ -32,9 +33,10 @@ from photo_eraser.api.schemas import (
 from photo_eraser.disk import DISK_FULL_REASON, is_disk_full
 from photo_eraser.engines.base import EngineUnavailable
 from photo_eraser.imaging import MaskError, MaskSource, parse_mask_field
+from photo_eraser.imaging.rectangles import FRACTION_BASIS, draw_rectangles
 from photo_eraser.storage import BlobStoreError, mask_key
 from photo_eraser.tasks.intake import IntakeClosed, IntakeFull, OpenTasksLimit
-from photo_eraser.tasks.records import NewTask
+from photo_eraser.tasks.records import NewTask, TaskRecord
 from photo_eraser.tasks.status import ImageStatus
 from photo_eraser.uploads import UploadRefused, check_upload_link, parse_upload_link
 
@@ -129,7 +131,35 @@ async def create_task(
         "task created",
         extra={"task_id": task_id, "images": len(req.images), "priority": req.priority},
     )
-    return envelope(Code.OK, data=CreatedData(task_id=task_id).model_dump())
+    created = CreatedData(task_id=task_id)
+    if req.sync:  # after the body and the admission place are released: waiting holds neither
+        finished = await _wait_finished(service, task_id, appkey, req.sync)
+        if finished is not None:
+            created.result = await _result_data(finished, request, service)
+    return envelope(Code.OK, data=created.model_dump(exclude_none=True))
+
+
+SYNC_POLL_SECONDS = (0.05, 0.1, 0.2, 0.25)
+"""Pauses between reads of a ``sync`` create's task (then the last one, repeated): each read is
+one short store call, so a waiting request holds no connection and no thread between them."""
+
+
+async def _wait_finished(
+    service: ServiceDep, task_id: str, appkey: str, seconds: float
+) -> TaskRecord | None:
+    """The task once finished, if it finishes within ``seconds``; else None."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    for attempt in range(1 << 30):
+        task = await service.store.get_task(task_id, appkey)
+        if task is not None and task.status.finished:
+            return task
+        left = deadline - loop.time()
+        if left <= 0:
+            return None
+        pause = SYNC_POLL_SECONDS[min(attempt, len(SYNC_POLL_SECONDS) - 1)]
+        await asyncio.sleep(min(pause, left))
+    return None
 
 
 async def _parse_request(raw: bytes) -> CreateTaskRequest:
@@ -154,7 +184,7 @@ async def _new_task(
     except EngineUnavailable as exc:
         raise ApiError(Code.BAD_PARAMETER, f"engine: {exc}") from None
     try:
-        mask = _parse_mask(req.mask)
+        mask = _mask_source(req)
         _check_uploads(req.images, mask.url, appkey, service)
         if mask.data is not None:  # decoded now, so a bad mask is a 400, not a failed task
             async with decodes:
@@ -257,6 +287,12 @@ async def get_result(
     task = await store.get_task(task_id, appkey)
     if task is None:
         raise ApiError(Code.NOT_FOUND, f"task {task_id} not found")
+    data = await _result_data(task, request, service)
+    return envelope(Code.OK, data=data.model_dump(exclude_none=True))
+
+
+async def _result_data(task: TaskRecord, request: Request, service: ServiceDep) -> ResultData:
+    """What the result route answers for ``task`` (also a ``sync`` create's ``result``)."""
     wait_time = await service.wait_time(task)
     settings = service.settings
     base = (settings.public_url or str(request.base_url)).rstrip("/")
@@ -276,8 +312,7 @@ async def get_result(
                 recovered_share=share,
             )
         )
-    data = ResultData(status=str(int(task.status)), wait_time=wait_time, list=items)
-    return envelope(Code.OK, data=data.model_dump(exclude_none=True))
+    return ResultData(status=str(int(task.status)), wait_time=wait_time, list=items)
 
 
 @router.post(
@@ -302,6 +337,35 @@ async def close_task(
         service.metrics.tasks_finished.labels("closed").inc()
     data = ClosedData(task_id=task_id, status=str(int(closing.status)))
     return envelope(Code.OK, data=data.model_dump())
+
+
+def _mask_source(req: CreateTaskRequest) -> MaskSource:
+    """The mask given, or the one drawn from ``rectangles`` (exactly one of the two)."""
+    if (req.mask is None) == (req.rectangles is None):
+        which = "both" if req.mask is not None else "neither"
+        raise ApiError(
+            Code.BAD_PARAMETER, f"mask, rectangles: give exactly one of the two ({which} given)"
+        )
+    if req.rectangles is None:
+        assert req.mask is not None
+        return _parse_mask(req.mask)
+    return MaskSource(data=_rectangles_png(req.rectangles, req.rect_basis))
+
+
+def _rectangles_png(rectangles: list[Rectangle], basis: list[int] | None) -> bytes:
+    if basis is None:
+        if any(v > 1 for box in rectangles for v in box):
+            msg = "rect_basis: required when rectangles are in pixels (a value above 1)"
+            raise ApiError(Code.BAD_PARAMETER, msg)
+        width, height = FRACTION_BASIS
+        boxes = [(x * width, y * height, w * width, h * height) for x, y, w, h in rectangles]
+    else:
+        width, height = basis
+        boxes = [(x, y, w, h) for x, y, w, h in rectangles]
+    try:
+        return draw_rectangles(boxes, width, height)
+    except MaskError as exc:
+        raise ApiError(Code.BAD_PARAMETER, f"rectangles: {exc}") from None
 
 
 def _parse_mask(value: str) -> MaskSource:
