@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
@@ -35,6 +38,7 @@ from photo_eraser.engines.base import EngineUnavailable
 from photo_eraser.imaging import MaskError, MaskSource, parse_mask_field
 from photo_eraser.imaging.rectangles import FRACTION_BASIS, draw_rectangles
 from photo_eraser.storage import BlobStoreError, mask_key
+from photo_eraser.tasks.idempotency import Idempotency, IdempotencyTaken
 from photo_eraser.tasks.intake import IntakeClosed, IntakeFull, OpenTasksLimit
 from photo_eraser.tasks.records import NewTask, TaskRecord
 from photo_eraser.tasks.status import ImageStatus
@@ -50,6 +54,20 @@ INLINE_PARSE_BYTES = 64 << 10
 MASK_DECODES = 2
 """Inline masks decoded at once by create requests. They wait here, on the event loop, and not
 in a thread: waiting threads would take the pool that logins and polls need."""
+
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+_IDEMPOTENCY_KEY = re.compile(r"[!-~]{1,255}")
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias=IDEMPOTENCY_HEADER,
+        description="extension: 1 to 255 printable ASCII characters, no spaces. A create "
+        "repeated with the same key and the same body within 24 h answers the first one's "
+        "task_id (no new task); with another body it is a 409 (code 40901)",
+    ),
+]
 
 
 class CreateAdmission:
@@ -84,6 +102,7 @@ class CreateAdmission:
         Code.MISSING_CREDENTIALS,
         Code.INVALID_CREDENTIALS,
         Code.REQUEST_TIMEOUT,
+        Code.IDEMPOTENCY_CONFLICT,
         Code.BODY_TOO_LARGE,
         Code.RATE_LIMITED,
         Code.TOO_MANY_OPEN_TASKS,
@@ -101,13 +120,19 @@ class CreateAdmission:
     },
 )
 async def create_task(
-    request: Request, service: ServiceDep, authorization: AuthHeader = None
+    request: Request,
+    service: ServiceDep,
+    authorization: AuthHeader = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
     """Create a task: up to 20 image URLs, one mask, a priority 0..9. Returns its task_id."""
     settings = service.settings
     admission: CreateAdmission = request.app.state.admission
     # Credentials first (headers only): a client without them holds no body budget.
     appkey = await caller(service.store, authorization)
+    _check_idempotency_key(idempotency_key)
+    idem: Idempotency | None = None
+    replayed: str | None = None  # the task an earlier create of the same key and body made
     wait = await request.app.state.limiter.check(appkey)
     if wait:
         raise rate_limited(settings.rate_limit_per_minute, wait)
@@ -122,21 +147,55 @@ async def create_task(
             with admission.admit(service):  # before any work, so shedding stays cheap
                 _check_disk(service)
                 req = await _parse_request(raw)
-                task = await _new_task(req, appkey, service, admission.mask_decodes)
-                task_id = await _store(task, service)
+                if idempotency_key is not None:
+                    idem = Idempotency(idempotency_key, hashlib.sha256(raw).hexdigest())
+                    replayed = await _replayed(service, appkey, idem)
+                if replayed is None:
+                    task = await _new_task(req, appkey, service, admission.mask_decodes, idem)
+                    task_id = await _store(task, service)
+                else:
+                    task_id = replayed
     except BodyBudgetFull as exc:
         raise _refused(service, "body_buffer", Code.BUSY, f"server busy: {exc}") from None
-    service.metrics.tasks_created.labels(str(req.priority)).inc()
-    log.info(
-        "task created",
-        extra={"task_id": task_id, "images": len(req.images), "priority": req.priority},
-    )
+    except IdempotencyTaken:  # a duplicate stored first, meanwhile: answer its task
+        assert idem is not None
+        replayed = await _replayed(service, appkey, idem)
+        if replayed is None:  # its row expired meanwhile: the client may simply retry
+            raise ApiError(Code.IDEMPOTENCY_CONFLICT, f"{IDEMPOTENCY_HEADER}: retry") from None
+        task_id = replayed
+    if replayed is None:
+        service.metrics.tasks_created.labels(str(req.priority)).inc()
+        log.info(
+            "task created",
+            extra={"task_id": task_id, "images": len(req.images), "priority": req.priority},
+        )
     created = CreatedData(task_id=task_id)
     if req.sync:  # after the body and the admission place are released: waiting holds neither
         finished = await _wait_finished(service, task_id, appkey, req.sync)
         if finished is not None:
             created.result = await _result_data(finished, request, service)
     return envelope(Code.OK, data=created.model_dump(exclude_none=True))
+
+
+def _check_idempotency_key(value: str | None) -> None:
+    if value is not None and not _IDEMPOTENCY_KEY.fullmatch(value):
+        msg = f"{IDEMPOTENCY_HEADER}: 1 to 255 printable ASCII characters, no spaces"
+        raise ApiError(Code.BAD_PARAMETER, msg)
+
+
+async def _replayed(service: ServiceDep, appkey: str, idem: Idempotency) -> str | None:
+    """The task an earlier create of the same key and body made; None if there is none; a
+    409 if the key came with another body."""
+    earlier = await service.store.remembered(appkey, idem.key)
+    if earlier is None:
+        return None
+    if earlier.body_sha256 != idem.body_sha256:
+        msg = (
+            f"{IDEMPOTENCY_HEADER}: this key was used with another body (task "
+            f"{earlier.task_id}); use a new key for a new request"
+        )
+        raise ApiError(Code.IDEMPOTENCY_CONFLICT, msg)
+    return earlier.task_id
 
 
 SYNC_POLL_SECONDS = (0.05, 0.1, 0.2, 0.25)
@@ -174,7 +233,11 @@ async def _parse_request(raw: bytes) -> CreateTaskRequest:
 
 
 async def _new_task(
-    req: CreateTaskRequest, appkey: str, service: ServiceDep, decodes: asyncio.Semaphore
+    req: CreateTaskRequest,
+    appkey: str,
+    service: ServiceDep,
+    decodes: asyncio.Semaphore,
+    idempotency: Idempotency | None = None,
 ) -> NewTask:
     settings = service.settings
     if len(req.images) > min(settings.max_images, MAX_IMAGES):
@@ -207,6 +270,7 @@ async def _new_task(
         mask_url=mask.url,
         mask_key=stored_mask,
         deadline_seconds=settings.task_deadline_seconds,
+        idempotency=idempotency,
     )
 
 
@@ -230,6 +294,8 @@ async def _store(task: NewTask, service: ServiceDep) -> str:
     except OpenTasksLimit as exc:
         msg = f"{exc} (wait for some to finish)"
         raise _refused(service, "open_tasks", Code.TOO_MANY_OPEN_TASKS, msg) from None
+    except IdempotencyTaken:
+        raise
     except IntakeClosed:
         msg = "the server is shutting down"
         raise _refused(service, "shutting_down", Code.UNAVAILABLE, msg) from None
