@@ -23,10 +23,11 @@ RECT_PX = [150, 120, 100, 40]  # the same box as x, y, w, h
 RED = (255, 0, 0)
 
 
-def _marked_photo() -> np.ndarray:
-    """A photo with a solid red block where BOX is: restored, the block must be gone."""
-    img = photo(W, H, seed=3)
-    y0, y1, x0, x1 = BOX
+def _marked_photo(scale: int = 1) -> np.ndarray:
+    """A photo with a solid red block where BOX is (times ``scale``): restored, the block must
+    be gone."""
+    img = photo(W * scale, H * scale, seed=3)
+    y0, y1, x0, x1 = (v * scale for v in BOX)
     img[y0:y1, x0:x1] = RED
     return img
 
@@ -35,6 +36,7 @@ def _marked_photo() -> np.ndarray:
 def assets(image_host: ImageHost) -> dict[str, str]:
     return {
         "png": image_host.add("/ext/a.png", encode(_marked_photo(), "PNG")),
+        "png2x": image_host.add("/ext/a2x.png", encode(_marked_photo(2), "PNG")),
         "mask_b64": b64(encode(rect_mask(H, W, BOX), "PNG")),
     }
 
@@ -57,9 +59,11 @@ def _restored(client: ApiClient, body: dict[str, object]) -> np.ndarray:
     return _pixels(data["list"][0]["image_result"])
 
 
-def _assert_box_restored(out: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> None:
-    original = _marked_photo()
-    outside = np.ones((H, W), bool)
+def _assert_box_restored(
+    out: np.ndarray, y0: int, y1: int, x0: int, x1: int, scale: int = 1
+) -> None:
+    original = _marked_photo(scale)
+    outside = np.ones((H * scale, W * scale), bool)
     outside[y0:y1, x0:x1] = False
     assert np.array_equal(out[outside], original[outside])  # untouched outside the box
     inside = out[y0:y1, x0:x1].astype(int)
@@ -145,6 +149,41 @@ def test_rectangles_in_pixels_restore_the_box_as_a_mask_would(
     assert np.array_equal(by_rect, by_mask)
 
 
+def test_pixel_rectangles_without_basis_are_pixels_of_the_first_image(
+    client: ApiClient, assets: dict[str, str]
+) -> None:
+    r = _create(
+        client,
+        {
+            "images": [assets["png"], assets["png2x"]],
+            "rectangles": [RECT_PX],
+            "priority": 1,
+            "engine": "opencv",
+        },
+    )
+    data = client.wait(task_id_of(r))
+    assert [item["status"] for item in data["list"]] == ["3", "3"], data
+    first, second = (_pixels(item["image_result"]) for item in data["list"])
+    by_mask = _restored(client, {"images": [assets["png"]], "mask": assets["mask_b64"]})
+    assert np.array_equal(first, by_mask)
+    # The second image, twice as large: the mask is stretched to it as any mask is.
+    _assert_box_restored(second, *(v * 2 for v in BOX), scale=2)
+
+
+def test_pixel_rectangles_outside_the_first_image_fail_the_task(
+    client: ApiClient, assets: dict[str, str]
+) -> None:
+    body = {"images": [assets["png"]], "rectangles": [[W + 10, 10, 20, 20]], "priority": 1}
+    data = client.wait(task_id_of(_create(client, body)))
+    assert data["status"] == "4"
+    assert "mask unusable" in data["list"][0]["reason"] and "400x300" in data["list"][0]["reason"]
+
+
+def task_id_of(r: httpx.Response) -> str:
+    assert r.status_code == 200, r.text
+    return str(r.json()["data"]["task_id"])
+
+
 def test_rectangles_scale_from_their_basis(client: ApiClient, assets: dict[str, str]) -> None:
     # The box at half size on a basis of half the image: stretched, it is the same box.
     half = [v / 2 for v in RECT_PX]
@@ -187,7 +226,7 @@ def test_mask_and_rectangles_exactly_one(
         ({"rectangles": [["1", 2, 3, 4]]}, "rectangles.0.0"),
         ({"rectangles": [[0.1, 0.1, 0.2, 0.2]] * 51}, "rectangles"),
         ({"rectangles": "0,0,1,1"}, "rectangles"),
-        ({"rectangles": [[10, 10, 50, 50]]}, "rect_basis"),  # pixels need their basis
+        ({"rectangles": [[10, 10, 0, 50]]}, "rectangles"),  # empty, pixels of the 1st image
         ({"rectangles": [[10, 10, 50, 50]], "rect_basis": [W]}, "rect_basis"),
         ({"rectangles": [[10, 10, 50, 50]], "rect_basis": [0, H]}, "rect_basis.0"),
         ({"rectangles": [[10, 10, 50, 50]], "rect_basis": [W, 5001]}, "rect_basis.1"),

@@ -94,13 +94,13 @@ class CreateTaskRequest(BaseModel):
         min_length=1,
         max_length=MAX_RECTANGLES,
         description="extension, instead of `mask`: up to 50 boxes [x, y, w, h] to restore, in "
-        "pixels of `rect_basis`, or, when every value is within 0..1 and no `rect_basis` is "
-        "given, as fractions of each image",
+        "pixels of `rect_basis` (default: of the first image), or, when every value is within "
+        "0..1 and no `rect_basis` is given, as fractions of each image",
     )
     rect_basis: Basis | None = Field(
         default=None,
         description="extension: [width, height] the pixel `rectangles` refer to; the mask "
-        "drawn at this size is stretched to each image. Required for pixel rectangles",
+        "drawn at this size is stretched to each image. Default: the first image's size",
     )
 
 

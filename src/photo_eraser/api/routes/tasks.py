@@ -36,7 +36,7 @@ from photo_eraser.api.schemas import (
 from photo_eraser.disk import DISK_FULL_REASON, is_disk_full
 from photo_eraser.engines.base import EngineUnavailable
 from photo_eraser.imaging import MaskError, MaskSource, parse_mask_field
-from photo_eraser.imaging.rectangles import FRACTION_BASIS, draw_rectangles
+from photo_eraser.imaging.rectangles import FRACTION_BASIS, boxes_document, draw_rectangles
 from photo_eraser.storage import BlobStoreError, mask_key
 from photo_eraser.tasks.idempotency import Idempotency, IdempotencyTaken
 from photo_eraser.tasks.intake import IntakeClosed, IntakeFull, OpenTasksLimit
@@ -249,7 +249,8 @@ async def _new_task(
     try:
         mask = _mask_source(req)
         _check_uploads(req.images, mask.url, appkey, service)
-        if mask.data is not None:  # decoded now, so a bad mask is a 400, not a failed task
+        # Decoded now, so a bad mask is a 400, not a failed task (drawn ones are good).
+        if mask.data is not None and req.rectangles is None:
             async with decodes:
                 await asyncio.to_thread(service.masks.decode, mask.data)
     except MaskError as exc:
@@ -421,8 +422,11 @@ def _mask_source(req: CreateTaskRequest) -> MaskSource:
 def _rectangles_png(rectangles: list[Rectangle], basis: list[int] | None) -> bytes:
     if basis is None:
         if any(v > 1 for box in rectangles for v in box):
-            msg = "rect_basis: required when rectangles are in pixels (a value above 1)"
-            raise ApiError(Code.BAD_PARAMETER, msg)
+            # Pixels of the first image: the worker draws them once it knows its size.
+            for i, (_, _, w, h) in enumerate(rectangles):
+                if w <= 0 or h <= 0:
+                    raise ApiError(Code.BAD_PARAMETER, f"rectangles: box {i} is empty")
+            return boxes_document([(x, y, w, h) for x, y, w, h in rectangles])
         width, height = FRACTION_BASIS
         boxes = [(x * width, y * height, w * width, h * height) for x, y, w, h in rectangles]
     else:
