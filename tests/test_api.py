@@ -344,7 +344,9 @@ def test_healthz_and_openapi(server: LocalServer) -> None:
     body = spec["paths"]["/v3/pic/rw/batch"]["post"]["requestBody"]["content"]["application/json"]
     assert body["schema"] == {"$ref": "#/components/schemas/CreateTaskRequest"}
     request = spec["components"]["schemas"]["CreateTaskRequest"]
-    assert set(request["required"]) == {"images", "mask", "priority"}
+    # mask is required unless the extension `rectangles` replaces it (checked by the route).
+    assert set(request["required"]) == {"images", "priority"}
+    assert {"mask", "rectangles", "rect_basis", "sync"} <= set(request["properties"])
     images = request["properties"]["images"]
     assert (images["minItems"], images["maxItems"], images["items"]["maxLength"]) == (1, 20, 2048)
     responses = spec["paths"]["/v3/pic/rw/batch"]["post"]["responses"]

@@ -24,6 +24,7 @@ from photo_eraser.storage import (
     BlobStoreError,
     task_folder,
 )
+from photo_eraser.tasks.idempotency import IDEMPOTENCY_TTL_SECONDS
 from photo_eraser.tasks.records import Queued
 from photo_eraser.tasks.store import TaskStore
 
@@ -113,7 +114,7 @@ class Maintenance:
     def delete_expired(self) -> None:
         """Delete blobs of tasks finished longer ago than the result TTL, uploads stored longer
         ago than that, and blobs no task recorded (a worker that lost its task while saving; a create that failed after storing
-        its mask) once they are as old."""
+        its mask) once they are as old; and idempotency keys older than 24 h."""
         before = time.time() - self.settings.result_ttl_seconds
         for folder in (RESULTS, MASKS):
             task_ids = [f for f in self.blobs.folders(folder) if TASK_FOLDER.match(f)]
@@ -137,6 +138,7 @@ class Maintenance:
                 self.blobs.delete(key)
             self.store.forget_blobs(pk)
         self.store.forget_masks(before)
+        self.store.forget_idempotency_keys(time.time() - IDEMPOTENCY_TTL_SECONDS)
         self.store.forget_silent_workers()
 
     def _delete_old_uploads(self, before: float) -> None:

@@ -28,6 +28,7 @@ class Code(IntEnum):
     NOT_FOUND = 40401
     METHOD_NOT_ALLOWED = 40501
     REQUEST_TIMEOUT = 40801
+    IDEMPOTENCY_CONFLICT = 40901
     BODY_TOO_LARGE = 41301
     RATE_LIMITED = 42901
     TOO_MANY_OPEN_TASKS = 42902
@@ -51,6 +52,8 @@ CODE_TABLE = {
     Code.NOT_FOUND: "no such task for this key (or no such route)",
     Code.METHOD_NOT_ALLOWED: "the route exists but not for this HTTP method",
     Code.REQUEST_TIMEOUT: "the request body did not arrive within PHOTO_ERASER_BODY_TIMEOUT_SECONDS",
+    Code.IDEMPOTENCY_CONFLICT: "this Idempotency-Key was used by this key within 24 h with "
+    "another body (a new request needs a new key)",
     Code.BODY_TOO_LARGE: "the request body (or an uploaded file) exceeds the configured limit",
     Code.RATE_LIMITED: "too many task creations (or uploads) for this key; retry after "
     "Retry-After seconds",

@@ -7,13 +7,24 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
 
 from photo_eraser.engines.registry import ENGINE_NAMES
 from photo_eraser.fetch import FetchError, parse_url
 
 MAX_URL_LENGTH = 2048
 MAX_IMAGES = 20
+MAX_SYNC_SECONDS = 30
+MAX_RECTANGLES = 50
+MAX_BASIS_SIDE = 5000
 
 
 def check_http_url(value: str) -> str:
@@ -37,6 +48,16 @@ ImageUrl = Annotated[
 ]
 
 
+Rectangle = Annotated[
+    list[Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)]],
+    Field(min_length=4, max_length=4, description="[x, y, w, h]"),
+]
+Basis = Annotated[
+    list[Annotated[StrictInt, Field(ge=1, le=MAX_BASIS_SIDE)]],
+    Field(min_length=2, max_length=2, description="[width, height] in pixels"),
+]
+
+
 class CreateTaskRequest(BaseModel):
     """Body of ``POST /v3/pic/rw/batch``. Unknown fields are ignored."""
 
@@ -48,16 +69,38 @@ class CreateTaskRequest(BaseModel):
         max_length=MAX_IMAGES,
         description="1 to 20 absolute http(s) image URLs (PNG, JPEG or BMP)",
     )
-    mask: StrictStr = Field(
+    mask: StrictStr | None = Field(
+        default=None,
         min_length=1,
         description="the mask: an http(s) URL, raw base64 of an image file, or a data: URI; "
-        "white / non-zero / opaque pixels mark the area to restore",
+        "white / non-zero / opaque pixels mark the area to restore. Required unless "
+        "`rectangles` is given (exactly one of the two)",
     )
     priority: StrictInt = Field(
         ge=0, le=9, description="0 (lowest) to 9 (highest); a JSON integer, not 1.0 or '1'"
     )
     engine: Literal[ENGINE_NAMES] = Field(  # type: ignore[valid-type]
         default="auto", description="extension: auto, opencv, lama or restore"
+    )
+    sync: StrictInt = Field(
+        default=0,
+        ge=0,
+        le=MAX_SYNC_SECONDS,
+        description="extension: seconds (0..30) to wait for the task to finish; if it does, "
+        "the answer also holds the result under data.result",
+    )
+    rectangles: list[Rectangle] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_RECTANGLES,
+        description="extension, instead of `mask`: up to 50 boxes [x, y, w, h] to restore, in "
+        "pixels of `rect_basis` (default: of the first image), or, when every value is within "
+        "0..1 and no `rect_basis` is given, as fractions of each image",
+    )
+    rect_basis: Basis | None = Field(
+        default=None,
+        description="extension: [width, height] the pixel `rectangles` refer to; the mask "
+        "drawn at this size is stretched to each image. Default: the first image's size",
     )
 
 
@@ -71,6 +114,11 @@ class Envelope(BaseModel):
 
 class CreatedData(BaseModel):
     task_id: str
+    result: ResultData | None = Field(
+        default=None,
+        description="extension, with `sync`: the finished task's result (as the result route "
+        "answers it); absent if the task did not finish within `sync` seconds",
+    )
 
 
 class Created(Envelope):
@@ -137,3 +185,7 @@ class HealthData(BaseModel):
 
 class Health(Envelope):
     data: HealthData  # type: ignore[assignment]
+
+
+CreatedData.model_rebuild()
+Created.model_rebuild()

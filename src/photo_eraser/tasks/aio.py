@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from photo_eraser.tasks.idempotency import Remembered
 from photo_eraser.tasks.records import Closing, ImageRecord, Lease, Queued, TaskRecord
 from photo_eraser.tasks.status import TaskStatus
 from photo_eraser.tasks.store import TaskStore
@@ -39,6 +40,9 @@ class AsyncTaskStore:
 
     async def close(self, task_id: str, appkey: str) -> Closing | None:
         return await asyncio.to_thread(self.sync.close, task_id, appkey)
+
+    async def remembered(self, appkey: str, key: str) -> Remembered | None:
+        return await asyncio.to_thread(self.sync.remembered, appkey, key)
 
     async def take_token(self, appkey: str, per_minute: int) -> float:
         return await asyncio.to_thread(self.sync.take_token, appkey, per_minute)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
 from photo_eraser.groups import next_group
+from photo_eraser.tasks.idempotency import IdempotencyTaken
 from photo_eraser.tasks.records import NewTask, Queued
 from photo_eraser.tasks.store import TaskStore
 
@@ -115,7 +116,8 @@ class TaskIntake:
                 for one in group:
                     self._store([one])
                 return
-            log.error("storing a new task failed", exc_info=exc)
+            if not isinstance(exc, IdempotencyTaken):  # an answer, not a fault
+                log.error("storing a new task failed", exc_info=exc)
             group[0][1].set_exception(exc)
             return
         if self.on_stored is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from photo_eraser.tasks.idempotency import Idempotency
 from photo_eraser.tasks.status import ImageStatus, TaskStatus
 
 
@@ -48,6 +49,8 @@ class NewTask:
     mask_url: str | None
     mask_key: str | None
     deadline_seconds: float
+    idempotency: Idempotency | None = None
+    """The create's ``Idempotency-Key``, recorded in the task's own transaction."""
 
 
 @dataclass(frozen=True)

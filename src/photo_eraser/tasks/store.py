@@ -13,6 +13,11 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
+from photo_eraser.tasks.idempotency import (
+    IdempotencyQueries,
+    IdempotencyTaken,
+    record_idempotency,
+)
 from photo_eraser.tasks.keys import KeyQueries
 from photo_eraser.tasks.records import (
     Closing,
@@ -32,7 +37,7 @@ from photo_eraser.tasks.upkeep import (
 )
 
 
-class TaskStore(KeyQueries, UpkeepQueries):
+class TaskStore(KeyQueries, UpkeepQueries, IdempotencyQueries):
     """Keys, tasks and per-image results in one relational database (SQLite or PostgreSQL)."""
 
     def __init__(self, engine: sa.Engine) -> None:
@@ -44,7 +49,19 @@ class TaskStore(KeyQueries, UpkeepQueries):
         """Persist new waiting tasks in one transaction (one durable commit for all); for each,
         whether it was stored. With ``max_open_per_key``, a task whose key already has that
         many unfinished tasks is not stored. The count is exact however many processes store
-        tasks at once: it is taken under a lock held to the commit (`_lock_keys`)."""
+        tasks at once: it is taken under a lock held to the commit (`_lock_keys`).
+
+        A task with an idempotency key records it in the same transaction; if the key is
+        taken, the transaction fails (`IdempotencyTaken` for a group of one, else the
+        ``IntegrityError``: the intake then stores the group one by one)."""
+        try:
+            return self._create_tasks(new, max_open_per_key)
+        except sa.exc.IntegrityError:
+            if len(new) == 1 and new[0].idempotency is not None:
+                raise IdempotencyTaken(new[0].idempotency.key) from None
+            raise
+
+    def _create_tasks(self, new: Sequence[NewTask], max_open_per_key: int) -> list[bool]:
         now = time.time()
         stored = [True] * len(new)
         images = []
@@ -76,6 +93,8 @@ class TaskStore(KeyQueries, UpkeepQueries):
                     )
                 ).inserted_primary_key
                 assert inserted is not None
+                if task.idempotency is not None:
+                    record_idempotency(conn, task.appkey, task.idempotency, task.task_id, now)
                 images += [
                     {
                         "task_pk": inserted[0],

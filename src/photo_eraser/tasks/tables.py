@@ -10,6 +10,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -92,3 +93,18 @@ rate_buckets = Table(
     Column("tokens", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
 )
+
+# Idempotency-Key of create requests: per key, which task a key named and a hash of the body it
+# came with. The primary key is the unique constraint that makes concurrent duplicates end with
+# one task: the row is inserted in the task's own transaction. Kept 24 h (the retention sweep).
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("appkey", String(64), ForeignKey("api_keys.appkey"), nullable=False),
+    Column("idempotency_key", String(255), nullable=False),
+    Column("body_sha256", String(64), nullable=False),
+    Column("task_id", String(36), nullable=False),
+    Column("created_at", Float, nullable=False),
+    PrimaryKeyConstraint("appkey", "idempotency_key", name="pk_idempotency_keys"),
+)
+Index("ix_idempotency_keys_created_at", idempotency_keys.c.created_at)

@@ -29,6 +29,7 @@ from photo_eraser.imaging import (
     MaskError,
     decode_image,
 )
+from photo_eraser.imaging.rectangles import PixelBoxes, parse_boxes_document
 from photo_eraser.metrics import Metrics, download_reason_class
 from photo_eraser.pipeline import MaskCache, StageTimes, restore_images
 from photo_eraser.storage import BlobStore, BlobStoreError, UrlSigner, result_key
@@ -335,7 +336,16 @@ async def _run(
                 _fail(records[im.idx], str(exc))
     times.add("decode", t)
 
+    if decoded and isinstance(mask, PixelBoxes):
+        # Pixels of the first image; if it failed, of the first one that decoded.
+        height, width = decoded[min(decoded)].pixels.shape[:2]
+        try:
+            mask = mask.draw(width, height)
+        except MaskError as exc:
+            return TaskStatus.FAILED, f"mask unusable: {exc}"
+
     if decoded:
+        assert isinstance(mask, np.ndarray)
         engine = await asyncio.to_thread(ctx.engines.get, task.engine)
         order = sorted(decoded)
         results = await ctx.run_cpu(
@@ -382,9 +392,14 @@ def _fail(record: ImageRecord, reason: str) -> None:
     record.reason = reason
 
 
-async def _load_mask(ctx: WorkerContext, task: TaskRecord) -> np.ndarray:
+async def _load_mask(ctx: WorkerContext, task: TaskRecord) -> np.ndarray | PixelBoxes:
+    """The task's mask; for pixel boxes of the first image, the boxes (drawn once its size is
+    known)."""
     if task.mask_key is not None:
         data = await asyncio.to_thread(_read_blob, ctx.blobs, task.mask_key)
+        boxes = parse_boxes_document(data)
+        if boxes is not None:
+            return boxes
     elif task.mask_data is not None:  # a task created before masks moved to the blob store
         data = task.mask_data
     else:

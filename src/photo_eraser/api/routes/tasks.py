@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
@@ -24,6 +27,7 @@ from photo_eraser.api.schemas import (
     Created,
     CreatedData,
     CreateTaskRequest,
+    Rectangle,
     Result,
     ResultData,
     ResultItem,
@@ -32,9 +36,11 @@ from photo_eraser.api.schemas import (
 from photo_eraser.disk import DISK_FULL_REASON, is_disk_full
 from photo_eraser.engines.base import EngineUnavailable
 from photo_eraser.imaging import MaskError, MaskSource, parse_mask_field
+from photo_eraser.imaging.rectangles import FRACTION_BASIS, boxes_document, draw_rectangles
 from photo_eraser.storage import BlobStoreError, mask_key
+from photo_eraser.tasks.idempotency import Idempotency, IdempotencyTaken
 from photo_eraser.tasks.intake import IntakeClosed, IntakeFull, OpenTasksLimit
-from photo_eraser.tasks.records import NewTask
+from photo_eraser.tasks.records import NewTask, TaskRecord
 from photo_eraser.tasks.status import ImageStatus
 from photo_eraser.uploads import UploadRefused, check_upload_link, parse_upload_link
 
@@ -48,6 +54,20 @@ INLINE_PARSE_BYTES = 64 << 10
 MASK_DECODES = 2
 """Inline masks decoded at once by create requests. They wait here, on the event loop, and not
 in a thread: waiting threads would take the pool that logins and polls need."""
+
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+_IDEMPOTENCY_KEY = re.compile(r"[!-~]{1,255}")
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias=IDEMPOTENCY_HEADER,
+        description="extension: 1 to 255 printable ASCII characters, no spaces. A create "
+        "repeated with the same key and the same body within 24 h answers the first one's "
+        "task_id (no new task); with another body it is a 409 (code 40901)",
+    ),
+]
 
 
 class CreateAdmission:
@@ -82,6 +102,7 @@ class CreateAdmission:
         Code.MISSING_CREDENTIALS,
         Code.INVALID_CREDENTIALS,
         Code.REQUEST_TIMEOUT,
+        Code.IDEMPOTENCY_CONFLICT,
         Code.BODY_TOO_LARGE,
         Code.RATE_LIMITED,
         Code.TOO_MANY_OPEN_TASKS,
@@ -99,13 +120,19 @@ class CreateAdmission:
     },
 )
 async def create_task(
-    request: Request, service: ServiceDep, authorization: AuthHeader = None
+    request: Request,
+    service: ServiceDep,
+    authorization: AuthHeader = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
     """Create a task: up to 20 image URLs, one mask, a priority 0..9. Returns its task_id."""
     settings = service.settings
     admission: CreateAdmission = request.app.state.admission
     # Credentials first (headers only): a client without them holds no body budget.
     appkey = await caller(service.store, authorization)
+    _check_idempotency_key(idempotency_key)
+    idem: Idempotency | None = None
+    replayed: str | None = None  # the task an earlier create of the same key and body made
     wait = await request.app.state.limiter.check(appkey)
     if wait:
         raise rate_limited(settings.rate_limit_per_minute, wait)
@@ -120,16 +147,78 @@ async def create_task(
             with admission.admit(service):  # before any work, so shedding stays cheap
                 _check_disk(service)
                 req = await _parse_request(raw)
-                task = await _new_task(req, appkey, service, admission.mask_decodes)
-                task_id = await _store(task, service)
+                if idempotency_key is not None:
+                    idem = Idempotency(idempotency_key, hashlib.sha256(raw).hexdigest())
+                    replayed = await _replayed(service, appkey, idem)
+                if replayed is None:
+                    task = await _new_task(req, appkey, service, admission.mask_decodes, idem)
+                    task_id = await _store(task, service)
+                else:
+                    task_id = replayed
     except BodyBudgetFull as exc:
         raise _refused(service, "body_buffer", Code.BUSY, f"server busy: {exc}") from None
-    service.metrics.tasks_created.labels(str(req.priority)).inc()
-    log.info(
-        "task created",
-        extra={"task_id": task_id, "images": len(req.images), "priority": req.priority},
-    )
-    return envelope(Code.OK, data=CreatedData(task_id=task_id).model_dump())
+    except IdempotencyTaken:  # a duplicate stored first, meanwhile: answer its task
+        assert idem is not None
+        replayed = await _replayed(service, appkey, idem)
+        if replayed is None:  # its row expired meanwhile: the client may simply retry
+            raise ApiError(Code.IDEMPOTENCY_CONFLICT, f"{IDEMPOTENCY_HEADER}: retry") from None
+        task_id = replayed
+    if replayed is None:
+        service.metrics.tasks_created.labels(str(req.priority)).inc()
+        log.info(
+            "task created",
+            extra={"task_id": task_id, "images": len(req.images), "priority": req.priority},
+        )
+    created = CreatedData(task_id=task_id)
+    if req.sync:  # after the body and the admission place are released: waiting holds neither
+        finished = await _wait_finished(service, task_id, appkey, req.sync)
+        if finished is not None:
+            created.result = await _result_data(finished, request, service)
+    return envelope(Code.OK, data=created.model_dump(exclude_none=True))
+
+
+def _check_idempotency_key(value: str | None) -> None:
+    if value is not None and not _IDEMPOTENCY_KEY.fullmatch(value):
+        msg = f"{IDEMPOTENCY_HEADER}: 1 to 255 printable ASCII characters, no spaces"
+        raise ApiError(Code.BAD_PARAMETER, msg)
+
+
+async def _replayed(service: ServiceDep, appkey: str, idem: Idempotency) -> str | None:
+    """The task an earlier create of the same key and body made; None if there is none; a
+    409 if the key came with another body."""
+    earlier = await service.store.remembered(appkey, idem.key)
+    if earlier is None:
+        return None
+    if earlier.body_sha256 != idem.body_sha256:
+        msg = (
+            f"{IDEMPOTENCY_HEADER}: this key was used with another body (task "
+            f"{earlier.task_id}); use a new key for a new request"
+        )
+        raise ApiError(Code.IDEMPOTENCY_CONFLICT, msg)
+    return earlier.task_id
+
+
+SYNC_POLL_SECONDS = (0.05, 0.1, 0.2, 0.25)
+"""Pauses between reads of a ``sync`` create's task (then the last one, repeated): each read is
+one short store call, so a waiting request holds no connection and no thread between them."""
+
+
+async def _wait_finished(
+    service: ServiceDep, task_id: str, appkey: str, seconds: float
+) -> TaskRecord | None:
+    """The task once finished, if it finishes within ``seconds``; else None."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    for attempt in range(1 << 30):
+        task = await service.store.get_task(task_id, appkey)
+        if task is not None and task.status.finished:
+            return task
+        left = deadline - loop.time()
+        if left <= 0:
+            return None
+        pause = SYNC_POLL_SECONDS[min(attempt, len(SYNC_POLL_SECONDS) - 1)]
+        await asyncio.sleep(min(pause, left))
+    return None
 
 
 async def _parse_request(raw: bytes) -> CreateTaskRequest:
@@ -144,7 +233,11 @@ async def _parse_request(raw: bytes) -> CreateTaskRequest:
 
 
 async def _new_task(
-    req: CreateTaskRequest, appkey: str, service: ServiceDep, decodes: asyncio.Semaphore
+    req: CreateTaskRequest,
+    appkey: str,
+    service: ServiceDep,
+    decodes: asyncio.Semaphore,
+    idempotency: Idempotency | None = None,
 ) -> NewTask:
     settings = service.settings
     if len(req.images) > min(settings.max_images, MAX_IMAGES):
@@ -154,9 +247,10 @@ async def _new_task(
     except EngineUnavailable as exc:
         raise ApiError(Code.BAD_PARAMETER, f"engine: {exc}") from None
     try:
-        mask = _parse_mask(req.mask)
+        mask = _mask_source(req)
         _check_uploads(req.images, mask.url, appkey, service)
-        if mask.data is not None:  # decoded now, so a bad mask is a 400, not a failed task
+        # Decoded now, so a bad mask is a 400, not a failed task (drawn ones are good).
+        if mask.data is not None and req.rectangles is None:
             async with decodes:
                 await asyncio.to_thread(service.masks.decode, mask.data)
     except MaskError as exc:
@@ -177,6 +271,7 @@ async def _new_task(
         mask_url=mask.url,
         mask_key=stored_mask,
         deadline_seconds=settings.task_deadline_seconds,
+        idempotency=idempotency,
     )
 
 
@@ -200,6 +295,8 @@ async def _store(task: NewTask, service: ServiceDep) -> str:
     except OpenTasksLimit as exc:
         msg = f"{exc} (wait for some to finish)"
         raise _refused(service, "open_tasks", Code.TOO_MANY_OPEN_TASKS, msg) from None
+    except IdempotencyTaken:
+        raise
     except IntakeClosed:
         msg = "the server is shutting down"
         raise _refused(service, "shutting_down", Code.UNAVAILABLE, msg) from None
@@ -257,6 +354,12 @@ async def get_result(
     task = await store.get_task(task_id, appkey)
     if task is None:
         raise ApiError(Code.NOT_FOUND, f"task {task_id} not found")
+    data = await _result_data(task, request, service)
+    return envelope(Code.OK, data=data.model_dump(exclude_none=True))
+
+
+async def _result_data(task: TaskRecord, request: Request, service: ServiceDep) -> ResultData:
+    """What the result route answers for ``task`` (also a ``sync`` create's ``result``)."""
     wait_time = await service.wait_time(task)
     settings = service.settings
     base = (settings.public_url or str(request.base_url)).rstrip("/")
@@ -276,8 +379,7 @@ async def get_result(
                 recovered_share=share,
             )
         )
-    data = ResultData(status=str(int(task.status)), wait_time=wait_time, list=items)
-    return envelope(Code.OK, data=data.model_dump(exclude_none=True))
+    return ResultData(status=str(int(task.status)), wait_time=wait_time, list=items)
 
 
 @router.post(
@@ -302,6 +404,38 @@ async def close_task(
         service.metrics.tasks_finished.labels("closed").inc()
     data = ClosedData(task_id=task_id, status=str(int(closing.status)))
     return envelope(Code.OK, data=data.model_dump())
+
+
+def _mask_source(req: CreateTaskRequest) -> MaskSource:
+    """The mask given, or the one drawn from ``rectangles`` (exactly one of the two)."""
+    if (req.mask is None) == (req.rectangles is None):
+        which = "both" if req.mask is not None else "neither"
+        raise ApiError(
+            Code.BAD_PARAMETER, f"mask, rectangles: give exactly one of the two ({which} given)"
+        )
+    if req.rectangles is None:
+        assert req.mask is not None
+        return _parse_mask(req.mask)
+    return MaskSource(data=_rectangles_png(req.rectangles, req.rect_basis))
+
+
+def _rectangles_png(rectangles: list[Rectangle], basis: list[int] | None) -> bytes:
+    if basis is None:
+        if any(v > 1 for box in rectangles for v in box):
+            # Pixels of the first image: the worker draws them once it knows its size.
+            for i, (_, _, w, h) in enumerate(rectangles):
+                if w <= 0 or h <= 0:
+                    raise ApiError(Code.BAD_PARAMETER, f"rectangles: box {i} is empty")
+            return boxes_document([(x, y, w, h) for x, y, w, h in rectangles])
+        width, height = FRACTION_BASIS
+        boxes = [(x * width, y * height, w * width, h * height) for x, y, w, h in rectangles]
+    else:
+        width, height = basis
+        boxes = [(x, y, w, h) for x, y, w, h in rectangles]
+    try:
+        return draw_rectangles(boxes, width, height)
+    except MaskError as exc:
+        raise ApiError(Code.BAD_PARAMETER, f"rectangles: {exc}") from None
 
 
 def _parse_mask(value: str) -> MaskSource:
