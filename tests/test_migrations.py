@@ -16,6 +16,7 @@ from alembic import command
 from alembic.config import Config
 
 from harness.postgres import fresh_schema
+from photo_eraser.imaging import MaskPlacement
 from photo_eraser.tasks.db import MIGRATIONS, create_db_engine, migrate
 from photo_eraser.tasks.status import ImageStatus, TaskStatus
 from photo_eraser.tasks.store import TaskStore
@@ -80,8 +81,25 @@ def test_an_upgrade_keeps_every_task_and_takes_back_the_running_ones(url: str) -
     assert running is not None and done is not None
     assert len(running.images) == 1 and len(done.images) == 1  # not cascaded away
     assert running.mask_data == b"old inline mask"  # still readable by the worker
+    assert running.placement == MaskPlacement()  # 0007: older tasks keep the stretched mask
     requeued, failed = store.reap_expired_leases(max_attempts=3)
     assert [q.task_id for q in requeued] == [running.task_id] and failed == 0
+    engine.dispose()
+
+
+def test_0007_adds_the_mask_placement_and_goes_back(url: str) -> None:
+    engine = create_db_engine(url)
+    upgrade_to(engine, "0007")
+    columns = {c["name"] for c in sa.inspect(engine).get_columns("tasks")}
+    placement = {"mask_fit", "mask_anchor", "mask_dilate", "mask_invert"}
+    assert placement <= columns
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0006")
+    columns = {c["name"] for c in sa.inspect(engine).get_columns("tasks")}
+    assert not placement & columns
     engine.dispose()
 
 

@@ -18,9 +18,10 @@ from photo_eraser.imaging import (
     LOSSLESS_FORMATS,
     DecodedImage,
     EncodedImage,
+    MaskPlacement,
     decode_mask,
     encode_image,
-    fit_mask,
+    place_mask,
 )
 
 
@@ -47,15 +48,17 @@ def restore_images(
     *,
     jpeg_quality: int,
     times: StageTimes | None = None,
+    placement: MaskPlacement | None = None,
 ) -> list[RestoredImage]:
-    """Fit the mask to each image, restore the whole batch at once, encode each result."""
+    """Fit the mask to each image (as ``placement`` says; default: stretched), restore the
+    whole batch at once, encode each result."""
     times = times if times is not None else StageTimes()
     t = time.perf_counter()
     fitted: dict[tuple[int, int], np.ndarray] = {}  # batches are mostly one size: resize once
     for im in images:
         shape = (im.height, im.width)
         if shape not in fitted:
-            fitted[shape] = fit_mask(mask, *shape)
+            fitted[shape] = place_mask(mask, *shape, placement)
     masks = [fitted[(im.height, im.width)] for im in images]
     times.add("mask", t)
     t = time.perf_counter()

@@ -12,6 +12,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
@@ -19,6 +20,7 @@ from pydantic import (
 
 from photo_eraser.engines.registry import ENGINE_NAMES
 from photo_eraser.fetch import FetchError, parse_url
+from photo_eraser.imaging.mask import MAX_DILATE, Anchor, Fit
 
 MAX_URL_LENGTH = 2048
 MAX_IMAGES = 20
@@ -101,6 +103,29 @@ class CreateTaskRequest(BaseModel):
         default=None,
         description="extension: [width, height] the pixel `rectangles` refer to; the mask "
         "drawn at this size is stretched to each image. Default: the first image's size",
+    )
+    mask_fit: Fit | None = Field(
+        default=None,
+        description="extension: how the mask is placed on an image of another size: stretch "
+        "(default: resized to it, aspect ignored), contain (scaled uniformly to fit inside it, "
+        "centred) or anchor (scaled by image short side / mask short side, placed at "
+        "`mask_anchor`, the rest cut off)",
+    )
+    mask_anchor: Anchor | None = Field(
+        default=None,
+        description="extension, with mask_fit anchor: top-left, top, top-right, left, center "
+        "(default), right, bottom-left, bottom or bottom-right",
+    )
+    mask_dilate: StrictInt = Field(
+        default=0,
+        ge=0,
+        le=MAX_DILATE,
+        description="extension: grow the marked area by 0..64 pixels of each image, after the "
+        "mask is placed on it",
+    )
+    mask_invert: StrictBool = Field(
+        default=False,
+        description="extension: restore what the mask does not mark (after placement and dilation)",
     )
 
 

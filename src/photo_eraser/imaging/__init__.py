@@ -19,10 +19,12 @@ from photo_eraser.imaging.limits import ImageError, ImageInfo, ImageLimits
 from photo_eraser.imaging.mask import (
     DEFAULT_MAX_SIDE,
     MaskError,
+    MaskPlacement,
     MaskSource,
     decode_mask,
     fit_mask,
     parse_mask_field,
+    place_mask,
 )
 
 __all__ = [
@@ -36,12 +38,14 @@ __all__ = [
     "ImageInfo",
     "ImageLimits",
     "MaskError",
+    "MaskPlacement",
     "MaskSource",
     "decode_image",
     "decode_mask",
     "encode_image",
     "fit_mask",
     "parse_mask_field",
+    "place_mask",
     "result_content_type",
     "sniff_format",
 ]

@@ -1,5 +1,5 @@
 """The mask: where it comes from (`parse_mask_field`), what it marks (`decode_mask`), and
-fitting it to each image (`fit_mask`).
+fitting it to each image (`fit_mask`, and `place_mask` for the ``mask_fit`` extension).
 
 Semantics (the mask is a bool HxW array, True = restore this pixel):
 
@@ -13,7 +13,9 @@ Semantics (the mask is a bool HxW array, True = restore this pixel):
   turns black into small non-zero values near edges.
 - EXIF orientation is applied to masks as to images.
 - A mask that marks no pixel is an error. A mask whose size differs from an image's is resized
-  to it with nearest-neighbour sampling (stretched if the aspect ratio differs).
+  to it with nearest-neighbour sampling (stretched if the aspect ratio differs), unless the task
+  asks for another placement (`MaskPlacement`: contain, or anchored at a corner or edge; then
+  optionally dilated and inverted).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import binascii
 import re
 from dataclasses import dataclass
 from io import BytesIO
+from typing import Literal, get_args
 from urllib.parse import unquote_to_bytes, urlsplit
 
 import cv2
@@ -34,12 +37,17 @@ from photo_eraser.imaging.limits import read_orientation, upright
 from photo_eraser.sizes import format_size
 
 __all__ = [
+    "ANCHORS",
     "DEFAULT_MAX_SIDE",
+    "FITS",
+    "MAX_DILATE",
     "MaskError",
+    "MaskPlacement",
     "MaskSource",
     "decode_mask",
     "fit_mask",
     "parse_mask_field",
+    "place_mask",
 ]
 
 MASK_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
@@ -149,6 +157,115 @@ def fit_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
         interpolation=cv2.INTER_NEAREST_EXACT,
     )
     return resized.astype(bool)
+
+
+Fit = Literal["stretch", "contain", "anchor"]
+Anchor = Literal[
+    "top-left",
+    "top",
+    "top-right",
+    "left",
+    "center",
+    "right",
+    "bottom-left",
+    "bottom",
+    "bottom-right",
+]
+FITS: tuple[str, ...] = get_args(Fit)
+ANCHORS: tuple[str, ...] = get_args(Anchor)
+MAX_DILATE = 64
+
+# Where the placed mask goes along one axis: 0 = start, 1 = centre, 2 = end.
+_ANCHOR_AXES: dict[str, tuple[int, int]] = {  # anchor -> (horizontal, vertical)
+    "top-left": (0, 0),
+    "top": (1, 0),
+    "top-right": (2, 0),
+    "left": (0, 1),
+    "center": (1, 1),
+    "right": (2, 1),
+    "bottom-left": (0, 2),
+    "bottom": (1, 2),
+    "bottom-right": (2, 2),
+}
+
+
+@dataclass(frozen=True)
+class MaskPlacement:
+    """How the task's one mask is placed on each image (the ``mask_fit`` extension).
+
+    - ``stretch`` (default): resized to the image, aspect ignored (`fit_mask`).
+    - ``contain``: scaled uniformly to the largest size that fits inside the image, centred;
+      the rest of the image is unmarked.
+    - ``anchor``: scaled uniformly by image short side / mask short side and placed at
+      ``anchor`` (a corner, an edge's middle, or the centre); what falls outside the image is
+      cut off. A mask drawn for a landscape photo thus keeps its corner, and its margins scale
+      with the image, on a portrait one.
+
+    Then the marked area is grown by ``dilate`` pixels (a disc), then ``invert`` swaps marked
+    and unmarked."""
+
+    fit: Fit = "stretch"
+    anchor: Anchor = "center"
+    dilate: int = 0
+    invert: bool = False
+
+    def __post_init__(self) -> None:
+        if self.fit not in FITS:
+            raise ValueError(f"unknown fit {self.fit!r}")
+        if self.anchor not in ANCHORS:
+            raise ValueError(f"unknown anchor {self.anchor!r}")
+        if not 0 <= self.dilate <= MAX_DILATE:
+            raise ValueError(f"dilate {self.dilate} is outside 0..{MAX_DILATE}")
+
+    @property
+    def is_default(self) -> bool:
+        return self == MaskPlacement()
+
+
+def place_mask(
+    mask: np.ndarray, height: int, width: int, placement: MaskPlacement | None = None
+) -> np.ndarray:
+    """The mask placed on a ``height`` x ``width`` image as ``placement`` says (default:
+    exactly `fit_mask`). May return ``mask`` itself; never writes into it."""
+    placement = placement if placement is not None else MaskPlacement()
+    if placement.fit == "stretch":
+        placed = fit_mask(mask, height, width)
+    else:
+        placed = _scaled_and_placed(mask, height, width, placement)
+    if placement.dilate:
+        size = 2 * placement.dilate + 1
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+        placed = cv2.dilate(np.ascontiguousarray(placed, dtype=np.uint8), kernel).astype(bool)
+    if placement.invert:
+        placed = ~placed
+    return placed
+
+
+def _scaled_and_placed(
+    mask: np.ndarray, height: int, width: int, placement: MaskPlacement
+) -> np.ndarray:
+    mh, mw = mask.shape
+    if placement.fit == "contain":
+        scale = min(width / mw, height / mh)
+        h_axis, v_axis = 1, 1
+    else:
+        scale = min(width, height) / min(mw, mh)
+        h_axis, v_axis = _ANCHOR_AXES[placement.anchor]
+    if placement.fit == "contain":
+        sw = min(width, max(1, round(mw * scale)))
+        sh = min(height, max(1, round(mh * scale)))
+    else:
+        sw, sh = max(1, round(mw * scale)), max(1, round(mh * scale))
+    scaled = fit_mask(mask, sh, sw)
+    # Top-left corner of the scaled mask on the image; negative = cut off on that side.
+    x = (0, (width - sw) // 2, width - sw)[h_axis]
+    y = (0, (height - sh) // 2, height - sh)[v_axis]
+    placed = np.zeros((height, width), dtype=bool)
+    ix0, iy0 = max(0, x), max(0, y)
+    ix1, iy1 = min(width, x + sw), min(height, y + sh)
+    if ix1 > ix0 and iy1 > iy0:
+        placed[iy0:iy1, ix0:ix1] = scaled[iy0 - y : iy1 - y, ix0 - x : ix1 - x]
+    return placed
 
 
 def _marked_pixels(image: Image.Image, threshold: int) -> np.ndarray:

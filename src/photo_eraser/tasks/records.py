@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from photo_eraser.imaging.mask import MaskPlacement
 from photo_eraser.tasks.idempotency import Idempotency
 from photo_eraser.tasks.status import ImageStatus, TaskStatus
 
@@ -49,6 +50,8 @@ class NewTask:
     mask_url: str | None
     mask_key: str | None
     deadline_seconds: float
+    placement: MaskPlacement | None = None
+    """How the mask is placed on each image (``mask_fit`` ...); None = the default (stretch)."""
     idempotency: Idempotency | None = None
     """The create's ``Idempotency-Key``, recorded in the task's own transaction."""
 
@@ -91,6 +94,7 @@ class TaskRecord:
     started_at: float | None
     finished_at: float | None
     lease_owner: str | None = None
+    placement: MaskPlacement = field(default_factory=MaskPlacement)
     images: list[ImageRecord] = field(default_factory=list)
 
     @property

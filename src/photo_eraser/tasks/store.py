@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
+from photo_eraser.imaging.mask import MaskPlacement
 from photo_eraser.tasks.idempotency import (
     IdempotencyQueries,
     IdempotencyTaken,
@@ -86,6 +87,7 @@ class TaskStore(KeyQueries, UpkeepQueries, IdempotencyQueries):
                         engine=task.engine,
                         mask_url=task.mask_url,
                         mask_key=task.mask_key,
+                        **_placement_columns(task.placement),
                         attempts=0,
                         reason="",
                         created_at=now,
@@ -411,4 +413,22 @@ def _task_from_row(row: sa.Row) -> TaskRecord:
         started_at=row.started_at,
         finished_at=row.finished_at,
         lease_owner=row.lease_owner,
+        placement=MaskPlacement(
+            fit=row.mask_fit or "stretch",
+            anchor=row.mask_anchor or "center",
+            dilate=row.mask_dilate or 0,
+            invert=bool(row.mask_invert),
+        ),
     )
+
+
+def _placement_columns(placement: MaskPlacement | None) -> dict[str, object]:
+    """The mask placement's columns: all NULL for the default, as in tasks made before 0007."""
+    if placement is None or placement.is_default:
+        return {}
+    return {
+        "mask_fit": placement.fit,
+        "mask_anchor": placement.anchor,
+        "mask_dilate": placement.dilate,
+        "mask_invert": placement.invert,
+    }

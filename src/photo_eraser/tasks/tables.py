@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    Boolean,
     Column,
     Float,
     ForeignKey,
@@ -55,6 +56,12 @@ tasks = Table(
     Column("dispatched_at", Float, nullable=True),
     # The inline mask's blob; mask_data holds those of tasks created before version 0005.
     Column("mask_key", Text, nullable=True),
+    # How the mask is placed on each image (the mask_fit extension, version 0007); NULL = the
+    # default (stretch, anchor center, no dilation, not inverted), as for older tasks.
+    Column("mask_fit", String(16), nullable=True),
+    Column("mask_anchor", String(16), nullable=True),
+    Column("mask_dilate", Integer, nullable=True),
+    Column("mask_invert", Boolean, nullable=True),
 )
 Index("ix_tasks_queue", tasks.c.status, tasks.c.priority, tasks.c.id)
 Index("ix_tasks_appkey", tasks.c.appkey)

@@ -355,6 +355,7 @@ async def _run(
             engine,
             jpeg_quality=ctx.settings.jpeg_quality,
             times=times,
+            placement=task.placement,
         )
         t = time.perf_counter()
         for idx, result in zip(order, results, strict=True):

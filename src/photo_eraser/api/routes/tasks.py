@@ -35,7 +35,7 @@ from photo_eraser.api.schemas import (
 )
 from photo_eraser.disk import DISK_FULL_REASON, is_disk_full
 from photo_eraser.engines.base import EngineUnavailable
-from photo_eraser.imaging import MaskError, MaskSource, parse_mask_field
+from photo_eraser.imaging import MaskError, MaskPlacement, MaskSource, parse_mask_field
 from photo_eraser.imaging.rectangles import FRACTION_BASIS, boxes_document, draw_rectangles
 from photo_eraser.storage import BlobStoreError, mask_key
 from photo_eraser.tasks.idempotency import Idempotency, IdempotencyTaken
@@ -246,6 +246,7 @@ async def _new_task(
         service.engines.check(req.engine)
     except EngineUnavailable as exc:
         raise ApiError(Code.BAD_PARAMETER, f"engine: {exc}") from None
+    placement = _placement(req)
     try:
         mask = _mask_source(req)
         _check_uploads(req.images, mask.url, appkey, service)
@@ -270,6 +271,7 @@ async def _new_task(
         engine=req.engine,
         mask_url=mask.url,
         mask_key=stored_mask,
+        placement=placement,
         deadline_seconds=settings.task_deadline_seconds,
         idempotency=idempotency,
     )
@@ -404,6 +406,30 @@ async def close_task(
         service.metrics.tasks_finished.labels("closed").inc()
     data = ClosedData(task_id=task_id, status=str(int(closing.status)))
     return envelope(Code.OK, data=data.model_dump())
+
+
+def _placement(req: CreateTaskRequest) -> MaskPlacement:
+    """How the mask is placed on each image (the ``mask_fit`` extension)."""
+    fit = req.mask_fit or "stretch"
+    if req.mask_anchor is not None and fit != "anchor":
+        raise ApiError(
+            Code.BAD_PARAMETER, f"mask_anchor: only with mask_fit anchor (mask_fit is {fit})"
+        )
+    if fit != "stretch" and req.rectangles is not None and _fractions(req):
+        raise ApiError(
+            Code.BAD_PARAMETER,
+            f"mask_fit: {fit} needs a mask of a known size; rectangles given as fractions are "
+            "fractions of each image (give rect_basis, or pixel boxes)",
+        )
+    return MaskPlacement(
+        fit=fit, anchor=req.mask_anchor or "center", dilate=req.mask_dilate, invert=req.mask_invert
+    )
+
+
+def _fractions(req: CreateTaskRequest) -> bool:
+    """Rectangles given as fractions of each image (no basis, every value within 0..1)."""
+    assert req.rectangles is not None
+    return req.rect_basis is None and all(v <= 1 for box in req.rectangles for v in box)
 
 
 def _mask_source(req: CreateTaskRequest) -> MaskSource:
