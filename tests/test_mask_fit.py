@@ -335,3 +335,24 @@ def test_a_mask_of_the_image_size_is_kept_whatever_the_fit(fit: str) -> None:
     for anchor in ANCHORS:
         placement = MaskPlacement(fit=fit, anchor=anchor)  # type: ignore[arg-type]
         assert np.array_equal(place_mask(mask, 30, 40, placement), mask)
+
+
+def test_a_thin_mask_scaled_far_beyond_the_image_costs_only_the_image() -> None:
+    # Scaled by the short sides (1 -> 5000), this mask would be 25 million px wide: only the
+    # part on the image is sampled.
+    thin = np.zeros((1, 5000), bool)
+    thin[0, 2500] = True
+    placed = place_mask(thin, 5000, 5000, MaskPlacement(fit="anchor", anchor="center"))
+    assert placed.shape == (5000, 5000)
+    # Mask column 2500 of 0..4999 spans the right half of the centred, 5000x scaled mask.
+    assert placed[:, 2500:].all() and not placed[:, :2500].any()
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_an_integer_scale_repeats_each_mask_pixel(k: int) -> None:
+    rng = np.random.default_rng(3)
+    mask = rng.random((7, 13)) > 0.5
+    expected = np.repeat(np.repeat(mask, k, axis=0), k, axis=1)
+    for fit in ("contain", "anchor"):
+        placed = place_mask(mask, 7 * k, 13 * k, MaskPlacement(fit=fit))  # type: ignore[arg-type]
+        assert np.array_equal(placed, expected)
