@@ -7,7 +7,11 @@ import pytest
 
 from harness.client import ApiClient
 from harness.imagehost import ImageHost
+from harness.postgres import fresh_schema
 from harness.s3server import S3Server, running_s3
+from photo_eraser.config import Settings
+from photo_eraser.runtime import open_store
+from photo_eraser.tasks.store import TaskStore
 from tests.inprocess import LocalServer
 
 
@@ -44,3 +48,16 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """One SeaweedFS server for the run; each cluster takes a bucket of its own."""
     with running_s3(tmp_path_factory.mktemp("s3")) as server:
         yield server
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TaskStore]:
+    """The task store on SQLite (the embedded default) and on PostgreSQL (a fresh schema);
+    modules with a store of their own define ``store`` themselves."""
+    if request.param == "sqlite":
+        yield open_store(Settings(data_dir=tmp_path))
+        return
+    with fresh_schema() as url:
+        store = open_store(Settings(data_dir=tmp_path, database_url=url))
+        yield store
+        store.engine.dispose()

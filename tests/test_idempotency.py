@@ -166,17 +166,6 @@ def test_bad_key_is_a_400_naming_the_header(
 # ---- The store, on SQLite and PostgreSQL --------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TaskStore]:
-    if request.param == "sqlite":
-        yield open_store(Settings(data_dir=tmp_path))
-        return
-    with fresh_schema() as url:
-        store = open_store(Settings(data_dir=tmp_path, database_url=url))
-        yield store
-        store.engine.dispose()
-
-
 def new_task(appkey: str, idem: Idempotency | None) -> NewTask:
     return NewTask(
         task_id=str(uuid.uuid4()),

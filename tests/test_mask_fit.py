@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import io
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -17,11 +15,8 @@ from PIL import Image
 from harness.client import ApiClient
 from harness.imagehost import ImageHost
 from harness.images import b64, encode, photo, rect_mask
-from harness.postgres import fresh_schema
-from photo_eraser.config import Settings
 from photo_eraser.imaging import MaskPlacement, fit_mask, place_mask
 from photo_eraser.imaging.mask import ANCHORS
-from photo_eraser.runtime import open_store
 from photo_eraser.tasks.records import NewTask
 from photo_eraser.tasks.store import TaskStore
 
@@ -150,17 +145,6 @@ def test_bad_placements_are_refused() -> None:
 
 
 # ---- the store ---------------------------------------------------------------------------
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TaskStore]:
-    if request.param == "sqlite":
-        yield open_store(Settings(data_dir=tmp_path))
-        return
-    with fresh_schema() as url:
-        store = open_store(Settings(data_dir=tmp_path, database_url=url))
-        yield store
-        store.engine.dispose()
 
 
 @pytest.mark.parametrize(

@@ -8,32 +8,15 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
-import pytest
 import sqlalchemy as sa
 
-from harness.postgres import fresh_schema
-from photo_eraser.config import Settings
-from photo_eraser.runtime import open_store
 from photo_eraser.tasks.records import ImageRecord, NewTask, TaskRecord
 from photo_eraser.tasks.status import ImageStatus, TaskStatus
 from photo_eraser.tasks.store import TaskStore
 
 LEASE = 60.0
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TaskStore]:
-    """The same store on SQLite (the embedded default) and on PostgreSQL."""
-    if request.param == "sqlite":
-        yield open_store(Settings(data_dir=tmp_path))
-        return
-    with fresh_schema() as url:
-        store = open_store(Settings(data_dir=tmp_path, database_url=url))
-        yield store
-        store.engine.dispose()
 
 
 def new_task(
