@@ -1,6 +1,7 @@
 """The maintenance pass's retention sweep, on the local blob store and on a real S3 server:
 results and inline masks go once their task finished longer ago than the result TTL, blobs no
-task recorded go once they are as old, and folders of tasks still running stay."""
+task recorded go once they are as old, uploads once they are older than the TTL, and folders of
+tasks still running stay."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from photo_eraser.storage import BlobStore, LocalBlobStore, mask_key, result_key
 from photo_eraser.tasks.records import ImageRecord, NewTask
 from photo_eraser.tasks.status import ImageStatus, TaskStatus
 from photo_eraser.tasks.store import TaskStore
+from photo_eraser.uploads import UploadInfo, new_upload_key
 
 
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.services)])
@@ -104,3 +106,37 @@ def test_blobs_nobody_recorded_go_and_running_tasks_stay(
     assert sorted(blobs.folders("results")) == sorted(["not-a-task", running])
     assert blobs.folders("masks") == [running]
     assert blobs.size(result_key(running, 0, "png")) is not None
+
+
+# ---- uploads ------------------------------------------------------------------------------
+
+
+def test_uploads_older_than_the_ttl_are_deleted(store: TaskStore, blobs: BlobStore) -> None:
+    png = UploadInfo("PNG", 400, 300)
+    mine = [new_upload_key("pe_a", png), new_upload_key("pe_a", png)]
+    theirs = new_upload_key("pe_b", UploadInfo("JPEG", 400, 300))
+    for key in [*mine, theirs]:
+        blobs.put(key, b"upload")
+    listed = [key for key, _ in blobs.list_blobs("uploads")]
+    assert listed == sorted([*mine, theirs])
+    sweep(store, blobs, ttl=3600)  # younger than the TTL: kept
+    assert all(blobs.size(key) == 6 for key in [*mine, theirs])
+    time.sleep(1.1)  # S3 times are whole seconds
+    newer = new_upload_key("pe_a", png)
+    blobs.put(newer, b"new")
+    sweep(store, blobs, ttl=1)
+    assert [key for key, _ in blobs.list_blobs("uploads")] == [newer]
+    assert blobs.folders("uploads") == [newer.split("/")[1]]  # the emptied folder went too
+
+
+def test_the_upload_sweep_leaves_other_folders_alone(store: TaskStore, blobs: BlobStore) -> None:
+    """A result the store does not know yet (a worker saving it), younger than the TTL, stays
+    while an older upload goes."""
+    upload = new_upload_key("pe_a", UploadInfo("PNG", 400, 300))
+    blobs.put(upload, b"upload")
+    time.sleep(1.1)
+    result = result_key("0b8f4a36-1d7e-4c2a-9f51-3a6e2b7c9d10", 0, "png")
+    blobs.put(result, b"result")
+    sweep(store, blobs, ttl=1)
+    assert blobs.size(upload) is None
+    assert blobs.size(result) == 6
