@@ -13,20 +13,16 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 
 from harness.client import ApiClient
 from harness.imagehost import ImageHost
 from harness.images import b64, encode, photo, rect_mask
-from harness.postgres import fresh_schema
 from photo_eraser.config import Settings
 from photo_eraser.dispatch import InProcessDispatcher
 from photo_eraser.maintenance import Maintenance
 from photo_eraser.metrics import Metrics
 from photo_eraser.runtime import open_store
 from photo_eraser.storage import LocalBlobStore
-from photo_eraser.tasks.db import MIGRATIONS, create_db_engine, migrate
 from photo_eraser.tasks.idempotency import IDEMPOTENCY_TTL_SECONDS, Idempotency, IdempotencyTaken
 from photo_eraser.tasks.records import NewTask
 from photo_eraser.tasks.store import TaskStore
@@ -227,38 +223,3 @@ def test_the_retention_pass_sweeps_expired_keys(tmp_path: Path) -> None:
     with store.engine.connect() as conn:
         left = conn.execute(sa.select(idempotency_keys.c.idempotency_key)).scalars().all()
     assert left == ["new"]
-
-
-# ---- The migration ------------------------------------------------------------------------
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'old.db'}"
-        return
-    with fresh_schema() as pg:
-        yield pg
-
-
-def alembic(engine: sa.Engine, action: str, revision: str) -> None:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        getattr(command, action)(cfg, revision)
-
-
-def test_migration_0006_up_and_down(url: str) -> None:
-    engine = create_db_engine(url)
-    alembic(engine, "upgrade", "0005")
-    assert "idempotency_keys" not in sa.inspect(engine).get_table_names()
-    migrate(engine)
-    inspector = sa.inspect(engine)
-    assert "idempotency_keys" in inspector.get_table_names()
-    pk = inspector.get_pk_constraint("idempotency_keys")
-    assert sorted(pk["constrained_columns"]) == ["appkey", "idempotency_key"]
-    alembic(engine, "downgrade", "0005")
-    assert "idempotency_keys" not in sa.inspect(engine).get_table_names()
-    alembic(engine, "upgrade", "head")
-    engine.dispose()

@@ -31,17 +31,18 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield pg
 
 
-def upgrade_to(engine: sa.Engine, revision: str) -> None:
+def alembic(engine: sa.Engine, action: str, revision: str) -> None:
+    """Run ``alembic <action> <revision>`` (``upgrade`` / ``downgrade``) on the database."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+        getattr(command, action)(cfg, revision)
 
 
 def test_an_upgrade_keeps_every_task_and_takes_back_the_running_ones(url: str) -> None:
     engine = create_db_engine(url)
-    upgrade_to(engine, "0004")
+    alembic(engine, "upgrade", "0004")
     now = time.time()
     with engine.begin() as conn:
         conn.execute(
@@ -89,17 +90,28 @@ def test_an_upgrade_keeps_every_task_and_takes_back_the_running_ones(url: str) -
 
 def test_0007_adds_the_mask_placement_and_goes_back(url: str) -> None:
     engine = create_db_engine(url)
-    upgrade_to(engine, "0007")
+    alembic(engine, "upgrade", "0007")
     columns = {c["name"] for c in sa.inspect(engine).get_columns("tasks")}
     placement = {"mask_fit", "mask_anchor", "mask_dilate", "mask_invert"}
     assert placement <= columns
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0006")
+    alembic(engine, "downgrade", "0006")
     columns = {c["name"] for c in sa.inspect(engine).get_columns("tasks")}
     assert not placement & columns
+    engine.dispose()
+
+
+def test_0006_adds_the_idempotency_keys_and_goes_back(url: str) -> None:
+    engine = create_db_engine(url)
+    alembic(engine, "upgrade", "0005")
+    assert "idempotency_keys" not in sa.inspect(engine).get_table_names()
+    migrate(engine)
+    inspector = sa.inspect(engine)
+    assert "idempotency_keys" in inspector.get_table_names()
+    pk = inspector.get_pk_constraint("idempotency_keys")
+    assert sorted(pk["constrained_columns"]) == ["appkey", "idempotency_key"]
+    alembic(engine, "downgrade", "0005")
+    assert "idempotency_keys" not in sa.inspect(engine).get_table_names()
+    alembic(engine, "upgrade", "head")
     engine.dispose()
 
 
