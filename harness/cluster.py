@@ -20,7 +20,7 @@ from harness.client import ApiClient
 from harness.postgres import fresh_schema
 from harness.rabbit import fresh_vhost
 from harness.s3server import S3Server, unique_bucket
-from harness.server import create_key, env_store, free_port, run_cli
+from harness.server import EnvCommands, free_port
 
 
 class Node:
@@ -126,7 +126,7 @@ class WorkerNode(Node):
         raise RuntimeError(f"worker not ready in 60 s: {self.log()[-3000:]}")
 
 
-class Cluster:
+class Cluster(EnvCommands):
     """The processes of one cluster and the settings they share."""
 
     def __init__(
@@ -184,16 +184,6 @@ class Cluster:
         node = WorkerNode(self.env, log, concurrency).start()
         self.workers.append(node)
         return node
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return run_cli(self.env, *args)
-
-    def create_key(self, name: str = "test") -> tuple[str, str]:
-        return create_key(self.env, name)
-
-    def revoke_key(self, appkey: str) -> bool:
-        with env_store(self.env) as store:
-            return store.revoke_key(appkey)
 
     def client(self, appkey: str, appsecret: str) -> ApiClient:
         """A client whose requests go to the API processes in turn, as behind a load

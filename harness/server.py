@@ -30,7 +30,23 @@ class PortTaken(Exception):
     """Another process bound the port between our choosing it and the server binding it."""
 
 
-class ServerProcess:
+class EnvCommands:
+    """The CLI and the key store of the service an environment (``self.env``) points at."""
+
+    env: dict[str, str]
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli(self.env, *args)
+
+    def create_key(self, name: str = "test") -> tuple[str, str]:
+        return create_key(self.env, name)
+
+    def revoke_key(self, appkey: str) -> bool:
+        with env_store(self.env) as store:
+            return store.revoke_key(appkey)
+
+
+class ServerProcess(EnvCommands):
     """``photo-eraser serve`` in a child process, as a user would run it."""
 
     def __init__(self, data_dir: Path, **env: str) -> None:
@@ -88,16 +104,6 @@ class ServerProcess:
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait()
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return run_cli(self.env, *args)
-
-    def create_key(self, name: str = "test") -> tuple[str, str]:
-        return create_key(self.env, name)
-
-    def revoke_key(self, appkey: str) -> bool:
-        with env_store(self.env) as store:
-            return store.revoke_key(appkey)
 
 
 def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
