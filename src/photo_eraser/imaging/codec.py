@@ -13,6 +13,14 @@ to RGB uint8 HxWx3 and turned upright by the EXIF orientation. Conversions:
   stored colours, not composited over any background. Engines see RGB only; `encode_image`
   puts the alpha back into PNG results so transparent PNGs survive. JPEG results have none.
 
+JPEGs in RGB or grey (nearly all photos) are decoded by libjpeg-turbo through simplejpeg straight
+into the RGB array: 2-2.5x faster than through Pillow (which decodes to 4 bytes a pixel and then
+copies), with the same pixels, as both run libjpeg-turbo's accurate DCT and smooth upsampling
+(``tests/test_codec_fast.py`` holds the two paths equal on real files). simplejpeg's ``strict``
+mode refuses any file libjpeg warns about (a truncated one above all); such a file is then given
+to Pillow, whose verdict stands, so the fast path accepts and refuses exactly what Pillow does.
+The header, EXIF orientation and ICC profile are still read by Pillow (without decoding).
+
 ICC profiles are kept when they match the pixels: an RGB profile always, a grey profile for a
 grey image (whose result is then written as grey, so the profile stays valid); a profile that
 does not fit the image is dropped. The EXIF orientation is applied to the pixels, so results
@@ -25,16 +33,19 @@ from dataclasses import dataclass
 from io import BytesIO
 from pathlib import PurePosixPath
 
+import cv2
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageCms
 
-from photo_eraser.imaging.limits import ImageError, ImageLimits, open_checked, upright
+from photo_eraser.imaging.limits import ImageError, ImageInfo, ImageLimits, open_checked, upright
 
 __all__ = [
     "RESULT_TYPES",
     "DecodedImage",
     "EncodedImage",
     "decode_image",
+    "decode_image_with_pillow",
     "encode_image",
     "result_content_type",
 ]
@@ -95,18 +106,65 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> DecodedImage
     """Check ``data`` against the limits, then decode it; raise `ImageError` for users."""
     info, image = open_checked(data, limits or ImageLimits())
     with image:
-        try:
-            image.load()
-        except Exception:  # Pillow raises OSError, SyntaxError, ValueError, zlib.error, ...
-            raise ImageError("image is truncated or corrupt") from None
-        color, alpha, icc_profile = _split(image, image.info.get("icc_profile") or None)
-        # `color` may be `image` itself: take the arrays before the image is closed.
-        pixels = np.array(upright(color, info.orientation), dtype=np.uint8)
-        alpha_plane = (
-            np.array(upright(alpha, info.orientation), dtype=np.uint8)
-            if alpha is not None
-            else None
-        )
+        if info.format == "JPEG" and image.mode in _FAST_JPEG_MODES:
+            fast = _decode_jpeg_fast(data, image, info.orientation)
+            if fast is not None:
+                return fast
+        return _decode_with_pillow(image, info)
+
+
+def decode_image_with_pillow(data: bytes, limits: ImageLimits | None = None) -> DecodedImage:
+    """`decode_image` through Pillow alone (the reference the fast path is held equal to)."""
+    info, image = open_checked(data, limits or ImageLimits())
+    with image:
+        return _decode_with_pillow(image, info)
+
+
+_FAST_JPEG_MODES = frozenset({"RGB", "L"})
+"""JPEG modes libjpeg turns into RGB exactly as Pillow does (CMYK goes through Pillow)."""
+
+# EXIF orientation -> the same turn as `limits.upright` applies, on an array (OpenCV's
+# transposes are blocked, 3-5x faster than numpy's strided copies).
+_TURN = {
+    2: lambda a: cv2.flip(a, 1),
+    3: lambda a: cv2.flip(a, -1),
+    4: lambda a: cv2.flip(a, 0),
+    5: cv2.transpose,
+    6: lambda a: cv2.rotate(a, cv2.ROTATE_90_CLOCKWISE),
+    7: lambda a: cv2.flip(cv2.transpose(a), -1),
+    8: lambda a: cv2.rotate(a, cv2.ROTATE_90_COUNTERCLOCKWISE),
+}
+
+
+def _decode_jpeg_fast(data: bytes, image: Image.Image, orientation: int) -> DecodedImage | None:
+    """An RGB or grey JPEG decoded by simplejpeg; None when libjpeg warned (Pillow decides)."""
+    try:
+        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+    except ValueError:
+        return None
+    if pixels.shape[:2] != (image.height, image.width):
+        return None
+    turn = _TURN.get(orientation)
+    if turn is not None:
+        pixels = turn(pixels)
+    icc_profile = image.info.get("icc_profile") or None
+    space = _icc_space(icc_profile)
+    if not (space == b"RGB " or (space == b"GRAY" and image.mode == "L")):
+        icc_profile = None
+    return DecodedImage(pixels, "JPEG", icc_profile, None)
+
+
+def _decode_with_pillow(image: Image.Image, info: ImageInfo) -> DecodedImage:
+    try:
+        image.load()
+    except Exception:  # Pillow raises OSError, SyntaxError, ValueError, zlib.error, ...
+        raise ImageError("image is truncated or corrupt") from None
+    color, alpha, icc_profile = _split(image, image.info.get("icc_profile") or None)
+    # `color` may be `image` itself: take the arrays before the image is closed.
+    pixels = np.array(upright(color, info.orientation), dtype=np.uint8)
+    alpha_plane = (
+        np.array(upright(alpha, info.orientation), dtype=np.uint8) if alpha is not None else None
+    )
     if alpha_plane is not None and alpha_plane.min() == 255:
         alpha_plane = None
     return DecodedImage(pixels, info.format, icc_profile, alpha_plane)

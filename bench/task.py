@@ -1,0 +1,199 @@
+"""One task of many images through the real server: images per second, cores used, peak RSS,
+RSS after the task, for the code here and (optionally) the code before, interleaved.
+
+    .venv/bin/python bench/task.py [--sizes 1080p,12mp] [--engines opencv,auto] [--images 20]
+        [--rounds 2] [--before /tmp/pe-main/src] [--env PHOTO_ERASER_IMAGE_THREADS=1]
+
+``--before`` is the ``src`` folder of another checkout (``git archive main src | tar -x -C
+/tmp/pe-main``): its server runs with ``PYTHONPATH`` pointing there, so both versions run the
+same images on the same machine in the same run, alternating. Each measurement starts a fresh
+server with one worker, runs a one-image warm-up task (engines built, code loaded), waits until
+the server is idle, resets its peak RSS (``/proc/PID/clear_refs``), then creates the task.
+
+Images: 20 different photo-like JPEGs (scikit-image's photos, resized, flipped and noised, q90)
+with a semi-transparent mark stamped at the same place on each (so ``auto`` estimates it), and
+a box mask over the mark. The duration is the task's own ``started_at`` -> ``finished_at``
+from the database (the client's poll interval does not count).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+from skimage import data as skdata
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.machine import load_average, machine_line  # noqa: E402
+from harness.client import ApiClient  # noqa: E402
+from harness.imagehost import ImageHost  # noqa: E402
+from harness.server import ServerProcess, env_store  # noqa: E402
+
+SIZES = {"1080p": (1920, 1080), "12mp": (4000, 3000)}
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
+
+
+def stamped_photos(width: int, height: int, n: int) -> tuple[list[bytes], bytes]:
+    """``n`` different JPEGs with one shared semi-transparent mark, and the mask (PNG)."""
+    layer = np.zeros((height, width), np.uint8)
+    scale = width / 640
+    org = (int(width * 0.55), int(height * 0.9))
+    cv2.putText(layer, "(c) AGENCY", org, cv2.FONT_HERSHEY_SIMPLEX, scale, 255, int(3 * scale))
+    alpha = (layer.astype(np.float32) / 255 * 0.45)[..., None]
+    ys, xs = np.nonzero(layer)
+    pad = int(12 * scale)
+    mask = np.zeros((height, width), np.uint8)
+    mask[max(0, ys.min() - pad) : ys.max() + pad, max(0, xs.min() - pad) : xs.max() + pad] = 255
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(n):
+        base = getattr(skdata, PHOTOS[i % len(PHOTOS)])()
+        if base.ndim == 2:
+            base = np.stack([base] * 3, axis=-1)
+        base = base[:, ::-1] if (i // len(PHOTOS)) % 2 else base
+        img = cv2.resize(base[..., :3], (width, height), interpolation=cv2.INTER_CUBIC)
+        img = img.astype(np.float32) * (0.85 + 0.05 * (i // len(PHOTOS)))
+        img += rng.normal(0, 3, img.shape)
+        stamped = np.clip(img * (1 - alpha) + 255 * alpha, 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(stamped).save(buf, "JPEG", quality=90)
+        files.append(buf.getvalue())
+    out = io.BytesIO()
+    Image.fromarray(mask).save(out, "PNG")
+    return files, out.getvalue()
+
+
+def _status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM of a process, in kB."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0])
+    return values
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    import os
+
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Run:
+    seconds: float
+    cpu: float
+    idle_mb: float
+    peak_mb: float
+    after_mb: float
+    done: int
+
+
+def run_task(
+    code: str | None, urls: list[str], mask: bytes, engine: str, extra_env: dict[str, str]
+) -> Run:
+    """One fresh server (``code``: a ``src`` folder to run instead of ours), one task."""
+    env = {"PHOTO_ERASER_RATE_LIMIT_PER_MINUTE": "0", **extra_env}
+    if code:
+        env["PYTHONPATH"] = code
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ServerProcess(Path(tmp) / "data", **env).start()
+        try:
+            appkey, appsecret = server.create_key("bench")
+            assert server.proc is not None
+            pid = server.proc.pid
+            client = ApiClient(server.base_url, appkey, appsecret)
+
+            def task(images: list[str]) -> str:
+                task_id = client.create_ok(images, base64.b64encode(mask).decode(), engine=engine)
+                client.wait(task_id, timeout=600, until=("3", "4"))
+                return task_id
+
+            try:
+
+                task(urls[:1])  # warm-up: engines built, code paths loaded
+                time.sleep(1.5)
+                idle = _status(pid)["VmRSS"]
+                Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset the peak (VmHWM)
+                cpu0 = _cpu_seconds(pid)
+                task_id = task(urls)
+                cpu = _cpu_seconds(pid) - cpu0
+                peak = _status(pid)["VmHWM"]
+                time.sleep(1.0)
+                after = _status(pid)["VmRSS"]
+            finally:
+                client.close()
+            with env_store(server.env) as store:
+                record = store.get_task(task_id)
+            assert record is not None and record.started_at and record.finished_at
+            done = sum(1 for im in record.images if im.result_key)
+        finally:
+            server.stop()
+    return Run(
+        record.finished_at - record.started_at, cpu, idle / 1024, peak / 1024, after / 1024, done
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1080p,12mp")
+    parser.add_argument("--engines", default="opencv,auto")
+    parser.add_argument("--images", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--before", help="src folder of the code to compare against")
+    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for our server")
+    args = parser.parse_args()
+    extra = dict(e.split("=", 1) for e in args.env)
+    print(f"# One {args.images}-image task through the real server (1 worker)")
+    print(machine_line())
+    print("command: .venv/bin/python bench/task.py " + " ".join(sys.argv[1:]))
+    versions = [("before", args.before)] if args.before else []
+    versions.append(("after", None))
+    host = ImageHost()
+    results: dict[tuple[str, str, str], list[Run]] = {}
+    try:
+        for size in args.sizes.split(","):
+            w, h = SIZES[size]
+            files, mask = stamped_photos(w, h, args.images)
+            urls = [host.add(f"/{size}/{i}.jpg", f, content_type="image/jpeg") for i, f in enumerate(files)]
+            decoded_mb = w * h * 3 / 2**20
+            print(f"\n## {size} ({w}x{h}), {args.images} JPEGs of {statistics.mean(map(len, files)) / 1e6:.2f} MB, one decoded image {decoded_mb:.0f} MB")
+            print("| round | engine | code | load avg | images/s | cores used | idle RSS MB | peak - idle MB | after - idle MB | done |")
+            print("|---|---|---|---|---|---|---|---|---|---|")
+            for rnd in range(args.rounds):
+                for engine in args.engines.split(","):
+                    order = versions if rnd % 2 == 0 else versions[::-1]
+                    for name, code in order:
+                        load = load_average()
+                        r = run_task(code, urls, mask, engine, {} if code else extra)
+                        results.setdefault((size, engine, name), []).append(r)
+                        print(
+                            f"| {rnd + 1} | {engine} | {name} | {load} | {args.images / r.seconds:.2f} | "
+                            f"{r.cpu / r.seconds:.2f} | {r.idle_mb:.0f} | {r.peak_mb - r.idle_mb:.0f} | "
+                            f"{r.after_mb - r.idle_mb:+.0f} | {r.done} |",
+                            flush=True,
+                        )
+            if args.before:
+                for engine in args.engines.split(","):
+                    b = statistics.median(args.images / r.seconds for r in results[(size, engine, "before")])
+                    a = statistics.median(args.images / r.seconds for r in results[(size, engine, "after")])
+                    print(f"{size} {engine}: after/before images/s = {a / b:.2f}x (medians of {args.rounds})")
+    finally:
+        host.close()
+    print(f"\nload average at the end: {load_average()}")
+
+
+if __name__ == "__main__":
+    main()
