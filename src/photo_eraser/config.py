@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     port: int = 8080
 
     workers: int = Field(default_factory=_default_workers, ge=0, description="0 = accept only")
+    image_threads: int = Field(
+        default_factory=usable_cores,
+        ge=1,
+        description="images of one task decoded, restored and encoded at once (a process runs "
+        "at most max(workers, image_threads) such stages at a time)",
+    )
     allow_private_urls: bool = False
     max_body_bytes: int = 10 * 1024 * 1024
     max_body_buffer_mb: int = Field(

@@ -33,12 +33,108 @@ class RestoredImage:
 
 @dataclass
 class StageTimes:
-    """Seconds spent per stage, for logs and the benchmark."""
+    """Seconds spent per stage, for logs and the benchmark. Stages of images handled in
+    parallel add up: the sums are work, not wall time."""
 
     seconds: dict[str, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, stage: str, started: float) -> None:
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        with self._lock:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + elapsed
+
+
+class FittedMasks:
+    """A task's mask fitted to each image size it meets (batches are mostly one size: the
+    mask is resized once). Safe to share between the threads of one task."""
+
+    def __init__(self, mask: np.ndarray, placement: MaskPlacement | None = None) -> None:
+        self.mask = mask
+        self.placement = placement
+        self._fitted: dict[tuple[int, int], np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def for_size(self, height: int, width: int) -> np.ndarray:
+        """The mask for an image of this size (read-only: images of one size share it)."""
+        with self._lock:
+            fitted = self._fitted.get((height, width))
+        if fitted is None:
+            fitted = place_mask(self.mask, height, width, self.placement)
+            fitted.flags.writeable = False
+            with self._lock:
+                fitted = self._fitted.setdefault((height, width), fitted)
+        return fitted
+
+
+def streams(engine: Engine) -> bool:
+    """Whether ``engine`` restores each image alone, so a task's images can go through it one
+    at a time and in parallel, each from decode to stored result (`erase_one`); else the
+    whole batch is restored at once (`restore_batch`)."""
+    return engine.per_image
+
+
+def erase_one(
+    image: DecodedImage,
+    masks: FittedMasks,
+    engine: Engine,
+    *,
+    jpeg_quality: int,
+    times: StageTimes | None = None,
+) -> RestoredImage:
+    """One image of a per-image engine from decoded pixels to encoded result. The decoded
+    pixels are handed to the engine (written in place)."""
+    times = times if times is not None else StageTimes()
+    t = time.perf_counter()
+    mask = masks.for_size(image.height, image.width)
+    times.add("mask", t)
+    t = time.perf_counter()
+    [restored] = engine.restore(
+        [image.pixels], [mask], in_place=True, lossless=[image.format in LOSSLESS_FORMATS]
+    )
+    times.add("engine", t)
+    return encode_result(image, restored, jpeg_quality=jpeg_quality, times=times)
+
+
+def restore_batch(
+    images: Sequence[DecodedImage],
+    masks: FittedMasks,
+    engine: Engine,
+    *,
+    times: StageTimes | None = None,
+) -> list[Restored]:
+    """Restore the whole batch at once (the engine may look at every image). The decoded
+    arrays are handed over: the engine may write into them."""
+    times = times if times is not None else StageTimes()
+    t = time.perf_counter()
+    fitted = [masks.for_size(im.height, im.width) for im in images]
+    times.add("mask", t)
+    t = time.perf_counter()
+    restored = engine.restore(
+        [im.pixels for im in images],
+        fitted,
+        in_place=True,
+        lossless=[im.format in LOSSLESS_FORMATS for im in images],
+    )
+    times.add("engine", t)
+    return restored
+
+
+def encode_result(
+    image: DecodedImage, restored: Restored, *, jpeg_quality: int, times: StageTimes | None = None
+) -> RestoredImage:
+    """The restored pixels of ``image`` encoded in its format, with its profile and alpha."""
+    t = time.perf_counter()
+    encoded = encode_image(
+        restored.image,
+        image.format,
+        icc_profile=image.icc_profile,
+        alpha=image.alpha,
+        jpeg_quality=jpeg_quality,
+    )
+    if times is not None:
+        times.add("encode", t)
+    return RestoredImage(encoded, restored)
 
 
 def restore_images(
@@ -53,39 +149,11 @@ def restore_images(
     """Fit the mask to each image (as ``placement`` says; default: stretched), restore the
     whole batch at once, encode each result."""
     times = times if times is not None else StageTimes()
-    t = time.perf_counter()
-    fitted: dict[tuple[int, int], np.ndarray] = {}  # batches are mostly one size: resize once
-    for im in images:
-        shape = (im.height, im.width)
-        if shape not in fitted:
-            fitted[shape] = place_mask(mask, *shape, placement)
-    masks = [fitted[(im.height, im.width)] for im in images]
-    times.add("mask", t)
-    t = time.perf_counter()
-    # The decoded arrays are ours and not used again: let the engine write into them.
-    restored = engine.restore(
-        [im.pixels for im in images],
-        masks,
-        in_place=True,
-        lossless=[im.format in LOSSLESS_FORMATS for im in images],
-    )
-    times.add("engine", t)
-    t = time.perf_counter()
-    out = [
-        RestoredImage(
-            encode_image(
-                r.image,
-                im.format,
-                icc_profile=im.icc_profile,
-                alpha=im.alpha,
-                jpeg_quality=jpeg_quality,
-            ),
-            r,
-        )
+    restored = restore_batch(images, FittedMasks(mask, placement), engine, times=times)
+    return [
+        encode_result(im, r, jpeg_quality=jpeg_quality, times=times)
         for im, r in zip(images, restored, strict=True)
     ]
-    times.add("encode", t)
-    return out
 
 
 class MaskCache:

@@ -70,7 +70,9 @@ class Service(Runtime):
         await super().start()
         log.info("engines available", extra={"engines": self.engines.availability()})
         self.fetcher = Fetcher.from_settings(s)
-        self._cpu = ThreadPoolExecutor(max_workers=max(1, s.workers), thread_name_prefix="cpu")
+        self._cpu = ThreadPoolExecutor(
+            max_workers=max(1, s.workers, s.image_threads), thread_name_prefix="cpu"
+        )
         ctx = WorkerContext(
             s,
             self.store,

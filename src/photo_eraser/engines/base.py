@@ -56,6 +56,10 @@ class Engine(ABC):
     """Restores the masked area of every image of a batch at once."""
 
     name: str = ""
+    per_image: bool = False
+    """Whether each image's result depends on that image alone, and one image per call costs
+    no more than a batch: then a task's images go through the engine one at a time, in
+    parallel, each from download to stored result (the worker streams them)."""
 
     @abstractmethod
     def restore(

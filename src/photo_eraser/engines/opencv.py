@@ -14,6 +14,7 @@ class OpenCVEngine(InpaintingEngine):
     """Fast marching inpainting (Telea 2004). Good on thin strokes; smears wide regions."""
 
     name = "opencv"
+    per_image = True
 
     def __init__(self, radius: int = 3) -> None:
         self.radius = radius

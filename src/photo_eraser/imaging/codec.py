@@ -29,6 +29,7 @@ carry no EXIF (and hence no orientation tag) at all.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import PurePosixPath
@@ -125,7 +126,7 @@ _FAST_JPEG_MODES = frozenset({"RGB", "L"})
 
 # EXIF orientation -> the same turn as `limits.upright` applies, on an array (OpenCV's
 # transposes are blocked, 3-5x faster than numpy's strided copies).
-_TURN = {
+_TURN: dict[int, Callable[[np.ndarray], np.ndarray]] = {
     2: lambda a: cv2.flip(a, 1),
     3: lambda a: cv2.flip(a, -1),
     4: lambda a: cv2.flip(a, 0),

@@ -7,6 +7,7 @@ outside a store sees a filesystem path."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
@@ -66,8 +67,13 @@ class OpenBlob:
 class BlobStore(Protocol):
     """What the service needs of a blob store."""
 
-    def put(self, key: str, data: bytes) -> None:
-        """Store ``data`` under ``key`` atomically: a reader sees all of it or none."""
+    def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        """Store ``data`` under ``key`` atomically: a reader sees all of it or none. With
+        ``durable=False`` it may not survive a power cut until `make_durable` names it."""
+
+    def make_durable(self, keys: Sequence[str]) -> None:
+        """Make blobs put with ``durable=False`` survive a power cut, in one pass (a task's
+        results, before it is recorded as finished)."""
 
     def open(self, key: str) -> OpenBlob | None:
         """The blob for reading, or None if there is none (or the key is not valid)."""

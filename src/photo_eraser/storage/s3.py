@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import mimetypes
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
@@ -101,10 +101,14 @@ class S3BlobStore:
             public_endpoint_url=public_endpoint_url,
         )
 
-    def put(self, key: str, data: bytes) -> None:
-        """Store ``data`` under ``key``; an S3 PUT is atomic for readers."""
+    def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        """Store ``data`` under ``key``; an S3 PUT is atomic for readers, and durable once it
+        is answered (``durable`` changes nothing here)."""
         content_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
         self._call("put_object", Key=self._name(key), Body=data, ContentType=content_type)
+
+    def make_durable(self, keys: Sequence[str]) -> None:
+        """Nothing to do: every PUT was durable when it was answered."""
 
     def open(self, key: str) -> OpenBlob | None:
         """The blob streaming from the store (close it when done), or None."""

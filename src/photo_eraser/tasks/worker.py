@@ -8,7 +8,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -19,7 +19,7 @@ from photo_eraser import memory
 from photo_eraser.config import Settings
 from photo_eraser.disk import DISK_FULL_REASON, DiskMonitor, is_disk_full
 from photo_eraser.dispatch import Dispatcher
-from photo_eraser.engines.base import EngineError
+from photo_eraser.engines.base import Engine, EngineError, Restored
 from photo_eraser.engines.registry import EngineRegistry
 from photo_eraser.fetch import Fetcher, FetchError
 from photo_eraser.imaging import (
@@ -31,7 +31,16 @@ from photo_eraser.imaging import (
 )
 from photo_eraser.imaging.rectangles import PixelBoxes, parse_boxes_document
 from photo_eraser.metrics import Metrics, download_reason_class
-from photo_eraser.pipeline import MaskCache, StageTimes, restore_images
+from photo_eraser.pipeline import (
+    FittedMasks,
+    MaskCache,
+    RestoredImage,
+    StageTimes,
+    encode_result,
+    erase_one,
+    restore_batch,
+    streams,
+)
 from photo_eraser.storage import BlobStore, BlobStoreError, UrlSigner, result_key
 from photo_eraser.tasks.aio import AsyncTaskStore
 from photo_eraser.tasks.records import ImageRecord, Lease, Queued, TaskRecord
@@ -309,65 +318,10 @@ async def _run(
         return TaskStatus.FAILED, f"mask unusable: {exc}"
     times.add("mask", t)
 
-    t = time.perf_counter()
-    payloads: list[bytes | BaseException | None] = list(
-        await asyncio.gather(
-            *(fetch_input(ctx, im.url, task.appkey) for im in task.images),
-            return_exceptions=True,
-        )
-    )
-    times.add("download", t)
-    await _checkpoint(ctx, task)
-
-    t = time.perf_counter()
-    decoded: dict[int, DecodedImage] = {}
-    for i, im in enumerate(task.images):
-        payload, payloads[i] = payloads[i], None  # free each download once decoded
-        if isinstance(payload, FetchError):
-            ctx.metrics.download_failures.labels(download_reason_class(payload.reason)).inc()
-            _fail(records[im.idx], str(payload))
-        elif isinstance(payload, BaseException):
-            raise payload
-        else:
-            assert payload is not None
-            try:
-                decoded[im.idx] = await ctx.run_cpu(decode_image, payload, ctx.limits)
-            except ImageError as exc:
-                _fail(records[im.idx], str(exc))
-    times.add("decode", t)
-
-    if decoded and isinstance(mask, PixelBoxes):
-        # Pixels of the first image; if it failed, of the first one that decoded.
-        height, width = decoded[min(decoded)].pixels.shape[:2]
-        try:
-            mask = mask.draw(width, height)
-        except MaskError as exc:
-            return TaskStatus.FAILED, f"mask unusable: {exc}"
-
-    if decoded:
-        assert isinstance(mask, np.ndarray)
-        engine = await asyncio.to_thread(ctx.engines.get, task.engine)
-        order = sorted(decoded)
-        results = await ctx.run_cpu(
-            restore_images,
-            [decoded.pop(i) for i in order],
-            mask,
-            engine,
-            jpeg_quality=ctx.settings.jpeg_quality,
-            times=times,
-            placement=task.placement,
-        )
-        t = time.perf_counter()
-        for idx, result in zip(order, results, strict=True):
-            await _checkpoint(ctx, task)
-            key = result_key(task.task_id, idx, result.encoded.extension)
-            await asyncio.to_thread(ctx.blobs.put, key, result.encoded.data)
-            rec = records[idx]
-            rec.status = ImageStatus.DONE
-            rec.result_key = key
-            rec.method = result.restored.method
-            rec.recovered_share = result.restored.recovered_share
-        times.add("store", t)
+    try:
+        await _TaskImages(ctx, task, records, mask, times).run()
+    except _MaskUnusable as exc:
+        return TaskStatus.FAILED, f"mask unusable: {exc}"
 
     for stage, seconds in times.seconds.items():
         ctx.metrics.stage_seconds.labels(stage).observe(seconds)
@@ -386,6 +340,241 @@ async def _run(
     if any(r.status == ImageStatus.DONE for r in records.values()):
         return TaskStatus.COMPLETE, ""
     return TaskStatus.FAILED, "no image could be processed"
+
+
+class _MaskUnusable(Exception):
+    """The task's pixel boxes do not fit its first image."""
+
+
+class _TaskImages:
+    """A task's images through download, decode, engine, encode and store.
+
+    A per-image engine (`Engine.per_image`) takes each image alone from download to stored
+    result, ``image_threads`` of them in the CPU stages at once; a batch engine gets every
+    decoded image in one call, then the results are encoded and stored ``image_threads`` at a
+    time. Either way at most twice ``image_threads`` images are downloaded and not yet
+    decoded, so a task of large images holds a few of them, not all. Results are put without
+    an fsync each and made durable together before the task is finished (``make_durable``).
+    """
+
+    def __init__(
+        self,
+        ctx: WorkerContext,
+        task: TaskRecord,
+        records: dict[int, ImageRecord],
+        mask: np.ndarray | PixelBoxes,
+        times: StageTimes,
+    ) -> None:
+        self.ctx = ctx
+        self.task = task
+        self.records = records
+        self.mask = mask
+        self.times = times
+        threads = max(1, ctx.settings.image_threads)
+        self.cpu = asyncio.Semaphore(threads)
+        """Images of this task in the CPU stages (each holds its decoded pixels)."""
+        self.window = asyncio.Semaphore(2 * threads)
+        """Images of this task downloaded or downloading and not yet decoded."""
+        self.fitted = FittedMasks(mask, task.placement) if isinstance(mask, np.ndarray) else None
+        loop = asyncio.get_running_loop()
+        self.sizes: dict[int, asyncio.Future[tuple[int, int] | None]] = {
+            im.idx: loop.create_future() for im in task.images
+        }
+        """Each image's decoded (height, width), None if it failed: pixel boxes are drawn on
+        the first image that decoded."""
+        self.stored: list[str] = []
+
+    async def run(self) -> None:
+        try:
+            engine: Engine | EngineError = await asyncio.to_thread(
+                self.ctx.engines.get, self.task.engine
+            )
+        except EngineError as exc:  # raised once an image decodes, as before streaming
+            engine = exc
+        try:
+            if isinstance(engine, Engine) and streams(engine):
+                await _all(self._stream(im, engine) for im in self.task.images)
+            else:
+                await self._batch(engine)
+        finally:
+            for future in self.sizes.values():
+                if not future.done():
+                    future.set_result(None)
+        t = time.perf_counter()
+        await _checkpoint(self.ctx, self.task)
+        if self.stored:
+            await asyncio.to_thread(self.ctx.blobs.make_durable, self.stored)
+        self.times.add("store", t)
+
+    async def _stream(self, im: ImageRecord, engine: Engine) -> None:
+        """One image from download to stored result."""
+        async with self.window:
+            payload = await self._download(im)
+            if payload is None:
+                return
+            if self.fitted is not None:  # the common case: one pool call from bytes to result
+                async with self.cpu:
+                    result = await self.ctx.run_cpu(self._erase_payload, im, payload, engine)
+                decoded = None
+            else:
+                async with self.cpu:
+                    decoded = await self.ctx.run_cpu(self._decode, im, payload)
+                if decoded is None:
+                    return
+            del payload
+        if decoded is not None:
+            # Pixel boxes are drawn on the first image that decoded: wait for the images
+            # before this one to decode or fail, holding no slot meanwhile.
+            masks = await self._masks_for(im.idx)
+            async with self.cpu:
+                result = await self.ctx.run_cpu(
+                    erase_one,
+                    decoded,
+                    masks,
+                    engine,
+                    jpeg_quality=self.ctx.settings.jpeg_quality,
+                    times=self.times,
+                )
+            del decoded
+        if result is not None:
+            await self._store(im.idx, result)
+
+    def _erase_payload(
+        self, im: ImageRecord, payload: bytes, engine: Engine
+    ) -> RestoredImage | None:
+        decoded = self._decode(im, payload)
+        if decoded is None:
+            return None
+        assert self.fitted is not None
+        return erase_one(
+            decoded,
+            self.fitted,
+            engine,
+            jpeg_quality=self.ctx.settings.jpeg_quality,
+            times=self.times,
+        )
+
+    async def _batch(self, engine: Engine | EngineError) -> None:
+        """Every image decoded, the batch restored in one engine call, each result encoded and
+        stored."""
+        decoded: dict[int, DecodedImage] = {}
+
+        async def decode(im: ImageRecord) -> None:
+            async with self.window:
+                payload = await self._download(im)
+                if payload is None:
+                    return
+                async with self.cpu:
+                    image = await self.ctx.run_cpu(self._decode, im, payload)
+            if image is not None:
+                decoded[im.idx] = image
+
+        await _all(decode(im) for im in self.task.images)
+        if not decoded:
+            return
+        if isinstance(engine, EngineError):
+            raise engine
+        order = sorted(decoded)
+        masks = await self._masks_for(order[0])
+        images = [decoded.pop(i) for i in order]
+        restored = await self.ctx.run_cpu(restore_batch, images, masks, engine, times=self.times)
+        pending = list(zip(order, images, restored, strict=True))
+        del images, restored
+
+        async def encode(idx: int, image: DecodedImage, result: Restored) -> None:
+            async with self.cpu:
+                encoded = await self.ctx.run_cpu(
+                    encode_result,
+                    image,
+                    result,
+                    jpeg_quality=self.ctx.settings.jpeg_quality,
+                    times=self.times,
+                )
+            del image, result
+            await self._store(idx, encoded)
+
+        jobs = [encode(*job) for job in pending]
+        del pending
+        await _all(jobs)
+
+    async def _download(self, im: ImageRecord) -> bytes | None:
+        """The image's bytes, or None with the image failed (a download failure)."""
+        t = time.perf_counter()
+        try:
+            return await fetch_input(self.ctx, im.url, self.task.appkey)
+        except FetchError as exc:
+            self.ctx.metrics.download_failures.labels(download_reason_class(exc.reason)).inc()
+            _fail(self.records[im.idx], str(exc))
+            self.sizes[im.idx].set_result(None)
+            return None
+        finally:
+            self.times.add("download", t)
+
+    def _decode(self, im: ImageRecord, payload: bytes) -> DecodedImage | None:
+        """Decoded pixels (on a pool thread), or None with the image failed. Tells
+        ``self.sizes`` either way."""
+        t = time.perf_counter()
+        future = self.sizes[im.idx]
+        loop = future.get_loop()
+        try:
+            image = decode_image(payload, self.ctx.limits)
+        except ImageError as exc:
+            _fail(self.records[im.idx], str(exc))
+            loop.call_soon_threadsafe(_settle, future, None)
+            return None
+        finally:
+            self.times.add("decode", t)
+        loop.call_soon_threadsafe(_settle, future, (image.height, image.width))
+        return image
+
+    async def _masks_for(self, idx: int) -> FittedMasks:
+        """The task's mask; pixel boxes drawn on the first image (by index) that decoded,
+        once every image before ``idx`` has decoded or failed."""
+        if self.fitted is not None:
+            return self.fitted
+        assert isinstance(self.mask, PixelBoxes)
+        for i in sorted(self.sizes):
+            size = await self.sizes[i]
+            if size is not None:
+                break
+        assert size is not None  # image ``idx`` itself decoded
+        if self.fitted is None:
+            height, width = size
+            try:
+                self.fitted = FittedMasks(self.mask.draw(width, height), self.task.placement)
+            except MaskError as exc:
+                raise _MaskUnusable(str(exc)) from exc
+        return self.fitted
+
+    async def _store(self, idx: int, result: RestoredImage) -> None:
+        t = time.perf_counter()
+        key = result_key(self.task.task_id, idx, result.encoded.extension)
+        await asyncio.to_thread(self.ctx.blobs.put, key, result.encoded.data, durable=False)
+        self.stored.append(key)
+        rec = self.records[idx]
+        rec.status = ImageStatus.DONE
+        rec.result_key = key
+        rec.method = result.restored.method
+        rec.recovered_share = result.restored.recovered_share
+        self.times.add("store", t)
+
+
+def _settle(future: asyncio.Future[T], value: T) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+async def _all(jobs: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run the jobs concurrently; the first error (or a cancellation) cancels the others and
+    is raised once they have stopped."""
+    running = [asyncio.ensure_future(job) for job in jobs]
+    try:
+        await asyncio.gather(*running)
+    except BaseException:
+        for job in running:
+            job.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        raise
 
 
 def _fail(record: ImageRecord, reason: str) -> None:
