@@ -122,7 +122,6 @@ def run_task(
                 return task_id
 
             try:
-
                 task(urls[:1])  # warm-up: engines built, code paths loaded
                 time.sleep(1.5)
                 idle = _status(pid)["VmRSS"]
@@ -167,10 +166,17 @@ def main() -> None:
         for size in args.sizes.split(","):
             w, h = SIZES[size]
             files, mask = stamped_photos(w, h, args.images)
-            urls = [host.add(f"/{size}/{i}.jpg", f, content_type="image/jpeg") for i, f in enumerate(files)]
+            urls = [
+                host.add(f"/{size}/{i}.jpg", f, content_type="image/jpeg")
+                for i, f in enumerate(files)
+            ]
             decoded_mb = w * h * 3 / 2**20
-            print(f"\n## {size} ({w}x{h}), {args.images} JPEGs of {statistics.mean(map(len, files)) / 1e6:.2f} MB, one decoded image {decoded_mb:.0f} MB")
-            print("| round | engine | code | load avg | images/s | cores used | idle RSS MB | peak - idle MB | after - idle MB | done |")
+            print(
+                f"\n## {size} ({w}x{h}), {args.images} JPEGs of {statistics.mean(map(len, files)) / 1e6:.2f} MB, one decoded image {decoded_mb:.0f} MB"
+            )
+            print(
+                "| round | engine | code | load avg | images/s | cores used | idle RSS MB | peak - idle MB | after - idle MB | done |"
+            )
             print("|---|---|---|---|---|---|---|---|---|---|")
             for rnd in range(args.rounds):
                 for engine in args.engines.split(","):
@@ -187,9 +193,15 @@ def main() -> None:
                         )
             if args.before:
                 for engine in args.engines.split(","):
-                    b = statistics.median(args.images / r.seconds for r in results[(size, engine, "before")])
-                    a = statistics.median(args.images / r.seconds for r in results[(size, engine, "after")])
-                    print(f"{size} {engine}: after/before images/s = {a / b:.2f}x (medians of {args.rounds})")
+                    b = statistics.median(
+                        args.images / r.seconds for r in results[(size, engine, "before")]
+                    )
+                    a = statistics.median(
+                        args.images / r.seconds for r in results[(size, engine, "after")]
+                    )
+                    print(
+                        f"{size} {engine}: after/before images/s = {a / b:.2f}x (medians of {args.rounds})"
+                    )
     finally:
         host.close()
     print(f"\nload average at the end: {load_average()}")

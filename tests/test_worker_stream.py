@@ -46,12 +46,18 @@ def pixels(client: ApiClient, url: str) -> np.ndarray:
 
 def results_on_disk(server: LocalServer, task_id: str) -> list[str]:
     folder = server.data_dir / "blobs" / "results" / task_id
-    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
+    return (
+        sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+        if folder.is_dir()
+        else []
+    )
 
 
 @pytest.mark.parametrize("engine", ["opencv", "auto"])
 def test_results_keep_input_order_and_failures_stay_with_their_image(
-    server, image_host: ImageHost, engine: str  # type: ignore[no-untyped-def]
+    server,
+    image_host: ImageHost,
+    engine: str,  # type: ignore[no-untyped-def]
 ) -> None:
     s = server(image_threads=3)
     c = s.new_client()
@@ -101,7 +107,8 @@ def test_results_keep_input_order_and_failures_stay_with_their_image(
 
 
 def test_downloads_are_bounded_and_results_are_stored_as_images_finish(
-    server, image_host: ImageHost  # type: ignore[no-untyped-def]
+    server,
+    image_host: ImageHost,  # type: ignore[no-untyped-def]
 ) -> None:
     """One image thread: two images in flight at most. Images 0 and 1 are held at their host,
     so image 2 is not requested; once image 1 comes, images 1 to 5 are restored and stored one
@@ -134,7 +141,8 @@ def test_downloads_are_bounded_and_results_are_stored_as_images_finish(
 
 
 def test_pixel_boxes_are_drawn_on_the_first_image_that_decoded(
-    server, image_host: ImageHost  # type: ignore[no-untyped-def]
+    server,
+    image_host: ImageHost,  # type: ignore[no-untyped-def]
 ) -> None:
     """Image 0 is broken and image 1 (the size the boxes are drawn on) is held back: image 2,
     twice as large, must wait for image 1 and get the box stretched from its size."""
@@ -173,7 +181,9 @@ def test_a_task_closed_mid_way_stays_closed(server, image_host: ImageHost) -> No
     c = s.new_client()
     gate = threading.Event()
     img = encode(photo(W, H))
-    urls = [image_host.add(f"/closed/{i}.png", img, gate=gate if i == 2 else None) for i in range(5)]
+    urls = [
+        image_host.add(f"/closed/{i}.png", img, gate=gate if i == 2 else None) for i in range(5)
+    ]
     task_id = c.create_ok(urls, MASK, engine="opencv")
     deadline = time.monotonic() + 20
     while "/closed/2.png" not in image_host.requests:
