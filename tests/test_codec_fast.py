@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from photo_eraser.imaging import DecodedImage, ImageError, ImageLimits, decode_image
+from photo_eraser.imaging import DecodedImage, ImageError, ImageLimits, decode_image, encode_image
 from photo_eraser.imaging.codec import decode_image_with_pillow
 
 LIMITS = ImageLimits()
@@ -149,3 +149,20 @@ def test_files_libjpeg_warns_about_get_pillows_verdict() -> None:
         verdicts.add("accepted")
         assert np.array_equal(decode_image(bytes(bad), LIMITS).pixels, slow.pixels)
     assert "accepted" in verdicts  # the pixel comparison ran
+
+
+@pytest.mark.parametrize("size", [(300, 400), (257, 333), (1080, 1920)])
+def test_consumed_jpeg_results_are_pillows_bytes(size: tuple[int, int]) -> None:
+    pixels = photo_like(*size, seed=3)
+    for quality in (50, 90, 95, 100):
+        pillow = encode_image(pixels, "JPEG", jpeg_quality=quality)
+        handed_over = pixels.copy()
+        fast = encode_image(handed_over, "JPEG", jpeg_quality=quality, consume=True)
+        assert fast == pillow
+        assert not np.array_equal(handed_over, pixels)  # the buffer was used (BGR now)
+    # With a profile, Pillow writes it: the pixels are left alone and the bytes are Pillow's.
+    handed_over = pixels.copy()
+    with_profile = encode_image(handed_over, "JPEG", icc_profile=SRGB, consume=True)
+    assert with_profile == encode_image(pixels, "JPEG", icc_profile=SRGB)
+    assert np.array_equal(handed_over, pixels)
+    assert Image.open(io.BytesIO(with_profile.data)).info["icc_profile"] == SRGB

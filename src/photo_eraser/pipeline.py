@@ -93,7 +93,7 @@ def erase_one(
         [image.pixels], [mask], in_place=True, lossless=[image.format in LOSSLESS_FORMATS]
     )
     times.add("engine", t)
-    return encode_result(image, restored, jpeg_quality=jpeg_quality, times=times)
+    return encode_result(image, restored, jpeg_quality=jpeg_quality, times=times, consume=True)
 
 
 def restore_batch(
@@ -121,9 +121,15 @@ def restore_batch(
 
 
 def encode_result(
-    image: DecodedImage, restored: Restored, *, jpeg_quality: int, times: StageTimes | None = None
+    image: DecodedImage,
+    restored: Restored,
+    *,
+    jpeg_quality: int,
+    times: StageTimes | None = None,
+    consume: bool = False,
 ) -> RestoredImage:
-    """The restored pixels of ``image`` encoded in its format, with its profile and alpha."""
+    """The restored pixels of ``image`` encoded in its format, with its profile and alpha;
+    ``consume``: the pixels are not used afterwards (see `encode_image`)."""
     t = time.perf_counter()
     encoded = encode_image(
         restored.image,
@@ -131,6 +137,7 @@ def encode_result(
         icc_profile=image.icc_profile,
         alpha=image.alpha,
         jpeg_quality=jpeg_quality,
+        consume=consume,
     )
     if times is not None:
         times.add("encode", t)

@@ -489,6 +489,7 @@ class _TaskImages:
                     result,
                     jpeg_quality=self.ctx.settings.jpeg_quality,
                     times=self.times,
+                    consume=True,
                 )
             del image, result
             await self._store(idx, encoded)
