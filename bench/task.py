@@ -175,9 +175,9 @@ def main() -> None:
                 f"\n## {size} ({w}x{h}), {args.images} JPEGs of {statistics.mean(map(len, files)) / 1e6:.2f} MB, one decoded image {decoded_mb:.0f} MB"
             )
             print(
-                "| round | engine | code | load avg | images/s | cores used | idle RSS MB | peak - idle MB | after - idle MB | done |"
+                "| round | engine | code | load avg | images/s | cores used | CPU ms/image | idle RSS MB | peak - idle MB | after - idle MB | done |"
             )
-            print("|---|---|---|---|---|---|---|---|---|---|")
+            print("|---|---|---|---|---|---|---|---|---|---|---|")
             for rnd in range(args.rounds):
                 for engine in args.engines.split(","):
                     order = versions if rnd % 2 == 0 else versions[::-1]
@@ -187,7 +187,8 @@ def main() -> None:
                         results.setdefault((size, engine, name), []).append(r)
                         print(
                             f"| {rnd + 1} | {engine} | {name} | {load} | {args.images / r.seconds:.2f} | "
-                            f"{r.cpu / r.seconds:.2f} | {r.idle_mb:.0f} | {r.peak_mb - r.idle_mb:.0f} | "
+                            f"{r.cpu / r.seconds:.2f} | {1000 * r.cpu / args.images:.0f} | "
+                            f"{r.idle_mb:.0f} | {r.peak_mb - r.idle_mb:.0f} | "
                             f"{r.after_mb - r.idle_mb:+.0f} | {r.done} |",
                             flush=True,
                         )
@@ -199,8 +200,11 @@ def main() -> None:
                     a = statistics.median(
                         args.images / r.seconds for r in results[(size, engine, "after")]
                     )
+                    cb = statistics.median(r.cpu for r in results[(size, engine, "before")])
+                    ca = statistics.median(r.cpu for r in results[(size, engine, "after")])
                     print(
-                        f"{size} {engine}: after/before images/s = {a / b:.2f}x (medians of {args.rounds})"
+                        f"{size} {engine}: after/before images/s = {a / b:.2f}x, "
+                        f"CPU per image after/before = {ca / cb:.2f} (medians of {args.rounds})"
                     )
     finally:
         host.close()
