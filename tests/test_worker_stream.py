@@ -12,11 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from PIL import Image
 
 from harness.client import ApiClient
 from harness.imagehost import ImageHost
 from harness.images import b64, encode, photo, rect_mask
+from photo_eraser.tasks.status import TaskStatus
+from photo_eraser.tasks.tables import tasks
 from tests.inprocess import LocalServer
 
 W, H = 320, 256
@@ -197,4 +200,40 @@ def test_a_task_closed_mid_way_stays_closed(server, image_host: ImageHost) -> No
     assert data["status"] == "5"
     # The images restored before the close do not turn the task into a finished one.
     assert all(item["status"] == "4" and item["image_result"] == "" for item in data["list"])
+    c.close()
+
+
+def test_a_lease_lost_mid_task_stops_every_image_and_records_nothing(
+    server,
+    image_host: ImageHost,  # type: ignore[no-untyped-def]
+) -> None:
+    """Two images done, two held at their host when another worker takes the task: the
+    images in flight are cancelled, and no verdict of this worker reaches the database."""
+    s = server(image_threads=2, lease_seconds=3)
+    c = s.new_client()
+    gate = threading.Event()
+    img = encode(photo(W, H))
+    urls = [image_host.add(f"/lease/{i}.png", img, gate=gate if i >= 2 else None) for i in range(4)]
+    task_id = c.create_ok(urls, MASK, engine="opencv")
+    deadline = time.monotonic() + 20
+    while results_on_disk(s, task_id) != ["0.png", "1.png"]:
+        assert time.monotonic() < deadline, results_on_disk(s, task_id)
+        time.sleep(0.05)
+    assert s.store is not None
+    with s.store.engine.begin() as conn:
+        conn.execute(
+            sa.update(tasks)
+            .where(tasks.c.task_id == task_id)
+            .values(lease_owner="another-host:1:abc", lease_expires_at=time.time() + 3600)
+        )
+    while "task abandoned" not in s.log_text():
+        assert time.monotonic() < deadline, "the worker did not notice it lost its lease"
+        time.sleep(0.1)
+    gate.set()
+    time.sleep(1.0)
+    record = s.store.get_task(task_id)
+    assert record is not None and record.status == TaskStatus.IN_PROGRESS
+    assert record.lease_owner == "another-host:1:abc"
+    assert [im.result_key for im in record.images] == [None] * 4
+    assert results_on_disk(s, task_id) == ["0.png", "1.png"]  # the held ones never came
     c.close()
