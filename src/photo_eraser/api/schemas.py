@@ -82,7 +82,7 @@ class CreateTaskRequest(BaseModel):
         ge=0, le=9, description="0 (lowest) to 9 (highest); a JSON integer, not 1.0 or '1'"
     )
     engine: Literal[ENGINE_NAMES] = Field(  # type: ignore[valid-type]
-        default="auto", description="extension: auto, opencv, lama or restore"
+        default="auto", description="extension: auto, opencv, lama, patchmatch or restore"
     )
     sync: StrictInt = Field(
         default=0,

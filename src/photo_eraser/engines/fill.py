@@ -69,9 +69,8 @@ def split_by_texture(
 class TextureAwareFill(Engine):
     """Fills each group of masked pixels with ``smooth`` (Telea) or ``textured`` (PatchMatch)
     by the texture around it. Reports the method of the textured engine when it filled any
-    pixel of an image, else the smooth one's."""
-
-    name = "fill"
+    pixel of an image, else the smooth one's; its own name is the smooth engine's (what an
+    image with nothing to fill reports)."""
 
     def __init__(
         self,
@@ -79,6 +78,7 @@ class TextureAwareFill(Engine):
         textured: InpaintingEngine,
         threshold: float = SMOOTH_TEXTURE,
     ) -> None:
+        self.name = smooth.name
         self.smooth = smooth
         self.textured = textured
         self.threshold = threshold
