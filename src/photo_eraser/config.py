@@ -84,6 +84,12 @@ class Settings(BaseSettings):
         description="unfinished (waiting or running) tasks one key may have; past it creates "
         "get 429 with Retry-After, so one key cannot fill the queue; 0 = no cap",
     )
+    auto_pull: bool = Field(
+        default=True,
+        description="`serve` downloads the LaMa model in the background when it is not "
+        "installed (verified like `models pull`); offline it logs one line and serves with "
+        "the weight-free engines; 0 = never download",
+    )
     create_demo_key: bool = True
     lease_seconds: float = Field(
         default=60.0,
