@@ -27,7 +27,6 @@ MANIFEST_ENV = "PHOTO_ERASER_MODEL_MANIFEST"
 """Path of a JSON file whose entries are added to (or replace) the built-in manifest."""
 
 PART_SUFFIX = ".part"
-LOCK_SUFFIX = ".lock"
 UNVERIFIED_SUFFIX = ".unverified"
 _CHUNK = 1024 * 1024
 
@@ -181,8 +180,8 @@ def pull(
     Resumable: bytes already in ``<file>.part`` are kept when a download is interrupted and
     requested with an HTTP Range next time. A size or checksum mismatch deletes the part file.
     An installed model is returned as is, unless it was imported without verification: then
-    the download replaces it. One download per file at a time: a second ``pull`` (the CLI
-    beside a server's auto-pull) waits on ``<file>.lock`` and then finds the model installed.
+    the download replaces it. One download per model directory at a time: a second ``pull``
+    (the CLI beside a server's auto-pull) waits for the first and then finds it installed.
 
     ``on_progress(bytes_done, bytes_total)`` is called after every chunk; an exception it
     raises stops the download, keeping the part file for the next ``pull``.
@@ -196,22 +195,23 @@ def pull(
         model_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ModelError(f"cannot create model directory {model_dir}: {exc}") from exc
-    with _locked(model_dir / (spec.file + LOCK_SUFFIX)):
+    with _locked(model_dir):
         return _pull_locked(spec, model_dir, progress, timeout, on_progress)
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (released by the kernel if the process dies)."""
+def _locked(directory: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``directory`` itself (no lock file is left behind; the
+    kernel releases it if the process dies)."""
     try:
-        handle = open(path, "a+")  # noqa: SIM115 - closed below, which releases the lock
+        fd = os.open(directory, os.O_RDONLY)
     except OSError as exc:
-        raise ModelError(f"cannot open {path}: {exc}") from exc
+        raise ModelError(f"cannot open {directory}: {exc}") from exc
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        handle.close()
+        os.close(fd)
 
 
 def _pull_locked(
