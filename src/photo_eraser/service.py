@@ -72,7 +72,7 @@ class Service(Runtime):
             )
         await super().start()
         log.info("engines available", extra={"engines": self.engines.availability()})
-        if s.auto_pull and not self.engines.can_run("lama"):
+        if s.auto_pull and s.workers and not self.engines.can_run("lama"):  # 0: accept only
             pulling = AutoPull("lama", s.models_path)
             if pulling.start():
                 self.auto_pull = pulling

@@ -78,7 +78,7 @@ def context_box(
 ) -> tuple[int, int, int, int]:
     """The crop PatchMatch searches for one group: its box grown by its context, clamped."""
     y0, y1, x0, x1 = hole
-    grow = int(min(MAX_CONTEXT, max(MIN_CONTEXT, CONTEXT_SCALE * max(y1 - y0, x1 - x0))))
+    grow = int(min(MAX_CONTEXT, max(MIN_CONTEXT, CONTEXT_SCALE * min(y1 - y0, x1 - x0))))
     return (max(0, y0 - grow), min(shape[0], y1 + grow), max(0, x0 - grow), min(shape[1], x1 + grow))
 
 
