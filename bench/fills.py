@@ -47,8 +47,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import code_line, load_average, machine_line, version  # noqa: E402
-from quality import photo_crop, photos  # noqa: E402
-
 from photo_eraser.engines.fill import (  # noqa: E402
     RING,
     SMOOTH_TEXTURE,
@@ -56,6 +54,7 @@ from photo_eraser.engines.fill import (  # noqa: E402
 )
 from photo_eraser.engines.opencv import OpenCVEngine  # noqa: E402
 from photo_eraser.engines.patchmatch import PatchMatchEngine  # noqa: E402
+from quality import photo_crop, photos  # noqa: E402
 
 H, W = 384, 512
 KINDS = ("blob", "text thick", "text thin", "text tight", "scribble")
@@ -191,7 +190,9 @@ def run_case(truth: np.ndarray, kind: str, rng: np.random.Generator, fills) -> l
         own = labels == label
         n = int(own.sum())
         # Mean stroke width: area over half the perimeter (a strip of width w gives w).
-        contours, _ = cv2.findContours(own.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        contours, _ = cv2.findContours(
+            own.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
+        )
         perimeter = sum(cv2.arcLength(c, True) for c in contours)
         group = Group(kind, ring_texture(truth_grad, own, mask), 2 * n / max(perimeter, 1.0))
         for name, out in outputs.items():
@@ -306,7 +307,9 @@ def timing(repeats: int) -> list[str]:
                     if run:  # the first run warms up
                         times[name].append(time.perf_counter() - start)
             cells = [f"{statistics.median(times[m]):.2f} s" for m in METHODS]
-            lines.append(f"| {photo_name} | {mask_name} | {mask.mean():.1%} | " + " | ".join(cells) + " |")
+            lines.append(
+                f"| {photo_name} | {mask_name} | {mask.mean():.1%} | " + " | ".join(cells) + " |"
+            )
     return lines
 
 
@@ -330,7 +333,9 @@ def figure(path: Path) -> None:
         for panel, label in zip(panels, labels, strict=True):
             tile = np.ascontiguousarray(panel[y0:y1, x0:x1])
             band = np.full((22, tile.shape[1], 3), 255, np.uint8)
-            cv2.putText(band, label, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+            cv2.putText(
+                band, label, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA
+            )
             tiles.append(np.vstack([band, tile]))
         gap = np.full((tiles[0].shape[0], 6, 3), 255, np.uint8)
         row = tiles[0]
@@ -338,7 +343,9 @@ def figure(path: Path) -> None:
             row = np.hstack([row, gap, tile])
         rows.append(row)
     width = max(r.shape[1] for r in rows)
-    padded = [np.pad(r, ((0, 8), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    padded = [
+        np.pad(r, ((0, 8), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.vstack(padded)).save(path, optimize=True)
     print(f"wrote {path} ({path.stat().st_size // 1024} KB)")

@@ -259,7 +259,9 @@ def test_a_server_killed_mid_pull_resumes_the_download_on_restart(
         health = lambda: httpx.get(server.base_url + "/healthz").json()["data"]  # noqa: E731
         wait_for(lambda: health()["engines"]["lama"] is True, "the model after the restart")
         installed = tmp_path / "data" / "models" / FILE
-        assert hashlib.sha256(installed.read_bytes()).hexdigest() == hashlib.sha256(body).hexdigest()
+        assert (
+            hashlib.sha256(installed.read_bytes()).hexdigest() == hashlib.sha256(body).hexdigest()
+        )
         assert not part.exists()
         assert host.ranges == [None, f"bytes={kept}-"]  # resumed where the part file ended
         log = server.log_path.read_text()

@@ -65,7 +65,8 @@ def groups(mask: np.ndarray, margin: int) -> list[tuple[int, int, int, int]]:
     y, x = int(rows[0]), int(cols[0])
     sub = mask[y : int(rows[-1]) + 1, x : int(cols[-1]) + 1].astype(np.uint8)
     if margin > 0:
-        sub = cv2.dilate(sub, cv2.getStructuringElement(cv2.MORPH_RECT, (2 * margin + 1,) * 2))
+        kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * margin + 1, 2 * margin + 1))
+        sub = np.asarray(cv2.dilate(sub, kernel), dtype=np.uint8)
     count, _, stats, _ = cv2.connectedComponentsWithStats(sub, connectivity=8)
     return [
         (y + int(top), y + int(top + height), x + int(left), x + int(left + width))
@@ -79,7 +80,12 @@ def context_box(
     """The crop PatchMatch searches for one group: its box grown by its context, clamped."""
     y0, y1, x0, x1 = hole
     grow = int(min(MAX_CONTEXT, max(MIN_CONTEXT, CONTEXT_SCALE * min(y1 - y0, x1 - x0))))
-    return (max(0, y0 - grow), min(shape[0], y1 + grow), max(0, x0 - grow), min(shape[1], x1 + grow))
+    return (
+        max(0, y0 - grow),
+        min(shape[0], y1 + grow),
+        max(0, x0 - grow),
+        min(shape[1], x1 + grow),
+    )
 
 
 class PatchMatchEngine(InpaintingEngine):

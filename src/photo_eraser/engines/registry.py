@@ -62,7 +62,9 @@ def _restore(engines: EngineRegistry) -> Engine:
 _ENGINES: dict[str, _Entry] = {
     "opencv": _Entry(lambda engines: OpenCVEngine()),
     "lama": _Entry(lambda engines: lama.build(engines.setup), lama.unavailable_reason),
-    "patchmatch": _Entry(lambda engines: patchmatch.PatchMatchEngine(), patchmatch.unavailable_reason),
+    "patchmatch": _Entry(
+        lambda engines: patchmatch.PatchMatchEngine(), patchmatch.unavailable_reason
+    ),
     "restore": _Entry(_restore, variant=_fallback_name),
 }
 _ALIASES = {"auto": "restore"}

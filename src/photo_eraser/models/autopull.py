@@ -81,7 +81,9 @@ class AutoPull:
             )
         except Stopped:
             self.outcome = "stopped"
-            log.info("model auto-pull stopped; the next start resumes it", extra={"model": self.name})
+            log.info(
+                "model auto-pull stopped; the next start resumes it", extra={"model": self.name}
+            )
         except ModelError as exc:
             self.outcome = "failed"
             # One line, whatever went wrong: offline hosts see it on every start.
@@ -116,5 +118,10 @@ class AutoPull:
             self._logged = step
             log.info(
                 "model download progress",
-                extra={"model": self.name, "percent": step, "done_bytes": done, "total_bytes": total},
+                extra={
+                    "model": self.name,
+                    "percent": step,
+                    "done_bytes": done,
+                    "total_bytes": total,
+                },
             )
