@@ -14,13 +14,14 @@ through JPEG q90 (halos reach just past the mask, as in uploads), and each metho
 * ``telea``: ``OpenCVEngine`` (OpenCV Telea, radius 3);
 * ``patchmatch``: ``PatchMatchEngine`` (pypatchmatch, patch radius 3, on crops);
 * ``fill``: ``TextureAwareFill``, what ``auto`` uses without LaMa: per connected group of the
-  mask, Telea where the ring of 8 px around it is smooth, else PatchMatch.
+  mask, Telea where the ring 3 to 10 px around it is smooth, else PatchMatch.
 
 Scores per connected group of the mask, pooled over the groups of a row: PSNR (pooled MSE),
 SSIM (the SSIM map averaged over the masked pixels) and the texture ratio: the mean Sobel
 gradient magnitude of the fill over the masked pixels divided by the truth's (1.0: as much
 detail as the photo had; Telea's smear gives 0.4-0.7). A group is ``textured`` when the ring
-texture of the truth is at least the rule's threshold, else ``smooth``. PSNR rewards blur: a
+texture of the truth is at least the rule's threshold, else ``smooth``; the sweep picks each
+group's engine as the rule does, by the ring texture of the input. PSNR rewards blur: a
 smear that averages the texture has a lower squared error than a plausible texture that is
 out of phase with the truth, so it is read beside the texture ratio and the figure.
 
@@ -48,9 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import code_line, load_average, machine_line, version  # noqa: E402
 from photo_eraser.engines.fill import (  # noqa: E402
-    RING,
     SMOOTH_TEXTURE,
     TextureAwareFill,
+    ring_around,
 )
 from photo_eraser.engines.opencv import OpenCVEngine  # noqa: E402
 from photo_eraser.engines.patchmatch import PatchMatchEngine  # noqa: E402
@@ -59,7 +60,7 @@ from quality import photo_crop, photos  # noqa: E402
 H, W = 384, 512
 KINDS = ("blob", "text thick", "text thin", "text tight", "scribble")
 METHODS = ("telea", "patchmatch", "fill")
-SWEEP = (0.0, 4.0, 8.0, 12.0, 16.0, 24.0, 32.0, 1e9)
+SWEEP = (0.0, 4.0, 8.0, 10.0, 12.0, 14.0, 16.0, 20.0, 24.0, 32.0, 1e9)
 
 
 def engines() -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
@@ -158,13 +159,16 @@ class Group:
 
     kind: str
     texture: float
+    """The rule's texture statistic on the true photo: the row's class."""
+    seen: float
+    """The same on the input (JPEG halos and all): what the rule decides by."""
     width: float
     scores: dict[str, Score] = field(default_factory=dict)
 
 
 def ring_texture(truth_grad: np.ndarray, own: np.ndarray, mask: np.ndarray) -> float:
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * RING + 1, 2 * RING + 1))
-    ring = (cv2.dilate(own.astype(np.uint8), kernel) > 0) & ~mask
+    """The rule's texture statistic, measured on the true photo."""
+    ring = ring_around(own, mask)
     return float(truth_grad[ring].mean()) if ring.any() else 0.0
 
 
@@ -172,6 +176,7 @@ def run_case(truth: np.ndarray, kind: str, rng: np.random.Generator, fills) -> l
     mark, mask = mask_of(kind, *truth.shape[:2], rng)
     stamped = stamp(truth, mark, kind)
     truth_grad = gradient(truth)
+    stamped_grad = gradient(stamped)
     outputs, seconds = {}, {}
     for name, fill in fills.items():
         start = time.perf_counter()
@@ -194,7 +199,12 @@ def run_case(truth: np.ndarray, kind: str, rng: np.random.Generator, fills) -> l
             own.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
         )
         perimeter = sum(cv2.arcLength(c, True) for c in contours)
-        group = Group(kind, ring_texture(truth_grad, own, mask), 2 * n / max(perimeter, 1.0))
+        group = Group(
+            kind,
+            ring_texture(truth_grad, own, mask),
+            ring_texture(stamped_grad, own, mask),
+            2 * n / max(perimeter, 1.0),
+        )
         for name, out in outputs.items():
             diff = out[own].astype(np.float64) - truth[own]
             group.scores[name] = Score(
@@ -260,7 +270,7 @@ def sweep(groups: list[Group]) -> list[str]:
     for threshold in SWEEP:
         picked = []
         for g in groups:
-            picked.append((g, g.scores["telea" if g.texture < threshold else "patchmatch"]))
+            picked.append((g, g.scores["telea" if g.seen < threshold else "patchmatch"]))
 
         def score(sel: list[tuple[Group, Score]]) -> Score:
             s = Score()
@@ -271,7 +281,7 @@ def sweep(groups: list[Group]) -> list[str]:
         every = score(picked)
         textured = score([p for p in picked if p[0].texture >= SMOOTH_TEXTURE])
         smooth = score([p for p in picked if p[0].texture < SMOOTH_TEXTURE])
-        telea_share = sum(g.texture < threshold for g in groups) / len(groups)
+        telea_share = sum(g.seen < threshold for g in groups) / len(groups)
         name = "never" if threshold == 0 else "always" if threshold > 1e8 else f"{threshold:g}"
         lines.append(
             f"| {name} | {telea_share:.0%} | {every.psnr:.2f} | {every.ratio:.2f} "

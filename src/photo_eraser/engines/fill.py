@@ -22,8 +22,11 @@ from photo_eraser.engines.base import (
     mask_bbox,
 )
 
-RING = 8
-"""Pixels around a group whose texture is measured (outside every masked pixel)."""
+RING = 10
+"""How far around a group its texture is measured."""
+RING_GAP = 3
+"""Pixels next to the mask left out of the ring: JPEG halos of the mark and the mask's own
+edge sit there and read as texture on a smooth sky."""
 SMOOTH_TEXTURE = 12.0
 """Mean Sobel gradient magnitude (grey levels, 3x3 Sobel) in the ring below which a group is
 smooth: Telea fills it. Measured: ``bench/fills.py --sweep``."""
@@ -35,6 +38,16 @@ def texture_energy(grey: np.ndarray, ring: np.ndarray) -> float:
     gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
     values = np.hypot(gx, gy)[ring]
     return float(values.mean()) if values.size else 0.0
+
+
+def ring_around(group: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The pixels between ``RING_GAP`` and ``RING`` away from ``group`` and not within
+    ``RING_GAP`` of any masked pixel (both bool arrays of one shape)."""
+    outer = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * RING + 1, 2 * RING + 1))
+    inner = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * RING_GAP + 1, 2 * RING_GAP + 1))
+    near_group = cv2.dilate(group.view(np.uint8), outer) > 0
+    near_mask = cv2.dilate(mask.view(np.uint8), inner) > 0
+    return near_group & ~near_mask
 
 
 def split_by_texture(
@@ -52,7 +65,6 @@ def split_by_texture(
     grey = cv2.cvtColor(np.ascontiguousarray(image[y0:y1, x0:x1]), cv2.COLOR_RGB2GRAY)
     grey = grey.astype(np.float32)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(sub.view(np.uint8), connectivity=8)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * RING + 1, 2 * RING + 1))
     h, w = sub.shape
     for label in range(1, count):
         left, top, width, height, _ = (int(v) for v in stats[label])
@@ -60,7 +72,7 @@ def split_by_texture(
         by0, by1 = max(0, top - RING - 1), min(h, top + height + RING + 1)
         bx0, bx1 = max(0, left - RING - 1), min(w, left + width + RING + 1)
         own = labels[by0:by1, bx0:bx1] == label
-        ring = (cv2.dilate(own.view(np.uint8), kernel) > 0) & ~sub[by0:by1, bx0:bx1]
+        ring = ring_around(own, np.ascontiguousarray(sub[by0:by1, bx0:bx1]))
         target = smooth if texture_energy(grey[by0:by1, bx0:bx1], ring) < threshold else textured
         target[y0 + by0 : y0 + by1, x0 + bx0 : x0 + bx1] |= own
     return smooth, textured
