@@ -198,7 +198,7 @@ def keys_revoke(appkey: str, data_dir: Path | None) -> None:
     "images", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path)
 )
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--engine", default="auto", show_default=True, help="auto, opencv, lama or restore")
+@click.option("--engine", default="auto", show_default=True, help="auto, opencv, lama, patchmatch or restore")
 @data_dir_option
 def erase(
     mask_path: Path, images: tuple[Path, ...], out_dir: Path, engine: str, data_dir: Path | None
@@ -264,7 +264,7 @@ def erase(
     help="The service's base URL (env PHOTO_ERASER_SERVER).",
 )
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--engine", default="auto", show_default=True, help="auto, opencv, lama or restore")
+@click.option("--engine", default="auto", show_default=True, help="auto, opencv, lama, patchmatch or restore")
 @click.option("--priority", type=click.IntRange(0, 9), default=5, show_default=True)
 @click.option("--timeout", type=float, default=3600, show_default=True, help="Seconds to wait.")
 def submit(
