@@ -25,7 +25,10 @@ def main() -> None:
 @click.option("--workers", type=int, default=None, help="Worker count (default: one per core).")
 @data_dir_option
 def serve(host: str | None, port: int | None, workers: int | None, data_dir: Path | None) -> None:
-    """Run the HTTP service with its workers."""
+    """Run the HTTP service with its workers.
+
+    Without the LaMa model it downloads it in the background (verified; see docs/engines.md)
+    unless PHOTO_ERASER_AUTO_PULL=0, and serves with the weight-free engines meanwhile."""
     import uvicorn
 
     from photo_eraser import logs
@@ -198,7 +201,9 @@ def keys_revoke(appkey: str, data_dir: Path | None) -> None:
     "images", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path)
 )
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--engine", default="auto", show_default=True, help="auto, opencv, lama, patchmatch or restore")
+@click.option(
+    "--engine", default="auto", show_default=True, help="auto, opencv, lama, patchmatch or restore"
+)
 @data_dir_option
 def erase(
     mask_path: Path, images: tuple[Path, ...], out_dir: Path, engine: str, data_dir: Path | None
@@ -264,7 +269,9 @@ def erase(
     help="The service's base URL (env PHOTO_ERASER_SERVER).",
 )
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--engine", default="auto", show_default=True, help="auto, opencv, lama, patchmatch or restore")
+@click.option(
+    "--engine", default="auto", show_default=True, help="auto, opencv, lama, patchmatch or restore"
+)
 @click.option("--priority", type=click.IntRange(0, 9), default=5, show_default=True)
 @click.option("--timeout", type=float, default=3600, show_default=True, help="Seconds to wait.")
 def submit(
