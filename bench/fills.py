@@ -297,7 +297,7 @@ def timing(repeats: int) -> list[str]:
     sources = photos()
     fills = engines()
     lines = ["| photo | mask | share | " + " | ".join(METHODS) + " |", "|---|---|---|" + "---|" * 3]
-    by_name = {"grass": 14, "brick": 13, "coffee": 1}
+    by_name = {"grass": 11, "brick": 10, "coffee": 1}  # indexes in quality.photos()
     for photo_name, index in by_name.items():
         truth = cv2.resize(sources[index], (w, h), interpolation=cv2.INTER_CUBIC)
         rng = np.random.default_rng(5)
@@ -324,11 +324,13 @@ def timing(repeats: int) -> list[str]:
 
 
 def figure(path: Path) -> None:
-    """Stamped / Telea / PatchMatch / fill / truth for text on grass and a blob on brick."""
+    """Input / Telea / PatchMatch / fill / truth: text on grass, blobs on brick, a scribble on
+    gravel, thin text on coffee (indexes in ``quality.photos()``)."""
     sources = photos()
     fills = engines()
     rows = []
-    for index, kind, seed in ((14, "text thick", 3), (13, "blob", 4), (1, "text thin", 2)):
+    cases = ((11, "text thick", 3), (10, "blob", 4), (12, "scribble", 5), (1, "text thin", 2))
+    for index, kind, seed in cases:
         rng = np.random.default_rng(seed)
         truth = photo_crop(sources[index], H, W, rng)
         mark, mask = mask_of(kind, H, W, rng)
