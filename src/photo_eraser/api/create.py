@@ -27,12 +27,13 @@ from photo_eraser.api.schemas import (
 )
 from photo_eraser.disk import DISK_FULL_REASON, is_disk_full
 from photo_eraser.engines.base import EngineUnavailable
+from photo_eraser.fetch import FetchError
 from photo_eraser.imaging import MaskError, MaskPlacement, MaskSource, parse_mask_field
 from photo_eraser.imaging.rectangles import FRACTION_BASIS, boxes_document, draw_rectangles
 from photo_eraser.storage import BlobStoreError, mask_key
 from photo_eraser.tasks.idempotency import Idempotency, IdempotencyTaken
 from photo_eraser.tasks.intake import IntakeClosed, IntakeFull, OpenTasksLimit
-from photo_eraser.tasks.records import NewTask, TaskRecord
+from photo_eraser.tasks.records import NewCallback, NewTask, TaskRecord
 from photo_eraser.uploads import UploadRefused, check_upload_link, parse_upload_link
 
 if TYPE_CHECKING:
@@ -109,7 +110,8 @@ async def accept(
                     idem = Idempotency(idempotency_key, hashlib.sha256(raw).hexdigest())
                     replayed = await _replayed(service, appkey, idem)
                 if replayed is None:
-                    task = await _new_task(req, appkey, service, admission.mask_decodes, idem)
+                    base = settings.public_url or str(request.base_url)
+                    task = await _new_task(req, appkey, service, admission.mask_decodes, idem, base)
                     task_id = await _store(task, service)
                 else:
                     task_id = replayed
@@ -191,6 +193,7 @@ async def _new_task(
     service: Runtime,
     decodes: asyncio.Semaphore,
     idempotency: Idempotency | None = None,
+    base_url: str = "",
 ) -> NewTask:
     settings = service.settings
     if len(req.images) > min(settings.max_images, MAX_IMAGES):
@@ -200,6 +203,9 @@ async def _new_task(
     except EngineUnavailable as exc:
         raise ApiError(Code.BAD_PARAMETER, f"engine: {exc}") from None
     placement = _placement(req)
+    callback = None
+    if req.callback_url is not None:
+        callback = await _callback(req.callback_url, appkey, service, base_url)
     try:
         mask = _mask_source(req)
         _check_uploads(req.images, mask.url, appkey, service)
@@ -227,7 +233,25 @@ async def _new_task(
         placement=placement,
         deadline_seconds=settings.task_deadline_seconds,
         idempotency=idempotency,
+        callback=callback,
     )
+
+
+async def _callback(url: str, appkey: str, service: Runtime, base_url: str) -> NewCallback:
+    """The task's callback, once its URL passed the address policy (checked again at every
+    attempt: the connection goes to a checked address) and the key can sign it."""
+    assert service.webhooks is not None, "the runtime is running"
+    try:
+        await service.webhooks.check(url)
+    except FetchError as exc:
+        raise ApiError(Code.BAD_PARAMETER, f"callback_url: {exc.reason}") from None
+    if await service.store.webhook_secret(appkey) is None:
+        msg = (
+            "callback_url: this key has no webhook secret yet (keys made before callbacks "
+            "existed); make one with `photo-eraser keys rotate-webhook-secret APPKEY`"
+        )
+        raise ApiError(Code.BAD_PARAMETER, msg)
+    return NewCallback(url=url, base_url=base_url.rstrip("/"), delivery_id=str(uuid.uuid4()))
 
 
 async def _put_mask(service: Runtime, key: str, data: bytes) -> None:

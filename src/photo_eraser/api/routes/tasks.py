@@ -12,6 +12,7 @@ from photo_eraser.api.create import IDEMPOTENCY_HEADER, accept, check_idempotenc
 from photo_eraser.api.deps import AuthHeader, Caller, ServiceDep, Store, caller
 from photo_eraser.api.errors import ApiError, Code, envelope
 from photo_eraser.api.openapi import errors, schema_ref
+from photo_eraser.api.presenters import result_data
 from photo_eraser.api.schemas import (
     Closed,
     ClosedData,
@@ -20,10 +21,8 @@ from photo_eraser.api.schemas import (
     CreateTaskRequest,
     Result,
     ResultData,
-    ResultItem,
 )
 from photo_eraser.tasks.records import TaskRecord
-from photo_eraser.tasks.status import ImageStatus
 
 router = APIRouter(tags=["tasks"])
 
@@ -111,26 +110,7 @@ async def get_result(
 
 async def _result_data(task: TaskRecord, request: Request, service: ServiceDep) -> ResultData:
     """What the result route answers for ``task`` (also a ``sync`` create's ``result``)."""
-    wait_time = await service.wait_time(task)
-    settings = service.settings
-    base = (settings.public_url or str(request.base_url)).rstrip("/")
-    expires = int((task.finished_at or 0) + settings.result_ttl_seconds)
-    items = []
-    for im in task.images:
-        url = ""
-        if im.status == ImageStatus.DONE and im.result_key and task.finished_at:
-            url = service.result_url(im.result_key, expires, base)
-        share = None if im.recovered_share is None else round(im.recovered_share, 3)
-        items.append(
-            ResultItem(
-                image_result=url,
-                status=str(int(im.status)),
-                reason=im.reason,
-                method=im.method,
-                recovered_share=share,
-            )
-        )
-    return ResultData(status=str(int(task.status)), wait_time=wait_time, list=items)
+    return await result_data(task, service, service.settings.public_url or str(request.base_url))
 
 
 @router.post(
