@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 @dataclass(frozen=True)
 class Received:
+    path: str
     headers: dict[str, str]
     """Header names in lower case."""
     body: bytes
@@ -18,8 +19,9 @@ class Received:
 
 
 class CallbackReceiver:
-    """Answers the n-th POST with ``script[n]`` (then 200). An entry ``"hold"`` keeps that
-    request unanswered until ``release`` (or 60 s): a sender can be killed mid-request."""
+    """Answers the n-th POST with ``script[n]`` (then 200; a 3xx points to ``/elsewhere``). An
+    entry ``"hold"`` keeps that request unanswered until ``released`` is set (or 60 s): a
+    sender can be killed mid-request."""
 
     def __init__(self, script: list[int | str] | None = None) -> None:
         self.script: list[int | str] = list(script or [])
@@ -35,13 +37,15 @@ class CallbackReceiver:
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 with receiver._lock:
                     n = len(receiver.received)
-                    receiver.received.append(Received(headers, body, time.time()))
+                    receiver.received.append(Received(self.path, headers, body, time.time()))
                     receiver._lock.notify_all()
                 answer = receiver.script[n] if n < len(receiver.script) else 200
                 if answer == "hold":
                     receiver.released.wait(60)
                     return  # the connection closes without an answer
                 self.send_response(int(answer))
+                if 300 <= int(answer) < 400:
+                    self.send_header("Location", "/elsewhere")
                 self.send_header("Content-Length", "2")
                 self.end_headers()
                 self.wfile.write(b"ok")
