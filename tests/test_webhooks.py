@@ -374,3 +374,24 @@ class _Running(LocalServer):
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+
+def test_the_openapi_document_describes_the_callback(hooks_server: LocalServer) -> None:
+    doc = hooks_server.http.get("/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    assert "callback_url" in schemas["CreateTaskRequest"]["properties"]
+    assert set(schemas["CallbackState"]["properties"]) == {
+        "status",
+        "attempts",
+        "delivery_id",
+        "last_status_code",
+        "last_error",
+    }
+    hook = doc["webhooks"]["task-finished"]["post"]
+    assert {p["name"] for p in hook["parameters"]} == {
+        "X-PhotoEraser-Signature",
+        "X-PhotoEraser-Delivery",
+        "X-PhotoEraser-Attempt",
+    }
+    body = hook["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/Result"}

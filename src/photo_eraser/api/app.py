@@ -19,7 +19,7 @@ from photo_eraser.api import openapi
 from photo_eraser.api.auth import RateLimiter
 from photo_eraser.api.create import CreateAdmission
 from photo_eraser.api.errors import CODE_TABLE, ApiError, Code, InternalErrorMiddleware, envelope
-from photo_eraser.api.routes import files, ops, studio, tasks, uploads
+from photo_eraser.api.routes import callbacks, files, ops, studio, tasks, uploads
 from photo_eraser.config import Settings
 from photo_eraser.disk import DISK_FULL_REASON, is_disk_full
 from photo_eraser.runtime import Runtime
@@ -77,6 +77,7 @@ def create_app(settings: Settings | None = None, *, distributed: bool = False) -
     app.state.upload_checks = uploads.UploadChecks()
     for module in (tasks, uploads, files, ops, studio):
         app.include_router(module.router)
+    callbacks.document(app)
     _install_error_handlers(app)
     # HTTP metrics by route template (never by task id), into the service's own registry:
     # counts and latency only (the library's size metrics trust the client's Content-Length).
