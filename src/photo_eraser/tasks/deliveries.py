@@ -166,15 +166,6 @@ class DeliveryQueries:
             )
         return bool(done.rowcount)
 
-    def pending_deliveries(self) -> int:
-        """Callbacks not yet delivered nor given up (of finished tasks or not), for metrics."""
-        d = webhook_deliveries
-        with self.engine.connect() as conn:
-            count = conn.execute(
-                sa.select(sa.func.count()).select_from(d).where(d.c.state == PENDING)
-            ).scalar_one()
-        return int(count)
-
 
 def record_callback(conn: sa.Connection, task_pk: int, callback: NewCallback) -> None:
     """Within a task's transaction: its callback, due once the task has a final status."""
