@@ -6,11 +6,20 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from photo_eraser.cli_settings import data_dir_option, load_settings
+from photo_eraser.cli_settings import (
+    data_dir_option,
+    load_settings,
+    placement_from_options,
+    placement_options,
+)
 from photo_eraser.config import Settings
+
+if TYPE_CHECKING:
+    from photo_eraser.imaging import MaskPlacement
 
 
 @click.group()
@@ -225,9 +234,15 @@ def keys_revoke(appkey: str, data_dir: Path | None) -> None:
 )
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--engine", default="auto", show_default=True, help="auto, opencv, lama or restore")
+@placement_options
 @data_dir_option
 def erase(
-    mask_path: Path, images: tuple[Path, ...], out_dir: Path, engine: str, data_dir: Path | None
+    mask_path: Path,
+    images: tuple[Path, ...],
+    out_dir: Path,
+    engine: str,
+    data_dir: Path | None,
+    **placement: Any,
 ) -> None:
     """Restore IMAGES offline with the service's pipeline; results go to --out."""
     from tqdm import tqdm
@@ -238,6 +253,7 @@ def erase(
     from photo_eraser.pipeline import restore_images
 
     settings = load_settings(data_dir)
+    mask_placement = placement_from_options(**placement)
     limits = ImageLimits.from_settings(settings)
     registry = EngineRegistry(
         settings.models_path,
@@ -264,7 +280,11 @@ def erase(
     click.echo(f"restoring {len(decoded)} image(s) with engine {engine}", err=True)
     try:
         results = restore_images(
-            decoded, mask, registry.get(engine), jpeg_quality=settings.jpeg_quality
+            decoded,
+            mask,
+            registry.get(engine),
+            jpeg_quality=settings.jpeg_quality,
+            placement=mask_placement,
         )
     except EngineError as exc:
         raise click.ClickException(str(exc)) from None
@@ -293,6 +313,7 @@ def erase(
 @click.option("--engine", default="auto", show_default=True, help="auto, opencv, lama or restore")
 @click.option("--priority", type=click.IntRange(0, 9), default=5, show_default=True)
 @click.option("--timeout", type=float, default=3600, show_default=True, help="Seconds to wait.")
+@placement_options
 def submit(
     images: tuple[str, ...],
     mask: str,
@@ -301,6 +322,7 @@ def submit(
     engine: str,
     priority: int,
     timeout: float,
+    **placement: Any,
 ) -> None:
     """Restore IMAGE_OR_URL... on a Photo Eraser server (the remote twin of `erase`).
 
@@ -316,9 +338,10 @@ def submit(
     appsecret = os.environ.get("PHOTO_ERASER_APPSECRET", "")
     if not appkey or not appsecret:
         raise click.ClickException("set PHOTO_ERASER_APPKEY and PHOTO_ERASER_APPSECRET")
+    extensions = _placement_fields(placement_from_options(**placement))
     try:
         with Client(server, appkey, appsecret) as client:
-            task = client.submit(list(images), mask, priority=priority, engine=engine)
+            task = client.submit(list(images), mask, priority=priority, engine=engine, **extensions)
             click.echo(f"task {task.id}", err=True)
             with tqdm(total=len(images), desc="restore", unit="img", file=sys.stderr) as bar:
 
@@ -340,6 +363,21 @@ def submit(
     if result.status.name != "COMPLETE" or failed:
         click.echo(f"task {task.id}: status {result.status.name.lower()}", err=True)
         sys.exit(1)
+
+
+def _placement_fields(placement: MaskPlacement) -> dict[str, Any]:
+    """The API's extension fields for ``placement``; none for the default, so a server that
+    predates them is sent exactly the seed's request."""
+    fields: dict[str, Any] = {}
+    if placement.fit != "stretch":
+        fields["mask_fit"] = placement.fit
+    if placement.fit == "anchor":
+        fields["mask_anchor"] = placement.anchor
+    if placement.dilate:
+        fields["mask_dilate"] = placement.dilate
+    if placement.invert:
+        fields["mask_invert"] = True
+    return fields
 
 
 def _register_models() -> None:
