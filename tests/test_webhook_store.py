@@ -85,6 +85,21 @@ def test_a_held_callback_goes_to_no_other_sender_until_its_lease_expires(
     assert store.claim_deliveries("c", LEASE, now=now + 10 * LEASE) == []  # never again
 
 
+def test_a_restarted_server_frees_the_callbacks_its_predecessor_held(store: TaskStore) -> None:
+    appkey, _ = store.create_key("k")
+    mine, theirs = _task(store, appkey), _task(store, appkey)
+    for task_id, _ in (mine, theirs):
+        _finish(store, task_id)
+    now = time.time()
+    [held] = store.claim_deliveries("host:/data:id#callbacks:dead", LEASE, limit=1, now=now)
+    [other] = store.claim_deliveries("other-host:1:x", LEASE, now=now)
+    assert {held.task_id, other.task_id} == {mine[0], theirs[0]}
+    assert store.release_deliveries("host:/data:id#callbacks:") == 1
+    [again] = store.claim_deliveries("host:/data:id#callbacks:new", LEASE, now=now + 1)
+    assert (again.delivery_id, again.attempt) == (held.delivery_id, 2)
+    assert store.claim_deliveries("x", LEASE, now=now + 1) == []  # the other's lease stands
+
+
 def test_a_failed_attempt_is_due_again_at_its_retry_time_or_given_up(store: TaskStore) -> None:
     appkey, _ = store.create_key("k")
     task_id, _ = _task(store, appkey)
@@ -112,12 +127,15 @@ def test_concurrent_senders_never_hold_one_callback_together(store: TaskStore) -
         _finish(store, task_id)
         expected.add(delivery_id)
     claimed: list[list[DeliveryClaim]] = [[] for _ in range(4)]
+    sizes: list[int] = []
     start = threading.Barrier(4)
 
     def sender(i: int) -> None:
         start.wait()
         for _ in range(6):
-            claimed[i] += store.claim_deliveries(f"s{i}", LEASE, limit=3)
+            batch = store.claim_deliveries(f"s{i}", LEASE, limit=3)
+            sizes.append(len(batch))
+            claimed[i] += batch
 
     threads = [threading.Thread(target=sender, args=(i,)) for i in range(4)]
     for t in threads:
@@ -126,6 +144,7 @@ def test_concurrent_senders_never_hold_one_callback_together(store: TaskStore) -
         t.join(60)
     ids = [c.delivery_id for batch in claimed for c in batch]
     assert sorted(ids) == sorted(expected)  # each once, none lost
+    assert max(sizes) == 3  # never more than asked for
     assert all(c.attempt == 1 for batch in claimed for c in batch)
 
 

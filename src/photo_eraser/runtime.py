@@ -131,6 +131,10 @@ class Runtime:
     def engine_threads(self) -> int:
         return 1
 
+    def callbacks_owner(self) -> str | None:
+        """Prefix of this process's callback leases (None: host and pid)."""
+        return None
+
     async def start(self) -> None:
         if self._database_lock is None:
             self._take_database()
@@ -142,7 +146,14 @@ class Runtime:
         self.webhooks = WebhookSender(
             allow_private=s.allow_private_urls, timeout=s.webhook_timeout_seconds
         )
-        deliverer = Deliverer(s, self.store.sync, self.webhooks, self._callback_body, self.metrics)
+        deliverer = Deliverer(
+            s,
+            self.store.sync,
+            self.webhooks,
+            self._callback_body,
+            self.metrics,
+            self.callbacks_owner(),
+        )
         self._tasks.append(asyncio.create_task(deliverer.run(self._stop)))
 
     async def stop(self) -> None:

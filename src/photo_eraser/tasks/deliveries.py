@@ -73,11 +73,16 @@ class DeliveryQueries:
             .with_for_update(of=d, skip_locked=True)
         )
         with self.engine.begin() as conn:
-            # ``due`` again on the updated row itself: PostgreSQL re-checks it there after a
-            # wait for a row lock, so a row another sender took meanwhile is left alone.
+            # Picked first, then taken: as one UPDATE ... WHERE IN (subquery), PostgreSQL may
+            # run the subquery again per row and take more than ``limit``. ``due`` is checked
+            # again by the UPDATE itself: SQLite reads the pick before its write lock, and a
+            # row another sender took meanwhile is left alone.
+            picked = list(conn.execute(pick).scalars())
+            if not picked:
+                return []
             taken = conn.execute(
                 d.update()
-                .where(d.c.task_pk.in_(pick), *due)
+                .where(d.c.task_pk.in_(picked), *due)
                 .values(
                     lease_owner=owner,
                     lease_expires_at=now + lease_seconds,
@@ -120,6 +125,22 @@ class DeliveryQueries:
             )
             for r in rows
         ]
+
+    def release_deliveries(self, owner_prefix: str) -> int:
+        """After a crash of the embedded server: the callbacks its predecessor held (leased to
+        ``owner_prefix...``; the data directory's lock says it is dead) are free at once
+        instead of when their leases expire. How many were held."""
+        d = webhook_deliveries
+        with self.engine.begin() as conn:
+            freed = conn.execute(
+                d.update()
+                .where(
+                    d.c.state == PENDING,
+                    d.c.lease_owner.startswith(owner_prefix, autoescape=True),
+                )
+                .values(lease_owner=None, lease_expires_at=None)
+            )
+        return int(freed.rowcount)
 
     def delivery_succeeded(self, claim: DeliveryClaim, status_code: int) -> bool:
         """Record a 2xx answer: delivered. False, writing nothing, if the lease is gone."""

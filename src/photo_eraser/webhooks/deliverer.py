@@ -64,13 +64,15 @@ class Deliverer:
         sender: WebhookSender,
         render: RenderBody,
         metrics: Metrics,
+        owner_prefix: str | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.sender = sender
         self.render = render
         self.metrics = metrics
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        prefix = owner_prefix or f"{socket.gethostname()}:{os.getpid()}"
+        self.owner = f"{prefix}:{uuid.uuid4().hex[:8]}"
         """Its leases' owner: unique to this deliverer (a restarted process is another)."""
 
     async def run(self, stop: asyncio.Event) -> None:
