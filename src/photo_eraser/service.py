@@ -44,6 +44,11 @@ class Service(Runtime):
         self.auto_pull: AutoPull | None = None
         """The background download of the LaMa model, when this start began one."""
 
+    def callbacks_owner(self) -> str:
+        """Callback leases in the data directory's name (as its tasks' leases), so a restart
+        after a crash frees its predecessor's at once."""
+        return f"{self.node}#callbacks"
+
     def engine_threads(self) -> int:
         """Split the cores between workers so concurrent inferences do not oversubscribe them."""
         return max(1, usable_cores() // max(1, self.settings.workers))
@@ -70,6 +75,11 @@ class Service(Runtime):
             log.warning(
                 "recovered interrupted tasks", extra={"requeued": len(requeued), "failed": failed}
             )
+        freed = await asyncio.to_thread(
+            self.store.sync.release_deliveries, f"{self.callbacks_owner()}:"
+        )
+        if freed:
+            log.warning("recovered interrupted callbacks", extra={"callbacks": freed})
         await super().start()
         log.info("engines available", extra={"engines": self.engines.availability()})
         if s.auto_pull and s.workers and not self.engines.can_run("lama"):  # 0: accept only
