@@ -32,17 +32,29 @@ def test_keys_create_json_list_revoke(tmp_path: Path) -> None:
     out = run("keys", "create", "--name", "shop", "--json", data_dir=tmp_path)
     assert out.returncode == 0, out.stderr
     creds = json.loads(out.stdout.strip().splitlines()[-1])
-    assert set(creds) == {"appkey", "appsecret"}
+    assert set(creds) == {"appkey", "appsecret", "webhook_secret"}
+    assert creds["webhook_secret"].startswith("whsec_")
     listing = run("keys", "list", "--json", data_dir=tmp_path)
     [key] = json.loads(listing.stdout)
     assert key["appkey"] == creds["appkey"] and key["name"] == "shop"
     assert creds["appsecret"] not in listing.stdout
+    assert creds["webhook_secret"] not in listing.stdout
+    rotated = run("keys", "rotate-webhook-secret", creds["appkey"], "--json", data_dir=tmp_path)
+    assert rotated.returncode == 0, rotated.stderr
+    new = json.loads(rotated.stdout)
+    assert new["appkey"] == creds["appkey"]
+    assert (
+        new["webhook_secret"].startswith("whsec_")
+        and new["webhook_secret"] != creds["webhook_secret"]
+    )
     assert run("keys", "revoke", creds["appkey"], data_dir=tmp_path).returncode == 0
     listing = run("keys", "list", data_dir=tmp_path)
     assert creds["appkey"] in listing.stdout and "revoked" in listing.stdout
     assert creds["appsecret"] not in listing.stdout
     again = run("keys", "revoke", creds["appkey"], data_dir=tmp_path)
     assert again.returncode != 0 and "no active key" in again.stderr
+    revoked = run("keys", "rotate-webhook-secret", creds["appkey"], data_dir=tmp_path)
+    assert revoked.returncode != 0 and "no active key" in revoked.stderr
 
 
 def test_erase_restores_local_files(tmp_path: Path) -> None:
@@ -75,6 +87,38 @@ def test_erase_restores_local_files(tmp_path: Path) -> None:
     keep = ~rect_mask(300, 400, (10, 40, 10, 60))
     assert np.array_equal(png[keep], original[keep])
     assert Image.open(out_dir / "in1.jpg").format == "JPEG"
+
+
+def test_erase_places_the_mask_as_the_placement_flags_say(tmp_path: Path) -> None:
+    """A landscape mask kept at the bottom-right corner of a portrait photo: only the pixels
+    of the anchored, dilated mark change (the stretched mask would cover others)."""
+    from photo_eraser.imaging import MaskPlacement, place_mask
+
+    portrait = photo(300, 400, seed=3)
+    (tmp_path / "portrait.png").write_bytes(encode(portrait))
+    landscape_mask = rect_mask(300, 400, (255, 285, 330, 390))
+    (tmp_path / "mask.png").write_bytes(encode(landscape_mask))
+    placement = MaskPlacement(fit="anchor", anchor="bottom-right", dilate=4)
+    anchored = place_mask(landscape_mask, 400, 300, placement)
+    assert anchored.any() and (anchored & ~place_mask(landscape_mask, 400, 300)).any()
+    out = run(
+        "erase", "--mask", str(tmp_path / "mask.png"), str(tmp_path / "portrait.png"),
+        "--out", str(tmp_path / "out"), "--engine", "opencv",
+        "--mask-fit", "anchor", "--mask-anchor", "bottom-right", "--mask-dilate", "4",
+        data_dir=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    restored = np.asarray(Image.open(tmp_path / "out" / "portrait.png").convert("RGB"))
+    changed = (restored != portrait).any(axis=2)
+    assert not changed[~anchored].any()
+    assert changed[anchored].mean() > 0.5
+
+    refused = run(
+        "erase", "--mask", str(tmp_path / "mask.png"), str(tmp_path / "portrait.png"),
+        "--out", str(tmp_path / "o2"), "--mask-anchor", "top",
+        data_dir=tmp_path,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "--mask-anchor needs --mask-fit anchor" in refused.stderr
 
 
 def test_erase_without_lama_model_explains(tmp_path: Path) -> None:

@@ -6,11 +6,20 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from photo_eraser.cli_settings import data_dir_option, load_settings
+from photo_eraser.cli_settings import (
+    data_dir_option,
+    load_settings,
+    placement_from_options,
+    placement_options,
+)
 from photo_eraser.config import Settings
+
+if TYPE_CHECKING:
+    from photo_eraser.imaging import MaskPlacement
 
 
 @click.group()
@@ -25,7 +34,10 @@ def main() -> None:
 @click.option("--workers", type=int, default=None, help="Worker count (default: one per core).")
 @data_dir_option
 def serve(host: str | None, port: int | None, workers: int | None, data_dir: Path | None) -> None:
-    """Run the HTTP service with its workers."""
+    """Run the HTTP service with its workers.
+
+    Without the LaMa model it downloads it in the background (verified; see docs/engines.md)
+    unless PHOTO_ERASER_AUTO_PULL=0, and serves with the weight-free engines meanwhile."""
     import uvicorn
 
     from photo_eraser import logs
@@ -148,14 +160,40 @@ def keys() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on the last line.")
 @data_dir_option
 def keys_create(name: str, as_json: bool, data_dir: Path | None) -> None:
-    """Create a key and print its secret (shown only this once)."""
+    """Create a key and print its secret and webhook secret (shown only this once)."""
     from photo_eraser.service import open_store
 
-    appkey, appsecret = open_store(load_settings(data_dir)).create_key(name)
+    store = open_store(load_settings(data_dir))
+    appkey, appsecret = store.create_key(name)
+    webhook_secret = store.webhook_secret(appkey)
     if as_json:
-        click.echo(json.dumps({"appkey": appkey, "appsecret": appsecret}))
+        click.echo(
+            json.dumps({"appkey": appkey, "appsecret": appsecret, "webhook_secret": webhook_secret})
+        )
     else:
-        click.echo(f"appkey:    {appkey}\nappsecret: {appsecret}\n(the secret is not shown again)")
+        click.echo(
+            f"appkey:         {appkey}\nappsecret:      {appsecret}\n"
+            f"webhook secret: {webhook_secret}\n"
+            "(the secrets are not shown again; the webhook secret signs callbacks)"
+        )
+
+
+@keys.command("rotate-webhook-secret")
+@click.argument("appkey")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@data_dir_option
+def keys_rotate_webhook_secret(appkey: str, as_json: bool, data_dir: Path | None) -> None:
+    """Give a key a new webhook secret and print it (shown only this once). Callbacks sent
+    from now on, retries of earlier ones included, are signed with it."""
+    from photo_eraser.service import open_store
+
+    secret = open_store(load_settings(data_dir)).rotate_webhook_secret(appkey)
+    if secret is None:
+        raise click.ClickException(f"no active key {appkey}")
+    if as_json:
+        click.echo(json.dumps({"appkey": appkey, "webhook_secret": secret}))
+    else:
+        click.echo(f"webhook secret: {secret}\n(not shown again)")
 
 
 @keys.command("list")
@@ -198,10 +236,18 @@ def keys_revoke(appkey: str, data_dir: Path | None) -> None:
     "images", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path)
 )
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--engine", default="auto", show_default=True, help="auto, opencv, lama or restore")
+@click.option(
+    "--engine", default="auto", show_default=True, help="auto, opencv, lama, patchmatch or restore"
+)
+@placement_options
 @data_dir_option
 def erase(
-    mask_path: Path, images: tuple[Path, ...], out_dir: Path, engine: str, data_dir: Path | None
+    mask_path: Path,
+    images: tuple[Path, ...],
+    out_dir: Path,
+    engine: str,
+    data_dir: Path | None,
+    **placement: Any,
 ) -> None:
     """Restore IMAGES offline with the service's pipeline; results go to --out."""
     from tqdm import tqdm
@@ -212,6 +258,7 @@ def erase(
     from photo_eraser.pipeline import restore_images
 
     settings = load_settings(data_dir)
+    mask_placement = placement_from_options(**placement)
     limits = ImageLimits.from_settings(settings)
     registry = EngineRegistry(
         settings.models_path,
@@ -238,7 +285,11 @@ def erase(
     click.echo(f"restoring {len(decoded)} image(s) with engine {engine}", err=True)
     try:
         results = restore_images(
-            decoded, mask, registry.get(engine), jpeg_quality=settings.jpeg_quality
+            decoded,
+            mask,
+            registry.get(engine),
+            jpeg_quality=settings.jpeg_quality,
+            placement=mask_placement,
         )
     except EngineError as exc:
         raise click.ClickException(str(exc)) from None
@@ -264,9 +315,12 @@ def erase(
     help="The service's base URL (env PHOTO_ERASER_SERVER).",
 )
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--engine", default="auto", show_default=True, help="auto, opencv, lama or restore")
+@click.option(
+    "--engine", default="auto", show_default=True, help="auto, opencv, lama, patchmatch or restore"
+)
 @click.option("--priority", type=click.IntRange(0, 9), default=5, show_default=True)
 @click.option("--timeout", type=float, default=3600, show_default=True, help="Seconds to wait.")
+@placement_options
 def submit(
     images: tuple[str, ...],
     mask: str,
@@ -275,6 +329,7 @@ def submit(
     engine: str,
     priority: int,
     timeout: float,
+    **placement: Any,
 ) -> None:
     """Restore IMAGE_OR_URL... on a Photo Eraser server (the remote twin of `erase`).
 
@@ -290,9 +345,10 @@ def submit(
     appsecret = os.environ.get("PHOTO_ERASER_APPSECRET", "")
     if not appkey or not appsecret:
         raise click.ClickException("set PHOTO_ERASER_APPKEY and PHOTO_ERASER_APPSECRET")
+    extensions = _placement_fields(placement_from_options(**placement))
     try:
         with Client(server, appkey, appsecret) as client:
-            task = client.submit(list(images), mask, priority=priority, engine=engine)
+            task = client.submit(list(images), mask, priority=priority, engine=engine, **extensions)
             click.echo(f"task {task.id}", err=True)
             with tqdm(total=len(images), desc="restore", unit="img", file=sys.stderr) as bar:
 
@@ -314,6 +370,21 @@ def submit(
     if result.status.name != "COMPLETE" or failed:
         click.echo(f"task {task.id}: status {result.status.name.lower()}", err=True)
         sys.exit(1)
+
+
+def _placement_fields(placement: MaskPlacement) -> dict[str, Any]:
+    """The API's extension fields for ``placement``; none for the default, so a server that
+    predates them is sent exactly the seed's request."""
+    fields: dict[str, Any] = {}
+    if placement.fit != "stretch":
+        fields["mask_fit"] = placement.fit
+    if placement.fit == "anchor":
+        fields["mask_anchor"] = placement.anchor
+    if placement.dilate:
+        fields["mask_dilate"] = placement.dilate
+    if placement.invert:
+        fields["mask_invert"] = True
+    return fields
 
 
 def _register_models() -> None:
