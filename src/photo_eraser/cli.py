@@ -190,9 +190,11 @@ def keys_revoke(appkey: str, data_dir: Path | None) -> None:
 @main.command()
 @click.option(
     "--mask",
-    "mask_path",
+    "mask_arg",
     required=True,
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    metavar="FILE|auto",
+    help="The mask file, or auto: find the watermark the images share (at least 3 images; "
+    "the mask found is written to --out as detected-mask.png).",
 )
 @click.argument(
     "images", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path)
@@ -201,15 +203,22 @@ def keys_revoke(appkey: str, data_dir: Path | None) -> None:
 @click.option("--engine", default="auto", show_default=True, help="auto, opencv, lama or restore")
 @data_dir_option
 def erase(
-    mask_path: Path, images: tuple[Path, ...], out_dir: Path, engine: str, data_dir: Path | None
+    mask_arg: str, images: tuple[Path, ...], out_dir: Path, engine: str, data_dir: Path | None
 ) -> None:
     """Restore IMAGES offline with the service's pipeline; results go to --out."""
     from tqdm import tqdm
 
     from photo_eraser.engines.base import EngineError
     from photo_eraser.engines.registry import EngineRegistry
-    from photo_eraser.imaging import ImageError, ImageLimits, MaskError, decode_image, decode_mask
-    from photo_eraser.pipeline import restore_images
+    from photo_eraser.imaging import (
+        ImageError,
+        ImageLimits,
+        MaskError,
+        decode_image,
+        decode_mask,
+        encode_mask,
+    )
+    from photo_eraser.pipeline import detect_mask, restore_images
 
     settings = load_settings(data_dir)
     limits = ImageLimits.from_settings(settings)
@@ -218,11 +227,17 @@ def erase(
         threads=settings.workers,
         restore_exact_fit=settings.restore_exact_fit,
     )
+    auto = mask_arg == "auto"
+    mask_path = Path(mask_arg)
+    if not auto and not mask_path.is_file():
+        raise click.BadParameter(f"no such file: {mask_arg} (or give auto)", param_hint="--mask")
     try:
         registry.check(engine)
-        mask = decode_mask(
-            mask_path.read_bytes(), settings.max_image_bytes, max_side=settings.max_side
-        )
+        mask = None
+        if not auto:
+            mask = decode_mask(
+                mask_path.read_bytes(), settings.max_image_bytes, max_side=settings.max_side
+            )
     except (EngineError, MaskError) as exc:
         raise click.ClickException(str(exc)) from None
     decoded, names, failed = [], [], 0
@@ -235,6 +250,12 @@ def erase(
             click.echo(f"{path}: {exc}", err=True)
     if not decoded:
         raise click.ClickException("no image could be read")
+    detected = None
+    if mask is None:
+        found = detect_mask([im.pixels for im in decoded])
+        if found.mask is None:
+            raise click.ClickException(found.reason)  # nothing written
+        mask, detected = found.mask, found
     click.echo(f"restoring {len(decoded)} image(s) with engine {engine}", err=True)
     try:
         results = restore_images(
@@ -243,6 +264,10 @@ def erase(
     except EngineError as exc:
         raise click.ClickException(str(exc)) from None
     out_dir.mkdir(parents=True, exist_ok=True)
+    if detected is not None:
+        target = out_dir / "detected-mask.png"
+        target.write_bytes(encode_mask(mask))
+        click.echo(f"detected mask -> {target} (confidence {detected.confidence:.2f})")
     for path, result in tqdm(
         list(zip(names, results, strict=True)), desc="write", unit="img", file=sys.stderr
     ):

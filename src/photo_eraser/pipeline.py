@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from photo_eraser.engines.base import Engine, Restored
+from photo_eraser.imaging.detect import DetectParams, Detection, detect_watermark
 from photo_eraser.imaging import (
     DEFAULT_MAX_SIDE,
     LOSSLESS_FORMATS,
@@ -39,6 +40,12 @@ class StageTimes:
 
     def add(self, stage: str, started: float) -> None:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
+
+
+def detect_mask(images: Sequence[np.ndarray], params: DetectParams | None = None) -> Detection:
+    """The watermark ``images`` share (``"mask": "auto"``): a mask in the largest image's
+    frame, stretched onto each image like a given mask, or why none was found."""
+    return detect_watermark(images, params)
 
 
 def restore_images(

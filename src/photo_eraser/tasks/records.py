@@ -10,6 +10,11 @@ from photo_eraser.tasks.idempotency import Idempotency
 from photo_eraser.tasks.status import ImageStatus, TaskStatus
 
 
+AUTO_MASK = "auto"
+"""``mask_url`` of a task whose mask is found in its batch (the ``"mask": "auto"`` extension):
+the request's own word, which no URL can be."""
+
+
 @dataclass
 class ApiKey:
     appkey: str
@@ -96,6 +101,11 @@ class TaskRecord:
     lease_owner: str | None = None
     placement: MaskPlacement = field(default_factory=MaskPlacement)
     images: list[ImageRecord] = field(default_factory=list)
+
+    @property
+    def mask_auto(self) -> bool:
+        """Whether the mask is to be found in the batch (``"mask": "auto"``)."""
+        return self.mask_url == AUTO_MASK
 
     @property
     def lease(self) -> Lease:

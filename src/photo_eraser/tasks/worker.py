@@ -28,11 +28,18 @@ from photo_eraser.imaging import (
     ImageLimits,
     MaskError,
     decode_image,
+    encode_mask,
 )
 from photo_eraser.imaging.rectangles import PixelBoxes, parse_boxes_document
 from photo_eraser.metrics import Metrics, download_reason_class
-from photo_eraser.pipeline import MaskCache, StageTimes, restore_images
-from photo_eraser.storage import BlobStore, BlobStoreError, UrlSigner, result_key
+from photo_eraser.pipeline import MaskCache, StageTimes, detect_mask, restore_images
+from photo_eraser.storage import (
+    BlobStore,
+    BlobStoreError,
+    UrlSigner,
+    detected_mask_key,
+    result_key,
+)
 from photo_eraser.tasks.aio import AsyncTaskStore
 from photo_eraser.tasks.records import ImageRecord, Lease, Queued, TaskRecord
 from photo_eraser.tasks.status import ImageStatus, TaskStatus
@@ -301,13 +308,15 @@ async def _run(
     await _save_images(ctx, task, records)
 
     t = time.perf_counter()
-    try:
-        mask = await _load_mask(ctx, task)
-    except (FetchError, MaskError) as exc:
-        if isinstance(exc, FetchError):
-            ctx.metrics.download_failures.labels(download_reason_class(exc.reason)).inc()
-        return TaskStatus.FAILED, f"mask unusable: {exc}"
-    times.add("mask", t)
+    mask: np.ndarray | PixelBoxes | None = None  # None: found in the batch (mask auto)
+    if not task.mask_auto:
+        try:
+            mask = await _load_mask(ctx, task)
+        except (FetchError, MaskError) as exc:
+            if isinstance(exc, FetchError):
+                ctx.metrics.download_failures.labels(download_reason_class(exc.reason)).inc()
+            return TaskStatus.FAILED, f"mask unusable: {exc}"
+        times.add("mask", t)
 
     t = time.perf_counter()
     payloads: list[bytes | BaseException | None] = list(
@@ -343,6 +352,14 @@ async def _run(
             mask = mask.draw(width, height)
         except MaskError as exc:
             return TaskStatus.FAILED, f"mask unusable: {exc}"
+
+    if decoded and mask is None:
+        t = time.perf_counter()
+        found = await _detected_mask(ctx, task, decoded)
+        times.add("detect", t)
+        if isinstance(found, str):
+            return TaskStatus.FAILED, found  # each image without a verdict gets the reason
+        mask = found
 
     if decoded:
         assert isinstance(mask, np.ndarray)
@@ -386,6 +403,31 @@ async def _run(
     if any(r.status == ImageStatus.DONE for r in records.values()):
         return TaskStatus.COMPLETE, ""
     return TaskStatus.FAILED, "no image could be processed"
+
+
+async def _detected_mask(
+    ctx: WorkerContext, task: TaskRecord, decoded: dict[int, DecodedImage]
+) -> np.ndarray | str:
+    """The watermark the decoded images share, as a mask (stored as the task's detected mask
+    first), or why none was found."""
+    found = await ctx.run_cpu(detect_mask, [decoded[i].pixels for i in sorted(decoded)])
+    log.info(
+        "watermark detection",
+        extra={
+            "task_id": task.task_id,
+            "found": found.found,
+            "images": found.images,
+            "confidence": found.confidence,
+            "contrast": round(found.contrast, 2),
+            "shifts": found.shifts,
+        },
+    )
+    if found.mask is None:
+        return found.reason
+    png = await ctx.run_cpu(encode_mask, found.mask)
+    await _checkpoint(ctx, task)
+    await asyncio.to_thread(ctx.blobs.put, detected_mask_key(task.task_id), png)
+    return found.mask
 
 
 def _fail(record: ImageRecord, reason: str) -> None:

@@ -37,11 +37,12 @@ from photo_eraser.disk import DISK_FULL_REASON, is_disk_full
 from photo_eraser.engines.base import EngineUnavailable
 from photo_eraser.imaging import MaskError, MaskPlacement, MaskSource, parse_mask_field
 from photo_eraser.imaging.rectangles import FRACTION_BASIS, boxes_document, draw_rectangles
-from photo_eraser.storage import BlobStoreError, mask_key
+from photo_eraser.imaging.detect import DetectParams
+from photo_eraser.storage import BlobStoreError, detected_mask_key, mask_key
 from photo_eraser.tasks.idempotency import Idempotency, IdempotencyTaken
 from photo_eraser.tasks.intake import IntakeClosed, IntakeFull, OpenTasksLimit
-from photo_eraser.tasks.records import NewTask, TaskRecord
-from photo_eraser.tasks.status import ImageStatus
+from photo_eraser.tasks.records import AUTO_MASK, NewTask, TaskRecord
+from photo_eraser.tasks.status import ImageStatus, TaskStatus
 from photo_eraser.uploads import UploadRefused, check_upload_link, parse_upload_link
 
 log = logging.getLogger(__name__)
@@ -247,15 +248,12 @@ async def _new_task(
     except EngineUnavailable as exc:
         raise ApiError(Code.BAD_PARAMETER, f"engine: {exc}") from None
     placement = _placement(req)
-    try:
-        mask = _mask_source(req)
-        _check_uploads(req.images, mask.url, appkey, service)
-        # Decoded now, so a bad mask is a 400, not a failed task (drawn ones are good).
-        if mask.data is not None and req.rectangles is None:
-            async with decodes:
-                await asyncio.to_thread(service.masks.decode, mask.data)
-    except MaskError as exc:
-        raise ApiError(Code.BAD_PARAMETER, f"mask: {exc}") from None
+    if req.mask == AUTO_MASK:
+        _check_auto(req)
+        _check_uploads(req.images, None, appkey, service)
+        mask = MaskSource(url=AUTO_MASK)
+    else:
+        mask = await _given_mask(req, appkey, service, decodes)
     task_id = str(uuid.uuid4())
     stored_mask = None
     if mask.data is not None:
@@ -275,6 +273,43 @@ async def _new_task(
         deadline_seconds=settings.task_deadline_seconds,
         idempotency=idempotency,
     )
+
+
+def _check_auto(req: CreateTaskRequest) -> None:
+    """A task whose mask is found in its batch: enough images, and a placement the mask found
+    in one frame can take (stretched onto each image, as the mark scales with it)."""
+    if req.rectangles is not None:
+        msg = "mask, rectangles: give exactly one of the two (both given)"
+        raise ApiError(Code.BAD_PARAMETER, msg)
+    least = DetectParams().min_images
+    if len(req.images) < least:
+        raise ApiError(
+            Code.BAD_PARAMETER,
+            f"mask: auto finds the watermark the images share and needs at least {least} "
+            f"images ({len(req.images)} given); send a mask",
+        )
+    if req.mask_fit not in (None, "stretch") or req.mask_invert:
+        which = "mask_invert" if req.mask_invert else "mask_fit"
+        raise ApiError(
+            Code.BAD_PARAMETER,
+            f"{which}: not with mask auto (the mask found is stretched onto each image)",
+        )
+
+
+async def _given_mask(
+    req: CreateTaskRequest, appkey: str, service: ServiceDep, decodes: asyncio.Semaphore
+) -> MaskSource:
+    """The mask the request gives (or draws), checked now."""
+    try:
+        mask = _mask_source(req)
+        _check_uploads(req.images, mask.url, appkey, service)
+        # Decoded now, so a bad mask is a 400, not a failed task (drawn ones are good).
+        if mask.data is not None and req.rectangles is None:
+            async with decodes:
+                await asyncio.to_thread(service.masks.decode, mask.data)
+    except MaskError as exc:
+        raise ApiError(Code.BAD_PARAMETER, f"mask: {exc}") from None
+    return mask
 
 
 async def _put_mask(service: ServiceDep, key: str, data: bytes) -> None:
@@ -381,7 +416,14 @@ async def _result_data(task: TaskRecord, request: Request, service: ServiceDep) 
                 recovered_share=share,
             )
         )
-    return ResultData(status=str(int(task.status)), wait_time=wait_time, list=items)
+    detected = None
+    if task.mask_auto and task.status == TaskStatus.COMPLETE and task.finished_at:
+        # Shown while the results are (the retention sweep deletes it with them).
+        if any(im.result_key for im in task.images):
+            detected = service.result_url(detected_mask_key(task.task_id), expires, base)
+    return ResultData(
+        status=str(int(task.status)), wait_time=wait_time, list=items, detected_mask=detected
+    )
 
 
 @router.post(
