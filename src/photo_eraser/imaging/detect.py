@@ -54,10 +54,10 @@ class DetectParams:
     three channels): JPEG noise on flat photos must not pass."""
     min_area_share: float = 0.0003
     """A mark covers at least this share of the coarse frame (smaller: noise)."""
-    null_margin: float = 1.3
+    null_margin: float = 1.6
     """A mark's strongest edge must be this many times the strongest spot of the scrambled
     batch (each image moved elsewhere: the photos' chance agreements, no shared mark)."""
-    scrambles: int = 2
+    scrambles: int = 4
     """Scrambled versions of the batch whose strongest spot sets the bar."""
     reach: float = 0.1
     """Weaker edges count as part of the mark within this share of the frame's longer side
@@ -67,10 +67,11 @@ class DetectParams:
     pixel counts as flat: its orientation says little."""
     align_radius: int = 4
     """Marks shifted by up to this many reference pixels are aligned."""
-    fill_radius: float = 4.0
-    """Enclosed gaps between edges up to this inscribed radius (reference pixels, scaled with
-    the frame) are the solid inside of a stroke or bar and are filled; wider ones (a ring's
-    hole) are not."""
+    fill_share: float = 0.02
+    """Enclosed gaps between edges up to this inscribed radius (a share of the reference
+    frame's longer side, at least ``fill_min`` pixels) are the solid inside of a stroke or bar
+    and are filled; wider ones (a ring's hole) are not."""
+    fill_min: float = 4.0
     margin: int = 1
     """The mask reaches this many pixels beyond the mark (as a tight hand-painted mask)."""
 
@@ -121,14 +122,14 @@ def detect_watermark(images: Sequence[np.ndarray], params: DetectParams | None =
     scale = min(1.0, p.coarse_width / wr)
     ch, cw = max(8, round(hr * scale)), max(8, round(wr * scale))
     small = [_resized(im, cw, ch) for im in images]
-    coarse = np.stack([_energy(im) for im in small])
+    coarse = np.stack([_spread_out(_energy(im)) for im in small])
     score = _score(small, coarse, p)
     # The same batch with each image moved elsewhere: the photos' chance agreements stay, a
     # shared mark no longer lines up. A mark must stand out above what that shows.
     chance = 1e-3
     for turn in range(p.scrambles):
         moved = _scrambled(small, turn)
-        null = _score(moved, np.stack([_energy(im) for im in moved]), p)
+        null = _score(moved, np.stack([_spread_out(_energy(im)) for im in moved]), p)
         chance = max(chance, float(_peak(null).max()))
     peak = _peak(score)
     background = _background(score, None)
@@ -158,7 +159,8 @@ def _fine(
     ch, cw = coarse_shape
     ys, xs = np.nonzero(coarse_edges)
     fy, fx = hr / ch, wr / cw
-    pad = p.align_radius + p.margin + 2 * round(p.fill_radius) + round(2 * max(fy, fx)) + 8
+    fill = max(p.fill_min, p.fill_share * max(hr, wr))
+    pad = p.align_radius + p.margin + 2 * round(fill) + round(2 * max(fy, fx)) + 8
     y0, y1 = max(0, int(ys.min() * fy) - pad), min(hr, int((ys.max() + 1) * fy) + pad)
     x0, x1 = max(0, int(xs.min() * fx) - pad), min(wr, int((xs.max() + 1) * fx) + pad)
     # The fine frame: the region at the reference resolution, or scaled down if huge.
@@ -192,7 +194,7 @@ def _fine(
     edges = _drop_small(edges, 6)
     if not edges.any():
         return None, {}
-    solid = _filled(edges, p.fill_radius * s)
+    solid = _filled(edges, fill * s)
     margin = max(1, round((p.margin + _spread(shifts)) * s))
     solid = cv2.dilate(solid.astype(np.uint8), _disc(margin)) > 0
     mask = np.zeros(shape, bool)
@@ -251,6 +253,12 @@ def _energy(image: np.ndarray) -> np.ndarray:
     e[:, :-1] += np.abs(im[:, 1:] - im[:, :-1]).sum(axis=2, dtype=np.int16)
     e[:-1] += np.abs(im[1:] - im[:-1]).sum(axis=2, dtype=np.int16)
     return e
+
+
+def _spread_out(energy: np.ndarray) -> np.ndarray:
+    """Each pixel's energy as the largest of its 3x3 neighbourhood: in the coarse pass, marks
+    a pixel or so apart (shifted a few pixels in the full image) still coincide."""
+    return cv2.dilate(energy, np.ones((3, 3), np.uint8))
 
 
 def _rank(stack: np.ndarray, share: float) -> np.ndarray:
