@@ -80,9 +80,7 @@ def test_detector_needs_three_images() -> None:
 # ---- the service -------------------------------------------------------------------------
 
 
-def test_auto_mask_finds_the_mark_and_restores_it(
-    client: ApiClient, image_host: ImageHost
-) -> None:
+def test_auto_mask_finds_the_mark_and_restores_it(client: ApiClient, image_host: ImageHost) -> None:
     photos, stamped = _batch(8, seed=5)
     urls = _host(image_host, "text", stamped)
     task_id = client.create_ok(urls, "auto", engine="restore")
@@ -220,9 +218,7 @@ def test_cli_erase_mask_must_be_a_file_or_auto(tmp_path: Path, stamped_files: tu
     assert result.exit_code == 2 and "no such file" in result.output
 
 
-def test_sdk_submits_mask_auto(
-    server: LocalServer, tmp_path: Path, stamped_files: tuple
-) -> None:
+def test_sdk_submits_mask_auto(server: LocalServer, tmp_path: Path, stamped_files: tuple) -> None:
     paths, _ = stamped_files
     appkey, appsecret = server.create_key("sdk-detect")
     with Client(server.base_url, appkey, appsecret, min_poll=0.05, max_poll=0.5) as sdk:

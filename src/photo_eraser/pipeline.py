@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from photo_eraser.engines.base import Engine, Restored
-from photo_eraser.imaging.detect import DetectParams, Detection, detect_watermark
 from photo_eraser.imaging import (
     DEFAULT_MAX_SIDE,
     LOSSLESS_FORMATS,
@@ -24,6 +23,7 @@ from photo_eraser.imaging import (
     encode_image,
     place_mask,
 )
+from photo_eraser.imaging.detect import Detection, DetectParams, detect_watermark
 
 
 @dataclass

@@ -9,7 +9,6 @@ from photo_eraser.imaging.mask import MaskPlacement
 from photo_eraser.tasks.idempotency import Idempotency
 from photo_eraser.tasks.status import ImageStatus, TaskStatus
 
-
 AUTO_MASK = "auto"
 """``mask_url`` of a task whose mask is found in its batch (the ``"mask": "auto"`` extension):
 the request's own word, which no URL can be."""

@@ -36,8 +36,8 @@ from photo_eraser.api.schemas import (
 from photo_eraser.disk import DISK_FULL_REASON, is_disk_full
 from photo_eraser.engines.base import EngineUnavailable
 from photo_eraser.imaging import MaskError, MaskPlacement, MaskSource, parse_mask_field
-from photo_eraser.imaging.rectangles import FRACTION_BASIS, boxes_document, draw_rectangles
 from photo_eraser.imaging.detect import DetectParams
+from photo_eraser.imaging.rectangles import FRACTION_BASIS, boxes_document, draw_rectangles
 from photo_eraser.storage import BlobStoreError, detected_mask_key, mask_key
 from photo_eraser.tasks.idempotency import Idempotency, IdempotencyTaken
 from photo_eraser.tasks.intake import IntakeClosed, IntakeFull, OpenTasksLimit
@@ -417,10 +417,10 @@ async def _result_data(task: TaskRecord, request: Request, service: ServiceDep) 
             )
         )
     detected = None
-    if task.mask_auto and task.status == TaskStatus.COMPLETE and task.finished_at:
-        # Shown while the results are (the retention sweep deletes it with them).
-        if any(im.result_key for im in task.images):
-            detected = service.result_url(detected_mask_key(task.task_id), expires, base)
+    # Shown while the results are (the retention sweep deletes it with them).
+    kept = any(im.result_key for im in task.images)
+    if task.mask_auto and task.status == TaskStatus.COMPLETE and task.finished_at and kept:
+        detected = service.result_url(detected_mask_key(task.task_id), expires, base)
     return ResultData(
         status=str(int(task.status)), wait_time=wait_time, list=items, detected_mask=detected
     )
