@@ -77,6 +77,38 @@ def test_erase_restores_local_files(tmp_path: Path) -> None:
     assert Image.open(out_dir / "in1.jpg").format == "JPEG"
 
 
+def test_erase_places_the_mask_as_the_placement_flags_say(tmp_path: Path) -> None:
+    """A landscape mask kept at the bottom-right corner of a portrait photo: only the pixels
+    of the anchored, dilated mark change (the stretched mask would cover others)."""
+    from photo_eraser.imaging import MaskPlacement, place_mask
+
+    portrait = photo(300, 400, seed=3)
+    (tmp_path / "portrait.png").write_bytes(encode(portrait))
+    landscape_mask = rect_mask(300, 400, (255, 285, 330, 390))
+    (tmp_path / "mask.png").write_bytes(encode(landscape_mask))
+    placement = MaskPlacement(fit="anchor", anchor="bottom-right", dilate=4)
+    anchored = place_mask(landscape_mask, 400, 300, placement)
+    assert anchored.any() and (anchored & ~place_mask(landscape_mask, 400, 300)).any()
+    out = run(
+        "erase", "--mask", str(tmp_path / "mask.png"), str(tmp_path / "portrait.png"),
+        "--out", str(tmp_path / "out"), "--engine", "opencv",
+        "--mask-fit", "anchor", "--mask-anchor", "bottom-right", "--mask-dilate", "4",
+        data_dir=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    restored = np.asarray(Image.open(tmp_path / "out" / "portrait.png").convert("RGB"))
+    changed = (restored != portrait).any(axis=2)
+    assert not changed[~anchored].any()
+    assert changed[anchored].mean() > 0.5
+
+    refused = run(
+        "erase", "--mask", str(tmp_path / "mask.png"), str(tmp_path / "portrait.png"),
+        "--out", str(tmp_path / "o2"), "--mask-anchor", "top",
+        data_dir=tmp_path,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "--mask-anchor needs --mask-fit anchor" in refused.stderr
+
+
 def test_erase_without_lama_model_explains(tmp_path: Path) -> None:
     img = tmp_path / "a.png"
     img.write_bytes(encode(photo(300, 300)))

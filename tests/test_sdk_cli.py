@@ -75,3 +75,32 @@ def test_submit_reports_failures_and_missing_keys(
     wrong = {**env, "PHOTO_ERASER_APPSECRET": "wrong"}
     denied = run_cli(wrong, "submit", missing, "--mask", str(mask), "--out", str(tmp_path))
     assert denied.returncode == 1 and "40102" in denied.stderr
+
+
+def test_submit_sends_the_placement_flags(
+    remote: LocalServer, image_host: ImageHost, tmp_path: Path
+) -> None:
+    """``--mask-fit anchor --mask-anchor top-left --mask-invert`` reach the server as the
+    extension fields: everything but the anchored mark is restored."""
+    from photo_eraser.imaging import MaskPlacement, place_mask
+
+    pixels = photo(H, W, seed=6)  # portrait: W x H swapped
+    url = image_host.add("/cli/portrait.png", encode(pixels))
+    mask_pixels = rect_mask(H, W, (0, 60, 0, 200))
+    mask = tmp_path / "mask.png"
+    mask.write_bytes(encode(mask_pixels))
+    out = tmp_path / "out"
+    done = run_cli(
+        cli_env(remote),
+        "submit", url, "--mask", str(mask), "--server", remote.base_url, "--out", str(out),
+        "--engine", "opencv", "--mask-fit", "anchor", "--mask-anchor", "top-left",
+        "--mask-invert",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    kept = ~place_mask(
+        mask_pixels, W, H, MaskPlacement(fit="anchor", anchor="top-left", invert=True)
+    )
+    assert kept.any() and kept.mean() < 0.5
+    restored = np.asarray(Image.open(out / "portrait.png").convert("RGB"))
+    assert (restored[kept] == pixels[kept]).all()
+    assert (restored[~kept] != pixels[~kept]).any(axis=1).mean() > 0.5

@@ -27,7 +27,13 @@ from PIL import Image
 
 from harness.images import encode, photo
 from harness.server import ServerProcess
-from photo_eraser.imaging import decode_mask, fit_mask, parse_mask_field
+from photo_eraser.imaging import (
+    MaskPlacement,
+    decode_mask,
+    fit_mask,
+    parse_mask_field,
+    place_mask,
+)
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -363,3 +369,70 @@ def test_mask_tools(page: Any, server: ServerProcess, tmp_path: Path) -> None:
     expect(page.locator("#mask-info")).to_have_attribute("data-marked", str(50 * 100))
     page.click("#undo")
     assert _marked(page) == erased
+
+
+def test_anchored_mask_follows_a_portrait_image(
+    page: Any, server: ServerProcess, tmp_path: Path
+) -> None:
+    """A mark painted at the bottom-right of a landscape photo, run with "anchor" at the
+    top-right: the portrait photo's thumbnail shows the mask there (not where stretching would
+    put it), the batch names the placement, and the service restores exactly that area."""
+    appkey, appsecret = server.create_key("studio-anchor")
+    _sign_in(page, server, appkey, appsecret)
+    page.wait_for_selector("#workspace:not([hidden])")
+    inputs = [photo(640, 400, seed=7), photo(320, 480, seed=8)]
+    page.set_input_files(
+        "#file-input", [_png_file("wide.png", inputs[0]), _png_file("tall.png", inputs[1])]
+    )
+    expect(page.locator("#image-list li")).to_have_count(2)
+
+    # A rectangle over image pixels x 500..600, y 300..380 of the landscape photo.
+    view = page.locator("#view").bounding_box()
+    scale = min(view["width"] / 640, view["height"] / 400) * 0.96
+    left = view["x"] + (view["width"] - 640 * scale) / 2
+    top = view["y"] + (view["height"] - 400 * scale) / 2
+    page.keyboard.press("r")
+    _drag(page, [(left + 500 * scale, top + 300 * scale), (left + 600 * scale, top + 380 * scale)])
+    assert _marked(page) > 0
+
+    # The portrait thumbnail at the anchored box's centre (x 248, y 272 of the image, where a
+    # stretched mask leaves the photo bare), before and after choosing the placement.
+    overlay = """([x, y]) => {
+      const c = document.querySelectorAll('#image-list li canvas')[1];
+      const s = Math.min(c.width / 320, c.height / 480);
+      const px = Math.round((c.width - 320 * s) / 2 + x * s);
+      const py = Math.round((c.height - 480 * s) / 2 + y * s);
+      return Array.from(c.getContext('2d').getImageData(px, py, 1, 1).data);
+    }"""
+    stretched = page.evaluate(overlay, [248, 272])
+    page.select_option("#mask-fit", "anchor")
+    expect(page.locator("#mask-anchor-label")).to_be_visible()
+    page.select_option("#mask-anchor", "top-right")
+    anchored = page.evaluate(overlay, [248, 272])
+    bare = page.evaluate(overlay, [275, 408])  # where stretching put the mark
+
+    def shows_photo(rgba: list[int], y: int, x: int) -> bool:  # the thumbnail is scaled down
+        return bool(np.abs(np.array(rgba[:3]) - inputs[1][y, x].astype(int)).max() < 30)
+
+    assert shows_photo(stretched, 272, 248) and shows_photo(bare, 408, 275)
+    assert anchored[0] > 200 and anchored[1] < 110  # the mask's overlay (255, 48, 96) at 0.8
+    page.click("#image-list li:nth-child(2) .pick")  # the portrait, with the mask's footprint
+    _screenshot(page, "studio-anchor.png", tmp_path)
+
+    page.select_option("#engine", "opencv")
+    with page.expect_request("**/v3/pic/rw/batch") as sent:
+        page.click("#submit")
+    batch = json.loads(sent.value.post_data)
+    assert (batch["mask_fit"], batch["mask_anchor"]) == ("anchor", "top-right")
+    page.wait_for_selector("#run-status[data-status='3']", timeout=TASK_TIMEOUT_MS)
+    mask = decode_mask(parse_mask_field(batch["mask"]).data or b"", 10 << 20)
+    placement = MaskPlacement(fit="anchor", anchor="top-right")
+    rows = page.locator("#results tbody tr")
+    for i, pixels in enumerate(inputs):
+        with page.expect_download() as dl:
+            rows.nth(i).locator("a.download").click()
+        result = np.asarray(Image.open(Path(dl.value.path())).convert("RGB"))
+        inside = place_mask(mask, *pixels.shape[:2], placement)
+        changed = (result != pixels).any(axis=-1)
+        assert inside[272, 248] == (i == 1)  # the portrait's mark is where the thumbnail showed
+        assert not changed[~inside].any() and changed[inside].mean() > 0.5

@@ -6,11 +6,20 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from photo_eraser.cli_settings import data_dir_option, load_settings
+from photo_eraser.cli_settings import (
+    data_dir_option,
+    load_settings,
+    placement_from_options,
+    placement_options,
+)
 from photo_eraser.config import Settings
+
+if TYPE_CHECKING:
+    from photo_eraser.imaging import MaskPlacement
 
 
 @click.group()
@@ -201,9 +210,15 @@ def keys_revoke(appkey: str, data_dir: Path | None) -> None:
 )
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--engine", default="auto", show_default=True, help="auto, opencv, lama or restore")
+@placement_options
 @data_dir_option
 def erase(
-    mask_arg: str, images: tuple[Path, ...], out_dir: Path, engine: str, data_dir: Path | None
+    mask_arg: str,
+    images: tuple[Path, ...],
+    out_dir: Path,
+    engine: str,
+    data_dir: Path | None,
+    **placement: Any,
 ) -> None:
     """Restore IMAGES offline with the service's pipeline; results go to --out."""
     from tqdm import tqdm
@@ -221,6 +236,7 @@ def erase(
     from photo_eraser.pipeline import detect_mask, restore_images
 
     settings = load_settings(data_dir)
+    mask_placement = placement_from_options(**placement)
     limits = ImageLimits.from_settings(settings)
     registry = EngineRegistry(
         settings.models_path,
@@ -231,6 +247,11 @@ def erase(
     mask_path = Path(mask_arg)
     if not auto and not mask_path.is_file():
         raise click.BadParameter(f"no such file: {mask_arg} (or give auto)", param_hint="--mask")
+    if auto and (mask_placement.fit != "stretch" or mask_placement.invert):
+        # As the API: the mask found in one frame is stretched onto each image.
+        raise click.BadParameter(
+            "only stretch, not inverted, with --mask auto", param_hint="--mask-fit"
+        )
     try:
         registry.check(engine)
         mask = None
@@ -259,7 +280,11 @@ def erase(
     click.echo(f"restoring {len(decoded)} image(s) with engine {engine}", err=True)
     try:
         results = restore_images(
-            decoded, mask, registry.get(engine), jpeg_quality=settings.jpeg_quality
+            decoded,
+            mask,
+            registry.get(engine),
+            jpeg_quality=settings.jpeg_quality,
+            placement=mask_placement,
         )
     except EngineError as exc:
         raise click.ClickException(str(exc)) from None
@@ -292,6 +317,7 @@ def erase(
 @click.option("--engine", default="auto", show_default=True, help="auto, opencv, lama or restore")
 @click.option("--priority", type=click.IntRange(0, 9), default=5, show_default=True)
 @click.option("--timeout", type=float, default=3600, show_default=True, help="Seconds to wait.")
+@placement_options
 def submit(
     images: tuple[str, ...],
     mask: str,
@@ -300,6 +326,7 @@ def submit(
     engine: str,
     priority: int,
     timeout: float,
+    **placement: Any,
 ) -> None:
     """Restore IMAGE_OR_URL... on a Photo Eraser server (the remote twin of `erase`).
 
@@ -315,9 +342,10 @@ def submit(
     appsecret = os.environ.get("PHOTO_ERASER_APPSECRET", "")
     if not appkey or not appsecret:
         raise click.ClickException("set PHOTO_ERASER_APPKEY and PHOTO_ERASER_APPSECRET")
+    extensions = _placement_fields(placement_from_options(**placement))
     try:
         with Client(server, appkey, appsecret) as client:
-            task = client.submit(list(images), mask, priority=priority, engine=engine)
+            task = client.submit(list(images), mask, priority=priority, engine=engine, **extensions)
             click.echo(f"task {task.id}", err=True)
             with tqdm(total=len(images), desc="restore", unit="img", file=sys.stderr) as bar:
 
@@ -339,6 +367,21 @@ def submit(
     if result.status.name != "COMPLETE" or failed:
         click.echo(f"task {task.id}: status {result.status.name.lower()}", err=True)
         sys.exit(1)
+
+
+def _placement_fields(placement: MaskPlacement) -> dict[str, Any]:
+    """The API's extension fields for ``placement``; none for the default, so a server that
+    predates them is sent exactly the seed's request."""
+    fields: dict[str, Any] = {}
+    if placement.fit != "stretch":
+        fields["mask_fit"] = placement.fit
+    if placement.fit == "anchor":
+        fields["mask_anchor"] = placement.anchor
+    if placement.dilate:
+        fields["mask_dilate"] = placement.dilate
+    if placement.invert:
+        fields["mask_invert"] = True
+    return fields
 
 
 def _register_models() -> None:

@@ -28,6 +28,8 @@ const state = {
   redo: [],
   marked: 0,
   bbox: null, // mask bounding box in mask pixels: [x0, y0, x1, y1) or null
+  fit: "stretch", // how the mask lands on images of other sizes: the mask_fit extension
+  anchor: "bottom-right", // with fit "anchor": the mask_anchor extension
   task: null, // {id, items: [image], timer}
   compare: null,
 };
@@ -288,7 +290,48 @@ function renderList() {
   $("#image-count").textContent = state.images.length ? `(${state.images.length} of ${MAX_IMAGES})` : "";
 }
 
-/** A thumbnail with the mask stretched onto it exactly as the service stretches it. */
+const ANCHOR_AXES = {
+  "top-left": [0, 0], top: [1, 0], "top-right": [2, 0],
+  left: [0, 1], center: [1, 1], right: [2, 1],
+  "bottom-left": [0, 2], bottom: [1, 2], "bottom-right": [2, 2],
+};
+
+/** Where the mask lands on `image`, as the service places it (`place_mask`, nearest
+ * neighbour): [x, y, w, h] in image pixels; it may reach past the image's edges (cut off). */
+function maskRect(image) {
+  const [W, H] = imageSize(image);
+  const [mw, mh] = [mask.width, mask.height];
+  if (state.fit === "stretch") return [0, 0, W, H];
+  let sw, sh, hAxis, vAxis;
+  if (state.fit === "contain") {
+    const s = Math.min(W / mw, H / mh);
+    [sw, sh] = [Math.min(W, Math.max(1, Math.round(mw * s))), Math.min(H, Math.max(1, Math.round(mh * s)))];
+    [hAxis, vAxis] = [1, 1];
+  } else {
+    const s = Math.min(W, H) / Math.min(mw, mh);
+    [sw, sh] = [Math.max(1, Math.round(mw * s)), Math.max(1, Math.round(mh * s))];
+    [hAxis, vAxis] = ANCHOR_AXES[state.anchor];
+  }
+  const x = [0, Math.floor((W - sw) / 2), W - sw][hAxis];
+  const y = [0, Math.floor((H - sh) / 2), H - sh][vAxis];
+  return [x, y, sw, sh];
+}
+
+/** The mask drawn over an image shown at [x, y] with `scale`, placed as the service places
+ * it; what falls outside the image is clipped. */
+function drawPlacedMask(ctx, image, x, y, scale) {
+  const [w, h] = imageSize(image);
+  const [mx, my, mw, mh] = maskRect(image);
+  ctx.save();
+  ctx.beginPath();
+  ctx.rect(x, y, w * scale, h * scale);
+  ctx.clip();
+  ctx.imageSmoothingEnabled = false; // nearest neighbour, as the service scales the mask
+  ctx.drawImage(mask, x + mx * scale, y + my * scale, mw * scale, mh * scale);
+  ctx.restore();
+}
+
+/** A thumbnail with the mask on it exactly as the service places it. */
 function drawThumb(image) {
   const c = image.thumb;
   if (!c) return;
@@ -303,9 +346,8 @@ function drawThumb(image) {
     ctx.fillStyle = "#333";
     ctx.fillRect(x, y, dw, dh);
   }
-  ctx.imageSmoothingEnabled = false;
   ctx.globalAlpha = 0.8;
-  ctx.drawImage(mask, x, y, dw, dh);
+  drawPlacedMask(ctx, image, x, y, s);
   ctx.globalAlpha = 1;
 }
 
@@ -365,9 +407,14 @@ function maskChanged() {
   const info = $("#mask-info");
   info.dataset.marked = String(state.marked);
   const share = (100 * state.marked) / (mask.width * mask.height);
+  const how = {
+    stretch: "stretched to every image",
+    contain: "scaled to fit inside every image, centred",
+    anchor: `scaled by each image's short side and kept at its ${state.anchor}`,
+  }[state.fit];
   info.textContent = state.marked
-    ? `The mask covers ${share < 0.1 ? share.toFixed(2) : share.toFixed(1)}% of each picture (${mask.width}×${mask.height} px, stretched to every image as the service does).`
-    : "The mask is empty: paint over what to erase. It is stretched to every image of the batch, as the service does.";
+    ? `The mask covers ${share < 0.1 ? share.toFixed(2) : share.toFixed(1)}% of its ${mask.width}×${mask.height} px (${how}, as the service does).`
+    : `The mask is empty: paint over what to erase. It is ${how} of the batch, as the service does.`;
   $("#undo").disabled = state.undo.length === 0;
   $("#redo").disabled = state.redo.length === 0;
   drawThumbs();
@@ -413,12 +460,13 @@ function clearMask() {
   settleMask();
 }
 
-/** Draw on the mask in the coordinates of `image` (the mask is stretched onto it). */
+/** Draw on the mask in the coordinates of `image` (the mask placed on it as the service
+ * places it; paint outside the mask's footprint falls off the mask). */
 function withImageTransform(image, draw) {
-  const w = image.width || mask.width;
-  const h = image.height || mask.height;
+  const [mx, my, mw, mh] = maskRect(image);
+  const [sx, sy] = [mask.width / mw, mask.height / mh];
   maskCtx.save();
-  maskCtx.setTransform(mask.width / w, 0, 0, mask.height / h, 0, 0);
+  maskCtx.setTransform(sx, 0, 0, sy, -mx * sx, -my * sy);
   draw(maskCtx);
   maskCtx.restore();
 }
@@ -551,10 +599,18 @@ function draw() {
     ctx.fillText("remote image: not shown (this page only talks to its server)", x + (w * s) / 2, y + (h * s) / 2);
   }
   if (!state.showOriginal) {
-    ctx.imageSmoothingEnabled = false; // nearest neighbour, as the service stretches the mask
     ctx.globalAlpha = state.opacity;
-    ctx.drawImage(mask, x, y, w * s, h * s);
+    drawPlacedMask(ctx, image, x, y, s);
     ctx.globalAlpha = 1;
+    if (state.fit !== "stretch") {
+      // The mask's footprint on this image: paint lands on the mask only inside it.
+      const [mx, my, mw, mh] = maskRect(image);
+      ctx.strokeStyle = "rgba(255, 255, 255, 0.6)";
+      ctx.setLineDash([4, 4]);
+      ctx.lineWidth = devicePixelRatio;
+      ctx.strokeRect(x + mx * s, y + my * s, mw * s, mh * s);
+      ctx.setLineDash([]);
+    }
   }
   const drag = pointer.drag;
   if (drag && drag.kind === "rect") {
@@ -755,12 +811,10 @@ async function submit() {
     renderResults(state.images.filter((im) => im.uploadError));
     if (!items.length) return setStatus("No image could be uploaded; see the reasons below.", "error");
     const maskData = "data:image/png;base64," + (await blobBase64(await maskPng()));
-    const body = JSON.stringify({
-      images: items.map((it) => it.url),
-      mask: maskData,
-      priority,
-      engine: $("#engine").value,
-    });
+    const fields = { images: items.map((it) => it.url), mask: maskData, priority, engine: $("#engine").value };
+    if (state.fit !== "stretch") fields.mask_fit = state.fit;
+    if (state.fit === "anchor") fields.mask_anchor = state.anchor;
+    const body = JSON.stringify(fields);
     if (body.length > CONFIG.maxBodyBytes)
       return setStatus(`The request is ${sizeText(body.length)}, more than the server takes (${sizeText(CONFIG.maxBodyBytes)}).`, "error");
     setStatus("Sending the batch…");
@@ -882,8 +936,13 @@ function setComparePosition(percent) {
 /** Zoom the comparison onto the mask's box, as the mask lands on this image. */
 function zoomToMask() {
   if (!state.bbox) return;
+  // The box in mask pixels, placed on the compared image, as fractions of that image.
   const [x0, y0, x1, y1] = state.bbox;
-  const fx0 = x0 / mask.width, fx1 = x1 / mask.width, fy0 = y0 / mask.height, fy1 = y1 / mask.height;
+  const [iw, ih] = imageSize(state.compare);
+  const [mx, my, mw, mh] = maskRect(state.compare);
+  const along = (v, m, offset, size, whole) => Math.min(1, Math.max(0, (offset + (v / m) * size) / whole));
+  const [fx0, fx1] = [along(x0, mask.width, mx, mw, iw), along(x1, mask.width, mx, mw, iw)];
+  const [fy0, fy1] = [along(y0, mask.height, my, mh, ih), along(y1, mask.height, my, mh, ih)];
   const frame = $("#compare-zoom");
   const W = frame.offsetWidth;
   const H = frame.offsetHeight;
@@ -1039,6 +1098,14 @@ function wire() {
     ev.preventDefault();
     submit();
   });
+  const placementChanged = () => {
+    state.fit = $("#mask-fit").value;
+    state.anchor = $("#mask-anchor").value;
+    $("#mask-anchor-label").hidden = state.fit !== "anchor";
+    maskChanged();
+  };
+  $("#mask-fit").addEventListener("change", placementChanged);
+  $("#mask-anchor").addEventListener("change", placementChanged);
   $("#compare-slider").addEventListener("input", (ev) => setComparePosition(Number(ev.target.value)));
   $("#zoom-mask").addEventListener("click", zoomToMask);
   $("#zoom-reset").addEventListener("click", () => ($("#compare-zoom").style.transform = ""));
