@@ -1,18 +1,23 @@
 """Watermark detection from the batch (the ``"mask": "auto"`` extension).
 
 A batch that shares one watermark carries its own mask: the same edges at the same place in
-every photo, while the photos' own edges differ from image to image. Per pixel, a low
-quantile over the batch of the gradient magnitude keeps what (nearly) every image shows there
-and drops what only some do (Dekel, Rubinstein, Liu, Freeman, "On the Effectiveness of
-Visible Watermarks", CVPR 2017, use the median; with few images a lower rank rejects photo
-edges much better).
+every photo, while the photos' own edges differ from image to image (Dekel, Rubinstein, Liu,
+Freeman, "On the Effectiveness of Visible Watermarks", CVPR 2017, take the per-pixel median
+of the gradients). Here each pixel's score is a low rank over the batch of the gradient
+energy (what most images show there; with few images a rank below the median rejects photo
+edges much better) times the coherence of the edge's orientation over the batch (a mark's
+edge runs the same way in every image, chance agreements of photo texture do not).
 
-Two passes. A coarse one on every image reduced to a small working frame finds whether and
-roughly where a shared mark is; a fine one, at the reference image's resolution but only
-around what the coarse pass found, aligns the images (marks shifted by a few pixels), draws
-the mark's edges with a hysteresis threshold set against the surrounding background, fills
-the solid parts between them (strokes, bars), and widens the result by a small margin, as a
-user would paint it.
+Whether there is a mark at all is decided against the batch itself: each image is moved by
+its own large offset ("scrambled"), which keeps every chance agreement of the photos and
+breaks the shared mark. A mark is a cluster of edges whose mass (score above the threshold,
+summed) is well above the largest the scrambled batches show.
+
+Two passes. A coarse one on every image reduced to a small frame finds whether and roughly
+where the mark is; a fine one at the reference image's resolution, only around it, aligns the
+images (marks shifted by a few pixels), traces the mark's edges with a hysteresis threshold,
+fills the solid parts between them (strokes, bars) and widens the result by a small margin, as
+a user would paint it.
 
 Images of different sizes are stretched onto the reference frame (the largest image), as the
 mask is stretched back onto each of them: a mark that scales with the image is found once.
@@ -28,52 +33,65 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["DetectParams", "Detection", "detect_watermark"]
+__all__ = ["DetectParams", "Detection", "detect_watermark", "no_mark_reason"]
 
 
 @dataclass(frozen=True)
 class DetectParams:
-    """Every threshold of the detector, with its reason (measured: docs/restore-quality.md)."""
+    """Every threshold of the detector, with its reason (figures: docs/detect-quality.md)."""
 
     min_images: int = 3
     """Fewer images cannot tell a shared mark from two photos' coinciding edges."""
-    coarse_width: int = 480
-    """Width of the coarse pass's frame: enough for text strokes of a 2% mark at 1920 px to
-    show, small enough to cost a few ms an image."""
-    fine_max_pixels: int = 2_000_000
-    """The fine pass's region is scaled down beyond this many pixels (huge marks)."""
+    coarse_width: int = 384
+    """Width of the coarse pass's frame: a 2% text mark on a 1920 px photo still shows, and
+    it costs a few ms an image."""
     rank_share: float = 0.3
     """The per-pixel rank taken over the batch, as a share of the images (0.5 = median): the
-    mark must show in ~70% of the images; faint or same-coloured spots in a few are tolerated."""
+    mark must show in about 70% of them; a spot where it has the photo's colour in a few
+    images is tolerated."""
+    flat_energy: float = 1600.0
+    """Structure-tensor trace (squared Sobel gradients summed over the channels) below which
+    a pixel counts as flat: its orientation says little (about 10 grey levels a pixel)."""
     high: float = 3.0
-    """Hysteresis: a mark edge is this many times the background's 90th percentile ..."""
+    """A mark's edge scores this many times the background (the score's 90th percentile) ..."""
     low: float = 1.6
-    """... and its continuation (connected to a strong edge) this many times."""
-    min_high: float = 6.0
-    """Floor of the high threshold (gradient energy, grey levels summed over x, y and the
-    three channels): JPEG noise on flat photos must not pass."""
-    min_area_share: float = 0.0003
-    """A mark covers at least this share of the coarse frame (smaller: noise)."""
-    null_margin: float = 1.6
-    """A mark's strongest edge must be this many times the strongest spot of the scrambled
-    batch (each image moved elsewhere: the photos' chance agreements, no shared mark)."""
-    scrambles: int = 4
-    """Scrambled versions of the batch whose strongest spot sets the bar."""
+    """... and its continuation (connected to such an edge) this many times."""
+    min_high: float = 2.0
+    """Floor of the high threshold (gradient energy in grey levels, mean over the channels,
+    |dx| + |dy|, times the coherence): JPEG noise on flat photos must not pass."""
+    blob_gap: int = 2
+    """Edges this close (coarse pixels) form one cluster: a word's letters, a logo's parts."""
+    scrambles: int = 3
+    """Scrambled versions of the batch whose largest cluster sets the bar ..."""
+    scrambled_images: int = 32
+    """... at least this many images in all (small batches get more scrambles: their chance
+    agreements vary more, and each costs little)."""
+    null_margin: float = 4.0
+    """A mark's cluster must have this many times the mass of the largest cluster of any
+    scrambled batch."""
+    min_mass_pixels: float = 0.0001
+    """... and at least the mass of this share of the coarse frame's pixels (at least 8) at
+    twice the clusters' level (when the scrambled batches show nothing at all)."""
+    cluster: float = 2.0
+    """Clusters are made of the pixels above this many times the background; their mass is
+    the score above that level, summed."""
     reach: float = 0.1
     """Weaker edges count as part of the mark within this share of the frame's longer side
-    of one that clears the bar."""
-    flat_energy: float = 1600.0
-    """Structure-tensor trace (squared Sobel gradients, 16x grey levels squared) below which a
-    pixel counts as flat: its orientation says little."""
+    of a cluster that clears the bar."""
+    fine_max_pixels: int = 600_000
+    """The fine pass's region is scaled down beyond this many pixels (huge marks)."""
     align_radius: int = 4
     """Marks shifted by up to this many reference pixels are aligned."""
+    align_max_pixels: int = 150_000
+    """Alignment runs on a region halved in size beyond this many pixels (2 px precision;
+    the mask is widened by the shifts' spread anyway)."""
     fill_share: float = 0.02
     """Enclosed gaps between edges up to this inscribed radius (a share of the reference
     frame's longer side, at least ``fill_min`` pixels) are the solid inside of a stroke or bar
     and are filled; wider ones (a ring's hole) are not."""
     fill_min: float = 4.0
     margin: int = 1
-    """The mask reaches this many pixels beyond the mark (as a tight hand-painted mask)."""
+    """The mask reaches this many pixels beyond the traced edges."""
 
 
 @dataclass
@@ -83,14 +101,14 @@ class Detection:
     mask: np.ndarray | None
     """bool HxW in the reference frame (the largest image's size); None if nothing was found."""
     confidence: float
-    """0..1, from ``contrast``: 0.5 at the acceptance limit, 1 at twice it (0 if none)."""
+    """0..1, from ``contrast``: 0.5 at the acceptance bar, 1 at twice it (0 if none)."""
     reason: str
     """Why no mask was returned ("" when one was)."""
     images: int
     shape: tuple[int, int]
     """(height, width) of the reference frame."""
     contrast: float = 0.0
-    """The strongest edge found over the strongest of the scrambled batch (above
+    """The largest edge cluster's mass over the largest of the scrambled batches' (at least
     ``null_margin``: a mark)."""
     shifts: dict[int, tuple[int, int]] = field(default_factory=dict)
     """Images realigned, by (dy, dx) in reference pixels."""
@@ -121,46 +139,87 @@ def detect_watermark(images: Sequence[np.ndarray], params: DetectParams | None =
     hr, wr = shape
     scale = min(1.0, p.coarse_width / wr)
     ch, cw = max(8, round(hr * scale)), max(8, round(wr * scale))
-    small = [_resized(im, cw, ch) for im in images]
-    coarse = np.stack([_spread_out(_energy(im)) for im in small])
-    score = _score(small, coarse, p)
-    # The same batch with each image moved elsewhere: the photos' chance agreements stay, a
-    # shared mark no longer lines up. A mark must stand out above what that shows.
-    chance = 1e-3
-    for turn in range(p.scrambles):
-        moved = _scrambled(small, turn)
-        null = _score(moved, np.stack([_spread_out(_energy(im)) for im in moved]), p)
-        chance = max(chance, float(_peak(null).max()))
-    peak = _peak(score)
+    maps = _Maps([_resized(im, cw, ch) for im in images], p, spread=True)
+    score = maps.score(p.rank_share)
     background = _background(score, None)
-    high = max(p.high * background, p.min_high)
-    edges = _hysteresis(score, peak, high, p.low * background)
-    edges = _drop_small(edges, max(4, round(p.min_area_share * ch * cw)))
-    edges = _near_sure(edges, peak, p.null_margin * chance, p.reach * max(ch, cw))
-    contrast = float(peak[edges].max() if edges.any() else peak.max()) / chance
-    if not edges.any():
+    level = max(p.cluster * background, p.min_high)
+    labels, mass = _clusters(score, level, p.blob_gap)
+    # The same batch scrambled: the photos' chance agreements stay, a shared mark does not.
+    chance = level * max(8.0, p.min_mass_pixels * ch * cw)
+    for turn in range(max(p.scrambles, -(-p.scrambled_images // n))):
+        _, null_mass = _clusters(maps.score(p.rank_share, turn + 1), level, p.blob_gap)
+        chance = max(chance, float(null_mass.max(initial=0.0)))
+    contrast = float(mass.max(initial=0.0)) / chance
+    sure = np.zeros(len(mass) + 1, bool)
+    sure[1:] = mass >= p.null_margin * chance
+    if not sure.any():
         return Detection(None, 0.0, no_mark_reason(n), n, shape, contrast)
-    mask, shifts = _fine(images, shape, edges, (ch, cw), p)
+    edges = _hysteresis(score, _peak(score), level, p.low * background)
+    edges = _near(edges, sure[labels], p.reach * max(ch, cw))
+    mask, shifts = _fine(images, shape, edges, p)
     if mask is None:
         return Detection(None, 0.0, no_mark_reason(n), n, shape, contrast)
     confidence = min(1.0, 0.5 * contrast / p.null_margin)
     return Detection(mask, round(confidence, 3), "", n, shape, contrast, shifts)
 
 
+class _Maps:
+    """Per image, on one frame: the gradient energy and the orientation part of the
+    normalised structure tensor (``a``, ``b``: length 1 on a clean edge, ~0 on flat noise)."""
+
+    def __init__(self, images: Sequence[np.ndarray], p: DetectParams, spread: bool) -> None:
+        h, w = images[0].shape[:2]
+        n = len(images)
+        self.energy = np.empty((n, h, w), np.float32)
+        self.a = np.empty((n, h, w), np.float32)
+        self.b = np.empty((n, h, w), np.float32)
+        ones = np.ones((1, 3), np.float32)
+        for i, im in enumerate(images):
+            e = _energy(im)
+            # In the coarse pass, marks a pixel or so apart (a few in the full image) still
+            # coincide.
+            self.energy[i] = cv2.dilate(e, np.ones((3, 3), np.uint8)) if spread else e
+            gx = cv2.Sobel(im, cv2.CV_32F, 1, 0, ksize=3)
+            gy = cv2.Sobel(im, cv2.CV_32F, 0, 1, ksize=3)
+            jxx = cv2.GaussianBlur(cv2.transform(gx * gx, ones), (0, 0), 1.0)
+            jyy = cv2.GaussianBlur(cv2.transform(gy * gy, ones), (0, 0), 1.0)
+            jxy = cv2.GaussianBlur(cv2.transform(gx * gy, ones), (0, 0), 1.0)
+            tr = jxx + jyy + p.flat_energy
+            self.a[i] = (jxx - jyy) / tr
+            self.b[i] = 2 * jxy / tr
+
+    def score(self, share: float, scramble: int = 0) -> np.ndarray:
+        """Per pixel, how much the batch agrees on an edge there: the low-rank energy times
+        the orientation's coherence. ``scramble`` > 0: each image rolled by its own offset."""
+        energy, a, b = self.energy, self.a, self.b
+        if scramble:
+            n, h, w = energy.shape
+            offsets = [_offset(scramble * n + i, h, w) for i in range(n)]
+            energy, a, b = (
+                np.stack([np.roll(m[i], offsets[i], (0, 1)) for i in range(n)])
+                for m in (energy, a, b)
+            )
+        coherence = np.sqrt(a.sum(axis=0) ** 2 + b.sum(axis=0) ** 2) / len(energy)
+        return coherence * _rank(energy, share)
+
+
+def _offset(k: int, h: int, w: int) -> tuple[int, int]:
+    """A well spread offset for the k-th image of a scramble (golden-ratio sequence)."""
+    return int(h * ((0.6180339887 * (k + 1)) % 1)), int(w * ((0.7548776662 * (k + 1)) % 1))
+
+
 def _fine(
     images: Sequence[np.ndarray],
     shape: tuple[int, int],
     coarse_edges: np.ndarray,
-    coarse_shape: tuple[int, int],
     p: DetectParams,
 ) -> tuple[np.ndarray | None, dict[int, tuple[int, int]]]:
     """The mask at the reference resolution around the coarse find; the shifts made."""
     hr, wr = shape
-    ch, cw = coarse_shape
+    ch, cw = coarse_edges.shape
     ys, xs = np.nonzero(coarse_edges)
     fy, fx = hr / ch, wr / cw
-    fill = max(p.fill_min, p.fill_share * max(hr, wr))
-    pad = p.align_radius + p.margin + 2 * round(fill) + round(2 * max(fy, fx)) + 8
+    pad = p.align_radius + p.margin + 3 + round(2 * max(fy, fx))
     y0, y1 = max(0, int(ys.min() * fy) - pad), min(hr, int((ys.max() + 1) * fy) + pad)
     x0, x1 = max(0, int(xs.min() * fx) - pad), min(wr, int((xs.max() + 1) * fx) + pad)
     # The fine frame: the region at the reference resolution, or scaled down if huge.
@@ -168,15 +227,12 @@ def _fine(
     gh, gw = max(4, round((y1 - y0) * s)), max(4, round((x1 - x0) * s))
     r = max(1, round(p.align_radius * s))
     crops = [_region(im, shape, (y0, y1, x0, x1), (gh + 2 * r, gw + 2 * r), r / s) for im in images]
-    energy = np.stack([_energy(c) for c in crops])
-    shifts = _alignment(energy, r, p.rank_share)
-    h, w = gh, gw
+    shifts = _alignment([_energy(c) for c in crops], r, p)
     crops = [
-        c[r + dy : r + dy + h, r + dx : r + dx + w]
+        c[r + dy : r + dy + gh, r + dx : r + dx + gw]
         for c, (dy, dx) in ((crops[i], shifts.get(i, (0, 0))) for i in range(len(crops)))
     ]
-    energy = np.stack([_energy(c) for c in crops])
-    score = _score(crops, energy, p)
+    score = _Maps(crops, p, spread=False).score(p.rank_share)
     near = cv2.resize(
         coarse_edges[
             int(y0 / fy) : int(np.ceil(y1 / fy)), int(x0 / fx) : int(np.ceil(x1 / fx))
@@ -189,13 +245,14 @@ def _fine(
     edges = _hysteresis(
         score, _peak(score), max(p.high * background, p.min_high), p.low * background
     )
-    # Only what the coarse pass vouched for (its noise-free components), widened a little.
+    # Only what the coarse pass vouched for, widened a little.
     edges &= around > 0
     edges = _drop_small(edges, 6)
     if not edges.any():
         return None, {}
+    fill = max(p.fill_min, p.fill_share * max(hr, wr))
     solid = _filled(edges, fill * s)
-    margin = max(1, round((p.margin + _spread(shifts)) * s))
+    margin = max(1, round(p.margin * s) + _spread(shifts))
     solid = cv2.dilate(solid.astype(np.uint8), _disc(margin)) > 0
     mask = np.zeros(shape, bool)
     mask[y0:y1, x0:x1] = cv2.resize(
@@ -229,11 +286,14 @@ def _region(
     sx0, sx1 = (x0 - pad) * kx, (x1 + pad) * kx
     oh, ow = out
     ay, ax = (sy1 - sy0) / oh, (sx1 - sx0) / ow
+    if abs(ay - 1) < 1e-9 and abs(ax - 1) < 1e-9 and sy0 >= 0 and sx0 >= 0:
+        iy, ix = round(sy0), round(sx0)
+        if abs(iy - sy0) < 1e-9 and abs(ix - sx0) < 1e-9 and iy + oh <= h and ix + ow <= w:
+            return image[iy : iy + oh, ix : ix + ow]  # the same size: a plain crop
     # Output pixel centre j -> source x = sx0 + (j + 0.5) * ax - 0.5.
     m = np.array([[ax, 0.0, sx0 + 0.5 * ax - 0.5], [0.0, ay, sy0 + 0.5 * ay - 0.5]])
-    shrink = max(ax, ay) > 1.5
     src = image
-    if shrink:  # average before sampling, so a reduced crop is not aliased
+    if max(ax, ay) > 1.5:  # average before sampling, so a reduced crop is not aliased
         k = int(round(max(ax, ay)))
         src = cv2.blur(image, (k, k))
     return cv2.warpAffine(
@@ -246,19 +306,13 @@ def _region(
 
 
 def _energy(image: np.ndarray) -> np.ndarray:
-    """Gradient energy, float32 HxW: |dx| + |dy| summed over the colour channels (colour, not
-    grey: a coloured mark can have the luminance of the photo under it)."""
-    im = image.astype(np.int16)
-    e = np.zeros(im.shape[:2], np.float32)
-    e[:, :-1] += np.abs(im[:, 1:] - im[:, :-1]).sum(axis=2, dtype=np.int16)
-    e[:-1] += np.abs(im[1:] - im[:-1]).sum(axis=2, dtype=np.int16)
+    """Gradient energy, float32 HxW: |dx| + |dy|, each the mean over the colour channels
+    (colour, not grey: a coloured mark can have the luminance of the photo under it)."""
+    mean = np.full((1, 3), 1 / 3, np.float32)
+    e = np.zeros(image.shape[:2], np.float32)
+    e[:, :-1] = cv2.transform(cv2.absdiff(image[:, 1:], image[:, :-1]), mean)
+    e[:-1] += cv2.transform(cv2.absdiff(image[1:], image[:-1]), mean)
     return e
-
-
-def _spread_out(energy: np.ndarray) -> np.ndarray:
-    """Each pixel's energy as the largest of its 3x3 neighbourhood: in the coarse pass, marks
-    a pixel or so apart (shifted a few pixels in the full image) still coincide."""
-    return cv2.dilate(energy, np.ones((3, 3), np.uint8))
 
 
 def _rank(stack: np.ndarray, share: float) -> np.ndarray:
@@ -273,7 +327,19 @@ def _background(score: np.ndarray, where: np.ndarray | None) -> float:
     values = score if where is None else score[where]
     if values.size == 0:
         values = score.ravel()
-    return max(1.0, float(np.percentile(values, 90)))
+    return max(0.1, float(np.percentile(values, 90)))
+
+
+def _clusters(score: np.ndarray, high: float, gap: int) -> tuple[np.ndarray, np.ndarray]:
+    """Clusters of pixels above ``high`` at most ``gap`` apart: their labels (0: none) and
+    each one's mass (the score above ``high``, summed; index 0 = label 1)."""
+    above = score > high
+    grown = cv2.dilate(above.astype(np.uint8), np.ones((2 * gap + 1, 2 * gap + 1), np.uint8))
+    n, labels = cv2.connectedComponents(grown, connectivity=8)
+    if n <= 1:
+        return labels, np.zeros(0)
+    excess = np.where(above, score - high, 0.0)
+    return labels, np.asarray(ndimage.sum(excess, labels, np.arange(1, n)), float)
 
 
 def _hysteresis(score: np.ndarray, peak: np.ndarray, high: float, low: float) -> np.ndarray:
@@ -294,30 +360,13 @@ def _peak(score: np.ndarray) -> np.ndarray:
     return cv2.blur(score, (3, 3))
 
 
-def _scrambled(images: Sequence[np.ndarray], turn: int) -> list[np.ndarray]:
-    """Each image rolled by its own large offset (and every other one mirrored), so that
-    nothing shared at a fixed place lines up any more; ``turn`` picks other offsets."""
-    out = []
-    for i, im in enumerate(images):
-        h, w = im.shape[:2]
-        k = i + 1 + turn * 7
-        rolled = np.roll(im, (int(h * ((0.37 * k) % 1)), int(w * ((0.61 * k) % 1))), (0, 1))
-        out.append(np.ascontiguousarray(rolled[:, ::-1] if (i + turn) % 2 else rolled))
-    return out
-
-
-def _near_sure(edges: np.ndarray, peak: np.ndarray, sure: float, reach: float) -> np.ndarray:
-    """The edge components within ``reach`` pixels of one that peaks above ``sure`` (the
-    parts of a mark lie together; stray chance edges elsewhere are dropped)."""
+def _near(edges: np.ndarray, sure: np.ndarray, reach: float) -> np.ndarray:
+    """The edge components within ``reach`` pixels of the ``sure`` area (the parts of a mark
+    lie together; stray chance edges elsewhere are dropped)."""
     n, labels = cv2.connectedComponents(edges.astype(np.uint8), connectivity=8)
-    if n <= 1:
-        return edges
-    seeds = np.zeros(n, bool)
-    seeds[np.unique(labels[edges & (peak > sure)])] = True
-    seeds[0] = False
-    if not seeds.any():
+    if n <= 1 or not sure.any():
         return np.zeros_like(edges)
-    far = cv2.distanceTransform((~seeds[labels]).astype(np.uint8), cv2.DIST_L2, 3)
+    far = cv2.distanceTransform((~sure).astype(np.uint8), cv2.DIST_L2, 3)
     near = np.zeros(n, bool)
     near[np.unique(labels[edges & (far <= reach)])] = True
     near[0] = False
@@ -331,21 +380,26 @@ def _drop_small(edges: np.ndarray, min_pixels: int) -> np.ndarray:
     return keep[labels]
 
 
-def _alignment(energy: np.ndarray, r: int, share: float) -> dict[int, tuple[int, int]]:
+def _alignment(energy: Sequence[np.ndarray], r: int, p: DetectParams) -> dict[int, tuple[int, int]]:
     """Shifts (dy, dx), up to ``r`` pixels, that make each image's energy best match the
     batch's rank map (normalised cross-correlation), found twice; ``energy`` holds crops with
-    ``r`` pixels to spare on each side."""
-    n, h, w = energy.shape
+    ``r`` pixels to spare on each side. Large regions are aligned at half size."""
+    h, w = energy[0].shape
+    step = 2 if (h - 2 * r) * (w - 2 * r) > p.align_max_pixels and r >= 2 else 1
+    if step == 2:
+        energy = [cv2.resize(e, (w // 2, h // 2), interpolation=cv2.INTER_AREA) for e in energy]
+        h, w, r = h // 2, w // 2, r // 2
+    n = len(energy)
     shifts = {i: (0, 0) for i in range(n)}
     for _ in range(2):
         template = _rank(
             np.stack(
                 [
-                    energy[i, r + dy : h - r + dy, r + dx : w - r + dx]
+                    energy[i][r + dy : h - r + dy, r + dx : w - r + dx]
                     for i, (dy, dx) in shifts.items()
                 ]
             ),
-            share,
+            p.rank_share,
         )
         if float(template.std()) < 1e-6:
             break
@@ -360,33 +414,11 @@ def _alignment(energy: np.ndarray, r: int, share: float) -> dict[int, tuple[int,
                 moved = True
         if not moved:
             break
-    return {i: s for i, s in shifts.items() if s != (0, 0)}
-
-
-def _score(images: Sequence[np.ndarray], energy: np.ndarray, p: DetectParams) -> np.ndarray:
-    """Per pixel, how much the batch agrees on an edge there: the low-rank gradient energy
-    (shown by most images) times the coherence of the edge's orientation over the batch (a
-    mark's edge runs the same way in every image, photo edges in any direction)."""
-    a = np.zeros(energy.shape[1:], np.float32)
-    b = np.zeros_like(a)
-    for im in images:
-        f = im.astype(np.float32)
-        gx = cv2.Sobel(f, cv2.CV_32F, 1, 0, ksize=3)
-        gy = cv2.Sobel(f, cv2.CV_32F, 0, 1, ksize=3)
-        # The structure tensor summed over the colour channels, lightly smoothed, normalised:
-        # its orientation part (a, b) has length 1 on a clean edge and ~0 on flat noise.
-        jxx = cv2.GaussianBlur(cv2.transform(gx * gx, np.ones((1, 3), np.float32)), (0, 0), 1.0)
-        jyy = cv2.GaussianBlur(cv2.transform(gy * gy, np.ones((1, 3), np.float32)), (0, 0), 1.0)
-        jxy = cv2.GaussianBlur(cv2.transform(gx * gy, np.ones((1, 3), np.float32)), (0, 0), 1.0)
-        tr = jxx + jyy + p.flat_energy
-        a += (jxx - jyy) / tr
-        b += 2 * jxy / tr
-    coherence = np.sqrt(a * a + b * b) / len(images)
-    return coherence * _rank(energy, p.rank_share)
+    return {i: (dy * step, dx * step) for i, (dy, dx) in shifts.items() if (dy, dx) != (0, 0)}
 
 
 def _spread(shifts: dict[int, tuple[int, int]]) -> int:
-    """How far the images' marks lie from the reference placement (reference pixels)."""
+    """How far the images' marks lie from the reference placement (fine-frame pixels)."""
     return max((max(abs(dy), abs(dx)) for dy, dx in shifts.values()), default=0)
 
 
