@@ -55,7 +55,9 @@ class DetectParams:
     high: float = 3.0
     """A mark's edge scores this many times the background (the score's 90th percentile) ..."""
     low: float = 1.6
-    """... and its continuation (connected to such an edge) this many times."""
+    """... and its continuation (connected to such an edge) this many times ..."""
+    tail: float = 0.0
+    """... and (in the fine pass) this share of the strongest score within 2 pixels."""
     min_high: float = 2.0
     """Floor of the high threshold (gradient energy in grey levels, mean over the channels,
     |dx| + |dy|, times the coherence): JPEG noise on flat photos must not pass."""
@@ -154,8 +156,11 @@ def detect_watermark(images: Sequence[np.ndarray], params: DetectParams | None =
     sure[1:] = mass >= p.null_margin * chance
     if not sure.any():
         return Detection(None, 0.0, no_mark_reason(n), n, shape, contrast)
+    # The mark's other parts: clusters above any chance one, near a sure one.
+    likely = np.zeros_like(sure)
+    likely[1:] = mass >= chance
     edges = _hysteresis(score, _peak(score), level, p.low * background)
-    edges = _near(edges, sure[labels], p.reach * max(ch, cw))
+    edges &= _near(likely[labels], sure[labels], p.reach * max(ch, cw))
     mask, shifts = _fine(images, shape, edges, p)
     if mask is None:
         return Detection(None, 0.0, no_mark_reason(n), n, shape, contrast)
@@ -242,9 +247,11 @@ def _fine(
     )
     around = cv2.dilate(near, np.ones((3, 3), np.uint8), iterations=max(2, round(2 * fy * s)))
     background = _background(score, around == 0)
-    edges = _hysteresis(
-        score, _peak(score), max(p.high * background, p.min_high), p.low * background
-    )
+    # A strong edge's tails (the smoothing's) pass any level set against the background:
+    # its continuation must also reach a share of the strongest score nearby.
+    nearby = cv2.dilate(score, np.ones((5, 5), np.uint8)) * p.tail
+    low = np.maximum(nearby, p.low * background)
+    edges = _hysteresis(score, _peak(score), max(p.high * background, p.min_high), low)
     # Only what the coarse pass vouched for, widened a little.
     edges &= around > 0
     edges = _drop_small(edges, 6)
@@ -252,8 +259,9 @@ def _fine(
         return None, {}
     fill = max(p.fill_min, p.fill_share * max(hr, wr))
     solid = _filled(edges, fill * s)
-    margin = max(1, round(p.margin * s) + _spread(shifts))
-    solid = cv2.dilate(solid.astype(np.uint8), _disc(margin)) > 0
+    margin = round(p.margin * s) + _spread(shifts)
+    if margin:
+        solid = cv2.dilate(solid.astype(np.uint8), _disc(margin)) > 0
     mask = np.zeros(shape, bool)
     mask[y0:y1, x0:x1] = cv2.resize(
         solid.astype(np.uint8), (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST
@@ -342,7 +350,9 @@ def _clusters(score: np.ndarray, high: float, gap: int) -> tuple[np.ndarray, np.
     return labels, np.asarray(ndimage.sum(excess, labels, np.arange(1, n)), float)
 
 
-def _hysteresis(score: np.ndarray, peak: np.ndarray, high: float, low: float) -> np.ndarray:
+def _hysteresis(
+    score: np.ndarray, peak: np.ndarray, high: float, low: float | np.ndarray
+) -> np.ndarray:
     """Pixels whose score is above ``low``, connected (8-neighbours) to one whose ``peak`` is
     above ``high``."""
     weak = score > low
@@ -360,15 +370,15 @@ def _peak(score: np.ndarray) -> np.ndarray:
     return cv2.blur(score, (3, 3))
 
 
-def _near(edges: np.ndarray, sure: np.ndarray, reach: float) -> np.ndarray:
-    """The edge components within ``reach`` pixels of the ``sure`` area (the parts of a mark
-    lie together; stray chance edges elsewhere are dropped)."""
-    n, labels = cv2.connectedComponents(edges.astype(np.uint8), connectivity=8)
+def _near(parts: np.ndarray, sure: np.ndarray, reach: float) -> np.ndarray:
+    """The connected ``parts`` (HxW bool) within ``reach`` pixels of the ``sure`` area (the
+    parts of a mark lie together; chance agreements elsewhere are dropped)."""
+    n, labels = cv2.connectedComponents(parts.astype(np.uint8), connectivity=8)
     if n <= 1 or not sure.any():
-        return np.zeros_like(edges)
+        return np.zeros_like(parts)
     far = cv2.distanceTransform((~sure).astype(np.uint8), cv2.DIST_L2, 3)
     near = np.zeros(n, bool)
-    near[np.unique(labels[edges & (far <= reach)])] = True
+    near[np.unique(labels[parts & (far <= reach)])] = True
     near[0] = False
     return near[labels]
 
