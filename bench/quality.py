@@ -396,9 +396,9 @@ def figure(path: Path) -> None:
 
 # ---- "mask": "auto": the watermark found in the batch ------------------------------------
 
-DETECT_COUNTS = (2, 4, 8, 12)
+DETECT_COUNTS = (2, 3, 4, 8, 12)
 DETECT_ALPHAS = (0.3, 0.45, 0.6)
-CLEAN_BATCHES = 6
+CLEAN_BATCHES = 12
 MIXED_SCALE = 1.5
 """In a mixed-size batch every third image is this much larger, its mark scaled with it."""
 

@@ -52,11 +52,15 @@ class DetectParams:
     flat_energy: float = 1600.0
     """Structure-tensor trace (squared Sobel gradients summed over the channels) below which
     a pixel counts as flat: its orientation says little (about 10 grey levels a pixel)."""
+    smooth: float = 1.0
+    """Gaussian sigma (pixels) over which the structure tensor is averaged, coarse pass ..."""
+    fine_smooth: float = 0.7
+    """... and fine pass (sharper: a narrower trace of the edges)."""
     high: float = 3.0
     """A mark's edge scores this many times the background (the score's 90th percentile) ..."""
     low: float = 1.6
     """... and its continuation (connected to such an edge) this many times ..."""
-    tail: float = 0.0
+    tail: float = 0.15
     """... and (in the fine pass) this share of the strongest score within 2 pixels."""
     min_high: float = 2.0
     """Floor of the high threshold (gradient energy in grey levels, mean over the channels,
@@ -92,6 +96,8 @@ class DetectParams:
     frame's longer side, at least ``fill_min`` pixels) are the solid inside of a stroke or bar
     and are filled; wider ones (a ring's hole) are not."""
     fill_min: float = 4.0
+    bridge: int = 2
+    """Breaks in a contour up to twice this many pixels are bridged before filling."""
     margin: int = 1
     """The mask reaches this many pixels beyond the traced edges."""
 
@@ -179,6 +185,7 @@ class _Maps:
         self.a = np.empty((n, h, w), np.float32)
         self.b = np.empty((n, h, w), np.float32)
         ones = np.ones((1, 3), np.float32)
+        sigma = p.smooth if spread else p.fine_smooth
         for i, im in enumerate(images):
             e = _energy(im)
             # In the coarse pass, marks a pixel or so apart (a few in the full image) still
@@ -186,9 +193,9 @@ class _Maps:
             self.energy[i] = cv2.dilate(e, np.ones((3, 3), np.uint8)) if spread else e
             gx = cv2.Sobel(im, cv2.CV_32F, 1, 0, ksize=3)
             gy = cv2.Sobel(im, cv2.CV_32F, 0, 1, ksize=3)
-            jxx = cv2.GaussianBlur(cv2.transform(gx * gx, ones), (0, 0), 1.0)
-            jyy = cv2.GaussianBlur(cv2.transform(gy * gy, ones), (0, 0), 1.0)
-            jxy = cv2.GaussianBlur(cv2.transform(gx * gy, ones), (0, 0), 1.0)
+            jxx = cv2.GaussianBlur(cv2.transform(gx * gx, ones), (0, 0), sigma)
+            jyy = cv2.GaussianBlur(cv2.transform(gy * gy, ones), (0, 0), sigma)
+            jxy = cv2.GaussianBlur(cv2.transform(gx * gy, ones), (0, 0), sigma)
             tr = jxx + jyy + p.flat_energy
             self.a[i] = (jxx - jyy) / tr
             self.b[i] = 2 * jxy / tr
@@ -258,7 +265,7 @@ def _fine(
     if not edges.any():
         return None, {}
     fill = max(p.fill_min, p.fill_share * max(hr, wr))
-    solid = _filled(edges, fill * s)
+    solid = _filled(edges, fill * s, max(1, round(p.bridge * s)))
     margin = round(p.margin * s) + _spread(shifts)
     if margin:
         solid = cv2.dilate(solid.astype(np.uint8), _disc(margin)) > 0
@@ -432,10 +439,14 @@ def _spread(shifts: dict[int, tuple[int, int]]) -> int:
     return max((max(abs(dy), abs(dx)) for dy, dx in shifts.values()), default=0)
 
 
-def _filled(edges: np.ndarray, radius: float) -> np.ndarray:
+def _filled(edges: np.ndarray, radius: float, bridge: int) -> np.ndarray:
     """``edges`` plus the enclosed gaps between them no wider than ``radius`` (inscribed):
     the solid inside of strokes and bars."""
-    closed = cv2.morphologyEx(edges.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
+    # Closed first, so that a contour broken by a few pixels still encloses its inside.
+    size = 2 * bridge + 1
+    closed = cv2.morphologyEx(
+        edges.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((size, size), np.uint8)
+    )
     gaps = closed == 0
     n, labels = cv2.connectedComponents(gaps.astype(np.uint8), connectivity=4)
     if n <= 1:
