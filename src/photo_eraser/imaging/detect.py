@@ -67,7 +67,7 @@ class DetectParams:
     |dx| + |dy|, times the coherence): JPEG noise on flat photos must not pass."""
     blob_gap: int = 2
     """Edges this close (coarse pixels) form one cluster: a word's letters, a logo's parts."""
-    scrambles: int = 3
+    scrambles: int = 2
     """Scrambled versions of the batch whose largest cluster sets the bar ..."""
     scrambled_images: int = 32
     """... at least this many images in all (small batches get more scrambles: their chance
@@ -86,6 +86,9 @@ class DetectParams:
     of a cluster that clears the bar."""
     fine_max_pixels: int = 600_000
     """The fine pass's region is scaled down beyond this many pixels (huge marks)."""
+    fine_images: int = 10
+    """The fine pass traces the mark on at most this many images (evenly spread; all are
+    aligned): beyond them the trace hardly changes, and it is most of the cost."""
     align_radius: int = 4
     """Marks shifted by up to this many reference pixels are aligned."""
     align_max_pixels: int = 150_000
@@ -193,9 +196,9 @@ class _Maps:
             self.energy[i] = cv2.dilate(e, np.ones((3, 3), np.uint8)) if spread else e
             gx = cv2.Sobel(im, cv2.CV_32F, 1, 0, ksize=3)
             gy = cv2.Sobel(im, cv2.CV_32F, 0, 1, ksize=3)
-            jxx = cv2.GaussianBlur(cv2.transform(gx * gx, ones), (0, 0), sigma)
-            jyy = cv2.GaussianBlur(cv2.transform(gy * gy, ones), (0, 0), sigma)
-            jxy = cv2.GaussianBlur(cv2.transform(gx * gy, ones), (0, 0), sigma)
+            jxx = _smoothed(cv2.transform(gx * gx, ones), sigma)
+            jyy = _smoothed(cv2.transform(gy * gy, ones), sigma)
+            jxy = _smoothed(cv2.transform(gx * gy, ones), sigma)
             tr = jxx + jyy + p.flat_energy
             self.a[i] = (jxx - jyy) / tr
             self.b[i] = 2 * jxy / tr
@@ -213,6 +216,10 @@ class _Maps:
             )
         coherence = np.sqrt(a.sum(axis=0) ** 2 + b.sum(axis=0) ** 2) / len(energy)
         return coherence * _rank(energy, share)
+
+
+def _smoothed(a: np.ndarray, sigma: float) -> np.ndarray:
+    return cv2.GaussianBlur(a, (0, 0), sigma) if sigma > 0 else a
 
 
 def _offset(k: int, h: int, w: int) -> tuple[int, int]:
@@ -244,7 +251,10 @@ def _fine(
         c[r + dy : r + dy + gh, r + dx : r + dx + gw]
         for c, (dy, dx) in ((crops[i], shifts.get(i, (0, 0))) for i in range(len(crops)))
     ]
-    score = _Maps(crops, p, spread=False).score(p.rank_share)
+    # The trace needs fewer images than the decision: an evenly spread subset.
+    step = max(1.0, len(crops) / p.fine_images)
+    subset = [crops[int(i * step)] for i in range(min(len(crops), p.fine_images))]
+    score = _Maps(subset, p, spread=False).score(p.rank_share)
     near = cv2.resize(
         coarse_edges[
             int(y0 / fy) : int(np.ceil(y1 / fy)), int(x0 / fx) : int(np.ceil(x1 / fx))
