@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 from photo_eraser.engines.opencv import OpenCVEngine  # noqa: E402
 from photo_eraser.engines.restore import WatermarkRecoveryEngine  # noqa: E402
 from photo_eraser.imaging import fit_mask  # noqa: E402
-from photo_eraser.imaging.detect import detect_watermark  # noqa: E402
+from photo_eraser.imaging.detect import DetectParams, detect_watermark  # noqa: E402
 
 H, W = 384, 512
 ORACLE_MAX_ALPHA = 0.9
@@ -399,6 +399,9 @@ def figure(path: Path) -> None:
 DETECT_COUNTS = (2, 3, 4, 8, 12)
 DETECT_ALPHAS = (0.3, 0.45, 0.6)
 CLEAN_BATCHES = 12
+BELOW_MINIMUM = DetectParams(min_images=2)
+"""The detector as the service runs it, but also on batches below its minimum of images (to
+show why it refuses them)."""
 MIXED_SCALE = 1.5
 """In a mixed-size batch every third image is this much larger, its mark scaled with it."""
 
@@ -479,7 +482,7 @@ def run_detect_case(
 ) -> DetectRow:
     case = make_detect_batch(mark, alpha0, n, seed, mixed=mixed)
     t0 = time.perf_counter()
-    found = detect_watermark(case.stamped)
+    found = detect_watermark(case.stamped, BELOW_MINIMUM)
     seconds = time.perf_counter() - t0
     truth = case.reference
     det = found.mask if found.mask is not None else np.zeros_like(truth)
@@ -512,7 +515,8 @@ def clean_detections(n: int, batches: int, seed: int) -> int:
     mark = detect_marks()[0]
     return sum(
         detect_watermark(
-            make_detect_batch(mark, 0.0, n, seed + b, mixed=b % 2 == 1, clean=True).stamped
+            make_detect_batch(mark, 0.0, n, seed + b, mixed=b % 2 == 1, clean=True).stamped,
+            BELOW_MINIMUM,
         ).found
         for b in range(batches)
     )

@@ -69,12 +69,13 @@ def test_detector_finds_the_shared_text_and_nothing_in_clean_batches() -> None:
         assert clean.reason == "no shared watermark found in 8 images; send a mask"
 
 
-def test_detector_needs_three_images() -> None:
-    _, stamped = _batch(2, seed=5)
-    found = detect_watermark(stamped)
+def test_detector_needs_four_images() -> None:
+    _, stamped = _batch(4, seed=5)
+    assert detect_watermark(stamped).found  # positive control: four carry it clearly
+    found = detect_watermark(stamped[:3])
     assert found.mask is None
-    assert found.reason.startswith("no shared watermark found in 2 images; send a mask")
-    assert "at least 3 images" in found.reason
+    assert found.reason.startswith("no shared watermark found in 3 images; send a mask")
+    assert "at least 4 images" in found.reason
 
 
 # ---- the service -------------------------------------------------------------------------
@@ -153,7 +154,7 @@ def test_auto_mask_with_a_mark_shifted_by_a_few_pixels(
 @pytest.mark.parametrize(
     ("extra", "images", "field"),
     [
-        ({}, 2, "mask: auto finds the watermark the images share and needs at least 3 images"),
+        ({}, 3, "mask: auto finds the watermark the images share and needs at least 4 images"),
         ({"mask_fit": "contain"}, 4, "mask_fit: not with mask auto"),
         ({"mask_invert": True}, 4, "mask_invert: not with mask auto"),
         ({"rectangles": [[0, 0, 10, 10]]}, 4, "mask, rectangles: give exactly one"),

@@ -202,7 +202,7 @@ def keys_revoke(appkey: str, data_dir: Path | None) -> None:
     "mask_arg",
     required=True,
     metavar="FILE|auto",
-    help="The mask file, or auto: find the watermark the images share (at least 3 images; "
+    help="The mask file, or auto: find the watermark the images share (at least 4 images; "
     "the mask found is written to --out as detected-mask.png).",
 )
 @click.argument(

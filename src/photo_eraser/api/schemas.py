@@ -77,7 +77,7 @@ class CreateTaskRequest(BaseModel):
         description="the mask: an http(s) URL, raw base64 of an image file, or a data: URI; "
         "white / non-zero / opaque pixels mark the area to restore. Required unless "
         "`rectangles` is given (exactly one of the two). Extension: `auto` finds the watermark "
-        "the batch's images share and restores it (at least 3 images; reliable from 8, see "
+        "the batch's images share and restores it (at least 4 images; reliable from 8, see "
         "docs/detect.md); a batch without one fails with the reason 'no shared watermark "
         "found in N images; send a mask'",
     )

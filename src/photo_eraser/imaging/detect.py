@@ -40,8 +40,9 @@ __all__ = ["DetectParams", "Detection", "detect_watermark", "no_mark_reason"]
 class DetectParams:
     """Every threshold of the detector, with its reason (figures: docs/detect-quality.md)."""
 
-    min_images: int = 3
-    """Fewer images cannot tell a shared mark from two photos' coinciding edges."""
+    min_images: int = 4
+    """Below this the detector refuses: with 3 images it found 12 of 30 benchmark marks and,
+    in one batch, a wrong area (docs/detect-quality.md, run with this lowered)."""
     coarse_width: int = 384
     """Width of the coarse pass's frame: a 2% text mark on a 1920 px photo still shows, and
     it costs a few ms an image."""
