@@ -110,6 +110,22 @@ def test_auto_mask_on_a_batch_without_a_mark_fails_with_the_reason(
         assert item["reason"] == "no shared watermark found in 6 images; send a mask"
 
 
+def test_auto_mask_counts_only_the_images_read(client: ApiClient, image_host: ImageHost) -> None:
+    """Two of five images cannot be downloaded: they keep their own reason; the three read are
+    too few to find a mark, and say so."""
+    _, stamped = _batch(3, seed=5)
+    urls = _host(image_host, "few", stamped)
+    missing = [image_host.url("/detect/few/missing-a.png"), image_host.url("/detect/few/b.png")]
+    data = client.wait(client.create_ok(urls + missing, "auto"))
+    assert data["status"] == "4", data
+    read, failed = data["list"][:3], data["list"][3:]
+    for item in read:
+        assert item["reason"].startswith("no shared watermark found in 3 images; send a mask")
+        assert "at least 4 images" in item["reason"]
+    for item in failed:
+        assert item["status"] == "4" and item["reason"].startswith("download failed"), item
+
+
 def test_auto_mask_with_images_of_two_sizes(client: ApiClient, image_host: ImageHost) -> None:
     """Half the batch at twice the size, the mark scaled with it: one mask, in the largest
     image's frame, stretched onto each image."""
