@@ -101,7 +101,9 @@ class DetectParams:
     and are filled; wider ones (a ring's hole) are not."""
     fill_min: float = 4.0
     bridge: int = 2
-    """Breaks in a contour up to twice this many pixels are bridged before filling."""
+    """Breaks in a contour up to twice this many pixels (or ``bridge_share`` of the frame's
+    longer side) are bridged before filling."""
+    bridge_share: float = 0.006
     margin: int = 1
     """The mask reaches this many pixels beyond the traced edges."""
 
@@ -269,14 +271,16 @@ def _fine(
     # its continuation must also reach a share of the strongest score nearby.
     nearby = cv2.dilate(score, np.ones((5, 5), np.uint8)) * p.tail
     low = np.maximum(nearby, p.low * background)
-    edges = _hysteresis(score, _peak(score), max(p.high * background, p.min_high), low)
-    # Only what the coarse pass vouched for, widened a little.
-    edges &= around > 0
+    # Started only from what the coarse pass vouched for; continued as far as the edges go
+    # (a mark's weaker parts joined to its strong ones).
+    seeds = np.where(around > 0, _peak(score), 0)
+    edges = _hysteresis(score, seeds, max(p.high * background, p.min_high), low)
     edges = _drop_small(edges, 6)
     if not edges.any():
         return None, {}
     fill = max(p.fill_min, p.fill_share * max(hr, wr))
-    solid = _filled(edges, fill * s, max(1, round(p.bridge * s)))
+    bridge = max(p.bridge, p.bridge_share * max(hr, wr))
+    solid = _filled(edges, fill * s, max(1, round(bridge * s)))
     margin = round(p.margin * s) + _spread(shifts)
     if margin:
         solid = cv2.dilate(solid.astype(np.uint8), _disc(margin)) > 0
