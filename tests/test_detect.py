@@ -69,6 +69,14 @@ def test_detector_finds_the_shared_text_and_nothing_in_clean_batches() -> None:
         assert clean.reason == "no shared watermark found in 8 images; send a mask"
 
 
+def test_detector_does_not_take_copies_of_one_photo_for_a_mark() -> None:
+    """Everything is shared there: no part of it stands out as a watermark would."""
+    photo = wm.crops(1, H, W, seed=3)[0]
+    found = detect_watermark([wm.jpeg(photo, q) for q in (85, 88, 90, 92, 95)])
+    assert found.mask is None
+    assert found.reason == "no shared watermark found in 5 images; send a mask"
+
+
 def test_detector_needs_four_images() -> None:
     _, stamped = _batch(4, seed=5)
     assert detect_watermark(stamped).found  # positive control: four carry it clearly
