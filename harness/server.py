@@ -58,6 +58,9 @@ class ServerProcess(EnvCommands):
             "PHOTO_ERASER_DATA_DIR": str(data_dir),
             "PHOTO_ERASER_ALLOW_PRIVATE_URLS": "1",
             "PHOTO_ERASER_WORKERS": "1",
+            # Never a download from the internet in a test: a test that wants the auto-pull
+            # passes PHOTO_ERASER_AUTO_PULL=1 with a manifest on a local server.
+            "PHOTO_ERASER_AUTO_PULL": "0",
             **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None
@@ -110,7 +113,7 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
     """``photo-eraser ARGS`` with ``env``, as a user runs it."""
     return subprocess.run(
         [sys.executable, "-m", "photo_eraser", *args],
-        env=env,
+        env={"PHOTO_ERASER_AUTO_PULL": "0", **env},
         capture_output=True,
         text=True,
         timeout=60,

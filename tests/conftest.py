@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,11 @@ from photo_eraser.config import Settings
 from photo_eraser.runtime import open_store
 from photo_eraser.tasks.store import TaskStore
 from tests.inprocess import LocalServer
+
+# No test may download from the internet: every server and CLI run that the tests start (in
+# this process or as a child, which inherits this) has the model auto-pull off unless the
+# test turns it on, against a local server.
+os.environ["PHOTO_ERASER_AUTO_PULL"] = "0"
 
 
 @pytest.fixture(scope="session")

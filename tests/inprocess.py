@@ -41,13 +41,14 @@ class StartFailed(RuntimeError):
 class LocalServer:
     """``photo-eraser serve`` on ``data_dir``, in this process. ``settings`` are fields of
     ``Settings`` (``workers=0``, ``lease_seconds=2``, ...); as ``ServerProcess`` does, it
-    allows loopback downloads (the image host is on 127.0.0.1) and runs one worker unless
-    told otherwise."""
+    allows loopback downloads (the image host is on 127.0.0.1), runs one worker and never
+    auto-pulls a model unless told otherwise."""
 
     def __init__(self, data_dir: Path, *, listen: bool = False, **settings: Any) -> None:
         self.data_dir = data_dir
         self.settings = Settings(
-            data_dir=data_dir, **{"allow_private_urls": True, "workers": 1, **settings}
+            data_dir=data_dir,
+            **{"allow_private_urls": True, "workers": 1, "auto_pull": False, **settings},
         )
         self.listen = listen
         self.port = 0

@@ -32,17 +32,29 @@ def test_keys_create_json_list_revoke(tmp_path: Path) -> None:
     out = run("keys", "create", "--name", "shop", "--json", data_dir=tmp_path)
     assert out.returncode == 0, out.stderr
     creds = json.loads(out.stdout.strip().splitlines()[-1])
-    assert set(creds) == {"appkey", "appsecret"}
+    assert set(creds) == {"appkey", "appsecret", "webhook_secret"}
+    assert creds["webhook_secret"].startswith("whsec_")
     listing = run("keys", "list", "--json", data_dir=tmp_path)
     [key] = json.loads(listing.stdout)
     assert key["appkey"] == creds["appkey"] and key["name"] == "shop"
     assert creds["appsecret"] not in listing.stdout
+    assert creds["webhook_secret"] not in listing.stdout
+    rotated = run("keys", "rotate-webhook-secret", creds["appkey"], "--json", data_dir=tmp_path)
+    assert rotated.returncode == 0, rotated.stderr
+    new = json.loads(rotated.stdout)
+    assert new["appkey"] == creds["appkey"]
+    assert (
+        new["webhook_secret"].startswith("whsec_")
+        and new["webhook_secret"] != creds["webhook_secret"]
+    )
     assert run("keys", "revoke", creds["appkey"], data_dir=tmp_path).returncode == 0
     listing = run("keys", "list", data_dir=tmp_path)
     assert creds["appkey"] in listing.stdout and "revoked" in listing.stdout
     assert creds["appsecret"] not in listing.stdout
     again = run("keys", "revoke", creds["appkey"], data_dir=tmp_path)
     assert again.returncode != 0 and "no active key" in again.stderr
+    revoked = run("keys", "rotate-webhook-secret", creds["appkey"], data_dir=tmp_path)
+    assert revoked.returncode != 0 and "no active key" in revoked.stderr
 
 
 def test_erase_restores_local_files(tmp_path: Path) -> None:

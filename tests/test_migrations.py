@@ -88,6 +88,35 @@ def test_an_upgrade_keeps_every_task_and_takes_back_the_running_ones(url: str) -
     engine.dispose()
 
 
+def test_0008_adds_the_webhook_deliveries_and_goes_back(url: str) -> None:
+    engine = create_db_engine(url)
+    alembic(engine, "upgrade", "0007")
+    with engine.begin() as conn:  # a key made before callbacks existed
+        conn.execute(
+            sa.text(
+                "INSERT INTO api_keys (appkey, name, secret_sha256, created_at) "
+                "VALUES ('pe_old', 'old', :h, 0)"
+            ),
+            {"h": "0" * 64},
+        )
+    alembic(engine, "upgrade", "0008")
+    inspector = sa.inspect(engine)
+    assert "webhook_deliveries" in inspector.get_table_names()
+    assert "webhook_secret" in {c["name"] for c in inspector.get_columns("api_keys")}
+    assert {i["name"] for i in inspector.get_indexes("webhook_deliveries")} >= {
+        "ix_webhook_deliveries_due"
+    }
+    store = TaskStore(engine)
+    assert store.webhook_secret("pe_old") is None  # until rotated
+    assert (store.rotate_webhook_secret("pe_old") or "").startswith("whsec_")
+    alembic(engine, "downgrade", "0007")
+    inspector = sa.inspect(engine)
+    assert "webhook_deliveries" not in inspector.get_table_names()
+    assert "webhook_secret" not in {c["name"] for c in inspector.get_columns("api_keys")}
+    alembic(engine, "upgrade", "head")
+    engine.dispose()
+
+
 def test_0007_adds_the_mask_placement_and_goes_back(url: str) -> None:
     engine = create_db_engine(url)
     alembic(engine, "upgrade", "0007")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,6 +38,8 @@ class FileServer:
     supports_range: bool = True
     cut_after: int | None = None
     """Send the full Content-Length but close the connection after this many body bytes."""
+    delay: float = 0.0
+    """Seconds to wait before sending the body (a slow download)."""
     ranges: list[str | None] = field(default_factory=list)
     url: str = ""
 
@@ -77,6 +80,7 @@ def _handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
             body = state.body[start:]
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            time.sleep(state.delay)
             if state.cut_after is not None:
                 self.wfile.write(body[: state.cut_after])
                 self.wfile.flush()
@@ -362,3 +366,44 @@ def test_pull_replaces_an_unverified_import(
     assert path.read_bytes() == PAYLOAD
     [status] = [s for s in list_models(tmp_path) if s.spec.name == "tiny"]
     assert status.verified
+
+
+def test_two_pulls_at_once_download_once(
+    tmp_path: Path, server: FileServer, manifest: Path
+) -> None:
+    """The CLI beside a server's auto-pull: the second waits for the first, then finds it."""
+    server.delay = 0.5
+    paths: list[Path] = []
+    pullers = [
+        threading.Thread(target=lambda: paths.append(pull("tiny", tmp_path, progress=False)))
+        for _ in range(2)
+    ]
+    for puller in pullers:
+        puller.start()
+    for puller in pullers:
+        puller.join(30)
+    assert paths == [tmp_path / "tiny.onnx"] * 2
+    assert paths[0].read_bytes() == PAYLOAD
+    assert server.ranges == [None]  # one download, not two writers on one part file
+
+
+def test_pull_reports_progress_and_a_raising_callback_keeps_the_part_file(
+    tmp_path: Path, server: FileServer, manifest: Path
+) -> None:
+    class Stop(Exception):
+        pass
+
+    seen: list[tuple[int, int]] = []
+
+    def stop_early(done: int, total: int) -> None:
+        seen.append((done, total))
+        raise Stop
+
+    with pytest.raises(Stop):
+        pull("tiny", tmp_path, progress=False, on_progress=stop_early)
+    kept = (tmp_path / "tiny.onnx.part").stat().st_size
+    assert seen == [(kept, len(PAYLOAD))] and 0 < kept < len(PAYLOAD)
+    progress: list[int] = []
+    pull("tiny", tmp_path, progress=False, on_progress=lambda done, total: progress.append(done))
+    assert server.ranges == [None, f"bytes={kept}-"]
+    assert progress[-1] == len(PAYLOAD) and progress == sorted(progress)

@@ -34,7 +34,10 @@ def main() -> None:
 @click.option("--workers", type=int, default=None, help="Worker count (default: one per core).")
 @data_dir_option
 def serve(host: str | None, port: int | None, workers: int | None, data_dir: Path | None) -> None:
-    """Run the HTTP service with its workers."""
+    """Run the HTTP service with its workers.
+
+    Without the LaMa model it downloads it in the background (verified; see docs/engines.md)
+    unless PHOTO_ERASER_AUTO_PULL=0, and serves with the weight-free engines meanwhile."""
     import uvicorn
 
     from photo_eraser import logs
@@ -157,14 +160,40 @@ def keys() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on the last line.")
 @data_dir_option
 def keys_create(name: str, as_json: bool, data_dir: Path | None) -> None:
-    """Create a key and print its secret (shown only this once)."""
+    """Create a key and print its secret and webhook secret (shown only this once)."""
     from photo_eraser.service import open_store
 
-    appkey, appsecret = open_store(load_settings(data_dir)).create_key(name)
+    store = open_store(load_settings(data_dir))
+    appkey, appsecret = store.create_key(name)
+    webhook_secret = store.webhook_secret(appkey)
     if as_json:
-        click.echo(json.dumps({"appkey": appkey, "appsecret": appsecret}))
+        click.echo(
+            json.dumps({"appkey": appkey, "appsecret": appsecret, "webhook_secret": webhook_secret})
+        )
     else:
-        click.echo(f"appkey:    {appkey}\nappsecret: {appsecret}\n(the secret is not shown again)")
+        click.echo(
+            f"appkey:         {appkey}\nappsecret:      {appsecret}\n"
+            f"webhook secret: {webhook_secret}\n"
+            "(the secrets are not shown again; the webhook secret signs callbacks)"
+        )
+
+
+@keys.command("rotate-webhook-secret")
+@click.argument("appkey")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@data_dir_option
+def keys_rotate_webhook_secret(appkey: str, as_json: bool, data_dir: Path | None) -> None:
+    """Give a key a new webhook secret and print it (shown only this once). Callbacks sent
+    from now on, retries of earlier ones included, are signed with it."""
+    from photo_eraser.service import open_store
+
+    secret = open_store(load_settings(data_dir)).rotate_webhook_secret(appkey)
+    if secret is None:
+        raise click.ClickException(f"no active key {appkey}")
+    if as_json:
+        click.echo(json.dumps({"appkey": appkey, "webhook_secret": secret}))
+    else:
+        click.echo(f"webhook secret: {secret}\n(not shown again)")
 
 
 @keys.command("list")
@@ -209,7 +238,9 @@ def keys_revoke(appkey: str, data_dir: Path | None) -> None:
     "images", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path)
 )
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--engine", default="auto", show_default=True, help="auto, opencv, lama or restore")
+@click.option(
+    "--engine", default="auto", show_default=True, help="auto, opencv, lama, patchmatch or restore"
+)
 @placement_options
 @data_dir_option
 def erase(
@@ -314,7 +345,9 @@ def erase(
     help="The service's base URL (env PHOTO_ERASER_SERVER).",
 )
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--engine", default="auto", show_default=True, help="auto, opencv, lama or restore")
+@click.option(
+    "--engine", default="auto", show_default=True, help="auto, opencv, lama, patchmatch or restore"
+)
 @click.option("--priority", type=click.IntRange(0, 9), default=5, show_default=True)
 @click.option("--timeout", type=float, default=3600, show_default=True, help="Seconds to wait.")
 @placement_options

@@ -84,12 +84,41 @@ class Settings(BaseSettings):
         description="unfinished (waiting or running) tasks one key may have; past it creates "
         "get 429 with Retry-After, so one key cannot fill the queue; 0 = no cap",
     )
+    auto_pull: bool = Field(
+        default=True,
+        description="`serve` downloads the LaMa model in the background when it is not "
+        "installed (verified like `models pull`); offline it logs one line and serves with "
+        "the weight-free engines; 0 = never download",
+    )
     create_demo_key: bool = True
     lease_seconds: float = Field(
         default=60.0,
         ge=2,
         description="a worker holds a task this long and renews it every third of it; a task "
         "whose worker stopped renewing (a host that vanished) is re-queued once it expires",
+    )
+
+    # ---- Callbacks (the callback_url extension; docs/webhooks.md) ----
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="one callback attempt (connect, send, answer) at most"
+    )
+    webhook_backoff_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="pause after a callback's first failed attempt; doubled after each further "
+        "one (plus up to 10% jitter), up to PHOTO_ERASER_WEBHOOK_BACKOFF_MAX_SECONDS",
+    )
+    webhook_backoff_max_seconds: float = Field(
+        default=3600.0, gt=0, description="longest pause between two callback attempts"
+    )
+    webhook_retry_seconds: float = Field(
+        default=24 * 3600.0,
+        ge=0,
+        description="a callback is retried until this long after its task finished, then "
+        "given up (failed); the first attempt is always made",
+    )
+    webhook_poll_seconds: float = Field(
+        default=1.0, gt=0, description="how often each API process looks for due callbacks"
     )
 
     # ---- Distributed mode (`photo-eraser api` and `photo-eraser worker`) ----

@@ -282,6 +282,13 @@ class Fetcher:
             return is_public_address(ip)
         return not any(addr in net for addr in _embedded_addresses(ip) for net in self._blocked)
 
+    async def resolve(self, url: httpx.URL) -> list[IPAddress]:
+        """The addresses of ``url``'s host (a URL from `parse_url`), all allowed by the address
+        policy, else `FetchError`: resolved once, for a caller that connects to them itself
+        (the callbacks' sender)."""
+        host = url.raw_host.decode("ascii").lower()
+        return await self._resolve(host, url.port or _DEFAULT_PORTS[url.scheme])
+
     async def fetch(self, url: str) -> bytes:
         """Download ``url`` and return its body; raise `FetchError` with a user-facing reason."""
         current = parse_url(url)

@@ -57,6 +57,13 @@ class Metrics:
             ["status"],
             registry=r,
         )
+        self.callback_attempts = Counter(
+            "photo_eraser_callback_attempts",
+            "Callback attempts, by outcome: delivered, retry (failed, due again), failed "
+            "(given up)",
+            ["outcome"],
+            registry=r,
+        )
         self.queue_wait = Histogram(
             "photo_eraser_queue_wait_seconds",
             "From creation to the start of the attempt that ran it",

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from statistics import mean
 
+from photo_eraser.api.presenters import callback_body
 from photo_eraser.config import Settings
 from photo_eraser.disk import DiskMonitor
 from photo_eraser.dispatch import Dispatcher
@@ -31,6 +32,7 @@ from photo_eraser.tasks.records import TaskRecord
 from photo_eraser.tasks.status import TaskStatus
 from photo_eraser.tasks.store import TaskStore
 from photo_eraser.tasks.upkeep import HeldLock
+from photo_eraser.webhooks import Deliverer, WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +122,8 @@ class Runtime:
         self.disk: DiskMonitor
         self.rate_limit: RateLimit | None = None
         """Set where creates are limited in the database (distributed); else in memory."""
+        self.webhooks: WebhookSender | None = None
+        """Sends callbacks and checks a create's ``callback_url`` (set while running)."""
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._database_lock: HeldLock | None = None
@@ -127,12 +131,30 @@ class Runtime:
     def engine_threads(self) -> int:
         return 1
 
+    def callbacks_owner(self) -> str | None:
+        """Prefix of this process's callback leases (None: host and pid)."""
+        return None
+
     async def start(self) -> None:
         if self._database_lock is None:
             self._take_database()
         self._stop.clear()
         self.intake.start()
         self._tasks.append(asyncio.create_task(self.maintenance.run(self._stop)))
+        # Every API process sends callbacks; the store's leases keep each with one of them.
+        s = self.settings
+        self.webhooks = WebhookSender(
+            allow_private=s.allow_private_urls, timeout=s.webhook_timeout_seconds
+        )
+        deliverer = Deliverer(
+            s,
+            self.store.sync,
+            self.webhooks,
+            self._callback_body,
+            self.metrics,
+            self.callbacks_owner(),
+        )
+        self._tasks.append(asyncio.create_task(deliverer.run(self._stop)))
 
     async def stop(self) -> None:
         await asyncio.to_thread(self.intake.stop)  # every create it took is stored first
@@ -143,6 +165,9 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        if self.webhooks is not None:
+            await self.webhooks.aclose()
+            self.webhooks = None
         await asyncio.to_thread(self.dispatcher.close)
         if self._database_lock is not None:
             self._database_lock.release()
@@ -178,6 +203,9 @@ class Runtime:
         Uploads are always linked so, never presigned: a worker recognises the path."""
         signature = self.signer.signature(key, expires)
         return f"{base}/v3/pic/rw/files/{key}?expires={expires}&signature={signature}"
+
+    async def _callback_body(self, task: TaskRecord, base: str) -> bytes:
+        return await callback_body(task, self, base)
 
     async def wait_time(self, task: TaskRecord) -> str:
         """Seconds until the next useful poll, from the queue position, recent task durations

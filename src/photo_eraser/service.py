@@ -18,6 +18,7 @@ from photo_eraser.config import Settings, usable_cores
 from photo_eraser.disk import DiskMonitor
 from photo_eraser.dispatch import InProcessDispatcher
 from photo_eraser.fetch import Fetcher
+from photo_eraser.models.autopull import AutoPull
 from photo_eraser.runtime import HEARTBEAT_SECONDS, Runtime, open_store
 from photo_eraser.storage import UrlSigner
 from photo_eraser.tasks.worker import WorkerContext, run_worker
@@ -40,6 +41,13 @@ class Service(Runtime):
         self.fetcher: Fetcher | None = None
         self._cpu: ThreadPoolExecutor | None = None
         self._lock_file: TextIO | None = None
+        self.auto_pull: AutoPull | None = None
+        """The background download of the LaMa model, when this start began one."""
+
+    def callbacks_owner(self) -> str:
+        """Callback leases in the data directory's name (as its tasks' leases), so a restart
+        after a crash frees its predecessor's at once."""
+        return f"{self.node}#callbacks"
 
     def engine_threads(self) -> int:
         """Split the cores between workers so concurrent inferences do not oversubscribe them."""
@@ -67,8 +75,17 @@ class Service(Runtime):
             log.warning(
                 "recovered interrupted tasks", extra={"requeued": len(requeued), "failed": failed}
             )
+        freed = await asyncio.to_thread(
+            self.store.sync.release_deliveries, f"{self.callbacks_owner()}:"
+        )
+        if freed:
+            log.warning("recovered interrupted callbacks", extra={"callbacks": freed})
         await super().start()
         log.info("engines available", extra={"engines": self.engines.availability()})
+        if s.auto_pull and s.workers and not self.engines.can_run("lama"):  # 0: accept only
+            pulling = AutoPull("lama", s.models_path)
+            if pulling.start():
+                self.auto_pull = pulling
         self.fetcher = Fetcher.from_settings(s)
         self._cpu = ThreadPoolExecutor(max_workers=max(1, s.workers), thread_name_prefix="cpu")
         ctx = WorkerContext(
@@ -91,6 +108,9 @@ class Service(Runtime):
             self._tasks.append(asyncio.create_task(self._beat()))
 
     async def stop(self) -> None:
+        if self.auto_pull is not None:
+            await asyncio.to_thread(self.auto_pull.stop)  # its part file is kept for next time
+            self.auto_pull = None
         await super().stop()
         if self.fetcher is not None:
             await self.fetcher.aclose()

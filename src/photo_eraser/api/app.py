@@ -17,8 +17,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from photo_eraser import __version__
 from photo_eraser.api import openapi
 from photo_eraser.api.auth import RateLimiter
+from photo_eraser.api.create import CreateAdmission
 from photo_eraser.api.errors import CODE_TABLE, ApiError, Code, InternalErrorMiddleware, envelope
-from photo_eraser.api.routes import files, ops, studio, tasks, uploads
+from photo_eraser.api.routes import callbacks, files, ops, studio, tasks, uploads
 from photo_eraser.config import Settings
 from photo_eraser.disk import DISK_FULL_REASON, is_disk_full
 from photo_eraser.runtime import Runtime
@@ -70,12 +71,13 @@ def create_app(settings: Settings | None = None, *, distributed: bool = False) -
     app.state.limiter = service.rate_limit or RateLimiter(settings.rate_limit_per_minute)
     # One body budget for creates and uploads; one key may hold at least one upload.
     one_body = max(settings.max_body_bytes, settings.max_image_bytes + uploads.MULTIPART_OVERHEAD)
-    app.state.admission = tasks.CreateAdmission(
+    app.state.admission = CreateAdmission(
         settings.max_pending_creates, settings.max_body_buffer_mb << 20, one_body
     )
     app.state.upload_checks = uploads.UploadChecks()
     for module in (tasks, uploads, files, ops, studio):
         app.include_router(module.router)
+    callbacks.document(app)
     _install_error_handlers(app)
     # HTTP metrics by route template (never by task id), into the service's own registry:
     # counts and latency only (the library's size metrics trust the client's Content-Length).

@@ -70,8 +70,9 @@ def install(app: FastAPI) -> None:
                 version=app.version,
                 description=app.description,
                 routes=app.routes,
+                webhooks=app.webhooks.routes,
             )
-            for path in schema.get("paths", {}).values():
+            for path in [*schema.get("paths", {}).values(), *schema.get("webhooks", {}).values()]:
                 for operation in path.values():
                     operation.get("responses", {}).pop("422", None)
                     _authorization_as_security(operation)

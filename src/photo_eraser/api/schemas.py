@@ -85,7 +85,7 @@ class CreateTaskRequest(BaseModel):
         ge=0, le=9, description="0 (lowest) to 9 (highest); a JSON integer, not 1.0 or '1'"
     )
     engine: Literal[ENGINE_NAMES] = Field(  # type: ignore[valid-type]
-        default="auto", description="extension: auto, opencv, lama or restore"
+        default="auto", description="extension: auto, opencv, lama, patchmatch or restore"
     )
     sync: StrictInt = Field(
         default=0,
@@ -130,6 +130,13 @@ class CreateTaskRequest(BaseModel):
         default=False,
         description="extension: restore what the mask does not mark (after placement and dilation)",
     )
+    callback_url: ImageUrl | None = Field(
+        default=None,
+        description="extension: an http(s) URL (at most 2048 characters, no credentials, a "
+        "public address) that gets the result envelope by POST once the task has a final "
+        "status, signed with the key's webhook secret (X-PhotoEraser-Signature), retried with "
+        "backoff until a 2xx; see data.callback of the result and docs/webhooks.md",
+    )
 
 
 class Envelope(BaseModel):
@@ -169,12 +176,37 @@ class ResultItem(BaseModel):
 ResultItems = list[ResultItem]  # the field below is named "list", as in the seed contract
 
 
+class CallbackState(BaseModel):
+    """Where a task's callback stands (extension ``callback_url``)."""
+
+    status: Literal["pending", "delivered", "failed"] = Field(
+        description="pending: not sent yet (the task is not finished) or to be sent again; "
+        "delivered: a 2xx answer; failed: given up after the retry time"
+    )
+    attempts: int = Field(description="attempts made so far (a repeat after a crash counts)")
+    delivery_id: str = Field(
+        description="sent as X-PhotoEraser-Delivery, the same on every attempt"
+    )
+    last_status_code: int | None = Field(
+        default=None, description="the HTTP status of the last attempt's answer, if any"
+    )
+    last_error: str | None = Field(
+        default=None, description="why the last attempt failed; absent once delivered"
+    )
+
+
 class ResultData(BaseModel):
+    task_id: str | None = Field(
+        default=None, description="extension: in callback bodies only (which task this is)"
+    )
     status: str = Field(
         description="1 waiting, 2 in progress, 3 complete, 4 failed, 5 closed, 6 timed out"
     )
     wait_time: str = Field(description="seconds until the next useful poll; '0' when finished")
     list: ResultItems = Field(description="one entry per input image, in input order")
+    callback: CallbackState | None = Field(
+        default=None, description="extension: the callback's state, for a task with callback_url"
+    )
     detected_mask: str | None = Field(
         default=None,
         description="extension, with mask auto: signed URL of the mask found in the batch "

@@ -31,6 +31,8 @@ CREATE_PATH = "/v3/pic/rw/batch"
 RESULT_PATH = "/v3/pic/rw/result/{task_id}"
 CLOSE_PATH = "/v3/pic/rw/close/{task_id}"
 UPLOAD_PATH = "/v3/pic/rw/upload"
+MAX_CALLBACK_URL = 2048
+"""The server's limit on a ``callback_url``."""
 
 Source = str | os.PathLike[str] | bytes
 """An image or mask as a caller gives it: an ``http(s)`` URL; a local file (a ``Path``, or a
@@ -76,6 +78,7 @@ class Wire:
         body: dict[str, Any] = {"images": list(images), "mask": mask, "priority": priority}
         if engine is not None:
             body["engine"] = engine
+        _check_callback_url(extensions.get("callback_url"))
         body.update(extensions)
         headers = {**self._auth, "Content-Type": "application/json"}
         return Request("POST", CREATE_PATH, json=body, headers=headers, replayable=False)
@@ -97,6 +100,17 @@ class Wire:
         """A result link is signed: it is fetched without credentials (it may be on another
         host, an object store)."""
         return Request("GET", url)
+
+
+def _check_callback_url(url: object) -> None:
+    """A ``callback_url`` the server would refuse for its form is refused before sending (its
+    address is the server's to judge)."""
+    if url is None:
+        return
+    if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
+        raise BadRequestError(NO_ANSWER, f"callback_url: not an http(s) URL: {url!r}")
+    if len(url) > MAX_CALLBACK_URL:
+        raise BadRequestError(NO_ANSWER, f"callback_url: longer than {MAX_CALLBACK_URL} characters")
 
 
 def parse_envelope(status_code: int, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:

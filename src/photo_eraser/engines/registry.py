@@ -3,7 +3,10 @@
 The table `_ENGINES` is the registry: a name, how to build the engine, and how to tell whether
 it can run on this installation (with the reason for users when not). A new engine is a module
 and one line there. ``auto`` is an alias of ``restore``, whose fallback inpainter is LaMa when
-its model is installed, else OpenCV.
+its model is installed, else the texture-aware fill (Telea on smooth surroundings, PatchMatch
+on texture; OpenCV alone where PatchMatch cannot load). A model installed while the server
+runs (``PHOTO_ERASER_AUTO_PULL``) is used from the next task on: ``restore`` is rebuilt when
+the fallback it would choose changes.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from photo_eraser.engines import lama
-from photo_eraser.engines.base import Engine, EngineSetup, EngineUnavailable
+from photo_eraser.engines import lama, patchmatch
+from photo_eraser.engines.base import Engine, EngineSetup, EngineUnavailable, InpaintingEngine
+from photo_eraser.engines.fill import TextureAwareFill
 from photo_eraser.engines.opencv import OpenCVEngine
 
 
@@ -28,13 +32,29 @@ class _Entry:
     """Makes the engine; it may ask the registry for other engines (``restore`` does)."""
     unavailable_reason: Callable[[EngineSetup], str | None] = _always
     """Why the engine cannot run here (for users), or None when it can."""
+    variant: Callable[[EngineRegistry], object] = lambda engines: None
+    """What the built engine depends on that may change while the process runs; the engine
+    is built again when it does (``restore`` once LaMa's model is installed)."""
+
+
+def _fallback_name(engines: EngineRegistry) -> str:
+    if engines.can_run("lama"):
+        return "lama"
+    return "fill" if engines.can_run("patchmatch") else "opencv"
 
 
 def _restore(engines: EngineRegistry) -> Engine:
     from photo_eraser.engines.restore import RestoreParams, WatermarkRecoveryEngine
     from photo_eraser.engines.restore.params import ExactFitParams
 
-    fallback = engines.get("lama" if engines.can_run("lama") else "opencv")
+    name = _fallback_name(engines)
+    fallback: Engine
+    if name == "fill":
+        telea, texture = engines.get("opencv"), engines.get("patchmatch")
+        assert isinstance(telea, InpaintingEngine) and isinstance(texture, InpaintingEngine)
+        fallback = TextureAwareFill(telea, texture)
+    else:
+        fallback = engines.get(name)
     exact = ExactFitParams(enabled=engines.setup.restore_exact_fit)
     return WatermarkRecoveryEngine(fallback, RestoreParams(exact=exact))
 
@@ -42,7 +62,10 @@ def _restore(engines: EngineRegistry) -> Engine:
 _ENGINES: dict[str, _Entry] = {
     "opencv": _Entry(lambda engines: OpenCVEngine()),
     "lama": _Entry(lambda engines: lama.build(engines.setup), lama.unavailable_reason),
-    "restore": _Entry(_restore),
+    "patchmatch": _Entry(
+        lambda engines: patchmatch.PatchMatchEngine(), patchmatch.unavailable_reason
+    ),
+    "restore": _Entry(_restore, variant=_fallback_name),
 }
 _ALIASES = {"auto": "restore"}
 
@@ -55,7 +78,8 @@ class EngineRegistry:
 
     def __init__(self, model_dir: Path, threads: int = 1, restore_exact_fit: bool = True) -> None:
         self.setup: EngineSetup = EngineSetup(Path(model_dir), max(1, threads), restore_exact_fit)
-        self._engines: dict[str, Engine] = {}
+        self._engines: dict[str, tuple[object, Engine]] = {}
+        """Name -> (the variant it was built for, the engine)."""
         self._lock = threading.RLock()  # reentrant: building ``restore`` gets its fallback
 
     def availability(self) -> dict[str, bool]:
@@ -85,9 +109,11 @@ class EngineRegistry:
         """The engine (built on first use) for ``name``; ``EngineUnavailable`` if it cannot run."""
         self.check(name)
         name = _ALIASES.get(name, name)
+        entry = _ENGINES[name]
         with self._lock:
-            engine = self._engines.get(name)
-            if engine is None:
-                engine = _ENGINES[name].build(self)
-                self._engines[name] = engine
-            return engine
+            variant = entry.variant(self)
+            built = self._engines.get(name)
+            if built is None or built[0] != variant:
+                built = (variant, entry.build(self))
+                self._engines[name] = built
+            return built[1]

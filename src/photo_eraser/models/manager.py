@@ -8,11 +8,13 @@ size (a different export the user trusts) still counts as installed.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -171,17 +173,21 @@ def pull(
     progress: bool = True,
     manifest: Mapping[str, ModelSpec] | None = None,
     timeout: float = 30.0,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Download model ``name`` into ``model_dir``; return its path.
 
     Resumable: bytes already in ``<file>.part`` are kept when a download is interrupted and
     requested with an HTTP Range next time. A size or checksum mismatch deletes the part file.
     An installed model is returned as is, unless it was imported without verification: then
-    the download replaces it.
+    the download replaces it. One download per model directory at a time: a second ``pull``
+    (the CLI beside a server's auto-pull) waits for the first and then finds it installed.
+
+    ``on_progress(bytes_done, bytes_total)`` is called after every chunk; an exception it
+    raises stops the download, keeping the part file for the next ``pull``.
     """
     spec = get_spec(name, manifest)
     model_dir = Path(model_dir)
-    dest = model_dir / spec.file
     existing = installed_path(name, model_dir, {name: spec})
     if existing is not None and not _marker(existing).exists():
         return existing
@@ -189,13 +195,44 @@ def pull(
         model_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ModelError(f"cannot create model directory {model_dir}: {exc}") from exc
+    with _locked(model_dir):
+        return _pull_locked(spec, model_dir, progress, timeout, on_progress)
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``directory`` itself (no lock file is left behind; the
+    kernel releases it if the process dies)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError as exc:
+        raise ModelError(f"cannot open {directory}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _pull_locked(
+    spec: ModelSpec,
+    model_dir: Path,
+    progress: bool,
+    timeout: float,
+    on_progress: Callable[[int, int], None] | None,
+) -> Path:
+    name = spec.name
+    dest = model_dir / spec.file
+    existing = installed_path(name, model_dir, {name: spec})
+    if existing is not None and not _marker(existing).exists():
+        return existing  # another process installed it while we waited for the lock
     part = model_dir / (spec.file + PART_SUFFIX)
     have = part.stat().st_size if part.exists() else 0
     if have > spec.size:
         part.unlink()
         have = 0
     if have < spec.size:
-        _download(spec, part, have, progress=progress, timeout=timeout)
+        _download(spec, part, have, progress=progress, timeout=timeout, on_progress=on_progress)
     try:
         verify_file(part, spec)
     except ModelError as exc:
@@ -249,7 +286,15 @@ def _marker(path: Path) -> Path:
     return path.with_name(path.name + UNVERIFIED_SUFFIX)
 
 
-def _download(spec: ModelSpec, part: Path, have: int, *, progress: bool, timeout: float) -> None:
+def _download(
+    spec: ModelSpec,
+    part: Path,
+    have: int,
+    *,
+    progress: bool,
+    timeout: float,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> None:
     """Append ``spec.url`` to ``part`` from byte ``have``; keep the part file on network errors."""
     headers = {"User-Agent": "photo-eraser"}
     if have:
@@ -294,6 +339,8 @@ def _download(spec: ModelSpec, part: Path, have: int, *, progress: bool, timeout
                         break
                     f.write(chunk)
                     bar.update(len(chunk))
+                    if on_progress is not None:
+                        on_progress(have, spec.size)
                 f.flush()
                 os.fsync(f.fileno())
     except httpx.HTTPError as exc:

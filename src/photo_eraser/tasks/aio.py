@@ -44,6 +44,9 @@ class AsyncTaskStore:
     async def remembered(self, appkey: str, key: str) -> Remembered | None:
         return await asyncio.to_thread(self.sync.remembered, appkey, key)
 
+    async def webhook_secret(self, appkey: str) -> str | None:
+        return await asyncio.to_thread(self.sync.webhook_secret, appkey)
+
     async def take_token(self, appkey: str, per_minute: int) -> float:
         return await asyncio.to_thread(self.sync.take_token, appkey, per_minute)
 

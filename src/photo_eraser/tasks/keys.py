@@ -18,13 +18,19 @@ def _hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def new_webhook_secret() -> str:
+    """A random webhook secret (256 bits); the whole string is the HMAC key."""
+    return "whsec_" + secrets.token_urlsafe(32)
+
+
 class KeyQueries:
     """Create, list, revoke and verify keys (a part of `TaskStore`)."""
 
     engine: sa.Engine
 
     def create_key(self, name: str) -> tuple[str, str]:
-        """Create a key; return ``(appkey, appsecret)``. The secret is stored only as a hash."""
+        """Create a key; return ``(appkey, appsecret)``. The secret is stored only as a hash.
+        The key gets a webhook secret too (`webhook_secret`)."""
         appkey = "pe_" + secrets.token_hex(12)
         appsecret = secrets.token_urlsafe(32)
         with self.engine.begin() as conn:
@@ -34,9 +40,31 @@ class KeyQueries:
                     name=name,
                     secret_sha256=_hash_secret(appsecret),
                     created_at=time.time(),
+                    webhook_secret=new_webhook_secret(),
                 )
             )
         return appkey, appsecret
+
+    def webhook_secret(self, appkey: str) -> str | None:
+        """The secret that signs ``appkey``'s callbacks; None for an unknown key or one made
+        before callbacks existed (until it is rotated). Stored as it is: signing needs it."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(api_keys.c.webhook_secret).where(api_keys.c.appkey == appkey)
+            ).first()
+        return None if row is None else row.webhook_secret
+
+    def rotate_webhook_secret(self, appkey: str) -> str | None:
+        """Give ``appkey`` a new webhook secret and return it (None: no active key). Callbacks
+        sent from now on, retries included, are signed with it."""
+        secret = new_webhook_secret()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                api_keys.update()
+                .where(api_keys.c.appkey == appkey, api_keys.c.revoked_at.is_(None))
+                .values(webhook_secret=secret)
+            )
+        return secret if result.rowcount else None
 
     def list_keys(self) -> list[ApiKey]:
         with self.engine.connect() as conn:

@@ -42,6 +42,29 @@ class Closing:
 
 
 @dataclass(frozen=True)
+class NewCallback:
+    """A create's ``callback_url``: where the result goes once the task has a final status,
+    under which delivery id, with result links on ``base_url``."""
+
+    url: str
+    base_url: str
+    delivery_id: str
+
+
+@dataclass(frozen=True)
+class CallbackRecord:
+    """Where a task's callback stands (the result route's ``data.callback``)."""
+
+    delivery_id: str
+    state: str
+    """pending (not sent yet, or to be sent again), delivered, or failed (given up)."""
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    ended_at: float | None
+
+
+@dataclass(frozen=True)
 class NewTask:
     """What a create request asks for; the store adds its status and times. The id is chosen
     by the caller, so an inline mask can be stored under it before the task is."""
@@ -58,6 +81,8 @@ class NewTask:
     """How the mask is placed on each image (``mask_fit`` ...); None = the default (stretch)."""
     idempotency: Idempotency | None = None
     """The create's ``Idempotency-Key``, recorded in the task's own transaction."""
+    callback: NewCallback | None = None
+    """The create's ``callback_url``, recorded in the task's own transaction."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +125,7 @@ class TaskRecord:
     lease_owner: str | None = None
     placement: MaskPlacement = field(default_factory=MaskPlacement)
     images: list[ImageRecord] = field(default_factory=list)
+    callback: CallbackRecord | None = None
 
     @property
     def mask_auto(self) -> bool:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from photo_eraser.imaging.mask import MaskPlacement
+from photo_eraser.tasks.deliveries import DeliveryQueries, callback_of, record_callback
 from photo_eraser.tasks.idempotency import (
     IdempotencyQueries,
     IdempotencyTaken,
@@ -38,7 +39,7 @@ from photo_eraser.tasks.upkeep import (
 )
 
 
-class TaskStore(KeyQueries, UpkeepQueries, IdempotencyQueries):
+class TaskStore(KeyQueries, UpkeepQueries, IdempotencyQueries, DeliveryQueries):
     """Keys, tasks and per-image results in one relational database (SQLite or PostgreSQL)."""
 
     def __init__(self, engine: sa.Engine) -> None:
@@ -97,6 +98,8 @@ class TaskStore(KeyQueries, UpkeepQueries, IdempotencyQueries):
                 assert inserted is not None
                 if task.idempotency is not None:
                     record_idempotency(conn, task.appkey, task.idempotency, task.task_id, now)
+                if task.callback is not None:
+                    record_callback(conn, inserted[0], task.callback)
                 images += [
                     {
                         "task_pk": inserted[0],
@@ -125,7 +128,9 @@ class TaskStore(KeyQueries, UpkeepQueries, IdempotencyQueries):
                 .where(task_images.c.task_pk == row.id)
                 .order_by(task_images.c.idx)
             ).all()
+            callback = callback_of(conn, row.id)
         record = _task_from_row(row)
+        record.callback = callback
         record.images = [
             ImageRecord(
                 idx=r.idx,

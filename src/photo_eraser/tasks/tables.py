@@ -27,6 +27,9 @@ api_keys = Table(
     Column("secret_sha256", String(64), nullable=False),
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float, nullable=True),
+    # Signs the key's callback deliveries (version 0008). Kept as it is, not hashed: signing
+    # needs the secret itself (see docs/webhooks.md). NULL for keys made before 0008.
+    Column("webhook_secret", String(64), nullable=True),
 )
 
 tasks = Table(
@@ -115,3 +118,28 @@ idempotency_keys = Table(
     PrimaryKeyConstraint("appkey", "idempotency_key", name="pk_idempotency_keys"),
 )
 Index("ix_idempotency_keys_created_at", idempotency_keys.c.created_at)
+
+# The callback of a task created with ``callback_url`` (version 0008): one row per task, made in
+# the task's own transaction and due once the task has a final status. A delivering process
+# holds a row under a lease (``lease_owner`` until ``lease_expires_at``), like a worker a task,
+# so two processes never send it at once; a process killed mid-send leaves a lease that
+# expires, and the next one sends again with the same ``delivery_id`` (at least once).
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("task_pk", Integer, ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True),
+    Column("delivery_id", String(36), nullable=False, unique=True),
+    Column("url", Text, nullable=False),
+    # Base of the result links in the body: the public URL, or the address the task was
+    # created through (a delivering process has no request to take it from).
+    Column("base_url", Text, nullable=False),
+    Column("state", String(16), nullable=False),  # pending, delivered, failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("lease_owner", Text, nullable=True),
+    Column("lease_expires_at", Float, nullable=True),
+    Column("last_status_code", Integer, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("ended_at", Float, nullable=True),  # when it was delivered or given up
+)
+Index("ix_webhook_deliveries_due", webhook_deliveries.c.state, webhook_deliveries.c.next_attempt_at)

@@ -119,10 +119,10 @@ class WatermarkRecoveryEngine(Engine):
         flags = list(lossless) if lossless is not None else [False] * len(images)
         outcome = self._recover(images, masks, boxes, flags)
         outputs = list(images) if in_place else [np.array(im, copy=True) for im in images]
-        counts = self._fill(outputs, masks, boxes, outcome.recoveries)
+        counts, fill_methods = self._fill(outputs, masks, boxes, outcome.recoveries)
         results = []
         for i, (out, (total, filled)) in enumerate(zip(outputs, counts, strict=True)):
-            report = self._report(i, total, filled, outcome)
+            report = self._report(i, total, filled, outcome, fill_methods.get(i))
             results.append(Restored(out, report.method, report.recovered_share, report=report))
             if total:
                 log.info("restore image", extra={"engine": self.name, **report.log_fields()})
@@ -353,12 +353,15 @@ class WatermarkRecoveryEngine(Engine):
         masks: Sequence[np.ndarray],
         boxes: Sequence[Box | None],
         recoveries: Sequence[Recovery | None],
-    ) -> list[tuple[int, int]]:
+    ) -> tuple[list[tuple[int, int]], dict[int, str]]:
         """Write the recovered pixels into the outputs and let the fallback fill the rest of
-        each mask; returns each image's masked and filled pixel counts."""
+        each mask; returns each image's masked and filled pixel counts, and the method the
+        fallback reported for each image it filled (a fill that chooses per region says which
+        it used)."""
         filled_idx: list[int] = []
         submasks: list[np.ndarray] = []
         counts: list[tuple[int, int]] = []
+        methods: dict[int, str] = {}
         for i, (out, mask, box, rec) in enumerate(
             zip(outputs, masks, boxes, recoveries, strict=True)
         ):
@@ -385,14 +388,17 @@ class WatermarkRecoveryEngine(Engine):
             for i, sub, res in zip(filled_idx, submasks, filled, strict=True):
                 if res.image is not outputs[i]:
                     outputs[i][sub] = res.image[sub]
-        return counts
+                methods[i] = res.method
+        return counts, methods
 
-    def _report(self, i: int, total: int, filled: int, outcome: _Outcome) -> RestoreReport:
+    def _report(
+        self, i: int, total: int, filled: int, outcome: _Outcome, fill_method: str | None
+    ) -> RestoreReport:
         batch = outcome.batch
         if not total:  # nothing masked in this image: nothing was recovered or filled
             return RestoreReport(i, self.fallback.name, None, 0, 0, "nothing masked", batch)
         share = 1.0 - filled / total
-        method = method_for(share, self.name, self.fallback.name)
+        method = method_for(share, self.name, fill_method or self.fallback.name)
         reason = outcome.reasons.get(i) or batch.no_mark
         if reason is None:
             reason = "inverted where confident" if share else "no pixel confident enough to invert"

@@ -1,0 +1,69 @@
+"""A task as the API shows it: the result route's ``data``, a ``sync`` create's ``result``, and
+the body of its callback."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from photo_eraser.api.errors import Code, envelope
+from photo_eraser.api.schemas import CallbackState, ResultData, ResultItem
+from photo_eraser.storage import detected_mask_key
+from photo_eraser.tasks.records import CallbackRecord, TaskRecord
+from photo_eraser.tasks.status import ImageStatus, TaskStatus
+
+if TYPE_CHECKING:
+    from photo_eraser.runtime import Runtime
+
+
+async def result_data(task: TaskRecord, service: Runtime, base: str) -> ResultData:
+    """What the result route answers for ``task``, its result links on ``base``."""
+    wait_time = await service.wait_time(task)
+    base = base.rstrip("/")
+    expires = int((task.finished_at or 0) + service.settings.result_ttl_seconds)
+    items = []
+    for im in task.images:
+        url = ""
+        if im.status == ImageStatus.DONE and im.result_key and task.finished_at:
+            url = service.result_url(im.result_key, expires, base)
+        share = None if im.recovered_share is None else round(im.recovered_share, 3)
+        items.append(
+            ResultItem(
+                image_result=url,
+                status=str(int(im.status)),
+                reason=im.reason,
+                method=im.method,
+                recovered_share=share,
+            )
+        )
+    detected = None
+    # Shown while the results are (the retention sweep deletes it with them).
+    kept = any(im.result_key for im in task.images)
+    if task.mask_auto and task.status == TaskStatus.COMPLETE and task.finished_at and kept:
+        detected = service.result_url(detected_mask_key(task.task_id), expires, base)
+    return ResultData(
+        status=str(int(task.status)),
+        wait_time=wait_time,
+        list=items,
+        callback=None if task.callback is None else callback_state(task.callback),
+        detected_mask=detected,
+    )
+
+
+def callback_state(record: CallbackRecord) -> CallbackState:
+    """``data.callback``: the last error only while it is not delivered."""
+    return CallbackState(
+        status=record.state,  # type: ignore[arg-type]  # one of the three (tasks.deliveries)
+        attempts=record.attempts,
+        delivery_id=record.delivery_id,
+        last_status_code=record.last_status_code,
+        last_error=None if record.state == "delivered" else record.last_error,
+    )
+
+
+async def callback_body(task: TaskRecord, service: Runtime, base: str) -> bytes:
+    """The body POSTed to a task's ``callback_url``: the result route's envelope, with the
+    ``task_id`` and without ``callback`` (its state is in the headers)."""
+    data = await result_data(task, service, base)
+    data.task_id = task.task_id
+    data.callback = None
+    return bytes(envelope(Code.OK, data=data.model_dump(exclude_none=True)).body)
