@@ -40,7 +40,7 @@ from photo_eraser.imaging.rectangles import FRACTION_BASIS, boxes_document, draw
 from photo_eraser.storage import BlobStoreError, mask_key
 from photo_eraser.tasks.idempotency import Idempotency, IdempotencyTaken
 from photo_eraser.tasks.intake import IntakeClosed, IntakeFull, OpenTasksLimit
-from photo_eraser.tasks.records import NewTask, TaskRecord
+from photo_eraser.tasks.records import NewTask, Outlook, TaskRecord
 from photo_eraser.tasks.status import ImageStatus
 from photo_eraser.uploads import UploadRefused, check_upload_link, parse_upload_link
 
@@ -173,7 +173,7 @@ async def create_task(
     if req.sync:  # after the body and the admission place are released: waiting holds neither
         finished = await _wait_finished(service, task_id, appkey, req.sync)
         if finished is not None:
-            created.result = await _result_data(finished, request, service)
+            created.result = _result_data(finished, request, service)
     return envelope(Code.OK, data=created.model_dump(exclude_none=True))
 
 
@@ -350,19 +350,23 @@ def _refused(service: ServiceDep, cause: str, code: Code, msg: str) -> ApiError:
     ),
 )
 async def get_result(
-    task_id: str, request: Request, appkey: Caller, store: Store, service: ServiceDep
+    task_id: str, request: Request, appkey: Caller, service: ServiceDep
 ) -> JSONResponse:
     """Status of a task and, per input image in input order, its result URL or failure reason."""
-    task = await store.get_task(task_id, appkey)
-    if task is None:
+    polled = await service.poll(task_id, appkey)
+    if polled is None:
         raise ApiError(Code.NOT_FOUND, f"task {task_id} not found")
-    data = await _result_data(task, request, service)
+    task, outlook = polled
+    data = _result_data(task, request, service, outlook)
     return envelope(Code.OK, data=data.model_dump(exclude_none=True))
 
 
-async def _result_data(task: TaskRecord, request: Request, service: ServiceDep) -> ResultData:
-    """What the result route answers for ``task`` (also a ``sync`` create's ``result``)."""
-    wait_time = await service.wait_time(task)
+def _result_data(
+    task: TaskRecord, request: Request, service: ServiceDep, outlook: Outlook | None = None
+) -> ResultData:
+    """What the result route answers for ``task`` (also a ``sync`` create's ``result``, of a
+    finished task: no ``outlook`` needed)."""
+    wait_time = service.wait_time(task, outlook)
     settings = service.settings
     base = (settings.public_url or str(request.base_url)).rstrip("/")
     expires = int((task.finished_at or 0) + settings.result_ttl_seconds)
