@@ -47,7 +47,7 @@ def open_store(settings: Settings) -> TaskStore:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = create_db_engine(settings.db_url)
     migrate(engine)
-    return TaskStore(engine)
+    return TaskStore(engine, key_cache_seconds=settings.key_cache_seconds)
 
 
 def open_blob_store(settings: Settings) -> BlobStore:

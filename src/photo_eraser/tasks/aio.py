@@ -30,6 +30,10 @@ class AsyncTaskStore:
     # ---- The API -----------------------------------------------------------------------
 
     async def verify_key(self, appkey: str, appsecret: str) -> bool:
+        """Checked in memory if the key was read recently (no thread hop), else read."""
+        known = self.sync.remembered_key(appkey, appsecret)
+        if known is not None:
+            return known
         return await asyncio.to_thread(self.sync.verify_key, appkey, appsecret)
 
     async def get_task(self, task_id: str, appkey: str | None = None) -> TaskRecord | None:

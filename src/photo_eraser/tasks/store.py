@@ -19,7 +19,7 @@ from photo_eraser.tasks.idempotency import (
     IdempotencyTaken,
     record_idempotency,
 )
-from photo_eraser.tasks.keys import KeyQueries
+from photo_eraser.tasks.keys import KeyQueries, VerifiedKeys
 from photo_eraser.tasks.queue import queue_position, take_seqs
 from photo_eraser.tasks.records import (
     Closing,
@@ -44,8 +44,10 @@ from photo_eraser.tasks.upkeep import (
 class TaskStore(KeyQueries, UpkeepQueries, IdempotencyQueries):
     """Keys, tasks and per-image results in one relational database (SQLite or PostgreSQL)."""
 
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(self, engine: sa.Engine, key_cache_seconds: float = 0.0) -> None:
         self.engine = engine
+        self.verified_keys = VerifiedKeys(key_cache_seconds)
+        """Keys read recently (`keys.VerifiedKeys`); by default none are remembered."""
 
     # ---- Creating and reading tasks -------------------------------------------------------
 
