@@ -26,6 +26,7 @@ from functools import lru_cache
 
 import sqlalchemy as sa
 
+from photo_eraser.tasks.prepared import Prepared, among
 from photo_eraser.tasks.status import TaskStatus
 from photo_eraser.tasks.tables import queue_seqs, tasks
 
@@ -66,7 +67,7 @@ def take_seqs(conn: sa.Connection, priorities: Sequence[int]) -> list[int]:
 def queue_position(conn: sa.Connection, priority: int, seq: int) -> int:
     """How many tasks run before the waiting task of ``priority`` numbered ``seq``: those in
     progress, and the waiting ones ahead of it in the queue (see the module's docstring)."""
-    row = conn.execute(_position_query(priority), {"seq": seq}).one()
+    row = _position_query(priority).execute(conn, seq=seq).one()
     return int(sum(v or 0 for v in row))
 
 
@@ -83,7 +84,7 @@ def _tail(p: int) -> sa.ScalarSelect[int]:
 def _waiting(p: int, what: sa.ColumnElement[int]) -> sa.ScalarSelect[int]:
     return (
         sa.select(what)
-        .where(tasks.c.status == TaskStatus.WAITING, tasks.c.priority == p)
+        .where(tasks.c.status == _int(TaskStatus.WAITING), tasks.c.priority == _int(p))
         .scalar_subquery()
     )
 
@@ -95,8 +96,8 @@ def _holes(
     return (
         sa.select(sa.func.count())
         .where(
-            tasks.c.status.in_(_LEFT),
-            tasks.c.priority == p,
+            among(tasks.c.status, _LEFT),
+            tasks.c.priority == _int(p),
             tasks.c.queue_seq > after,
             tasks.c.queue_seq < before,
         )
@@ -104,20 +105,27 @@ def _holes(
     )
 
 
+def _int(value: int) -> sa.ColumnElement[int]:
+    """An integer written into the SQL (a statement of constants has no parameters to build)."""
+    return sa.literal_column(str(int(value)), sa.Integer)
+
+
 @lru_cache(maxsize=len(PRIORITIES) + 1)
-def _position_query(priority: int) -> sa.Executable:
-    """One statement (built once per priority, so SQLAlchemy's compiled cache keeps it) whose
-    columns add up to the position of the task numbered ``:seq``."""
-    mine = sa.bindparam("seq", type_=sa.Integer)
+def _position_query(priority: int) -> Prepared:
+    """One statement (built and compiled once per priority) whose columns add up to the
+    position of the task numbered ``:seq``."""
+    mine = sa.bindparam("seq", type_=sa.Integer, required=False)
     running = (
-        sa.select(sa.func.count()).where(tasks.c.status == TaskStatus.IN_PROGRESS).scalar_subquery()
+        sa.select(sa.func.count())
+        .where(tasks.c.status == _int(TaskStatus.IN_PROGRESS))
+        .scalar_subquery()
     )
     columns: list[sa.ColumnElement[int]] = [running]
     for q in PRIORITIES:
         if q <= priority:
             continue
         head, tail = _head(q), _tail(q)
-        columns.append(tail - head + 1 - _holes(q, head, tail))
+        columns.append(tail - head + _int(1) - _holes(q, head, tail))
     head = _head(priority)
     columns.append(mine - head - _holes(priority, head, mine))
-    return sa.select(*columns)
+    return Prepared(sa.select(*columns))

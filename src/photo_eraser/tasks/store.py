@@ -20,6 +20,7 @@ from photo_eraser.tasks.idempotency import (
     record_idempotency,
 )
 from photo_eraser.tasks.keys import KeyQueries, VerifiedKeys
+from photo_eraser.tasks.prepared import Prepared, among
 from photo_eraser.tasks.queue import queue_position, take_seqs
 from photo_eraser.tasks.records import (
     Closing,
@@ -39,6 +40,9 @@ from photo_eraser.tasks.upkeep import (
     fail_open_images,
     reset_images,
 )
+
+RECENT_RUNS = 20
+"""Finished tasks whose mean run time ``wait_time`` assumes for the next ones."""
 
 
 class TaskStore(KeyQueries, UpkeepQueries, IdempotencyQueries):
@@ -138,7 +142,7 @@ class TaskStore(KeyQueries, UpkeepQueries, IdempotencyQueries):
                 return task, Outlook(durations=[], slots=0, ahead=0)
             waiting = task.status == TaskStatus.WAITING
             return task, Outlook(
-                durations=_recent_durations(conn, 20),
+                durations=_recent_durations(conn),
                 slots=count_live_slots(conn, heartbeat_window) if waiting else 0,
                 ahead=_position(conn, task) if waiting else 0,
             )
@@ -326,23 +330,19 @@ class TaskStore(KeyQueries, UpkeepQueries, IdempotencyQueries):
         with self.engine.connect() as conn:
             return _position(conn, record)
 
-    def recent_durations(self, limit: int = 20) -> list[float]:
-        """Run times (seconds) of the most recently finished tasks, newest first."""
+    def recent_durations(self) -> list[float]:
+        """Run times (seconds) of the `RECENT_RUNS` most recently finished tasks, newest
+        first."""
         with self.engine.connect() as conn:
-            return _recent_durations(conn, limit)
+            return _recent_durations(conn)
 
 
 def _read_task(conn: sa.Connection, task_id: str, appkey: str | None) -> TaskRecord | None:
     """A task with its images, in one query (a row per image)."""
-    query = (
-        sa.select(tasks, *_IMAGE_COLUMNS)
-        .outerjoin(task_images, task_images.c.task_pk == tasks.c.id)
-        .where(tasks.c.task_id == task_id)
-        .order_by(task_images.c.idx)
-    )
-    if appkey is not None:
-        query = query.where(tasks.c.appkey == appkey)
-    rows = conn.execute(query).all()
+    if appkey is None:
+        rows = _TASK_BY_ID.execute(conn, task_id=task_id).all()
+    else:
+        rows = _TASK_OF_KEY.execute(conn, task_id=task_id, appkey=appkey).all()
     if not rows:
         return None
     record = _task_from_row(rows[0])
@@ -362,16 +362,8 @@ def _read_task(conn: sa.Connection, task_id: str, appkey: str | None) -> TaskRec
     return record
 
 
-def _recent_durations(conn: sa.Connection, limit: int) -> list[float]:
-    rows = conn.execute(
-        sa.select(tasks.c.started_at, tasks.c.finished_at)
-        .where(
-            tasks.c.status.in_([TaskStatus.COMPLETE, TaskStatus.FAILED]),
-            tasks.c.started_at.is_not(None),
-        )
-        .order_by(tasks.c.finished_at.desc())
-        .limit(limit)
-    ).all()
+def _recent_durations(conn: sa.Connection) -> list[float]:
+    rows = _RECENT_RUNS.execute(conn).all()
     return [r.finished_at - r.started_at for r in rows]
 
 
@@ -403,6 +395,24 @@ _IMAGE_COLUMNS = [
     for name in ("idx", "url", "status", "reason", "result_key", "method", "recovered_share")
 ]
 """A task's images in the same rows as the task (``image_`` + column, apart from its own)."""
+
+_TASK_ROWS = (
+    sa.select(tasks, *_IMAGE_COLUMNS)
+    .outerjoin(task_images, task_images.c.task_pk == tasks.c.id)
+    .where(tasks.c.task_id == sa.bindparam("task_id", required=False))
+    .order_by(task_images.c.idx)
+)
+_TASK_BY_ID = Prepared(_TASK_ROWS)
+_TASK_OF_KEY = Prepared(_TASK_ROWS.where(tasks.c.appkey == sa.bindparam("appkey", required=False)))
+_RECENT_RUNS = Prepared(
+    sa.select(tasks.c.started_at, tasks.c.finished_at)
+    .where(
+        among(tasks.c.status, [TaskStatus.COMPLETE, TaskStatus.FAILED]),
+        tasks.c.started_at.is_not(None),
+    )
+    .order_by(tasks.c.finished_at.desc())
+    .limit(RECENT_RUNS)
+)
 
 
 def _held(lease: Lease) -> tuple[sa.ColumnElement[bool], ...]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from photo_eraser.tasks.prepared import Prepared
 from photo_eraser.tasks.records import Queued
 from photo_eraser.tasks.status import ImageStatus, TaskStatus
 from photo_eraser.tasks.tables import rate_buckets, task_images, tasks, workers
@@ -330,13 +331,14 @@ class UpkeepQueries:
 
 def count_live_slots(conn: sa.Connection, within: float) -> int:
     """Worker slots of the whole cluster, from heartbeats of the last ``within`` seconds."""
-    since = time.time() - within
-    total = conn.execute(
-        sa.select(sa.func.coalesce(sa.func.sum(workers.c.slots), 0)).where(
-            workers.c.seen_at >= since
-        )
-    ).scalar_one()
-    return int(total)
+    return int(_LIVE_SLOTS.execute(conn, since=time.time() - within).scalar_one())
+
+
+_LIVE_SLOTS = Prepared(
+    sa.select(sa.func.coalesce(sa.func.sum(workers.c.slots), 0)).where(
+        workers.c.seen_at >= sa.bindparam("since", type_=sa.Float, required=False)
+    )
+)
 
 
 def _insert_missing(conn: sa.Connection, table: sa.Table, **values: object) -> None:
