@@ -1,19 +1,24 @@
-"""Statements of the hot read path (a poll), compiled once per dialect and run as driver SQL.
+"""Statements of the hot read path (a poll), compiled once per dialect and run on the DBAPI
+cursor.
 
-SQLAlchemy Core spends 100-200 us of CPU per ``Connection.execute`` of a select before the
-database sees it (the statement's cache key, walked anew on every call, the compiled-cache
-look-up, parameter and result processing), several times what SQLite takes to answer a
-read by index. A poll makes four such reads, so they are compiled here once and handed to the
-driver directly; their result columns need no type processing (integers, floats, text).
+SQLAlchemy spends 50-200 us of CPU per ``Connection.execute`` of a select (the statement's
+cache key, walked anew on every call, the compiled-cache look-up, parameter and result
+processing), several times what SQLite takes to answer a read by index; even
+``exec_driver_sql`` costs some 50 us more than the cursor. A poll makes four reads, so those
+are compiled here once and handed to the driver's cursor. What SQLAlchemy would do around the
+cursor and a poll needs is kept: a driver error is raised as SQLAlchemy's (the API answers 503
+for ``OperationalError``), and a connection found dead is invalidated so the pool drops it.
+Their result columns need no type processing (integers, floats, text).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections import namedtuple
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import CursorResult
 from sqlalchemy.sql.compiler import SQLCompiler
 
 
@@ -23,24 +28,59 @@ def among(column: sa.ColumnElement[int], values: Sequence[int]) -> sa.ColumnElem
     return column.in_([sa.literal_column(str(int(v))) for v in values])
 
 
+@dataclass
+class _Compiled:
+    sql: str
+    positions: tuple[str, ...] | None
+    """Parameter names in order for a positional paramstyle (SQLite's ``?``); else None."""
+    defaults: dict[str, Any]
+    row: type[tuple[Any, ...]] | None = None
+    """A named tuple of the result's columns, made at the first execution."""
+
+
 class Prepared:
-    """A Core statement whose SQL is compiled once per dialect; ``execute`` passes it to the
-    DBAPI cursor with the given values of its bound parameters (the others keep theirs)."""
+    """A Core statement whose SQL is compiled once per dialect; ``rows`` runs it on the DBAPI
+    cursor with the given values of its bound parameters (the others keep theirs) and returns
+    its rows as named tuples (columns by name, as on SQLAlchemy's rows)."""
 
     def __init__(self, statement: sa.ClauseElement) -> None:
         self.statement = statement
-        self._compiled: dict[str, SQLCompiler] = {}
+        self._compiled: dict[str, _Compiled] = {}
 
-    def execute(self, conn: sa.Connection, **values: Any) -> CursorResult[Any]:
-        compiled = self._compiled.get(conn.dialect.name)
-        if compiled is None:
-            made = self.statement.compile(dialect=conn.dialect)
-            assert isinstance(made, SQLCompiler)
-            compiled = made
-            self._compiled[conn.dialect.name] = compiled
-        params: Mapping[str, Any] = compiled.construct_params(values)
-        if compiled.positiontup is not None:  # qmark (SQLite) and other positional styles
-            return conn.exec_driver_sql(
-                compiled.string, tuple(params[n] for n in compiled.positiontup)
-            )
-        return conn.exec_driver_sql(compiled.string, dict(params))
+    def rows(self, conn: sa.Connection, **values: Any) -> list[Any]:
+        compiled = self._compiled.get(conn.dialect.name) or self._compile(conn.dialect)
+        params: Any
+        if compiled.positions is not None:
+            params = tuple(values.get(n, compiled.defaults[n]) for n in compiled.positions)
+        else:
+            params = {**compiled.defaults, **values}
+        dbapi_conn = conn.connection.dbapi_connection
+        assert dbapi_conn is not None, "a connection that is open"
+        error = conn.dialect.loaded_dbapi.Error
+        try:
+            cursor = dbapi_conn.cursor()
+            try:
+                cursor.execute(compiled.sql, params)
+                fetched = cursor.fetchall()
+                if compiled.row is None:
+                    names = [d[0] for d in cursor.description]
+                    compiled.row = namedtuple("Row", names, rename=True)  # type: ignore[misc]
+            finally:
+                cursor.close()
+        except error as exc:
+            if conn.dialect.is_disconnect(exc, dbapi_conn, None):
+                conn.invalidate(exc)
+            raise sa.exc.DBAPIError.instance(
+                compiled.sql, params, exc, error, dialect=conn.dialect
+            ) from exc
+        make = compiled.row
+        return [make(*r) for r in fetched]
+
+    def _compile(self, dialect: sa.Dialect) -> _Compiled:
+        made = self.statement.compile(dialect=dialect)
+        assert isinstance(made, SQLCompiler)
+        defaults = dict(made.construct_params(_check=False))
+        positions = tuple(made.positiontup) if made.positiontup is not None else None
+        compiled = _Compiled(made.string, positions, defaults)
+        self._compiled[dialect.name] = compiled
+        return compiled

@@ -67,7 +67,7 @@ def take_seqs(conn: sa.Connection, priorities: Sequence[int]) -> list[int]:
 def queue_position(conn: sa.Connection, priority: int, seq: int) -> int:
     """How many tasks run before the waiting task of ``priority`` numbered ``seq``: those in
     progress, and the waiting ones ahead of it in the queue (see the module's docstring)."""
-    row = _position_query(priority).execute(conn, seq=seq).one()
+    (row,) = _position_query(priority).rows(conn, seq=seq)
     return int(sum(v or 0 for v in row))
 
 

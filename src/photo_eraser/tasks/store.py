@@ -340,9 +340,9 @@ class TaskStore(KeyQueries, UpkeepQueries, IdempotencyQueries):
 def _read_task(conn: sa.Connection, task_id: str, appkey: str | None) -> TaskRecord | None:
     """A task with its images, in one query (a row per image)."""
     if appkey is None:
-        rows = _TASK_BY_ID.execute(conn, task_id=task_id).all()
+        rows = _TASK_BY_ID.rows(conn, task_id=task_id)
     else:
-        rows = _TASK_OF_KEY.execute(conn, task_id=task_id, appkey=appkey).all()
+        rows = _TASK_OF_KEY.rows(conn, task_id=task_id, appkey=appkey)
     if not rows:
         return None
     record = _task_from_row(rows[0])
@@ -363,7 +363,7 @@ def _read_task(conn: sa.Connection, task_id: str, appkey: str | None) -> TaskRec
 
 
 def _recent_durations(conn: sa.Connection) -> list[float]:
-    rows = _RECENT_RUNS.execute(conn).all()
+    rows = _RECENT_RUNS.rows(conn)
     return [r.finished_at - r.started_at for r in rows]
 
 

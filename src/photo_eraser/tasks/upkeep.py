@@ -331,7 +331,7 @@ class UpkeepQueries:
 
 def count_live_slots(conn: sa.Connection, within: float) -> int:
     """Worker slots of the whole cluster, from heartbeats of the last ``within`` seconds."""
-    return int(_LIVE_SLOTS.execute(conn, since=time.time() - within).scalar_one())
+    return int(_LIVE_SLOTS.rows(conn, since=time.time() - within)[0][0])
 
 
 _LIVE_SLOTS = Prepared(
