@@ -232,19 +232,17 @@ def idle_rate(server: Server, seconds: float) -> float:
     return (cpu_seconds(server.pid) - cpu0) / (time.monotonic() - t0)
 
 
-def schema_url(base: str, schema: str) -> str:
-    sep = "&" if "?" in base else "?"
-    return f"{base}{sep}options=-csearch_path%3D{schema}"
-
-
-def reset_schema(base: str, schema: str) -> None:
+def fresh_database(base: str, name: str) -> str:
+    """A new, empty PostgreSQL database ``name`` beside the one ``base`` names; its URL. (Not
+    a schema: an embedded server takes a database-wide lock, so two need two databases.)"""
     import sqlalchemy as sa
 
-    engine = sa.create_engine(base)
-    with engine.begin() as conn:
-        conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    engine = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     engine.dispose()
+    return sa.engine.make_url(base).set(database=name).render_as_string(hide_password=False)
 
 
 def code_of(src: Path) -> str:
@@ -268,9 +266,7 @@ def run_backlog(args: argparse.Namespace, backlog: int, workdir: Path) -> list[S
         data_dir.mkdir()
         url = None
         if args.database_url:
-            schema = f"pe_poll_{name}"
-            reset_schema(args.database_url, schema)
-            url = schema_url(args.database_url, schema)
+            url = fresh_database(args.database_url, f"pe_poll_{name}")
         servers.append(Server(name, src, data_dir, url, backlog))
     try:
         for s in servers:
@@ -300,7 +296,11 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--idle", type=float, default=3.0, help="seconds to measure idle CPU")
     p.add_argument("--before", help="a checkout of the code before (its src/ is run)")
-    p.add_argument("--database-url", help="PostgreSQL base URL (schemas pe_poll_*)")
+    p.add_argument(
+        "--database-url",
+        help="PostgreSQL instead of SQLite: a URL whose server the bench may make databases "
+        "pe_poll_before and pe_poll_after on (dropped and made anew for each backlog)",
+    )
     args = p.parse_args()
     print(machine_line())
     print(f"load average before: {load_average()}")

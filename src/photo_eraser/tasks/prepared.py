@@ -8,7 +8,8 @@ processing), several times what SQLite takes to answer a read by index; even
 are compiled here once and handed to the driver's cursor. What SQLAlchemy would do around the
 cursor and a poll needs is kept: a driver error is raised as SQLAlchemy's (the API answers 503
 for ``OperationalError``), and a connection found dead is invalidated so the pool drops it.
-Their result columns need no type processing (integers, floats, text).
+Their result columns need no type processing (integers, floats, text). On PostgreSQL they are
+prepared statements (planned once per connection).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ class _Compiled:
     positions: tuple[str, ...] | None
     """Parameter names in order for a positional paramstyle (SQLite's ``?``); else None."""
     defaults: dict[str, Any]
+    server_prepared: bool
+    """Prepared on the server once per connection (psycopg): PostgreSQL plans the position
+    statement (some 40 subqueries) in about 15 ms, and runs it in well under one."""
     row: type[tuple[Any, ...]] | None = None
     """A named tuple of the result's columns, made at the first execution."""
 
@@ -58,9 +62,12 @@ class Prepared:
         assert dbapi_conn is not None, "a connection that is open"
         error = conn.dialect.loaded_dbapi.Error
         try:
-            cursor = dbapi_conn.cursor()
+            cursor: Any = dbapi_conn.cursor()
             try:
-                cursor.execute(compiled.sql, params)
+                if compiled.server_prepared:
+                    cursor.execute(compiled.sql, params, prepare=True)
+                else:
+                    cursor.execute(compiled.sql, params)
                 fetched = cursor.fetchall()
                 if compiled.row is None:
                     names = [d[0] for d in cursor.description]
@@ -81,6 +88,8 @@ class Prepared:
         assert isinstance(made, SQLCompiler)
         defaults = dict(made.construct_params(_check=False))
         positions = tuple(made.positiontup) if made.positiontup is not None else None
-        compiled = _Compiled(made.string, positions, defaults)
+        # sqlite3 keeps its own cache of compiled statements per connection (by SQL text).
+        server_prepared = dialect.driver == "psycopg"
+        compiled = _Compiled(made.string, positions, defaults, server_prepared)
         self._compiled[dialect.name] = compiled
         return compiled

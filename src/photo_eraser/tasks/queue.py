@@ -22,16 +22,12 @@ worker slots): the same time with 10 or 10,000 tasks waiting.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
 
 import sqlalchemy as sa
 
-from photo_eraser.tasks.prepared import Prepared, among
+from photo_eraser.tasks.prepared import Prepared
 from photo_eraser.tasks.status import TaskStatus
-from photo_eraser.tasks.tables import queue_seqs, tasks
-
-PRIORITIES = range(10)
-"""The priorities the API accepts; the migration makes one counter row for each."""
+from photo_eraser.tasks.tables import queue_seqs
 
 _LEFT = [s for s in TaskStatus if s != TaskStatus.WAITING]
 """The statuses of a task that is no longer (or not now) in the queue."""
@@ -67,65 +63,45 @@ def take_seqs(conn: sa.Connection, priorities: Sequence[int]) -> list[int]:
 def queue_position(conn: sa.Connection, priority: int, seq: int) -> int:
     """How many tasks run before the waiting task of ``priority`` numbered ``seq``: those in
     progress, and the waiting ones ahead of it in the queue (see the module's docstring)."""
-    (row,) = _position_query(priority).rows(conn, seq=seq)
-    return int(sum(v or 0 for v in row))
-
-
-def _head(p: int) -> sa.ScalarSelect[int]:
-    """The number of the first waiting task of priority ``p`` (NULL if none waits)."""
-    return _waiting(p, sa.func.min(tasks.c.queue_seq))
-
-
-def _tail(p: int) -> sa.ScalarSelect[int]:
-    """The number of the last waiting task of priority ``p`` (NULL if none waits)."""
-    return _waiting(p, sa.func.max(tasks.c.queue_seq))
-
-
-def _waiting(p: int, what: sa.ColumnElement[int]) -> sa.ScalarSelect[int]:
-    return (
-        sa.select(what)
-        .where(tasks.c.status == _int(TaskStatus.WAITING), tasks.c.priority == _int(p))
-        .scalar_subquery()
-    )
-
-
-def _holes(
-    p: int, after: sa.ColumnElement[int], before: sa.ColumnElement[int]
-) -> sa.ScalarSelect[int]:
-    """Tasks of priority ``p`` numbered strictly between two waiting ones that are not waiting."""
-    return (
-        sa.select(sa.func.count())
-        .where(
-            among(tasks.c.status, _LEFT),
-            tasks.c.priority == _int(p),
-            tasks.c.queue_seq > after,
-            tasks.c.queue_seq < before,
-        )
-        .scalar_subquery()
-    )
-
-
-def _int(value: int) -> sa.ColumnElement[int]:
-    """An integer written into the SQL (a statement of constants has no parameters to build)."""
-    return sa.literal_column(str(int(value)), sa.Integer)
-
-
-@lru_cache(maxsize=len(PRIORITIES) + 1)
-def _position_query(priority: int) -> Prepared:
-    """One statement (built and compiled once per priority) whose columns add up to the
-    position of the task numbered ``:seq``."""
-    mine = sa.bindparam("seq", type_=sa.Integer, required=False)
-    running = (
-        sa.select(sa.func.count())
-        .where(tasks.c.status == _int(TaskStatus.IN_PROGRESS))
-        .scalar_subquery()
-    )
-    columns: list[sa.ColumnElement[int]] = [running]
-    for q in PRIORITIES:
-        if q <= priority:
+    rows = _POSITION.rows(conn, priority=priority, seq=seq)
+    running = rows[0].running if rows else 0
+    ahead = 0
+    for r in rows:
+        if r.head is None:  # none of this priority waits
             continue
-        head, tail = _head(q), _tail(q)
-        columns.append(tail - head + _int(1) - _holes(q, head, tail))
-    head = _head(priority)
-    columns.append(mine - head - _holes(priority, head, mine))
-    return Prepared(sa.select(*columns))
+        if r.priority == priority:
+            ahead += seq - r.head - r.holes
+        else:
+            ahead += r.tail - r.head + 1 - r.holes
+    return int(running + max(0, ahead))
+
+
+_POSITION = Prepared(
+    sa.text(
+        f"""
+SELECT w.priority, w.head, w.tail, w.running,
+  (SELECT count(*) FROM tasks t
+    WHERE t.status IN ({", ".join(str(int(s)) for s in _LEFT)}) AND t.priority = w.priority
+      AND t.queue_seq > w.head
+      AND t.queue_seq < CASE WHEN w.priority = :priority THEN :seq ELSE w.tail END) AS holes
+FROM (
+  SELECT q.priority,
+    (SELECT min(t.queue_seq) FROM tasks t
+      WHERE t.status = {int(TaskStatus.WAITING)} AND t.priority = q.priority) AS head,
+    (SELECT max(t.queue_seq) FROM tasks t
+      WHERE t.status = {int(TaskStatus.WAITING)} AND t.priority = q.priority) AS tail,
+    (SELECT count(*) FROM tasks t WHERE t.status = {int(TaskStatus.IN_PROGRESS)}) AS running
+  FROM queue_seqs q
+  WHERE q.priority >= :priority
+) w
+"""
+    ).bindparams(
+        sa.bindparam("priority", type_=sa.Integer, required=False),
+        sa.bindparam("seq", type_=sa.Integer, required=False),
+    )
+)
+"""Per priority at or above the task's: its head and tail, and the holes between the head and
+the tail (the task itself, for its own priority); and the tasks in progress. One row per
+priority (``queue_seqs`` has a row for each), each value an index look-up or an index range.
+Written as correlated subqueries over ``queue_seqs``: PostgreSQL plans the statement in well
+under a millisecond (the same as forty separate subqueries took 15 ms to plan)."""
