@@ -43,6 +43,9 @@ from photo_eraser.tasks.upkeep import (
 
 RECENT_RUNS = 20
 """Finished tasks whose mean run time ``wait_time`` assumes for the next ones."""
+SHARED_OUTLOOK_SECONDS = 1.0
+"""How long the polls of one process share one read of the recent run times and the live
+worker slots: a ``wait_time`` may lag a task finishing or a worker joining by this much."""
 
 
 class TaskStore(KeyQueries, UpkeepQueries, IdempotencyQueries):
@@ -52,6 +55,7 @@ class TaskStore(KeyQueries, UpkeepQueries, IdempotencyQueries):
         self.engine = engine
         self.verified_keys = VerifiedKeys(key_cache_seconds)
         """Keys read recently (`keys.VerifiedKeys`); by default none are remembered."""
+        self._outlook: tuple[float, list[float], int] | None = None
 
     # ---- Creating and reading tasks -------------------------------------------------------
 
@@ -140,12 +144,26 @@ class TaskStore(KeyQueries, UpkeepQueries, IdempotencyQueries):
                 return None
             if task.status.finished:
                 return task, Outlook(durations=[], slots=0, ahead=0)
+            durations, slots = self._shared_outlook(conn, heartbeat_window)
             waiting = task.status == TaskStatus.WAITING
             return task, Outlook(
-                durations=_recent_durations(conn),
-                slots=count_live_slots(conn, heartbeat_window) if waiting else 0,
+                durations=durations,
+                slots=slots if waiting else 0,
                 ahead=_position(conn, task) if waiting else 0,
             )
+
+    def _shared_outlook(
+        self, conn: sa.Connection, heartbeat_window: float
+    ) -> tuple[list[float], int]:
+        """The recent run times and the live worker slots, the same for every task: read
+        once per `SHARED_OUTLOOK_SECONDS` by the polls of this process (two reads fewer per
+        poll; on PostgreSQL two round trips)."""
+        now = time.monotonic()
+        shared = self._outlook
+        if shared is None or now - shared[0] >= SHARED_OUTLOOK_SECONDS:
+            shared = (now, _recent_durations(conn), count_live_slots(conn, heartbeat_window))
+            self._outlook = shared  # one assignment: threads see the old or the new
+        return shared[1], shared[2]
 
     def close(self, task_id: str, appkey: str) -> Closing | None:
         """Close a waiting or running task for its owner; ``None`` if it has no such task."""
