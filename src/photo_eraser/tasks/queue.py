@@ -49,7 +49,7 @@ def take_seqs(conn: sa.Connection, priorities: Sequence[int]) -> list[int]:
             .values(last_seq=queue_seqs.c.last_seq + n)
             .returning(queue_seqs.c.last_seq)
         ).scalar()
-        if last is None:  # a priority the migration made no row for
+        if last is None:  # a priority outside the API's 0..9, for which 0008 made no row
             conn.execute(queue_seqs.insert().values(priority=p, last_seq=n))
             last = n
         next_seq[p] = last - n + 1
@@ -70,10 +70,11 @@ def queue_position(conn: sa.Connection, priority: int, seq: int) -> int:
         if r.head is None:  # none of this priority waits
             continue
         if r.priority == priority:
-            ahead += seq - r.head - r.holes
+            # Negative only if the task left the queue since it was read (claimed, closed).
+            ahead += max(0, seq - r.head - r.holes)
         else:
             ahead += r.tail - r.head + 1 - r.holes
-    return int(running + max(0, ahead))
+    return int(running + ahead)
 
 
 _POSITION = Prepared(
