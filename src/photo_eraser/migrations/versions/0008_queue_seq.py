@@ -47,9 +47,9 @@ def upgrade() -> None:
         numbered.append({"pk": pk, "seq": last[priority]})
     if numbered:
         conn.execute(
-            tasks.update().where(tasks.c.id == sa.bindparam("pk")).values(
-                queue_seq=sa.bindparam("seq")
-            ),
+            tasks.update()
+            .where(tasks.c.id == sa.bindparam("pk"))
+            .values(queue_seq=sa.bindparam("seq")),
             numbered,
         )
     op.bulk_insert(seqs, [{"priority": p, "last_seq": n} for p, n in sorted(last.items())])
