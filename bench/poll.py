@@ -1,17 +1,18 @@
 """Poll-cost benchmark: server CPU per ``GET /v3/pic/rw/result/{task_id}`` by queue backlog.
 
 For each backlog (``--backlogs``, waiting tasks of mixed priorities 0..9), a fresh data
-directory is filled straight through the task store (a key, 20 finished tasks so ``wait_time``
-has run times, then the backlog, then the polled task: priority 0, created last, so every
-waiting task is ahead of it), and a real ``photo-eraser serve --workers 0`` is started on it
-(nothing is claimed: the backlog stays). The bench then sends ``--polls`` sequential polls of
-that task over one keep-alive HTTP/1.1 connection of 127.0.0.1 and reads the server process's
-CPU time (user + system, all threads) from ``/proc/<pid>/stat`` before and after:
-CPU per poll = delta / polls, minus the server's idle CPU rate (its maintenance pass), measured
-over ``--idle`` seconds first and printed beside it.
+directory is filled straight through the task store (a key, 20 finished tasks of 2 s each so
+``wait_time`` has run times, then the backlog, then the polled task: priority 0, created last,
+so every waiting task is ahead of it), and a real ``photo-eraser serve --workers 0`` is started
+on it (nothing is claimed: the backlog stays). The bench then sends ``--polls`` sequential polls
+of that task over a keep-alive HTTP/1.1 connection of 127.0.0.1 (one per round) and reads the
+server process's CPU time (user + system, all threads) from ``/proc/<pid>/stat`` before and
+after, plus, on PostgreSQL, that of the backends serving its database: CPU per poll = delta /
+polls, minus the idle CPU rate (the maintenance pass), measured over ``--idle`` seconds first.
 
 With ``--before DIR`` (a checkout of other code, e.g. ``git archive <commit> src | tar -x -C
-DIR``), the same is done for that code's ``src/`` at the same time: both servers run side by
+DIR``; a file ``DIR/COMMIT`` names it in the output), the same is done for that code's ``src/``
+at the same time: both servers run side by
 side and the rounds alternate (before, after, after, before, ...), so machine noise hits both;
 the ratio of medians is printed. The bench also checks that both servers answer the poll with
 the same bytes (status, wait_time, list), and exits 1 if not.
