@@ -9,8 +9,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+import sqlalchemy as sa
+
 from harness.client import ApiClient
 from photo_eraser.runtime import DEFAULT_TASK_SECONDS
+from photo_eraser.tasks.db import create_db_engine
+from photo_eraser.tasks.prepared import Prepared
 from tests.inprocess import LocalServer
 
 IMAGE = "http://127.0.0.1:9/never-fetched.png"
@@ -108,3 +113,14 @@ def test_without_the_cache_a_revocation_is_seen_at_once(tmp_path: Path) -> None:
         assert server.revoke_key(appkey)
         assert client.result(task_id).status_code == 401
         client.close()
+
+
+def test_a_driver_error_is_raised_as_sqlalchemys(tmp_path: Path) -> None:
+    """The poll's reads go to the DBAPI cursor; a failure still arrives as SQLAlchemy's
+    ``OperationalError`` (what the API answers with 503 "database unavailable")."""
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with engine.connect() as conn:
+        assert Prepared(sa.text("SELECT 1 AS one")).rows(conn)[0].one == 1  # a positive control
+        with pytest.raises(sa.exc.OperationalError, match="no_such_table"):
+            Prepared(sa.text("SELECT * FROM no_such_table")).rows(conn)
+    engine.dispose()
