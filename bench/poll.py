@@ -127,6 +127,7 @@ class Server:
     idle_rate: float = 0.0
     per_poll: list[float] = field(default_factory=list)
     latency: list[float] = field(default_factory=list)
+    floor: list[float] = field(default_factory=list)
     body: bytes = b""
 
     @property
@@ -209,14 +210,14 @@ class Connection:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
 
-    def exchange(self, request: bytes) -> bytes:
-        """Send ``request``, return the response body (fails on anything but a 200)."""
+    def exchange(self, request: bytes, status: bytes = b" 200 ") -> bytes:
+        """Send ``request``, return the response body (fails on any other status)."""
         self.sock.sendall(request)
         while b"\r\n\r\n" not in self.buf:
             self._read()
         head, self.buf = self.buf.split(b"\r\n\r\n", 1)
         lines = head.split(b"\r\n")
-        if b" 200 " not in lines[0]:
+        if status not in lines[0]:
             raise RuntimeError(f"poll answered {lines[0]!r}: {self.buf[:300]!r}")
         length = next(
             int(line.split(b":", 1)[1])
@@ -241,20 +242,33 @@ class Connection:
 def measure(server: Server, polls: int) -> None:
     """One round: ``polls`` sequential polls; the server's CPU per poll less its idle rate.
     A connection of its own (uvicorn closes one idle for 5 s), opened before the count."""
-    request = server.request()
+    lat: list[float] = []
+    per_poll, server.body = _round(server, server.request(), b" 200 ", polls, lat)
+    server.per_poll.append(per_poll)
+    server.latency += lat
+
+
+def measure_floor(server: Server, polls: int) -> None:
+    """The same round of requests to a path no route has, with the same headers: a 404
+    envelope through the whole middleware stack, no route, no key check, no database."""
+    request = server.request().replace(b"/v3/pic/rw/result/", b"/v3/pic/rw/no-route/")
+    per_request, _ = _round(server, request, b" 404 ", polls, [])
+    server.floor.append(per_request)
+
+
+def _round(
+    server: Server, request: bytes, status: bytes, polls: int, lat: list[float]
+) -> tuple[float, bytes]:
     conn = Connection(server.port)
-    conn.exchange(request)
-    lat = []
+    body = conn.exchange(request, status)
     wall0, cpu0 = time.monotonic(), server.cpu()
     for _ in range(polls):
         t = time.perf_counter()
-        body = conn.exchange(request)
+        body = conn.exchange(request, status)
         lat.append(time.perf_counter() - t)
     wall1, cpu1 = time.monotonic(), server.cpu()
     conn.close()
-    server.body = body
-    server.per_poll.append((cpu1 - cpu0 - server.idle_rate * (wall1 - wall0)) / polls)
-    server.latency += lat
+    return (cpu1 - cpu0 - server.idle_rate * (wall1 - wall0)) / polls, body
 
 
 def idle_rate(server: Server, seconds: float) -> float:
@@ -314,6 +328,8 @@ def run_backlog(args: argparse.Namespace, backlog: int, workdir: Path) -> list[S
             order = servers if r % 2 == 0 else servers[::-1]
             for s in order:
                 measure(s, args.polls)
+            if args.floor:
+                measure_floor(servers[-1], args.polls)
     finally:
         for s in servers:
             s.stop()
@@ -327,6 +343,11 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--idle", type=float, default=3.0, help="seconds to measure idle CPU")
     p.add_argument("--before", help="a checkout of the code before (its src/ is run)")
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="also measure a 404 of no route on the 'after' server (the HTTP stack alone)",
+    )
     p.add_argument(
         "--database-url",
         help="PostgreSQL instead of SQLite: a URL whose server the bench may make databases "
@@ -358,6 +379,13 @@ def main() -> int:
                     f"| {backlog} | {s.name} | {statistics.median(s.per_poll) * 1000:.3f} "
                     f"| {rounds} | {s.idle_rate * 100:.1f} "
                     f"| {statistics.median(s.latency) * 1000:.2f} |"
+                )
+            if servers[-1].floor:
+                floor = statistics.median(servers[-1].floor) * 1000
+                print(
+                    f"| {backlog} | after: 404 of no route (the HTTP stack alone) "
+                    f"| {floor:.3f} | {' '.join(f'{x * 1000:.3f}' for x in servers[-1].floor)} "
+                    "| | |"
                 )
             if len(servers) == 2:
                 before, after = servers
