@@ -220,23 +220,37 @@ class SingleParams:
     min_alpha: float = 0.08
     """Fainter marks are hard to tell from texture..."""
     max_alpha: float = 0.8
-    """...more opaque ones amplify noise too much."""
+    """...more opaque ones amplify noise too much (also: rim pixels above it are inpainted)."""
     min_body: int = 40
-    """Fewest body pixels to attempt an inversion..."""
+    """Fewest marked pixels to attempt an inversion (the cheap test before any fit)..."""
     min_body_share: float = 0.05
-    """...and share of the mask."""
-    body_tolerance: float = 0.3
-    """A pixel is in the body when its own opacity is within this share of the mark's."""
-    max_unexplained: float = 0.35
-    """Largest median fit residual on the body, relative to the median ``|J - F|`` there."""
-    max_ghost: float = 0.9
-    """Largest edge energy at the body's outline after inversion relative to before."""
-    texture_range: tuple[float, float] = (0.6, 1.6)
-    """Allowed RMS gradient of the recovered body relative to the photo around the mask."""
+    """...and share of the mask the matte must find marked."""
     min_fill_spread: float = 15.0
-    """Spread (grey levels) of the fill from which the opacity is also regressed."""
-    min_confident_share: float = 0.2
-    """Smallest share of the body predicted to beat inpainting for the fit to be used at all."""
+    """Spread (grey levels) of the fill from which the first guess also regresses the opacity."""
+    refine_rounds: int = 2
+    """Rounds of the fit near the outline (the second one on the first one's support)."""
+    outline_depth: float = 4.0
+    """Body pixels at most this far inside the mark's fill are fitted: the fill is good there."""
+    body_tolerance: float = 0.3
+    """A pixel is fitted when its own opacity is within this share of the mark's."""
+    fit_iterations: int = 8
+    """Cauchy reweighting steps of the fit near the outline."""
+    fit_gain: float = 0.9
+    """The free fit of opacity and colour is kept only if it brings the median residual to at
+    most this share of the first guess's (else the two trade off and the guess's colour stays)."""
+    max_unexplained: float = 0.35
+    """Largest median fit residual near the outline, relative to the median ``|J - F|`` there."""
+    margin_search: int = 12
+    """Distances from the mask's border (pixels) searched for where the mark starts..."""
+    margin_jump: float = 0.4
+    """...a jump of at least this in the share of marked pixels from one distance to the next..."""
+    margin_inside: float = 0.6
+    """...to at least this share: then every pixel deeper than that is taken as marked."""
+    max_ghost: float = 0.9
+    """Largest edge energy at the mark's outline after inversion relative to before."""
+    min_holdout_gain: float = 1.0
+    """dB by which the recovery must beat Telea on copies of the mask beside it, stamped with
+    the estimated mark (a margin: the photo under the mark is not the one beside it)."""
 
 
 @dataclass(frozen=True)

@@ -1,30 +1,36 @@
 """Step 9: the pixels under a watermark from one image alone (batches of one to three).
 
-Many real marks have one colour ``W`` and one opacity ``a`` over their body (anti-aliased
-only at the rim). Inside the mask an inpainting ``F`` (OpenCV Telea from the mask's border)
-predicts the photo's local colour, so the marked pixels follow ``J ~ a*W + (1-a)*F`` up to the
-photo's texture. With ``F`` nearly constant over the mark, ``a`` and ``W`` trade off against
-each other, so two estimates are combined:
+Many real marks have one colour ``C`` and one opacity ``a`` (anti-aliased only at the rim):
+``J = (1 - m) * I + m * C`` with the matte ``m`` equal to ``a`` over the mark's body. Inside the
+mask an inpainting ``F`` (OpenCV Telea) predicts the photo's local colour, so the marked pixels
+follow ``J ~ (1 - a) * F + a * C`` up to the photo's texture.
 
-* the least opaque mark that explains the pixels (``W`` on the boundary of the colour gamut;
-  the median over the marked pixels of the smallest feasible opacity): exact for white and
-  black marks, a lower bound for others;
-* where ``F`` varies enough, the regression slope of ``J`` on ``F`` (``1 - a``), corrected by
-  how much an inpainting flattens the photo, measured on copies of the mask shifted beside it
-  where the truth is known (a hold-out);
+1. **A first guess** of ``a`` and ``C`` from Telea's fill of the whole mask: the least opaque
+   mark explaining the pixels (``C`` on the colour gamut's boundary: exact for white and black
+   marks) or, where the fill varies enough, the slope of ``J`` on ``F`` corrected for how much
+   an inpainting flattens a photo (measured on copies of the mask beside it).
+2. **A robust fit near the mark's outline.** The pixels the guess finds marked, and one pixel
+   around them, are inpainted again: that fill reaches only a few pixels in from real photo
+   pixels (the mask's unmarked margin), so on the body pixels near the outline it is close to
+   the photo, and ``J = (1 - a) * F + a * C`` is fitted there (Cauchy-weighted least squares).
+   Where the fill hardly varies the fit cannot tell ``a`` from ``C``; it is kept only if it
+   explains those pixels clearly better than the guess, else only ``a`` is refitted.
+3. **The matte.** The support is where ``J - F`` projected on ``C - F`` reaches half of ``a``.
+   Deep inside a large mark the fill no longer predicts the photo, so when the support's share
+   jumps at one distance from the mask's border (the margin the mask was drawn with), every
+   pixel deeper than that is support; holes of the support are kept as holes only if leaving
+   them as they are continues the inverted photo around them better than inverting them. The
+   support's interior takes ``a``; its rim, inpainted from both sides (the photo around the
+   mask and the inverted interior), takes its own opacity in ``[0, a]`` by the same projection.
+4. **Invert** ``I = (J - m * C) / (1 - m)``; masked pixels with ``m = 0`` are kept as they are.
+5. **Checks.** The fit must explain the marked pixels (median residual small next to
+   ``|J - F|``) and inverting must weaken the mark's outline. Then a hold-out: the estimated
+   mark is stamped on copies of the mask beside it, where the photo is known, and steps 1-4
+   and Telea both restore them. The recovery is used only if it beats Telea there by a margin
+   (pooled over the copies); otherwise ``None``, and the image is inpainted as before.
 
-``a`` is the larger, ``W`` the median of ``(J - (1-a)*F) / a``. Pixels whose own opacity (the
-projection of ``J - F`` on ``W - F``) is near ``a`` and whose neighbours' is too form the body
-and are inverted; masked pixels the mark does not reach are kept; the rest (the rim) is left
-to the fallback.
-
-The fit is used only when it is clearly a blend: it must explain most of ``J - F`` on the body,
-inverting must weaken the mark's outline, the recovered body must show texture like the photo
-around the mask, and per pixel the predicted inversion error (noise amplified by
-``1/(1-a)`` plus the gap between the recovered and the inpainted local mean colour, where a
-wrong ``a`` or ``W`` shows) must be below the predicted inpainting error (the recovered
-detail around the local mean), on at least a fifth of the body. Otherwise ``None``: the image
-is inpainted as before.
+Before any of that, the cheap test: too few masked pixels far from the fill (no mark that a
+blend could explain) returns ``None`` after one Telea fill of the mask's box.
 """
 
 from __future__ import annotations
@@ -38,6 +44,13 @@ from photo_eraser.engines.restore.arrays import noise_level
 from photo_eraser.engines.restore.estimate import Recovery
 from photo_eraser.engines.restore.params import SingleParams
 
+_K3 = np.ones((3, 3), np.uint8)
+
+
+def _telea(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Telea's fill of ``mask`` (float32 HxWx3; pixels off the mask unchanged)."""
+    return cv2.inpaint(pixels, mask.astype(np.uint8), 3, cv2.INPAINT_TELEA).astype(np.float32)
+
 
 def _attenuation(image: np.ndarray, mask: np.ndarray, pad: int) -> float | None:
     """Hold-out slope of the true photo on its inpainting, for masks like ``mask`` nearby.
@@ -46,25 +59,11 @@ def _attenuation(image: np.ndarray, mask: np.ndarray, pad: int) -> float | None:
     underestimates ``1 - a`` by this factor. Measured on copies of the mask shifted beside it
     (on unmarked pixels), where the truth is known.
     """
-    h, w = mask.shape
-    ys, xs = np.nonzero(mask)
-    bh, bw = int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)
-    big = cv2.dilate(mask.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
     num = den = 0.0
-    m8 = mask.astype(np.uint8)
-    for dy, dx in ((-bh - 8, 0), (bh + 8, 0), (0, -bw - 8), (0, bw + 8)):
-        shift = np.array([[1, 0, dx], [0, 1, dy]], dtype=np.float32)
-        sm = cv2.warpAffine(m8, shift, (w, h), flags=cv2.INTER_NEAREST) > 0
-        sm &= ~big
-        sm[:4], sm[-4:], sm[:, :4], sm[:, -4:] = False, False, False, False
-        if sm.sum() < 200:
-            continue
-        sy, sx = np.nonzero(sm)
-        y0, y1 = max(0, sy.min() - pad), min(h, sy.max() + 1 + pad)
-        x0, x1 = max(0, sx.min() - pad), min(w, sx.max() + 1 + pad)
+    for sm, (y0, y1, x0, x1), _ in _beside(mask, pad, 200):
         crop = np.ascontiguousarray(image[y0:y1, x0:x1])
         sub = sm[y0:y1, x0:x1]
-        fill = cv2.inpaint(crop, sub.astype(np.uint8), 3, cv2.INPAINT_TELEA)
+        fill = _telea(crop, sub)
         f = fill[sub].astype(np.float64)
         t = crop[sub].astype(np.float64)
         f -= f.mean(axis=0)
@@ -74,6 +73,31 @@ def _attenuation(image: np.ndarray, mask: np.ndarray, pad: int) -> float | None:
     if den <= 0:
         return None
     return float(np.clip(num / den, 0.3, 1.0))
+
+
+def _beside(
+    mask: np.ndarray, pad: int, min_pixels: int
+) -> list[tuple[np.ndarray, tuple[int, int, int, int], tuple[int, int]]]:
+    """Copies of ``mask`` shifted beside it (above, below, left, right), away from it and from
+    the image's edge, with their padded boxes and shifts; only those with ``min_pixels``."""
+    h, w = mask.shape
+    ys, xs = np.nonzero(mask)
+    bh, bw = int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)
+    m8 = mask.astype(np.uint8)
+    big = cv2.dilate(m8, np.ones((9, 9), np.uint8)) > 0
+    out = []
+    for dy, dx in ((-bh - 8, 0), (bh + 8, 0), (0, -bw - 8), (0, bw + 8)):
+        shift = np.array([[1, 0, dx], [0, 1, dy]], dtype=np.float32)
+        sm = cv2.warpAffine(m8, shift, (w, h), flags=cv2.INTER_NEAREST) > 0
+        sm &= ~big
+        sm[:4], sm[-4:], sm[:, :4], sm[:, -4:] = False, False, False, False
+        if sm.sum() < min_pixels:
+            continue
+        sy, sx = np.nonzero(sm)
+        y0, y1 = max(0, int(sy.min()) - pad), min(h, int(sy.max()) + 1 + pad)
+        x0, x1 = max(0, int(sx.min()) - pad), min(w, int(sx.max()) + 1 + pad)
+        out.append((sm, (y0, y1, x0, x1), (dy, dx)))
+    return out
 
 
 def _slope(j: np.ndarray, f: np.ndarray) -> float:
@@ -92,14 +116,41 @@ def _slope(j: np.ndarray, f: np.ndarray) -> float:
     return b
 
 
+def _blend_fit(j: np.ndarray, f: np.ndarray, iterations: int) -> tuple[float, np.ndarray]:
+    """Robust least squares of ``J = (1 - a) * F + k`` over pixels (Nx3 each): ``a`` and
+    ``C = k / a`` (Cauchy weights on each pixel's residual)."""
+    jd, fd = j.astype(np.float64), f.astype(np.float64)
+    wt = np.ones(len(jd))
+    a, k = 0.0, np.zeros(3)
+    for _ in range(iterations):
+        sw = wt.sum()
+        fm = (wt[:, None] * fd).sum(axis=0) / sw
+        jm = (wt[:, None] * jd).sum(axis=0) / sw
+        fc, jc = fd - fm, jd - jm
+        beta = float((wt[:, None] * fc * jc).sum() / max((wt[:, None] * fc * fc).sum(), 1e-9))
+        a, k = 1.0 - beta, jm - beta * fm
+        res = np.linalg.norm(jd - beta * fd - k, axis=1)
+        scale = 1.4826 * float(np.median(res)) + 1.0
+        wt = 1.0 / (1.0 + (res / (2.0 * scale)) ** 2)
+    return a, k / a if abs(a) > 1e-3 else np.zeros(3)
+
+
+def _opacity(j: np.ndarray, f: np.ndarray, colour: np.ndarray) -> np.ndarray:
+    """Each pixel's own opacity: ``J - F`` projected on ``C - F`` (HxW)."""
+    dw = colour[None, None, :] - f
+    return ((j - f) * dw).sum(axis=2) / np.maximum((dw * dw).sum(axis=2), 1.0)
+
+
 @dataclass
 class _Crop:
     """The mask's padded box of one image, its Telea fill and the pixels far from the fill."""
 
     box: tuple[int, int, int, int]
     mask: np.ndarray
+    pixels: np.ndarray
+    """The image's pixels (uint8 HxWx3, contiguous)."""
     j: np.ndarray
-    """The image's pixels (float32 HxWx3)."""
+    """The same as float32."""
     fill: np.ndarray
     """Telea's fill of the mask ``F`` (float32 HxWx3): the photo's local colour, roughly."""
     grey: np.ndarray
@@ -114,28 +165,51 @@ class _Crop:
         return self.mask & (self.distance > self.threshold)
 
 
+@dataclass
+class _Inverted:
+    """One image's mark as estimated, and the crop inverted with it."""
+
+    crop: _Crop
+    alpha: float
+    colour: np.ndarray
+    matte: np.ndarray
+    """Each crop pixel's opacity (HxW, 0 off the mark)."""
+    recovered: np.ndarray
+    """The crop inverted with the matte (float32 HxWx3; masked pixels at ``matte = 0`` as they are)."""
+    explained: float
+    """Median residual of the fit over the pixels it was fitted on, relative to ``|J - F|``."""
+
+
 def recover_single(image: np.ndarray, mask: np.ndarray, p: SingleParams) -> Recovery | None:
     """Inverted pixels over the mask's box and where to use them; ``None`` if not confident."""
+    inv = _invert(image, mask, p)
+    if inv is None or inv.explained > p.max_unexplained or not _weakens_outline(inv, p):
+        return None
+    if _holdout_gain(image, mask, inv, p) < p.min_holdout_gain:
+        return None
+    usable = inv.crop.mask & (inv.matte <= p.max_alpha)
+    pixels = np.clip(np.rint(inv.recovered), 0, 255).astype(np.uint8)
+    return Recovery(inv.crop.box, pixels, usable)
+
+
+def _invert(image: np.ndarray, mask: np.ndarray, p: SingleParams) -> _Inverted | None:
+    """Steps 1-4 on one image: the mark's opacity, colour and matte, and the inverted crop."""
     crop = _look(image, mask, p)
+    # The cheap test first: a blend moves the marked pixels away from the fill.
     if crop is None or crop.marked.sum() < p.min_body:
         return None
-    fitted = _fit_mark(crop, image, mask, p)
-    if fitted is None:
+    guess = _fit_mark(crop, image, mask, p)
+    if guess is None:
         return None
-    a, colour = fitted
-    full_body, body, unmarked = _body(crop, a, colour, p)
-    if body.sum() < max(p.min_body, p.min_body_share * crop.mask.sum()):
+    a, colour, explained = _refine(crop, *guess, p)
+    if not p.min_alpha <= a <= p.max_alpha:
         return None
-    beta = 1.0 - a
-    rec = (crop.j - a * colour) / beta
-    if not _is_a_blend(crop, a, colour, rec, full_body, body, p):
+    matte = _matte(crop, a, colour, p)
+    if (matte >= 0.5 * a).sum() < max(p.min_body, p.min_body_share * crop.mask.sum()):
         return None
-    ok = body & _beats_inpainting(crop, rec, body, beta)
-    if ok.sum() < p.min_confident_share * body.sum():
-        return None
-    out = np.where(body[..., None], rec, crop.j)
-    pixels = np.clip(np.rint(out), 0, 255).astype(np.uint8)
-    return Recovery(crop.box, pixels, ok | unmarked)
+    m = matte[..., None]
+    recovered = (crop.j - m * colour) / (1.0 - m)
+    return _Inverted(crop, a, colour, matte, recovered, explained)
 
 
 def _look(image: np.ndarray, mask: np.ndarray, p: SingleParams) -> _Crop | None:
@@ -148,26 +222,25 @@ def _look(image: np.ndarray, mask: np.ndarray, p: SingleParams) -> _Crop | None:
     x0, x1 = max(0, xs.min() - p.pad), min(w, xs.max() + 1 + p.pad)
     crop = np.ascontiguousarray(image[y0:y1, x0:x1])
     m = mask[y0:y1, x0:x1]
-    m8 = m.astype(np.uint8)
-    fill = cv2.inpaint(crop, m8, 3, cv2.INPAINT_TELEA).astype(np.float32)
+    fill = _telea(crop, m)
     j = crop.astype(np.float32)
     grey = np.ascontiguousarray(j.mean(axis=2))
-    ring = (cv2.dilate(m8, np.ones((7, 7), np.uint8)) > 0) & ~m
+    ring = (cv2.dilate(m.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0) & ~m
     noise = noise_level(grey, ring, min_pixels=20)
     d = np.linalg.norm(j - fill, axis=2)
     lap = np.abs(cv2.Laplacian(grey, cv2.CV_32F))
     ring_dev = float(np.median(lap[ring])) if ring.any() else 4.0
     threshold = max(6.0 * noise, 2.0 * ring_dev, 10.0)
-    return _Crop((y0, y1, x0, x1), m, j, fill, grey, noise, d, threshold)
+    return _Crop((y0, y1, x0, x1), m, crop, j, fill, grey, noise, d, threshold)
 
 
 def _fit_mark(
     crop: _Crop, image: np.ndarray, mask: np.ndarray, p: SingleParams
 ) -> tuple[float, np.ndarray] | None:
-    """The mark's opacity ``a`` and colour ``W`` from its pixels, if ``a`` is in range."""
+    """Step 1: a first guess of the opacity ``a`` and colour ``C``, if ``a`` is in range."""
     cand = crop.marked
     jc, fc = crop.j[cand], crop.fill[cand]
-    # The least opaque mark explaining the pixels (W on the colour gamut's boundary): exact
+    # The least opaque mark explaining the pixels (C on the colour gamut's boundary): exact
     # for white and black marks, a lower bound for others.
     up = (jc - fc) / np.maximum(255.0 - fc, 1.0)
     down = (fc - jc) / np.maximum(fc, 1.0)
@@ -183,88 +256,150 @@ def _fit_mark(
     return a, colour
 
 
-def _body(
+def _refine(
     crop: _Crop, a: float, colour: np.ndarray, p: SingleParams
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The pixels at the mark's opacity, those of them inside the body (not its rim), and the
-    masked pixels the mark does not reach (HxW bool each)."""
-    j, fill, m = crop.j, crop.fill, crop.mask
-    # Per-pixel opacity: projection of J - F on W - F.
-    dw = colour[None, None, :] - fill
-    own = ((j - fill) * dw).sum(axis=2) / np.maximum((dw * dw).sum(axis=2), 1.0)
-    own = cv2.medianBlur(own.astype(np.float32), 3)
-    full_body = m & (np.abs(own - a) <= p.body_tolerance * a)
-    # The rim (partial opacity) is not the body: keep pixels whose neighbours are body too.
-    body = cv2.erode(full_body.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
-    # Masked pixels the mark does not reach (masks are drawn with a margin) are kept as they
-    # are: far from the fill, and not next to a pixel that is.
-    near = cv2.dilate(crop.marked.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
-    unmarked = m & (own < 0.1 * a) & (crop.distance < crop.threshold) & ~near
-    return full_body, body, unmarked
+) -> tuple[float, np.ndarray, float]:
+    """Step 2: ``a`` and ``C`` fitted on the body pixels near the mark's outline against a fill
+    of the mark alone; also how much of ``|J - F|`` the fit leaves unexplained there."""
+    j, m = crop.j, crop.mask
+    fill = crop.fill
+    explained = 1.0
+    for _ in range(p.refine_rounds):
+        own = cv2.medianBlur(_opacity(j, fill, colour).astype(np.float32), 3)
+        support = m & (own > 0.3 * a)
+        near = m & (cv2.dilate(support.astype(np.uint8), _K3) > 0)
+        fill = _telea(crop.pixels, near)
+        own = _opacity(j, fill, colour)
+        depth = cv2.distanceTransform(near.astype(np.uint8), cv2.DIST_L2, 3)
+        body = near & (np.abs(own - a) < p.body_tolerance * a) & (depth <= p.outline_depth)
+        if body.sum() < p.min_body:
+            break
+        jb, fb = j[body], fill[body]
+        a2, c2 = _blend_fit(jb, fb, p.fit_iterations)
+        c2 = np.clip(c2, 0.0, 255.0).astype(np.float32)
+
+        def residual(aa: float, cc: np.ndarray, jb: np.ndarray = jb, fb: np.ndarray = fb) -> float:
+            return float(np.median(np.linalg.norm(jb - (1.0 - aa) * fb - aa * cc, axis=1)))
+
+        before = residual(a, colour)
+        moved = np.linalg.norm(jb - fb, axis=1)
+        scale = max(float(np.median(moved)), 1e-6)
+        if p.min_alpha <= a2 <= p.max_alpha and residual(a2, c2) <= p.fit_gain * before:
+            a, colour = a2, c2
+            explained = residual(a2, c2) / scale
+            continue
+        # The fill hardly varies here (a and C trade off): keep the colour, refit the opacity.
+        dw = colour[None, :] - fb
+        a3 = float(((jb - fb) * dw).sum() / max(float((dw * dw).sum()), 1e-6))
+        if residual(a3, colour) < before:
+            a = a3
+        explained = residual(a, colour) / scale
+        break
+    return a, colour, explained
 
 
-def _is_a_blend(
-    crop: _Crop,
-    a: float,
-    colour: np.ndarray,
-    rec: np.ndarray,
-    full_body: np.ndarray,
-    body: np.ndarray,
-    p: SingleParams,
-) -> bool:
-    """Whether the fit clearly is a blend: it explains most of ``J - F`` on the body, the
-    recovered body shows texture like the photo around the mask, and inverting weakens the
-    mark's outline."""
-    j, fill, grey = crop.j, crop.fill, crop.grey
-    beta = 1.0 - a
-    res = np.linalg.norm(j - a * colour - beta * fill, axis=2)[full_body]
-    if float(np.median(res)) > p.max_unexplained * float(np.median(crop.distance[full_body])):
-        return False
-    gx = np.zeros_like(grey)
-    gy = np.zeros_like(grey)
-    rg = np.ascontiguousarray(rec.mean(axis=2))
-    gx[:, :-1] = rg[:, 1:] - rg[:, :-1]
-    gy[:-1] = rg[1:] - rg[:-1]
-    g_rec = float(np.mean((gx * gx + gy * gy)[body]))
-    gx[:, :-1] = grey[:, 1:] - grey[:, :-1]
-    gy[:-1] = grey[1:] - grey[:-1]
-    m8 = crop.mask.astype(np.uint8)
-    outer = (cv2.dilate(m8, np.ones((15, 15), np.uint8)) > 0) & ~(
-        cv2.dilate(m8, np.ones((3, 3), np.uint8)) > 0
-    )
-    g_out = float(np.mean((gx * gx + gy * gy)[outer])) if outer.any() else 0.0
-    tex = np.sqrt((g_rec + 1.0) / (g_out + 1.0))
-    if not p.texture_range[0] <= tex <= p.texture_range[1]:
-        return False
-    edge = (
-        cv2.morphologyEx(full_body.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
-        > 0
-    )
-    before = float(_sobel_energy(j)[edge].sum())
-    after = float(
-        _sobel_energy(np.where(full_body[..., None], j - a * colour + a * fill, j))[edge].sum()
-    )
+def _matte(crop: _Crop, a: float, colour: np.ndarray, p: SingleParams) -> np.ndarray:
+    """Step 3: each crop pixel's opacity (HxW float32): ``a`` inside the mark, its own on the
+    rim, 0 off the mark."""
+    j, m = crop.j, crop.mask
+    own = cv2.medianBlur(_opacity(j, crop.fill, colour).astype(np.float32), 5)
+    support = m & (own > 0.5 * a)
+    support = m & (cv2.morphologyEx(support.astype(np.uint8), cv2.MORPH_CLOSE, _K3) > 0)
+    # Deep inside the mask the fill says little: if the support starts at one distance from
+    # the mask's border (the margin the mask was drawn with), all that lies deeper is support.
+    depth = cv2.distanceTransform(m.astype(np.uint8), cv2.DIST_L2, 3)
+    share = []
+    for d in range(1, p.margin_search + 1):
+        ring = (depth > d - 1) & (depth <= d)
+        share.append(float(support[ring].mean()) if ring.any() else 1.0)
+    jumps = np.diff(share)
+    step = int(np.argmax(jumps))
+    if jumps[step] >= p.margin_jump and share[step + 1] >= p.margin_inside:
+        support |= m & (depth > step + 3)
+    support = _fill_holes(crop, support, a, colour)
+    core = cv2.erode(support.astype(np.uint8), _K3) > 0
+    rim = m & (cv2.dilate(support.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0) & ~core
+    out = np.zeros(m.shape, np.float32)
+    out[core] = a
+    # The rim inpainted from both sides: the photo around the mask and the inverted interior.
+    inside = np.clip((j - a * colour) / (1.0 - a), 0, 255)
+    base = np.ascontiguousarray(np.where(core[..., None], inside, j).astype(np.uint8))
+    around = _telea(base, rim)
+    out[rim] = np.clip(_opacity(j, around, colour), 0.0, a)[rim]
+    return out
+
+
+def _fill_holes(crop: _Crop, support: np.ndarray, a: float, colour: np.ndarray) -> np.ndarray:
+    """The support with those of its holes (not reaching the mask's outside) that continue the
+    inverted photo around them better inverted than as they are."""
+    count, labels = cv2.connectedComponents((~support).astype(np.uint8), connectivity=4)
+    outside = set(np.unique(labels[~crop.mask]).tolist())
+    inverted = (crop.j - a * colour) / (1.0 - a)
+    out = support.copy()
+    for k in range(1, count):
+        if k in outside:
+            continue
+        hole = labels == k
+        ring = (cv2.dilate(hole.astype(np.uint8), _K3) > 0) & ~hole
+        edge = hole & (cv2.dilate(ring.astype(np.uint8), _K3) > 0)
+        around = np.median(inverted[ring], axis=0)
+        as_is = float(np.abs(np.median(crop.j[edge], axis=0) - around).sum())
+        if float(np.abs(np.median(inverted[edge], axis=0) - around).sum()) < as_is:
+            out |= hole
+    return out
+
+
+def _weakens_outline(inv: _Inverted, p: SingleParams) -> bool:
+    """Whether inverting weakens the mark's outline (edge energy there after / before)."""
+    marked = inv.matte >= 0.5 * inv.alpha
+    edge = cv2.morphologyEx(marked.astype(np.uint8), cv2.MORPH_GRADIENT, _K3) > 0
+    before = float(_sobel_energy(inv.crop.j)[edge].sum())
+    after = float(_sobel_energy(inv.recovered)[edge].sum())
     return after / max(before, 1e-6) <= p.max_ghost
 
 
 def _sobel_energy(x: np.ndarray) -> np.ndarray:
     """Absolute Sobel gradients of the grey image, x plus y (HxW)."""
-    g = x.mean(axis=2)
+    g = np.ascontiguousarray(x.mean(axis=2), dtype=np.float32)
     return np.abs(cv2.Sobel(g, cv2.CV_32F, 1, 0)) + np.abs(cv2.Sobel(g, cv2.CV_32F, 0, 1))
 
 
-def _beats_inpainting(crop: _Crop, rec: np.ndarray, body: np.ndarray, beta: float) -> np.ndarray:
-    """Per pixel: predicted inversion error below predicted inpainting error (HxW bool).
+def _holdout_gain(image: np.ndarray, mask: np.ndarray, inv: _Inverted, p: SingleParams) -> float:
+    """dB by which steps 1-4 beat Telea on copies of the mask beside it, each stamped with the
+    estimated mark over the real photo there (pooled squared errors; -inf without a copy)."""
+    y0, y1, x0, x1 = inv.crop.box
+    ours = telea = 0.0
+    copies = 0
+    for sm, (by0, by1, bx0, bx1), (dy, dx) in _beside(mask, 2 * p.pad, p.min_body):
+        truth = np.ascontiguousarray(image[by0:by1, bx0:bx1])
+        msub = sm[by0:by1, bx0:bx1]
+        matte = np.zeros(msub.shape, np.float32)
+        _paste(matte, inv.matte, y0 + dy - by0, x0 + dx - bx0)
+        matte[~msub] = 0.0
+        mat = matte[..., None]
+        blend = (1.0 - mat) * truth + mat * inv.colour
+        stamped = np.ascontiguousarray(np.clip(np.rint(blend), 0, 255).astype(np.uint8))
+        fill = _telea(stamped, msub)
+        again = _invert(stamped, msub, p)
+        out = fill.copy()
+        if again is not None:
+            cy0, cy1, cx0, cx1 = again.crop.box
+            use = again.crop.mask & (again.matte <= p.max_alpha)
+            out[cy0:cy1, cx0:cx1][use] = again.recovered[use]
+        t = truth.astype(np.float32)
+        ours += float(((np.clip(np.rint(out), 0, 255) - t)[msub] ** 2).sum())
+        telea += float(((fill - t)[msub] ** 2).sum())
+        copies += 1
+    if not copies:
+        return float("-inf")
+    return float(10 * np.log10(max(telea, 1e-6) / max(ours, 1e-6)))
 
-    An inpainting gets the local mean colour about right and misses the detail; the inversion's
-    local mean departing from the inpainting's counts as its error (a wrong ``a`` or ``W``
-    shows up there), with the noise amplified by ``1/beta``.
-    """
-    bf = body.astype(np.float32)
-    wsum = np.maximum(cv2.blur(bf, (7, 7)), 1e-6)[..., None]
-    lm_rec = cv2.blur(rec * bf[..., None], (7, 7)) / wsum
-    lm_fill = cv2.blur(crop.fill * bf[..., None], (7, 7)) / wsum
-    bias2 = ((lm_rec - lm_fill) ** 2).mean(axis=2)
-    inv_err2 = (crop.noise / beta) ** 2 + bias2
-    detail2 = cv2.blur((((rec - lm_rec) ** 2).mean(axis=2)) * bf, (7, 7)) / wsum[..., 0]
-    return inv_err2 <= detail2
+
+def _paste(dst: np.ndarray, src: np.ndarray, y: int, x: int) -> None:
+    """Write ``src`` into ``dst`` with its top-left corner at (y, x), clipped to ``dst``."""
+    h, w = dst.shape[:2]
+    sy0, sx0 = max(0, -y), max(0, -x)
+    dy0, dx0 = max(0, y), max(0, x)
+    dy1, dx1 = min(h, y + src.shape[0]), min(w, x + src.shape[1])
+    if dy1 > dy0 and dx1 > dx0:
+        dst[dy0:dy1, dx0:dx1] = src[sy0 : sy0 + dy1 - dy0, sx0 : sx0 + dx1 - dx0]
