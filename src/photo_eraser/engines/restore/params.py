@@ -246,8 +246,24 @@ class SingleParams:
     """...a jump of at least this in the share of marked pixels from one distance to the next..."""
     margin_inside: float = 0.6
     """...to at least this share: then every pixel deeper than that is taken as marked."""
-    max_ghost: float = 0.9
-    """Largest edge energy at the mark's outline after inversion relative to before."""
+    opacity_search: float = 0.2
+    """The opacity is searched within this share of the fit's for the least edge energy at the
+    mark's outline after inversion..."""
+    opacity_steps: int = 21
+    """...at this many values."""
+    min_hole: int = 60
+    """Holes of the mark's support with fewer pixels stay holes (letters' counters); larger ones
+    are filled if inverting them continues the photo around them better."""
+    max_ghost: float = 1.5
+    """Largest edge energy at the mark's outline after inversion relative to the photo's own
+    edge energy around the mask (a wrong opacity or colour leaves a ghost of the mark)."""
+    departure_ratio: float = 3.0
+    """An inverted pixel near the mask's border may depart from Telea's fill by at most this
+    times the photo's detail around the mask (95th percentile) or ``departure_floor``..."""
+    departure_floor: float = 20.0
+    """...(grey levels); the others are inpainted."""
+    max_implausible: float = 0.15
+    """Largest share of the marked pixels beyond that for the fit to be used at all."""
     min_holdout_gain: float = 1.0
     """dB by which the recovery must beat Telea on copies of the mask beside it, stamped with
     the estimated mark (a margin: the photo under the mark is not the one beside it)."""

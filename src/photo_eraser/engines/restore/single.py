@@ -183,11 +183,17 @@ class _Inverted:
 def recover_single(image: np.ndarray, mask: np.ndarray, p: SingleParams) -> Recovery | None:
     """Inverted pixels over the mask's box and where to use them; ``None`` if not confident."""
     inv = _invert(image, mask, p)
-    if inv is None or inv.explained > p.max_unexplained or not _weakens_outline(inv, p):
+    if inv is None or inv.explained > p.max_unexplained:
+        return None
+    if _ghost(inv.crop, inv.matte, inv.colour) > p.max_ghost:
+        return None
+    plausible = _plausible(inv, p)
+    marked = inv.crop.mask & (inv.matte > 0)
+    if (marked & ~plausible).sum() > p.max_implausible * marked.sum():
         return None
     if _holdout_gain(image, mask, inv, p) < p.min_holdout_gain:
         return None
-    usable = inv.crop.mask & (inv.matte <= p.max_alpha)
+    usable = inv.crop.mask & (inv.matte <= p.max_alpha) & plausible
     pixels = np.clip(np.rint(inv.recovered), 0, 255).astype(np.uint8)
     return Recovery(inv.crop.box, pixels, usable)
 
@@ -205,6 +211,9 @@ def _invert(image: np.ndarray, mask: np.ndarray, p: SingleParams) -> _Inverted |
     if not p.min_alpha <= a <= p.max_alpha:
         return None
     matte = _matte(crop, a, colour, p)
+    best = _best_opacity(crop, matte, a, colour, p)
+    matte *= best / a
+    a = best
     if (matte >= 0.5 * a).sum() < max(p.min_body, p.min_body_share * crop.mask.sum()):
         return None
     m = matte[..., None]
@@ -316,7 +325,7 @@ def _matte(crop: _Crop, a: float, colour: np.ndarray, p: SingleParams) -> np.nda
     step = int(np.argmax(jumps))
     if jumps[step] >= p.margin_jump and share[step + 1] >= p.margin_inside:
         support |= m & (depth > step + 3)
-    support = _fill_holes(crop, support, a, colour)
+    support = _fill_holes(crop, support, a, colour, p.min_hole)
     core = cv2.erode(support.astype(np.uint8), _K3) > 0
     rim = m & (cv2.dilate(support.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0) & ~core
     out = np.zeros(m.shape, np.float32)
@@ -329,7 +338,9 @@ def _matte(crop: _Crop, a: float, colour: np.ndarray, p: SingleParams) -> np.nda
     return out
 
 
-def _fill_holes(crop: _Crop, support: np.ndarray, a: float, colour: np.ndarray) -> np.ndarray:
+def _fill_holes(
+    crop: _Crop, support: np.ndarray, a: float, colour: np.ndarray, min_hole: int
+) -> np.ndarray:
     """The support with those of its holes (not reaching the mask's outside) that continue the
     inverted photo around them better inverted than as they are."""
     count, labels = cv2.connectedComponents((~support).astype(np.uint8), connectivity=4)
@@ -340,6 +351,8 @@ def _fill_holes(crop: _Crop, support: np.ndarray, a: float, colour: np.ndarray) 
         if k in outside:
             continue
         hole = labels == k
+        if hole.sum() < min_hole:  # a letter's counter, say: left as it is
+            continue
         ring = (cv2.dilate(hole.astype(np.uint8), _K3) > 0) & ~hole
         edge = hole & (cv2.dilate(ring.astype(np.uint8), _K3) > 0)
         around = np.median(inverted[ring], axis=0)
@@ -349,13 +362,53 @@ def _fill_holes(crop: _Crop, support: np.ndarray, a: float, colour: np.ndarray) 
     return out
 
 
-def _weakens_outline(inv: _Inverted, p: SingleParams) -> bool:
-    """Whether inverting weakens the mark's outline (edge energy there after / before)."""
-    marked = inv.matte >= 0.5 * inv.alpha
-    edge = cv2.morphologyEx(marked.astype(np.uint8), cv2.MORPH_GRADIENT, _K3) > 0
-    before = float(_sobel_energy(inv.crop.j)[edge].sum())
-    after = float(_sobel_energy(inv.recovered)[edge].sum())
-    return after / max(before, 1e-6) <= p.max_ghost
+def _plausible(inv: _Inverted, p: SingleParams) -> np.ndarray:
+    """Pixels (HxW bool) whose inverted value departs from Telea's fill no more than the photo
+    around the mask departs from its own local mean (times ``departure_ratio``); pixels deep
+    inside a large mark, where the fill says nothing, all count as plausible."""
+    crop = inv.crop
+    m8 = crop.mask.astype(np.uint8)
+    ring = (cv2.dilate(m8, np.ones((7, 7), np.uint8)) > 0) & ~crop.mask
+    detail = np.abs(crop.grey - cv2.GaussianBlur(crop.grey, (0, 0), 2.0))
+    spread = float(np.percentile(detail[ring], 95)) if ring.any() else 10.0
+    limit = max(p.departure_floor, p.departure_ratio * spread)
+    departure = np.linalg.norm(inv.recovered - crop.fill, axis=2) / np.sqrt(3.0)
+    depth = cv2.distanceTransform(m8, cv2.DIST_L2, 3)
+    return (departure <= limit) | (depth > p.outline_depth) | (inv.matte <= 0)
+
+
+def _ghost(crop: _Crop, matte: np.ndarray, colour: np.ndarray) -> float:
+    """Edge energy left at the mark's outline after inverting with ``matte``, relative to the
+    photo's own edge energy around the mask (about 1 when the mark is gone)."""
+    recovered = (crop.j - matte[..., None] * colour) / (1.0 - matte[..., None])
+    energy = _sobel_energy(recovered)
+    outline = _outline(matte)
+    m8 = crop.mask.astype(np.uint8)
+    around = (cv2.dilate(m8, np.ones((7, 7), np.uint8)) > 0) & ~(cv2.dilate(m8, _K3) > 0)
+    photo = float(np.mean(_sobel_energy(crop.j)[around])) if around.any() else 1.0
+    return float(np.mean(energy[outline])) / max(photo, 1.0)
+
+
+def _outline(matte: np.ndarray) -> np.ndarray:
+    """Pixels at the mark's outline (HxW bool): next to both marked and unmarked pixels."""
+    marked = (matte > 0).astype(np.uint8)
+    return cv2.morphologyEx(marked, cv2.MORPH_GRADIENT, _K3) > 0
+
+
+def _best_opacity(
+    crop: _Crop, matte: np.ndarray, a: float, colour: np.ndarray, p: SingleParams
+) -> float:
+    """The opacity, within ``opacity_search`` of ``a`` and under the matte's shape, that leaves
+    the least edge energy at the mark's outline."""
+    best, best_ghost = a, _ghost(crop, matte, colour)
+    for f in np.linspace(1.0 - p.opacity_search, 1.0 + p.opacity_search, p.opacity_steps):
+        a2 = a * float(f)
+        if not p.min_alpha <= a2 <= p.max_alpha:
+            continue
+        g = _ghost(crop, matte * (a2 / a), colour)
+        if g < best_ghost:
+            best, best_ghost = a2, g
+    return best
 
 
 def _sobel_energy(x: np.ndarray) -> np.ndarray:
