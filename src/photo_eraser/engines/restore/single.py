@@ -311,7 +311,8 @@ def _matte(crop: _Crop, a: float, colour: np.ndarray, p: SingleParams) -> np.nda
     """Step 3: each crop pixel's opacity (HxW float32): ``a`` inside the mark, its own on the
     rim, 0 off the mark."""
     j, m = crop.j, crop.mask
-    own = cv2.medianBlur(_opacity(j, crop.fill, colour).astype(np.float32), 5)
+    # A 3x3 median: a larger one wipes out strokes two or three pixels wide.
+    own = cv2.medianBlur(_opacity(j, crop.fill, colour).astype(np.float32), 3)
     support = m & (own > 0.5 * a)
     support = m & (cv2.morphologyEx(support.astype(np.uint8), cv2.MORPH_CLOSE, _K3) > 0)
     # Deep inside the mask the fill says little: if the support starts at one distance from
@@ -324,10 +325,16 @@ def _matte(crop: _Crop, a: float, colour: np.ndarray, p: SingleParams) -> np.nda
     jumps = np.diff(share)
     step = int(np.argmax(jumps))
     if jumps[step] >= p.margin_jump and share[step + 1] >= p.margin_inside:
-        support |= m & (depth > step + 3)
+        # ... unless a deep part inverts worse than it is (the gaps between letters).
+        deep = m & (depth > step + 3) & ~support
+        count, labels = cv2.connectedComponents(deep.astype(np.uint8), connectivity=4)
+        parts = [labels == k for k in range(1, count)]
+        support = _join_if_marked(crop, support, parts, a, colour)
     support = _fill_holes(crop, support, a, colour, p.min_hole)
     core = cv2.erode(support.astype(np.uint8), _K3) > 0
-    rim = m & (cv2.dilate(support.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0) & ~core
+    # The rim: one pixel on either side of the support's outline (wider, the mask's unmarked
+    # margin took opacity from the photo's texture).
+    rim = m & (cv2.dilate(support.astype(np.uint8), _K3) > 0) & ~core
     out = np.zeros(m.shape, np.float32)
     out[core] = a
     # The rim inpainted from both sides: the photo around the mask and the inverted interior.
@@ -345,20 +352,26 @@ def _fill_holes(
     inverted photo around them better inverted than as they are."""
     count, labels = cv2.connectedComponents((~support).astype(np.uint8), connectivity=4)
     outside = set(np.unique(labels[~crop.mask]).tolist())
+    holes = [labels == k for k in range(1, count) if k not in outside]
+    return _join_if_marked(crop, support, [h for h in holes if h.sum() >= min_hole], a, colour)
+
+
+def _join_if_marked(
+    crop: _Crop, support: np.ndarray, parts: list[np.ndarray], a: float, colour: np.ndarray
+) -> np.ndarray:
+    """The support joined by those ``parts`` (HxW bool each) whose inverted pixels continue the
+    inverted support around them better than their pixels as they are."""
     inverted = (crop.j - a * colour) / (1.0 - a)
     out = support.copy()
-    for k in range(1, count):
-        if k in outside:
+    for part in parts:
+        ring = (cv2.dilate(part.astype(np.uint8), _K3) > 0) & ~part & support
+        if not ring.any():
             continue
-        hole = labels == k
-        if hole.sum() < min_hole:  # a letter's counter, say: left as it is
-            continue
-        ring = (cv2.dilate(hole.astype(np.uint8), _K3) > 0) & ~hole
-        edge = hole & (cv2.dilate(ring.astype(np.uint8), _K3) > 0)
+        edge = part & (cv2.dilate(ring.astype(np.uint8), _K3) > 0)
         around = np.median(inverted[ring], axis=0)
         as_is = float(np.abs(np.median(crop.j[edge], axis=0) - around).sum())
         if float(np.abs(np.median(inverted[edge], axis=0) - around).sum()) < as_is:
-            out |= hole
+            out |= part
     return out
 
 
