@@ -235,6 +235,9 @@ class SingleParams:
     """A pixel is fitted when its own opacity is within this share of the mark's."""
     fit_iterations: int = 8
     """Cauchy reweighting steps of the fit near the outline."""
+    neutral_slack: float = 1.1
+    """A white or black mark is preferred while its residual near the outline is at most this
+    times the current fit's (they are the common ones, and exact where the fit trades off)."""
     fit_gain: float = 0.9
     """The free fit of opacity and colour is kept only if it brings the median residual to at
     most this share of the first guess's (else the two trade off and the guess's colour stays)."""

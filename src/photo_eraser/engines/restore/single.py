@@ -290,6 +290,18 @@ def _refine(
         def residual(aa: float, cc: np.ndarray, jb: np.ndarray = jb, fb: np.ndarray = fb) -> float:
             return float(np.median(np.linalg.norm(jb - (1.0 - aa) * fb - aa * cc, axis=1)))
 
+        # White or black marks (the usual ones) need no trade-off: their opacity is the grey
+        # step towards 255 or 0, taken here where the fill is good.
+        for level in (255.0, 0.0):
+            neutral = np.full(3, level, np.float32)
+            step = (jb - fb).sum(axis=1) / np.where(
+                np.abs(level - fb.sum(axis=1) / 3) < 1, 1.0, 3 * level - fb.sum(axis=1)
+            )
+            an = float(np.median(step))
+            if p.min_alpha <= an <= p.max_alpha and residual(
+                an, neutral
+            ) <= p.neutral_slack * residual(a, colour):
+                a, colour = an, neutral
         before = residual(a, colour)
         moved = np.linalg.norm(jb - fb, axis=1)
         scale = max(float(np.median(moved)), 1e-6)
