@@ -182,8 +182,28 @@ class _Inverted:
 
 def recover_single(image: np.ndarray, mask: np.ndarray, p: SingleParams) -> Recovery | None:
     """Inverted pixels over the mask's box and where to use them; ``None`` if not confident."""
-    inv = _invert(image, mask, p)
-    if inv is None or inv.explained > p.max_unexplained:
+    inv = _invert_all([image], mask, p)
+    return None if inv is None else _gated(image, mask, inv[0], p)
+
+
+def recover_together(
+    images: list[np.ndarray], masks: list[np.ndarray], p: SingleParams
+) -> list[Recovery | None]:
+    """Two or three images: with the same mask (the same mark at the same place), one mark is
+    fitted to all of them, its matte pooled over them; an image that fit does not suit, or
+    images with different masks, are tried alone."""
+    same = all(m.shape == masks[0].shape and np.array_equal(m, masks[0]) for m in masks)
+    joint = _invert_all(images, masks[0], p) if len(images) > 1 and same else None
+    out = []
+    for k, (image, mask) in enumerate(zip(images, masks, strict=True)):
+        rec = None if joint is None else _gated(image, mask, joint[k], p)
+        out.append(rec if rec is not None else recover_single(image, mask, p))
+    return out
+
+
+def _gated(image: np.ndarray, mask: np.ndarray, inv: _Inverted, p: SingleParams) -> Recovery | None:
+    """Step 5: the inverted crop where it passes the checks, ``None`` where it does not."""
+    if inv.explained > p.max_unexplained:
         return None
     if _ghost(inv.crop, inv.matte, inv.colour) > p.max_ghost:
         return None
@@ -199,26 +219,42 @@ def recover_single(image: np.ndarray, mask: np.ndarray, p: SingleParams) -> Reco
 
 
 def _invert(image: np.ndarray, mask: np.ndarray, p: SingleParams) -> _Inverted | None:
-    """Steps 1-4 on one image: the mark's opacity, colour and matte, and the inverted crop."""
-    crop = _look(image, mask, p)
-    # The cheap test first: a blend moves the marked pixels away from the fill.
-    if crop is None or crop.marked.sum() < p.min_body:
+    """Steps 1-4 on one image."""
+    inv = _invert_all([image], mask, p)
+    return None if inv is None else inv[0]
+
+
+def _invert_all(
+    images: list[np.ndarray], mask: np.ndarray, p: SingleParams
+) -> list[_Inverted] | None:
+    """Steps 1-4 on images of one size under one mask: the mark's opacity, colour and matte,
+    shared by them, and each crop inverted."""
+    crops = []
+    for image in images:
+        crop = _look(image, mask, p)
+        # The cheap test first: a blend moves the marked pixels away from the fill.
+        if crop is None or crop.marked.sum() < p.min_body:
+            return None
+        crops.append(crop)
+    guesses = [_fit_mark(c, im, mask, p) for c, im in zip(crops, images, strict=True)]
+    found = [g for g in guesses if g is not None]
+    if not found:
         return None
-    guess = _fit_mark(crop, image, mask, p)
-    if guess is None:
-        return None
-    a, colour, explained = _refine(crop, *guess, p)
+    a = float(np.median([g[0] for g in found]))
+    colour = np.median([g[1] for g in found], axis=0).astype(np.float32)
+    a, colour, explained = _refine(crops, a, colour, p)
     if not p.min_alpha <= a <= p.max_alpha:
         return None
-    matte = _matte(crop, a, colour, p)
-    best = _best_opacity(crop, matte, a, colour, p)
+    matte = _matte(crops, a, colour, p)
+    best = _best_opacity(crops, matte, a, colour, p)
     matte *= best / a
     a = best
-    if (matte >= 0.5 * a).sum() < max(p.min_body, p.min_body_share * crop.mask.sum()):
+    if (matte >= 0.5 * a).sum() < max(p.min_body, p.min_body_share * crops[0].mask.sum()):
         return None
     m = matte[..., None]
-    recovered = (crop.j - m * colour) / (1.0 - m)
-    return _Inverted(crop, a, colour, matte, recovered, explained)
+    return [
+        _Inverted(c, a, colour, matte, (c.j - m * colour) / (1.0 - m), explained) for c in crops
+    ]
 
 
 def _look(image: np.ndarray, mask: np.ndarray, p: SingleParams) -> _Crop | None:
@@ -266,26 +302,29 @@ def _fit_mark(
 
 
 def _refine(
-    crop: _Crop, a: float, colour: np.ndarray, p: SingleParams
+    crops: list[_Crop], a: float, colour: np.ndarray, p: SingleParams
 ) -> tuple[float, np.ndarray, float]:
     """Step 2: ``a`` and ``C`` fitted on the body pixels near the mark's outline against a fill
-    of the mark alone; also how much of ``|J - F|`` the fit leaves unexplained there."""
-    j, m = crop.j, crop.mask
-    fill = crop.fill
+    of the mark alone (pooled over the images); also how much of ``|J - F|`` the fit leaves
+    unexplained there."""
+    fills = [c.fill for c in crops]
     explained = 1.0
     for _ in range(p.refine_rounds):
-        own = cv2.medianBlur(_opacity(j, fill, colour).astype(np.float32), 3)
-        support = m & (own > 0.3 * a)
-        near = m & (cv2.dilate(support.astype(np.uint8), _K3) > 0)
-        fill = _telea(crop.pixels, near)
-        own = _opacity(j, fill, colour)
-        depth = cv2.distanceTransform(near.astype(np.uint8), cv2.DIST_L2, 3)
-        body = near & (np.abs(own - a) < p.body_tolerance * a) & (depth <= p.outline_depth)
-        if body.sum() < p.min_body:
+        js, fs = [], []
+        for k, crop in enumerate(crops):
+            j, m = crop.j, crop.mask
+            own = cv2.medianBlur(_opacity(j, fills[k], colour).astype(np.float32), 3)
+            support = m & (own > 0.3 * a)
+            near = m & (cv2.dilate(support.astype(np.uint8), _K3) > 0)
+            fills[k] = _telea(crop.pixels, near)
+            own = _opacity(j, fills[k], colour)
+            depth = cv2.distanceTransform(near.astype(np.uint8), cv2.DIST_L2, 3)
+            body = near & (np.abs(own - a) < p.body_tolerance * a) & (depth <= p.outline_depth)
+            js.append(j[body])
+            fs.append(fills[k][body])
+        jb, fb = np.concatenate(js), np.concatenate(fs)
+        if len(jb) < p.min_body:
             break
-        jb, fb = j[body], fill[body]
-        a2, c2 = _blend_fit(jb, fb, p.fit_iterations)
-        c2 = np.clip(c2, 0.0, 255.0).astype(np.float32)
 
         def residual(aa: float, cc: np.ndarray, jb: np.ndarray = jb, fb: np.ndarray = fb) -> float:
             return float(np.median(np.linalg.norm(jb - (1.0 - aa) * fb - aa * cc, axis=1)))
@@ -294,17 +333,18 @@ def _refine(
         # step towards 255 or 0, taken here where the fill is good.
         for level in (255.0, 0.0):
             neutral = np.full(3, level, np.float32)
-            step = (jb - fb).sum(axis=1) / np.where(
-                np.abs(level - fb.sum(axis=1) / 3) < 1, 1.0, 3 * level - fb.sum(axis=1)
-            )
+            grey = fb.sum(axis=1)
+            gap = 3 * level - grey
+            step = (jb.sum(axis=1) - grey) / np.where(np.abs(gap) < 3, 3.0, gap)
             an = float(np.median(step))
             if p.min_alpha <= an <= p.max_alpha and residual(
                 an, neutral
             ) <= p.neutral_slack * residual(a, colour):
                 a, colour = an, neutral
+        a2, c2 = _blend_fit(jb, fb, p.fit_iterations)
+        c2 = np.clip(c2, 0.0, 255.0).astype(np.float32)
         before = residual(a, colour)
-        moved = np.linalg.norm(jb - fb, axis=1)
-        scale = max(float(np.median(moved)), 1e-6)
+        scale = max(float(np.median(np.linalg.norm(jb - fb, axis=1))), 1e-6)
         if p.min_alpha <= a2 <= p.max_alpha and residual(a2, c2) <= p.fit_gain * before:
             a, colour = a2, c2
             explained = residual(a2, c2) / scale
@@ -319,12 +359,12 @@ def _refine(
     return a, colour, explained
 
 
-def _matte(crop: _Crop, a: float, colour: np.ndarray, p: SingleParams) -> np.ndarray:
+def _matte(crops: list[_Crop], a: float, colour: np.ndarray, p: SingleParams) -> np.ndarray:
     """Step 3: each crop pixel's opacity (HxW float32): ``a`` inside the mark, its own on the
-    rim, 0 off the mark."""
-    j, m = crop.j, crop.mask
+    rim, 0 off the mark; one matte for all the images (their projections pooled)."""
+    m = crops[0].mask
     # A 3x3 median: a larger one wipes out strokes two or three pixels wide.
-    own = cv2.medianBlur(_opacity(j, crop.fill, colour).astype(np.float32), 3)
+    own = cv2.medianBlur(_pooled_opacity(crops, [c.fill for c in crops], colour), 3)
     support = m & (own > 0.5 * a)
     support = m & (cv2.morphologyEx(support.astype(np.uint8), cv2.MORPH_CLOSE, _K3) > 0)
     # Deep inside the mask the fill says little: if the support starts at one distance from
@@ -341,8 +381,8 @@ def _matte(crop: _Crop, a: float, colour: np.ndarray, p: SingleParams) -> np.nda
         deep = m & (depth > step + 3) & ~support
         count, labels = cv2.connectedComponents(deep.astype(np.uint8), connectivity=4)
         parts = [labels == k for k in range(1, count)]
-        support = _join_if_marked(crop, support, parts, a, colour)
-    support = _fill_holes(crop, support, a, colour, p.min_hole)
+        support = _join_if_marked(crops, support, parts, a, colour)
+    support = _fill_holes(crops, support, a, colour, p.min_hole)
     core = cv2.erode(support.astype(np.uint8), _K3) > 0
     # The rim: one pixel on either side of the support's outline (wider, the mask's unmarked
     # margin took opacity from the photo's texture).
@@ -350,39 +390,56 @@ def _matte(crop: _Crop, a: float, colour: np.ndarray, p: SingleParams) -> np.nda
     out = np.zeros(m.shape, np.float32)
     out[core] = a
     # The rim inpainted from both sides: the photo around the mask and the inverted interior.
-    inside = np.clip((j - a * colour) / (1.0 - a), 0, 255)
-    base = np.ascontiguousarray(np.where(core[..., None], inside, j).astype(np.uint8))
-    around = _telea(base, rim)
-    out[rim] = np.clip(_opacity(j, around, colour), 0.0, a)[rim]
+    arounds = []
+    for crop in crops:
+        inside = np.clip((crop.j - a * colour) / (1.0 - a), 0, 255)
+        base = np.ascontiguousarray(np.where(core[..., None], inside, crop.j).astype(np.uint8))
+        arounds.append(_telea(base, rim))
+    out[rim] = np.clip(_pooled_opacity(crops, arounds, colour), 0.0, a)[rim]
     return out
 
 
+def _pooled_opacity(crops: list[_Crop], fills: list[np.ndarray], colour: np.ndarray) -> np.ndarray:
+    """Each pixel's opacity fitted to all images at once: ``J - F`` projected on ``C - F``,
+    pooled (an image whose photo is far from the mark's colour there tells more)."""
+    num = np.zeros(crops[0].mask.shape, np.float32)
+    den = np.zeros(crops[0].mask.shape, np.float32)
+    for crop, fill in zip(crops, fills, strict=True):
+        dw = colour[None, None, :] - fill
+        num += ((crop.j - fill) * dw).sum(axis=2)
+        den += (dw * dw).sum(axis=2)
+    return (num / np.maximum(den, float(len(crops)))).astype(np.float32)
+
+
 def _fill_holes(
-    crop: _Crop, support: np.ndarray, a: float, colour: np.ndarray, min_hole: int
+    crops: list[_Crop], support: np.ndarray, a: float, colour: np.ndarray, min_hole: int
 ) -> np.ndarray:
     """The support with those of its holes (not reaching the mask's outside) that continue the
     inverted photo around them better inverted than as they are."""
     count, labels = cv2.connectedComponents((~support).astype(np.uint8), connectivity=4)
-    outside = set(np.unique(labels[~crop.mask]).tolist())
+    outside = set(np.unique(labels[~crops[0].mask]).tolist())
     holes = [labels == k for k in range(1, count) if k not in outside]
-    return _join_if_marked(crop, support, [h for h in holes if h.sum() >= min_hole], a, colour)
+    return _join_if_marked(crops, support, [h for h in holes if h.sum() >= min_hole], a, colour)
 
 
 def _join_if_marked(
-    crop: _Crop, support: np.ndarray, parts: list[np.ndarray], a: float, colour: np.ndarray
+    crops: list[_Crop], support: np.ndarray, parts: list[np.ndarray], a: float, colour: np.ndarray
 ) -> np.ndarray:
     """The support joined by those ``parts`` (HxW bool each) whose inverted pixels continue the
-    inverted support around them better than their pixels as they are."""
-    inverted = (crop.j - a * colour) / (1.0 - a)
+    inverted support around them better than their pixels as they are (summed over images)."""
+    inverted = [(c.j - a * colour) / (1.0 - a) for c in crops]
     out = support.copy()
     for part in parts:
         ring = (cv2.dilate(part.astype(np.uint8), _K3) > 0) & ~part & support
         if not ring.any():
             continue
         edge = part & (cv2.dilate(ring.astype(np.uint8), _K3) > 0)
-        around = np.median(inverted[ring], axis=0)
-        as_is = float(np.abs(np.median(crop.j[edge], axis=0) - around).sum())
-        if float(np.abs(np.median(inverted[edge], axis=0) - around).sum()) < as_is:
+        as_is = flipped = 0.0
+        for crop, inv in zip(crops, inverted, strict=True):
+            around = np.median(inv[ring], axis=0)
+            as_is += float(np.abs(np.median(crop.j[edge], axis=0) - around).sum())
+            flipped += float(np.abs(np.median(inv[edge], axis=0) - around).sum())
+        if flipped < as_is:
             out |= part
     return out
 
@@ -421,16 +478,20 @@ def _outline(matte: np.ndarray) -> np.ndarray:
 
 
 def _best_opacity(
-    crop: _Crop, matte: np.ndarray, a: float, colour: np.ndarray, p: SingleParams
+    crops: list[_Crop], matte: np.ndarray, a: float, colour: np.ndarray, p: SingleParams
 ) -> float:
     """The opacity, within ``opacity_search`` of ``a`` and under the matte's shape, that leaves
-    the least edge energy at the mark's outline."""
-    best, best_ghost = a, _ghost(crop, matte, colour)
+    the least edge energy at the mark's outline (summed over the images)."""
+
+    def ghost(mt: np.ndarray) -> float:
+        return sum(_ghost(c, mt, colour) for c in crops)
+
+    best, best_ghost = a, ghost(matte)
     for f in np.linspace(1.0 - p.opacity_search, 1.0 + p.opacity_search, p.opacity_steps):
         a2 = a * float(f)
         if not p.min_alpha <= a2 <= p.max_alpha:
             continue
-        g = _ghost(crop, matte * (a2 / a), colour)
+        g = ghost(matte * (a2 / a))
         if g < best_ghost:
             best, best_ghost = a2, g
     return best
