@@ -225,8 +225,6 @@ class SingleParams:
     """Fewest marked pixels to attempt an inversion (the cheap test before any fit)..."""
     min_body_share: float = 0.05
     """...and share of the mask the matte must find marked."""
-    min_fill_spread: float = 15.0
-    """Spread (grey levels) of the fill from which the first guess also regresses the opacity."""
     refine_rounds: int = 2
     """Rounds of the fit near the outline (the second one on the first one's support)."""
     outline_depth: float = 4.0
@@ -267,6 +265,14 @@ class SingleParams:
     """...(grey levels); the others are inpainted."""
     max_implausible: float = 0.15
     """Largest share of the marked pixels beyond that for the fit to be used at all."""
+    holdout_copies: int = 2
+    """Copies of the mask the hold-out uses at most (each costs a whole one-image recovery)."""
+    min_visible: float = 1.2
+    """The mark's outline must carry at least this times the photo's edge energy around the
+    mask (else there is no mark to speak of: an object, or a mark too faint to matter)..."""
+    max_ghost_share: float = 0.9
+    """...and inverting must leave at most this share of it (a mask over no mark: 0.96-0.97;
+    a blue mark at opacity 0.3 over textured photos: 0.59-0.91)."""
     min_holdout_gain: float = 1.0
     """dB by which the recovery must beat Telea on copies of the mask beside it, stamped with
     the estimated mark (a margin: the photo under the mark is not the one beside it)."""

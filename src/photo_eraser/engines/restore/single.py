@@ -52,29 +52,6 @@ def _telea(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return cv2.inpaint(pixels, mask.astype(np.uint8), 3, cv2.INPAINT_TELEA).astype(np.float32)
 
 
-def _attenuation(image: np.ndarray, mask: np.ndarray, pad: int) -> float | None:
-    """Hold-out slope of the true photo on its inpainting, for masks like ``mask`` nearby.
-
-    The inpainting misses part of the photo's variation, so regressing ``J`` on the fill
-    underestimates ``1 - a`` by this factor. Measured on copies of the mask shifted beside it
-    (on unmarked pixels), where the truth is known.
-    """
-    num = den = 0.0
-    for sm, (y0, y1, x0, x1), _ in _beside(mask, pad, 200):
-        crop = np.ascontiguousarray(image[y0:y1, x0:x1])
-        sub = sm[y0:y1, x0:x1]
-        fill = _telea(crop, sub)
-        f = fill[sub].astype(np.float64)
-        t = crop[sub].astype(np.float64)
-        f -= f.mean(axis=0)
-        t -= t.mean(axis=0)
-        num += float((f * t).sum())
-        den += float((f * f).sum())
-    if den <= 0:
-        return None
-    return float(np.clip(num / den, 0.3, 1.0))
-
-
 def _beside(
     mask: np.ndarray, pad: int, min_pixels: int
 ) -> list[tuple[np.ndarray, tuple[int, int, int, int], tuple[int, int]]]:
@@ -98,22 +75,6 @@ def _beside(
         x0, x1 = max(0, int(sx.min()) - pad), min(w, int(sx.max()) + 1 + pad)
         out.append((sm, (y0, y1, x0, x1), (dy, dx)))
     return out
-
-
-def _slope(j: np.ndarray, f: np.ndarray) -> float:
-    """Robust slope ``b`` of ``J = c + b*F`` (one per pixel set, intercept per channel)."""
-    wt = np.ones(len(j), np.float64)
-    b = 1.0
-    for _ in range(4):
-        sw = wt.sum()
-        fm = (wt[:, None] * f).sum(axis=0) / sw
-        jm = (wt[:, None] * j).sum(axis=0) / sw
-        fc, jc = f - fm, j - jm
-        b = float((wt[:, None] * fc * jc).sum() / max((wt[:, None] * fc * fc).sum(), 1e-9))
-        res = np.linalg.norm(jc - b * fc, axis=1)
-        scale = 1.4826 * float(np.median(res)) + 1.0
-        wt = 1.0 / (1.0 + (res / (2.0 * scale)) ** 2)
-    return b
 
 
 def _blend_fit(j: np.ndarray, f: np.ndarray, iterations: int) -> tuple[float, np.ndarray]:
@@ -159,6 +120,8 @@ class _Crop:
     """``|J - F|`` per pixel."""
     threshold: float
     """Distance from the fill beyond which a masked pixel is taken as marked."""
+    photo_energy: float
+    """Mean edge energy (``_sobel_energy``) of the photo just around the mask (at least 1)."""
 
     @property
     def marked(self) -> np.ndarray:
@@ -205,7 +168,10 @@ def _gated(image: np.ndarray, mask: np.ndarray, inv: _Inverted, p: SingleParams)
     """Step 5: the inverted crop where it passes the checks, ``None`` where it does not."""
     if inv.explained > p.max_unexplained:
         return None
-    if _ghost(inv.crop, inv.matte, inv.colour) > p.max_ghost:
+    # The mark's outline must show (an edge stronger than the photo's) and fade when inverted.
+    visible = _visible(inv.crop, inv.matte)
+    ghost = _ghost(inv.crop, inv.matte, inv.colour)
+    if visible < p.min_visible or ghost > p.max_ghost or ghost > p.max_ghost_share * visible:
         return None
     plausible = _plausible(inv, p)
     marked = inv.crop.mask & (inv.matte > 0)
@@ -236,7 +202,7 @@ def _invert_all(
         if crop is None or crop.marked.sum() < p.min_body:
             return None
         crops.append(crop)
-    guesses = [_fit_mark(c, im, mask, p) for c, im in zip(crops, images, strict=True)]
+    guesses = [_fit_mark(c, p) for c in crops]
     found = [g for g in guesses if g is not None]
     if not found:
         return None
@@ -276,12 +242,13 @@ def _look(image: np.ndarray, mask: np.ndarray, p: SingleParams) -> _Crop | None:
     lap = np.abs(cv2.Laplacian(grey, cv2.CV_32F))
     ring_dev = float(np.median(lap[ring])) if ring.any() else 4.0
     threshold = max(6.0 * noise, 2.0 * ring_dev, 10.0)
-    return _Crop((y0, y1, x0, x1), m, crop, j, fill, grey, noise, d, threshold)
+    m8 = m.astype(np.uint8)
+    around = (cv2.dilate(m8, np.ones((7, 7), np.uint8)) > 0) & ~(cv2.dilate(m8, _K3) > 0)
+    energy = float(np.mean(_sobel_energy(j)[around])) if around.any() else 1.0
+    return _Crop((y0, y1, x0, x1), m, crop, j, fill, grey, noise, d, threshold, max(energy, 1.0))
 
 
-def _fit_mark(
-    crop: _Crop, image: np.ndarray, mask: np.ndarray, p: SingleParams
-) -> tuple[float, np.ndarray] | None:
+def _fit_mark(crop: _Crop, p: SingleParams) -> tuple[float, np.ndarray] | None:
     """Step 1: a first guess of the opacity ``a`` and colour ``C``, if ``a`` is in range."""
     cand = crop.marked
     jc, fc = crop.j[cand], crop.fill[cand]
@@ -290,11 +257,6 @@ def _fit_mark(
     up = (jc - fc) / np.maximum(255.0 - fc, 1.0)
     down = (fc - jc) / np.maximum(fc, 1.0)
     a = float(np.median(np.maximum(up, down).max(axis=1)))
-    if float(fc.std(axis=0).mean()) >= p.min_fill_spread:
-        lam = _attenuation(image, mask, p.pad)
-        if lam is not None:
-            a_cal = 1.0 - _slope(jc, fc) / lam
-            a = max(a, a_cal)
     if not p.min_alpha <= a <= p.max_alpha:
         return None
     colour = np.clip(np.median((jc - (1.0 - a) * fc) / a, axis=0), 0.0, 255.0).astype(np.float32)
@@ -459,16 +421,19 @@ def _plausible(inv: _Inverted, p: SingleParams) -> np.ndarray:
     return (departure <= limit) | (depth > p.outline_depth) | (inv.matte <= 0)
 
 
-def _ghost(crop: _Crop, matte: np.ndarray, colour: np.ndarray) -> float:
+def _ghost(crop: _Crop, matte: np.ndarray, colour: np.ndarray, outline: np.ndarray | None = None) -> float:
     """Edge energy left at the mark's outline after inverting with ``matte``, relative to the
     photo's own edge energy around the mask (about 1 when the mark is gone)."""
-    recovered = (crop.j - matte[..., None] * colour) / (1.0 - matte[..., None])
-    energy = _sobel_energy(recovered)
-    outline = _outline(matte)
-    m8 = crop.mask.astype(np.uint8)
-    around = (cv2.dilate(m8, np.ones((7, 7), np.uint8)) > 0) & ~(cv2.dilate(m8, _K3) > 0)
-    photo = float(np.mean(_sobel_energy(crop.j)[around])) if around.any() else 1.0
-    return float(np.mean(energy[outline])) / max(photo, 1.0)
+    if outline is None:
+        outline = _outline(matte)
+    m = matte[..., None]
+    inverted = (crop.j - m * colour) / (1.0 - m)
+    return float(np.mean(_sobel_energy(inverted)[outline])) / crop.photo_energy
+
+
+def _visible(crop: _Crop, matte: np.ndarray) -> float:
+    """Edge energy at the mark's outline before inverting, relative to the photo's own."""
+    return float(np.mean(_sobel_energy(crop.j)[_outline(matte)])) / crop.photo_energy
 
 
 def _outline(matte: np.ndarray) -> np.ndarray:
@@ -483,8 +448,10 @@ def _best_opacity(
     """The opacity, within ``opacity_search`` of ``a`` and under the matte's shape, that leaves
     the least edge energy at the mark's outline (summed over the images)."""
 
+    outline = _outline(matte)
+
     def ghost(mt: np.ndarray) -> float:
-        return sum(_ghost(c, mt, colour) for c in crops)
+        return sum(_ghost(c, mt, colour, outline) for c in crops)
 
     best, best_ghost = a, ghost(matte)
     for f in np.linspace(1.0 - p.opacity_search, 1.0 + p.opacity_search, p.opacity_steps):
@@ -497,10 +464,11 @@ def _best_opacity(
     return best
 
 
-def _sobel_energy(x: np.ndarray) -> np.ndarray:
-    """Absolute Sobel gradients of the grey image, x plus y (HxW)."""
-    g = np.ascontiguousarray(x.mean(axis=2), dtype=np.float32)
-    return np.abs(cv2.Sobel(g, cv2.CV_32F, 1, 0)) + np.abs(cv2.Sobel(g, cv2.CV_32F, 0, 1))
+def _sobel_energy(image: np.ndarray) -> np.ndarray:
+    """Absolute Sobel gradients, x plus y, summed over the colour channels (HxW): a mark of
+    another hue than the photo shows in colour more than in grey."""
+    e = np.abs(cv2.Sobel(image, cv2.CV_32F, 1, 0)) + np.abs(cv2.Sobel(image, cv2.CV_32F, 0, 1))
+    return e[..., 0] + e[..., 1] + e[..., 2]
 
 
 def _holdout_gain(image: np.ndarray, mask: np.ndarray, inv: _Inverted, p: SingleParams) -> float:
@@ -509,7 +477,9 @@ def _holdout_gain(image: np.ndarray, mask: np.ndarray, inv: _Inverted, p: Single
     y0, y1, x0, x1 = inv.crop.box
     ours = telea = 0.0
     copies = 0
-    for sm, (by0, by1, bx0, bx1), (dy, dx) in _beside(mask, 2 * p.pad, p.min_body):
+    for sm, (by0, by1, bx0, bx1), (dy, dx) in _beside(mask, 2 * p.pad, p.min_body)[
+        : p.holdout_copies
+    ]:
         truth = np.ascontiguousarray(image[by0:by1, bx0:bx1])
         msub = sm[by0:by1, bx0:bx1]
         matte = np.zeros(msub.shape, np.float32)
