@@ -306,13 +306,13 @@ def test_semi_transparent_batch_is_recovered_much_better_than_inpainting() -> No
 
 
 def test_single_image_text_mark_is_recovered_better_than_inpainting() -> None:
-    # Thin anti-aliased text whose colour shades across it: locally one colour, so the
-    # one-image fit inverts it, the rim with its own opacity (it used to be inpainted).
+    # Thin anti-aliased white text: the one-image fit inverts it, the rim with its own
+    # opacity (it used to be inpainted).
     cov = wm.text_coverage()
     mask = wm.tight_mask(cov)
     for seed in (2, 3):
         photos = wm.crops(1, seed=seed)
-        stamped = wm.stamp(photos, 0.5 * cov, wm.gradient_colour())
+        stamped = wm.stamp(photos, 0.5 * cov, wm.solid_colour((255, 255, 255)))
         [result] = _engine().restore(stamped, [mask])
         [telea] = OpenCVEngine().restore(stamped, [mask])
         _assert_outside_unchanged(stamped, [mask], [result])

@@ -273,6 +273,12 @@ class SingleParams:
     max_ghost_share: float = 0.9
     """...and inverting must leave at most this share of it (a mask over no mark: 0.96-0.97;
     a blue mark at opacity 0.3 over textured photos: 0.59-0.91)."""
+    texture_range: tuple[float, float] = (0.35, 3.0)
+    """Allowed edge energy of the inverted body relative to the photo's around the mask (a flat
+    object inverts to a flat patch; a wrong opacity amplifies noise)."""
+    holdout_min_share: float = 0.5
+    """A copy must keep this share of the mask's pixels (off the image, near the mask) to count;
+    without any such copy (a mask large for its image) the other checks decide alone."""
     min_holdout_gain: float = 1.0
     """dB by which the recovery must beat Telea on copies of the mask beside it, stamped with
     the estimated mark (a margin: the photo under the mark is not the one beside it)."""

@@ -173,11 +173,18 @@ def _gated(image: np.ndarray, mask: np.ndarray, inv: _Inverted, p: SingleParams)
     ghost = _ghost(inv.crop, inv.matte, inv.colour)
     if visible < p.min_visible or ghost > p.max_ghost or ghost > p.max_ghost_share * visible:
         return None
+    # The photo under the mark has texture like the photo around it (a flat object has none).
+    body = cv2.erode((inv.matte >= inv.alpha).astype(np.uint8), _K3) > 0
+    if body.any():
+        texture = float(np.mean(_sobel_energy(inv.recovered)[body])) / inv.crop.photo_energy
+        if not p.texture_range[0] <= texture <= p.texture_range[1]:
+            return None
     plausible = _plausible(inv, p)
     marked = inv.crop.mask & (inv.matte > 0)
     if (marked & ~plausible).sum() > p.max_implausible * marked.sum():
         return None
-    if _holdout_gain(image, mask, inv, p) < p.min_holdout_gain:
+    gain = _holdout_gain(image, mask, inv, p)
+    if gain is not None and gain < p.min_holdout_gain:
         return None
     usable = inv.crop.mask & (inv.matte <= p.max_alpha) & plausible
     pixels = np.clip(np.rint(inv.recovered), 0, 255).astype(np.uint8)
@@ -421,7 +428,9 @@ def _plausible(inv: _Inverted, p: SingleParams) -> np.ndarray:
     return (departure <= limit) | (depth > p.outline_depth) | (inv.matte <= 0)
 
 
-def _ghost(crop: _Crop, matte: np.ndarray, colour: np.ndarray, outline: np.ndarray | None = None) -> float:
+def _ghost(
+    crop: _Crop, matte: np.ndarray, colour: np.ndarray, outline: np.ndarray | None = None
+) -> float:
     """Edge energy left at the mark's outline after inverting with ``matte``, relative to the
     photo's own edge energy around the mask (about 1 when the mark is gone)."""
     if outline is None:
@@ -471,15 +480,18 @@ def _sobel_energy(image: np.ndarray) -> np.ndarray:
     return e[..., 0] + e[..., 1] + e[..., 2]
 
 
-def _holdout_gain(image: np.ndarray, mask: np.ndarray, inv: _Inverted, p: SingleParams) -> float:
+def _holdout_gain(
+    image: np.ndarray, mask: np.ndarray, inv: _Inverted, p: SingleParams
+) -> float | None:
     """dB by which steps 1-4 beat Telea on copies of the mask beside it, each stamped with the
-    estimated mark over the real photo there (pooled squared errors; -inf without a copy)."""
+    estimated mark over the real photo there (pooled squared errors); ``None`` when no copy of
+    at least ``holdout_min_share`` of the mask fits beside it (a mask too large for its image)."""
     y0, y1, x0, x1 = inv.crop.box
     ours = telea = 0.0
     copies = 0
-    for sm, (by0, by1, bx0, bx1), (dy, dx) in _beside(mask, 2 * p.pad, p.min_body)[
-        : p.holdout_copies
-    ]:
+    for sm, (by0, by1, bx0, bx1), (dy, dx) in _beside(
+        mask, 2 * p.pad, int(p.holdout_min_share * mask.sum())
+    )[: p.holdout_copies]:
         truth = np.ascontiguousarray(image[by0:by1, bx0:bx1])
         msub = sm[by0:by1, bx0:bx1]
         matte = np.zeros(msub.shape, np.float32)
@@ -500,7 +512,7 @@ def _holdout_gain(image: np.ndarray, mask: np.ndarray, inv: _Inverted, p: Single
         telea += float(((fill - t)[msub] ** 2).sum())
         copies += 1
     if not copies:
-        return float("-inf")
+        return None
     return float(10 * np.log10(max(telea, 1e-6) / max(ours, 1e-6)))
 
 
