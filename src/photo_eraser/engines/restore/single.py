@@ -192,16 +192,17 @@ def _gated(image: np.ndarray, mask: np.ndarray, inv: _Inverted, p: SingleParams)
 
 
 def _invert(image: np.ndarray, mask: np.ndarray, p: SingleParams) -> _Inverted | None:
-    """Steps 1-4 on one image."""
-    inv = _invert_all([image], mask, p)
+    """Steps 1-4 on one image (the hold-out's copies: every check is left to the caller)."""
+    inv = _invert_all([image], mask, p, early=False)
     return None if inv is None else inv[0]
 
 
 def _invert_all(
-    images: list[np.ndarray], mask: np.ndarray, p: SingleParams
+    images: list[np.ndarray], mask: np.ndarray, p: SingleParams, early: bool = True
 ) -> list[_Inverted] | None:
     """Steps 1-4 on images of one size under one mask: the mark's opacity, colour and matte,
-    shared by them, and each crop inverted."""
+    shared by them, and each crop inverted. ``early``: give up as soon as step 5's first check
+    fails (a fit that does not explain the pixels needs no matte)."""
     crops = []
     for image in images:
         crop = _look(image, mask, p)
@@ -216,14 +217,15 @@ def _invert_all(
     a = float(np.median([g[0] for g in found]))
     colour = np.median([g[1] for g in found], axis=0).astype(np.float32)
     a, colour, explained = _refine(crops, a, colour, p)
-    if not p.min_alpha <= a <= p.max_alpha:
+    if not p.min_alpha <= a <= p.max_alpha or (early and explained > p.max_unexplained):
         return None
     matte = _matte(crops, a, colour, p)
+    # Before the opacity search, which scales the matte and so keeps this count.
+    if (matte >= 0.5 * a).sum() < max(p.min_body, p.min_body_share * crops[0].mask.sum()):
+        return None
     best = _best_opacity(crops, matte, a, colour, p)
     matte *= best / a
     a = best
-    if (matte >= 0.5 * a).sum() < max(p.min_body, p.min_body_share * crops[0].mask.sum()):
-        return None
     m = matte[..., None]
     return [
         _Inverted(c, a, colour, matte, (c.j - m * colour) / (1.0 - m), explained) for c in crops
