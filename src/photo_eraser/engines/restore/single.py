@@ -7,30 +7,37 @@ follow ``J ~ (1 - a) * F + a * C`` up to the photo's texture.
 
 1. **A first guess** of ``a`` and ``C`` from Telea's fill of the whole mask: the least opaque
    mark explaining the pixels (``C`` on the colour gamut's boundary: exact for white and black
-   marks) or, where the fill varies enough, the slope of ``J`` on ``F`` corrected for how much
-   an inpainting flattens a photo (measured on copies of the mask beside it).
+   marks, a lower bound for others).
 2. **A robust fit near the mark's outline.** The pixels the guess finds marked, and one pixel
    around them, are inpainted again: that fill reaches only a few pixels in from real photo
    pixels (the mask's unmarked margin), so on the body pixels near the outline it is close to
    the photo, and ``J = (1 - a) * F + a * C`` is fitted there (Cauchy-weighted least squares).
-   Where the fill hardly varies the fit cannot tell ``a`` from ``C``; it is kept only if it
-   explains those pixels clearly better than the guess, else only ``a`` is refitted.
+   Where the fill hardly varies the fit cannot tell ``a`` from ``C``: a white or black mark
+   is preferred while it explains those pixels nearly as well, a free colour is kept only if
+   it explains them clearly better, else only ``a`` is refitted.
 3. **The matte.** The support is where ``J - F`` projected on ``C - F`` reaches half of ``a``.
    Deep inside a large mark the fill no longer predicts the photo, so when the support's share
-   jumps at one distance from the mask's border (the margin the mask was drawn with), every
-   pixel deeper than that is support; holes of the support are kept as holes only if leaving
-   them as they are continues the inverted photo around them better than inverting them. The
-   support's interior takes ``a``; its rim, inpainted from both sides (the photo around the
-   mask and the inverted interior), takes its own opacity in ``[0, a]`` by the same projection.
+   jumps at one distance from the mask's border (the margin the mask was drawn with), the
+   deeper parts join it, each only if inverting it continues the inverted photo around it
+   better than leaving it (the gaps between letters stay out); large holes are judged alike.
+   The support's interior takes ``a``; its rim, inpainted from both sides (the photo around
+   the mask and the inverted interior), takes its own opacity in ``[0, a]`` by the same
+   projection. ``a`` is then searched nearby for the least edge energy at the outline.
 4. **Invert** ``I = (J - m * C) / (1 - m)``; masked pixels with ``m = 0`` are kept as they are.
 5. **Checks.** The fit must explain the marked pixels (median residual small next to
-   ``|J - F|``) and inverting must weaken the mark's outline. Then a hold-out: the estimated
-   mark is stamped on copies of the mask beside it, where the photo is known, and steps 1-4
-   and Telea both restore them. The recovery is used only if it beats Telea there by a margin
-   (pooled over the copies); otherwise ``None``, and the image is inpainted as before.
+   ``|J - F|``); the mark's outline must show (an edge stronger than the photo's) and fade when
+   inverted; the inverted body must have texture like the photo around (a flat object has
+   none); few inverted pixels near the border may depart far from Telea's fill (those few are
+   inpainted). Then a hold-out: the estimated mark is stamped on copies of the mask beside it,
+   where the photo is known, and steps 1-4 and Telea both restore them. The recovery is used
+   only if it beats Telea there by a margin (pooled over the copies); otherwise ``None``, and
+   the image is inpainted as before.
 
-Before any of that, the cheap test: too few masked pixels far from the fill (no mark that a
-blend could explain) returns ``None`` after one Telea fill of the mask's box.
+Two or three images under one mask share the fit (their pixels pooled near the outline) and
+the matte (their projections pooled); each is then checked alone.
+
+Before any of that, the cheap tests: too few masked pixels far from the fill, or a first guess
+out of range (an opaque mark), return ``None`` after one Telea fill of the mask's box.
 """
 
 from __future__ import annotations
