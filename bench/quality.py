@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/quality.py            # full table -> docs/restore-quality.md
     .venv/bin/python bench/quality.py --quick    # a few cases, printed only
+    .venv/bin/python bench/quality.py --few      # only the one-to-three-image tables, printed
     .venv/bin/python bench/quality.py --figure docs/img/restore-example.png
     .venv/bin/python bench/quality.py --detect   # "mask": "auto" -> docs/detect-quality.md
 
@@ -16,6 +17,10 @@ different photo crops, saved as PNG or JPEG quality 90, and the masked pixels ar
 
 PSNR is over all masked pixels of the batch (pooled MSE); SSIM is the SSIM map averaged over
 the masked pixels, then over the images. The mask is the mark's support dilated by 2 pixels.
+A second grid, one to three images (``FEW_*``), adds solid shapes (a filled ellipse over a
+bar, white and blue) to the text and logo marks, alpha 0.3-0.7, several seeds per cell: the
+single-image recovery's own tables and targets.
+
 The timing lines restore 20 different 1920x1080 photos carrying a text mark (~2% of the
 area), as JPEG q90 and as PNG (lossless: ``restore`` then tries its exact-blend fit), with
 ``restore`` and with Telea one image after the other (median of the timed runs, after one
@@ -52,6 +57,9 @@ ORACLE_MAX_ALPHA = 0.9
 ALPHAS = (0.3, 0.5, 0.7, 1.0)
 COUNTS = (1, 4, 8, 16)
 FORMATS = ("png", "jpeg90")
+FEW_ALPHAS = (0.3, 0.5, 0.7)
+FEW_COUNTS = (1, 2, 3)
+FEW_SEEDS = 3
 
 
 def photos() -> list[np.ndarray]:
@@ -121,6 +129,24 @@ class Mark:
     name: str
     coverage: np.ndarray
     colour: np.ndarray
+
+
+def shape_coverage(h: int, w: int) -> np.ndarray:
+    """Anti-aliased coverage of a solid shape: a filled ellipse over a filled bar."""
+    canvas = np.zeros((h, w), np.uint8)
+    cv2.ellipse(canvas, (w // 2, int(h * 0.45)), (90, 60), 0, 0, 360, 255, -1, cv2.LINE_AA)
+    cv2.rectangle(canvas, (w // 5, int(h * 0.7)), (4 * w // 5, int(h * 0.8)), 255, -1, cv2.LINE_AA)
+    return canvas.astype(np.float32) / 255
+
+
+def shapes(h: int = H, w: int = W) -> list[Mark]:
+    """Solid marks of one colour: white and blue."""
+    cov = shape_coverage(h, w)
+    solid = lambda rgb: np.broadcast_to(np.array(rgb, np.float32), (h, w, 3)).copy()  # noqa: E731
+    return [
+        Mark("shape white", cov, solid((255, 255, 255))),
+        Mark("shape blue", cov, solid((40, 80, 200))),
+    ]
 
 
 def marks(h: int = H, w: int = W) -> list[Mark]:
@@ -362,6 +388,110 @@ def summary_table(rows: list[Row]) -> list[str]:
                 cells.append(f"{mean['restore']:.1f} / {mean['telea']:.1f} / {mean['oracle']:.1f}")
             name = "opaque" if alpha >= 1.0 else f"{alpha:.1f}"
             lines.append(f"| {fmt} | {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def few_rows(quick: bool = False, only: str = "") -> list[Row]:
+    """The one-to-three-image grid: every mark design and the solid shapes, FEW_SEEDS seeds."""
+    engine = WatermarkRecoveryEngine(fallback=OpenCVEngine())
+    designs = marks() + shapes()
+    grid = [
+        (m, a, n, f, seed, 7000 + 1000 * d + 100 * round(a * 10) + 10 * n + seed)
+        for d, m in enumerate(designs)
+        for a in FEW_ALPHAS
+        for n in FEW_COUNTS
+        for f in FORMATS
+        for seed in range(FEW_SEEDS)
+    ]
+    if quick:
+        grid = [g for g in grid if g[2] == 1 and g[4] == 0]
+    elif only:
+        grid = [g for g in grid if only in g[0].name]
+    rows = []
+    print("| mark | alpha | N | format | seed | restore | telea | oracle | share |")
+    for mark, alpha, n, fmt, seed, case_seed in grid:
+        row = run_case(mark, alpha, n, fmt, engine, seed=case_seed)
+        rows.append(row)
+        print(
+            f"| {mark.name} | {alpha} | {n} | {fmt} | {seed} | {row.psnr['restore']:.1f} "
+            f"| {row.psnr['telea']:.1f} | {row.psnr['oracle']:.1f} | {row.share:.2f} |",
+            flush=True,
+        )
+    return rows
+
+
+def family(row: Row) -> str:
+    """The mark's kind: solid shape, text or logo."""
+    return row.mark.split()[0]
+
+
+def few_targets(rows: list[Row]) -> list[tuple[str, int, int]]:
+    """The issue's one-image targets: (target, cases met, cases)."""
+    solid = [r for r in rows if family(r) == "shape" and r.n == 1]
+    text = [r for r in rows if family(r) == "text" and r.n == 1]
+    gain = float(np.mean([r.psnr["restore"] - r.psnr["telea"] for r in text])) if text else 0.0
+    ok = lambda rs, f: (sum(f(r) for r in rs), len(rs))  # noqa: E731
+    return [
+        (
+            "N = 1 solid >= Telea + 10",
+            *ok(solid, lambda r: r.psnr["restore"] >= r.psnr["telea"] + 10),
+        ),
+        (
+            "N = 1 solid >= oracle - 4",
+            *ok(solid, lambda r: r.psnr["restore"] >= r.psnr["oracle"] - 4),
+        ),
+        (f"N = 1 text mean >= Telea + 2 (mean gain {gain:+.1f} dB)", int(gain >= 2.0), 1),
+        (
+            "N = 1 text >= Telea - 0.5",
+            *ok(text, lambda r: r.psnr["restore"] >= r.psnr["telea"] - 0.5),
+        ),
+        (
+            "N = 1-3 any >= Telea - 0.5",
+            *ok(rows, lambda r: r.psnr["restore"] >= r.psnr["telea"] - 0.5),
+        ),
+    ]
+
+
+def few_markdown(rows: list[Row]) -> list[str]:
+    """The one-to-three-image section of the report."""
+    lines = [
+        "## One to three images",
+        "",
+        f"Text and logo marks as above plus solid shapes (a filled ellipse over a bar, white and "
+        f"blue), alpha {', '.join(str(a) for a in FEW_ALPHAS)}, {FEW_SEEDS} seeds (different photos) "
+        "per cell. Cells: mean masked PSNR restore / Telea / oracle (dB), then the worst "
+        "restore - Telea of the cell and the mean share recovered.",
+        "",
+        "Targets (issue 17), cases meeting them:",
+        "",
+        "| target | met |",
+        "|---|---|",
+        *(f"| {name} | {met} / {total} |" for name, met, total in few_targets(rows)),
+        "",
+        "| mark | format | alpha | " + " | ".join(f"N = {n}" for n in FEW_COUNTS) + " |",
+        "|---|---|---|" + "---|" * len(FEW_COUNTS),
+    ]
+    for kind in ("shape", "text", "logo"):
+        for fmt in FORMATS:
+            for alpha in FEW_ALPHAS:
+                cells = []
+                for n in FEW_COUNTS:
+                    sel = [
+                        r
+                        for r in rows
+                        if family(r) == kind and r.fmt == fmt and r.alpha == alpha and r.n == n
+                    ]
+                    if not sel:
+                        cells.append("")
+                        continue
+                    mean = {k: float(np.mean([r.psnr[k] for r in sel])) for k in sel[0].psnr}
+                    worst = min(r.psnr["restore"] - r.psnr["telea"] for r in sel)
+                    share = float(np.mean([r.share for r in sel]))
+                    cells.append(
+                        f"{mean['restore']:.1f} / {mean['telea']:.1f} / {mean['oracle']:.1f} "
+                        f"({worst:+.1f}, {share:.2f})"
+                    )
+                lines.append(f"| {kind} | {fmt} | {alpha:.1f} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -703,6 +833,8 @@ def main() -> None:
     parser.add_argument(
         "--detect", action="store_true", help='the "mask": "auto" detection benchmark instead'
     )
+    parser.add_argument("--few", action="store_true", help="only the one-to-three-image grid")
+    parser.add_argument("--only", default="", help="with --few: only marks whose name has this")
     args = parser.parse_args()
     logging.disable(logging.INFO)
     if args.figure:
@@ -710,6 +842,11 @@ def main() -> None:
         return
     if args.detect:
         detect_bench(args.quick, args.repeats, args.output)
+        return
+    if args.few:
+        few = few_rows(quick=args.quick, only=args.only)
+        print("\n".join(few_markdown(few)))
+        print(machine())
         return
     all_marks = marks()
     if args.quick:
@@ -734,6 +871,7 @@ def main() -> None:
             f"| {row.psnr['telea']:.1f} | {row.psnr['oracle']:.1f} | {row.share:.2f} | {missed} |",
             flush=True,
         )
+    few = few_rows(quick=args.quick)
     speeds = {fmt: timing(1 if args.quick else args.repeats, fmt) for fmt in FORMATS[::-1]}
     for fmt, speed in speeds.items():
         print(
@@ -745,7 +883,9 @@ def main() -> None:
     output = args.output or (None if args.quick else Path("docs/restore-quality.md"))
     if output:
         command = ".venv/bin/python bench/quality.py" + (" --quick" if args.quick else "")
-        output.write_text(markdown(rows, speeds, command))
+        output.write_text(
+            markdown(rows, speeds, command) + "\n" + "\n".join(few_markdown(few)) + "\n"
+        )
         print(f"wrote {output}")
 
 

@@ -86,6 +86,16 @@ class NewTask:
 
 
 @dataclass(frozen=True)
+class Outlook:
+    """Recent task run times, the cluster's live worker slots, and the tasks ahead of one:
+    what its ``wait_time`` is estimated from."""
+
+    durations: list[float]
+    slots: int
+    ahead: int
+
+
+@dataclass(frozen=True)
 class Queued:
     """A waiting task as the dispatcher sees it: which one, and how urgent."""
 
@@ -123,6 +133,8 @@ class TaskRecord:
     started_at: float | None
     finished_at: float | None
     lease_owner: str | None = None
+    queue_seq: int | None = None
+    """Its number in its priority's queue (`tasks/queue.py`); None for tasks from before 0009."""
     placement: MaskPlacement = field(default_factory=MaskPlacement)
     images: list[ImageRecord] = field(default_factory=list)
     callback: CallbackRecord | None = None
