@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import threading
+import time
 from urllib.parse import urlsplit
 
 import httpx
@@ -16,6 +17,7 @@ from PIL import Image
 from harness.client import ApiClient
 from harness.imagehost import ImageHost
 from harness.images import b64, encode, photo, psnr, rect_mask
+from photo_eraser.config import Settings
 from tests.inprocess import LocalServer
 
 W, H = 400, 300
@@ -260,8 +262,16 @@ def test_revoked_key_is_refused_while_server_runs(
 ) -> None:
     appkey, appsecret = server.create_key("to-revoke")
     c = server.client(appkey, appsecret)
-    c.create_ok([assets["png"]], assets["mask_url"])
+    task_id = c.create_ok([assets["png"]], assets["mask_url"])
+    assert c.result(task_id).status_code == 200
     assert server.revoke_key(appkey)  # as `photo-eraser keys revoke` does (test_cli runs it)
+    # Refused within PHOTO_ERASER_KEY_CACHE_SECONDS (an API process trusts a key it read that
+    # long; test_poll.py times the bound): polls until then, a margin for a busy machine.
+    deadline = time.monotonic() + Settings().key_cache_seconds + 5
+    while (r := c.result(task_id)).status_code == 200:
+        assert time.monotonic() < deadline, "a revoked key still accepted"
+        time.sleep(0.1)
+    assert r.status_code == 401 and r.json()["code"] == 40102
     assert c.create([assets["png"]], assets["mask_url"]).status_code == 401
     c.close()
 

@@ -113,6 +113,60 @@ def test_0008_adds_the_webhook_deliveries_and_goes_back(url: str) -> None:
     inspector = sa.inspect(engine)
     assert "webhook_deliveries" not in inspector.get_table_names()
     assert "webhook_secret" not in {c["name"] for c in inspector.get_columns("api_keys")}
+
+
+def test_0009_numbers_the_queue_in_its_order_and_goes_back(url: str) -> None:
+    """Unfinished tasks get their priority's numbers in queue order (by id), finished ones none;
+    the counters continue from there, and positions read from them equal the counted ones."""
+    engine = create_db_engine(url)
+    alembic(engine, "upgrade", "0008")
+    now = time.time()
+    rows = [  # (id, status, priority)
+        (1, TaskStatus.COMPLETE, 5),
+        (2, TaskStatus.WAITING, 5),
+        (3, TaskStatus.IN_PROGRESS, 2),
+        (4, TaskStatus.WAITING, 2),
+        (5, TaskStatus.CLOSED, 2),
+        (6, TaskStatus.WAITING, 5),
+        (7, TaskStatus.WAITING, 2),
+    ]
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO api_keys (appkey, name, secret_sha256, created_at) "
+                "VALUES ('pe_old', 'old', :h, :now)"
+            ),
+            {"h": "0" * 64, "now": now},
+        )
+        for pk, status, priority in rows:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO tasks (id, task_id, appkey, status, priority, engine, attempts, "
+                    "reason, created_at, deadline_at) VALUES "
+                    "(:pk, :tid, 'pe_old', :st, :pr, 'auto', 0, '', :now, :dl)"
+                ),
+                {
+                    "pk": pk,
+                    "tid": f"00000000-0000-4000-8000-00000000000{pk}",
+                    "st": int(status),
+                    "pr": priority,
+                    "now": now,
+                    "dl": now + 3600,
+                },
+            )
+    alembic(engine, "upgrade", "0009")
+    with engine.connect() as conn:
+        seqs = dict(conn.execute(sa.text("SELECT id, queue_seq FROM tasks")).all())
+        counters = dict(conn.execute(sa.text("SELECT priority, last_seq FROM queue_seqs")).all())
+    assert seqs == {1: None, 2: 1, 3: 1, 4: 2, 5: None, 6: 2, 7: 3}
+    assert counters == {p: {2: 3, 5: 2}.get(p, 0) for p in range(10)}
+    store = TaskStore(engine)
+    for pk, want in ((2, 1), (6, 2), (4, 3), (7, 4)):  # 1 running + the waiting ahead
+        task = store.get_task(f"00000000-0000-4000-8000-00000000000{pk}")
+        assert task is not None and store.queue_position(task) == want
+    alembic(engine, "downgrade", "0008")
+    assert "queue_seq" not in {c["name"] for c in sa.inspect(engine).get_columns("tasks")}
+    assert "queue_seqs" not in sa.inspect(engine).get_table_names()
     alembic(engine, "upgrade", "head")
     engine.dispose()
 

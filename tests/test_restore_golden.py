@@ -44,7 +44,7 @@ WHITE, BLACK = (255, 255, 255), (0, 0, 0)
 
 @dataclass(frozen=True)
 class Case:
-    mark: str  # "text" | "logo" | "none"
+    mark: str  # "text" | "logo" | "shape" | "none"
     alpha: float  # 1.0: opaque
     n: int
     fmt: str  # "png" | "jpeg"
@@ -99,6 +99,13 @@ CASES = [
     Case("text", 0.5, 6, "png", mask="loose", variant="faint", colour=WHITE, seed=29),
     Case("text", 0.5, 4, "jpeg", mask="loose", variant="faint", colour=WHITE, seed=30),
     Case("logo", 1.0, 8, "png", mask="loose", colour=WHITE, seed=31),
+    # One image, the one-image recovery's paths: a solid shape, text, a logo; low and high
+    # opacity; PNG and JPEG.
+    Case("shape", 0.3, 1, "jpeg", colour=WHITE, seed=50),
+    Case("shape", 0.7, 1, "png", colour=(40, 80, 200), seed=51),
+    Case("text", 0.3, 1, "jpeg", colour=WHITE, seed=52),
+    Case("text", 0.7, 1, "png", colour=BLACK, seed=53),
+    Case("logo", 0.7, 1, "jpeg", colour=(220, 30, 40), seed=54),
 ]
 
 
@@ -111,9 +118,11 @@ class Batch:
 
 
 def _coverage(mark: str, h: int, w: int) -> np.ndarray:
-    draw: Callable[[int, int], np.ndarray] = (
-        wm.logo_coverage if mark == "logo" else wm.text_coverage
-    )
+    draws: dict[str, Callable[[int, int], np.ndarray]] = {
+        "logo": wm.logo_coverage,
+        "shape": wm.shape_coverage,
+    }
+    draw = draws.get(mark, wm.text_coverage)
     if (h, w) == (H, W):
         return draw(h, w)
     return cv2.resize(draw(H, W), (w, h))  # the mark scales with the image, as masks do
@@ -195,7 +204,7 @@ def _golden() -> dict[str, dict[str, object]]:
 def test_the_cases_cover_what_the_refactoring_must_keep() -> None:
     """The golden set spans the dimensions it must (so a narrowed set fails here)."""
     assert len(CASES) >= 24 and len({c.name for c in CASES}) == len(CASES)
-    assert {c.mark for c in CASES} >= {"text", "logo", "none"}
+    assert {c.mark for c in CASES} >= {"text", "logo", "shape", "none"}
     assert {c.alpha for c in CASES} >= {0.3, 0.5, 0.7, 1.0}
     assert {c.n for c in CASES} >= {1, 3, 4, 8}
     assert {c.fmt for c in CASES} == {"png", "jpeg"}

@@ -57,6 +57,14 @@ def logo_coverage(h: int = H, w: int = W) -> np.ndarray:
     return m.astype(np.float32) / 255
 
 
+def shape_coverage(h: int = H, w: int = W) -> np.ndarray:
+    """Anti-aliased coverage in [0, 1] of a solid shape (a filled ellipse over a filled bar)."""
+    m = np.zeros((h, w), np.uint8)
+    cv2.ellipse(m, (w // 2, h // 2 - 8), (w // 5, h // 4), 0, 0, 360, 255, -1, cv2.LINE_AA)
+    cv2.rectangle(m, (w // 4, h // 2 + 36), (3 * w // 4, h // 2 + 52), 255, -1, cv2.LINE_AA)
+    return m.astype(np.float32) / 255
+
+
 def tight_mask(coverage: np.ndarray) -> np.ndarray:
     """The mark's support dilated by 2 pixels: a mask drawn closely around it."""
     return cv2.dilate((coverage > 0).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0

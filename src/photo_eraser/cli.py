@@ -228,9 +228,11 @@ def keys_revoke(appkey: str, data_dir: Path | None) -> None:
 @main.command()
 @click.option(
     "--mask",
-    "mask_path",
+    "mask_arg",
     required=True,
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    metavar="FILE|auto",
+    help="The mask file, or auto: find the watermark the images share (at least 4 images; "
+    "the mask found is written to --out as detected-mask.png).",
 )
 @click.argument(
     "images", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path)
@@ -242,7 +244,7 @@ def keys_revoke(appkey: str, data_dir: Path | None) -> None:
 @placement_options
 @data_dir_option
 def erase(
-    mask_path: Path,
+    mask_arg: str,
     images: tuple[Path, ...],
     out_dir: Path,
     engine: str,
@@ -254,8 +256,15 @@ def erase(
 
     from photo_eraser.engines.base import EngineError
     from photo_eraser.engines.registry import EngineRegistry
-    from photo_eraser.imaging import ImageError, ImageLimits, MaskError, decode_image, decode_mask
-    from photo_eraser.pipeline import restore_images
+    from photo_eraser.imaging import (
+        ImageError,
+        ImageLimits,
+        MaskError,
+        decode_image,
+        decode_mask,
+        encode_mask,
+    )
+    from photo_eraser.pipeline import detect_mask, restore_images
 
     settings = load_settings(data_dir)
     mask_placement = placement_from_options(**placement)
@@ -265,11 +274,22 @@ def erase(
         threads=settings.workers,
         restore_exact_fit=settings.restore_exact_fit,
     )
+    auto = mask_arg == "auto"
+    mask_path = Path(mask_arg)
+    if not auto and not mask_path.is_file():
+        raise click.BadParameter(f"no such file: {mask_arg} (or give auto)", param_hint="--mask")
+    if auto and (mask_placement.fit != "stretch" or mask_placement.invert):
+        # As the API: the mask found in one frame is stretched onto each image.
+        raise click.BadParameter(
+            "only stretch, not inverted, with --mask auto", param_hint="--mask-fit"
+        )
     try:
         registry.check(engine)
-        mask = decode_mask(
-            mask_path.read_bytes(), settings.max_image_bytes, max_side=settings.max_side
-        )
+        mask = None
+        if not auto:
+            mask = decode_mask(
+                mask_path.read_bytes(), settings.max_image_bytes, max_side=settings.max_side
+            )
     except (EngineError, MaskError) as exc:
         raise click.ClickException(str(exc)) from None
     decoded, names, failed = [], [], 0
@@ -282,6 +302,12 @@ def erase(
             click.echo(f"{path}: {exc}", err=True)
     if not decoded:
         raise click.ClickException("no image could be read")
+    detected = None
+    if mask is None:
+        found = detect_mask([im.pixels for im in decoded])
+        if found.mask is None:
+            raise click.ClickException(found.reason)  # nothing written
+        mask, detected = found.mask, found
     click.echo(f"restoring {len(decoded)} image(s) with engine {engine}", err=True)
     try:
         results = restore_images(
@@ -294,6 +320,10 @@ def erase(
     except EngineError as exc:
         raise click.ClickException(str(exc)) from None
     out_dir.mkdir(parents=True, exist_ok=True)
+    if detected is not None:
+        target = out_dir / "detected-mask.png"
+        target.write_bytes(encode_mask(mask))
+        click.echo(f"detected mask -> {target} (confidence {detected.confidence:.2f})")
     for path, result in tqdm(
         list(zip(names, results, strict=True)), desc="write", unit="img", file=sys.stderr
     ):

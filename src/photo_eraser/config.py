@@ -97,6 +97,13 @@ class Settings(BaseSettings):
         "the weight-free engines; 0 = never download",
     )
     create_demo_key: bool = True
+    key_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="an API process trusts a key it read from the database this long: a key "
+        "revoked meanwhile is refused at most this long after the revocation; 0 = read it "
+        "on every request",
+    )
     lease_seconds: float = Field(
         default=60.0,
         ge=2,

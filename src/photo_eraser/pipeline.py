@@ -23,6 +23,7 @@ from photo_eraser.imaging import (
     encode_image,
     place_mask,
 )
+from photo_eraser.imaging.detect import Detection, DetectParams, detect_watermark
 
 
 @dataclass
@@ -142,6 +143,12 @@ def encode_result(
     if times is not None:
         times.add("encode", t)
     return RestoredImage(encoded, restored)
+
+
+def detect_mask(images: Sequence[np.ndarray], params: DetectParams | None = None) -> Detection:
+    """The watermark ``images`` share (``"mask": "auto"``): a mask in the largest image's
+    frame, stretched onto each image like a given mask, or why none was found."""
+    return detect_watermark(images, params)
 
 
 def restore_images(

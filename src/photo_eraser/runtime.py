@@ -28,7 +28,7 @@ from photo_eraser.storage import BlobStore, BlobStoreError, LocalBlobStore, UrlS
 from photo_eraser.tasks.aio import AsyncTaskStore
 from photo_eraser.tasks.db import create_db_engine, migrate
 from photo_eraser.tasks.intake import TaskIntake
-from photo_eraser.tasks.records import TaskRecord
+from photo_eraser.tasks.records import Outlook, TaskRecord
 from photo_eraser.tasks.status import TaskStatus
 from photo_eraser.tasks.store import TaskStore
 from photo_eraser.tasks.upkeep import HeldLock
@@ -49,7 +49,7 @@ def open_store(settings: Settings) -> TaskStore:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = create_db_engine(settings.db_url)
     migrate(engine)
-    return TaskStore(engine)
+    return TaskStore(engine, key_cache_seconds=settings.key_cache_seconds)
 
 
 def open_blob_store(settings: Settings) -> BlobStore:
@@ -205,14 +205,19 @@ class Runtime:
         return f"{base}/v3/pic/rw/files/{key}?expires={expires}&signature={signature}"
 
     async def _callback_body(self, task: TaskRecord, base: str) -> bytes:
-        return await callback_body(task, self, base)
+        return callback_body(task, self, base)
 
-    async def wait_time(self, task: TaskRecord) -> str:
+    async def poll(self, task_id: str, appkey: str) -> tuple[TaskRecord, Outlook] | None:
+        """The key's task and what its ``wait_time`` is estimated from (None: no such task)."""
+        return await self.store.poll(task_id, appkey, heartbeat_window=6 * HEARTBEAT_SECONDS)
+
+    def wait_time(self, task: TaskRecord, outlook: Outlook | None) -> str:
         """Seconds until the next useful poll, from the queue position, recent task durations
-        and the worker slots alive now over the whole cluster."""
+        and the worker slots alive now over the whole cluster (``outlook``; None only for a
+        finished task)."""
         if task.status.finished:
             return "0"
-        outlook = await self.store.outlook(task, heartbeat_window=6 * HEARTBEAT_SECONDS)
+        assert outlook is not None, "an unfinished task's wait_time needs its outlook"
         per_task = mean(outlook.durations) if outlook.durations else DEFAULT_TASK_SECONDS
         if task.status == TaskStatus.IN_PROGRESS:
             elapsed = time.time() - (task.started_at or time.time())

@@ -29,11 +29,12 @@ from photo_eraser.disk import DISK_FULL_REASON, is_disk_full
 from photo_eraser.engines.base import EngineUnavailable
 from photo_eraser.fetch import FetchError
 from photo_eraser.imaging import MaskError, MaskPlacement, MaskSource, parse_mask_field
+from photo_eraser.imaging.detect import DetectParams
 from photo_eraser.imaging.rectangles import FRACTION_BASIS, boxes_document, draw_rectangles
 from photo_eraser.storage import BlobStoreError, mask_key
 from photo_eraser.tasks.idempotency import Idempotency, IdempotencyTaken
 from photo_eraser.tasks.intake import IntakeClosed, IntakeFull, OpenTasksLimit
-from photo_eraser.tasks.records import NewCallback, NewTask, TaskRecord
+from photo_eraser.tasks.records import AUTO_MASK, NewCallback, NewTask, TaskRecord
 from photo_eraser.uploads import UploadRefused, check_upload_link, parse_upload_link
 
 if TYPE_CHECKING:
@@ -206,15 +207,12 @@ async def _new_task(
     callback = None
     if req.callback_url is not None:
         callback = await _callback(req.callback_url, appkey, service, base_url)
-    try:
-        mask = _mask_source(req)
-        _check_uploads(req.images, mask.url, appkey, service)
-        # Decoded now, so a bad mask is a 400, not a failed task (drawn ones are good).
-        if mask.data is not None and req.rectangles is None:
-            async with decodes:
-                await asyncio.to_thread(service.masks.decode, mask.data)
-    except MaskError as exc:
-        raise ApiError(Code.BAD_PARAMETER, f"mask: {exc}") from None
+    if req.mask == AUTO_MASK:
+        _check_auto(req)
+        _check_uploads(req.images, None, appkey, service)
+        mask = MaskSource(url=AUTO_MASK)
+    else:
+        mask = await _given_mask(req, appkey, service, decodes)
     task_id = str(uuid.uuid4())
     stored_mask = None
     if mask.data is not None:
@@ -235,6 +233,43 @@ async def _new_task(
         idempotency=idempotency,
         callback=callback,
     )
+
+
+def _check_auto(req: CreateTaskRequest) -> None:
+    """A task whose mask is found in its batch: enough images, and a placement the mask found
+    in one frame can take (stretched onto each image, as the mark scales with it)."""
+    if req.rectangles is not None:
+        msg = "mask, rectangles: give exactly one of the two (both given)"
+        raise ApiError(Code.BAD_PARAMETER, msg)
+    least = DetectParams().min_images
+    if len(req.images) < least:
+        raise ApiError(
+            Code.BAD_PARAMETER,
+            f"mask: auto finds the watermark the images share and needs at least {least} "
+            f"images ({len(req.images)} given); send a mask",
+        )
+    if req.mask_fit not in (None, "stretch") or req.mask_invert:
+        which = "mask_invert" if req.mask_invert else "mask_fit"
+        raise ApiError(
+            Code.BAD_PARAMETER,
+            f"{which}: not with mask auto (the mask found is stretched onto each image)",
+        )
+
+
+async def _given_mask(
+    req: CreateTaskRequest, appkey: str, service: Runtime, decodes: asyncio.Semaphore
+) -> MaskSource:
+    """The mask the request gives (or draws), checked now."""
+    try:
+        mask = _mask_source(req)
+        _check_uploads(req.images, mask.url, appkey, service)
+        # Decoded now, so a bad mask is a 400, not a failed task (drawn ones are good).
+        if mask.data is not None and req.rectangles is None:
+            async with decodes:
+                await asyncio.to_thread(service.masks.decode, mask.data)
+    except MaskError as exc:
+        raise ApiError(Code.BAD_PARAMETER, f"mask: {exc}") from None
+    return mask
 
 
 async def _callback(url: str, appkey: str, service: Runtime, base_url: str) -> NewCallback:

@@ -15,7 +15,11 @@ if TYPE_CHECKING:
     from photo_eraser.runtime import Runtime
 
 
-def get_service(request: Request) -> Runtime:
+# The dependencies are coroutines though they do not wait: FastAPI runs a plain function in
+# its thread pool, a thread hop per dependency on every request.
+
+
+async def get_service(request: Request) -> Runtime:
     service: Runtime = request.app.state.service
     return service
 
@@ -23,15 +27,15 @@ def get_service(request: Request) -> Runtime:
 ServiceDep = Annotated["Runtime", Depends(get_service)]
 
 
-def get_store(service: ServiceDep) -> AsyncTaskStore:
+async def get_store(service: ServiceDep) -> AsyncTaskStore:
     return service.store
 
 
-def get_blobs(service: ServiceDep) -> BlobStore:
+async def get_blobs(service: ServiceDep) -> BlobStore:
     return service.blobs
 
 
-def get_signer(service: ServiceDep) -> UrlSigner:
+async def get_signer(service: ServiceDep) -> UrlSigner:
     return service.signer
 
 

@@ -7,16 +7,20 @@ from typing import TYPE_CHECKING
 
 from photo_eraser.api.errors import Code, envelope
 from photo_eraser.api.schemas import CallbackState, ResultData, ResultItem
-from photo_eraser.tasks.records import CallbackRecord, TaskRecord
-from photo_eraser.tasks.status import ImageStatus
+from photo_eraser.storage import detected_mask_key
+from photo_eraser.tasks.records import CallbackRecord, Outlook, TaskRecord
+from photo_eraser.tasks.status import ImageStatus, TaskStatus
 
 if TYPE_CHECKING:
     from photo_eraser.runtime import Runtime
 
 
-async def result_data(task: TaskRecord, service: Runtime, base: str) -> ResultData:
-    """What the result route answers for ``task``, its result links on ``base``."""
-    wait_time = await service.wait_time(task)
+def result_data(
+    task: TaskRecord, service: Runtime, base: str, outlook: Outlook | None = None
+) -> ResultData:
+    """What the result route answers for ``task``, its result links on ``base``; ``outlook``
+    (what ``wait_time`` is estimated from) is needed only while the task is unfinished."""
+    wait_time = service.wait_time(task, outlook)
     base = base.rstrip("/")
     expires = int((task.finished_at or 0) + service.settings.result_ttl_seconds)
     items = []
@@ -34,11 +38,17 @@ async def result_data(task: TaskRecord, service: Runtime, base: str) -> ResultDa
                 recovered_share=share,
             )
         )
+    detected = None
+    # Shown while the results are (the retention sweep deletes it with them).
+    kept = any(im.result_key for im in task.images)
+    if task.mask_auto and task.status == TaskStatus.COMPLETE and task.finished_at and kept:
+        detected = service.result_url(detected_mask_key(task.task_id), expires, base)
     return ResultData(
         status=str(int(task.status)),
         wait_time=wait_time,
         list=items,
         callback=None if task.callback is None else callback_state(task.callback),
+        detected_mask=detected,
     )
 
 
@@ -53,10 +63,10 @@ def callback_state(record: CallbackRecord) -> CallbackState:
     )
 
 
-async def callback_body(task: TaskRecord, service: Runtime, base: str) -> bytes:
-    """The body POSTed to a task's ``callback_url``: the result route's envelope, with the
-    ``task_id`` and without ``callback`` (its state is in the headers)."""
-    data = await result_data(task, service, base)
+def callback_body(task: TaskRecord, service: Runtime, base: str) -> bytes:
+    """The body POSTed to a task's ``callback_url`` (a finished task): the result route's
+    envelope, with the ``task_id`` and without ``callback`` (its state is in the headers)."""
+    data = result_data(task, service, base)
     data.task_id = task.task_id
     data.callback = None
     return bytes(envelope(Code.OK, data=data.model_dump(exclude_none=True)).body)

@@ -76,7 +76,10 @@ class CreateTaskRequest(BaseModel):
         min_length=1,
         description="the mask: an http(s) URL, raw base64 of an image file, or a data: URI; "
         "white / non-zero / opaque pixels mark the area to restore. Required unless "
-        "`rectangles` is given (exactly one of the two)",
+        "`rectangles` is given (exactly one of the two). Extension: `auto` finds the watermark "
+        "the batch's images share and restores it (at least 4 images; reliable from 8, see "
+        "docs/detect.md); a batch without one fails with the reason 'no shared watermark "
+        "found in N images; send a mask'",
     )
     priority: StrictInt = Field(
         ge=0, le=9, description="0 (lowest) to 9 (highest); a JSON integer, not 1.0 or '1'"
@@ -203,6 +206,12 @@ class ResultData(BaseModel):
     list: ResultItems = Field(description="one entry per input image, in input order")
     callback: CallbackState | None = Field(
         default=None, description="extension: the callback's state, for a task with callback_url"
+    )
+    detected_mask: str | None = Field(
+        default=None,
+        description="extension, with mask auto: signed URL of the mask found in the batch "
+        "(PNG, white = restored, in the largest image's size); absent until the task is "
+        "complete, and when no mark was found",
     )
 
 

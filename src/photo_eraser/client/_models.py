@@ -64,6 +64,8 @@ class TaskResult:
     status: TaskStatus
     wait_time: float
     images: list[ImageResult]
+    detected_mask: str | None = None
+    """With ``mask="auto"``: signed link to the mask the server found (an extension)."""
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property

@@ -37,7 +37,8 @@ MAX_CALLBACK_URL = 2048
 Source = str | os.PathLike[str] | bytes
 """An image or mask as a caller gives it: an ``http(s)`` URL; a local file (a ``Path``, or a
 ``str`` naming an existing file) or its bytes, uploaded first; for the mask also base64 or a
-``data:`` URI, sent as they are."""
+``data:`` URI, sent as they are, or ``"auto"``: the server finds the watermark the images
+share (an extension)."""
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,7 @@ def _parse_result(task_id: str, data: Mapping[str, Any]) -> TaskResult:
         status=TaskStatus(str(data["status"])),
         wait_time=_seconds(data.get("wait_time")),
         images=images,
+        detected_mask=data.get("detected_mask") or None,
         raw=dict(data),
     )
 
@@ -273,12 +275,18 @@ def poll_delay(
     return base * (1 + 0.2 * draw)
 
 
+AUTO_MASK = "auto"
+"""``mask`` value asking the server to find the watermark the images share (an extension)."""
+
+
 def to_upload(source: Source, kind: str, name: str) -> Path | bytes | None:
     """What to upload for ``source`` (a file's path, or the bytes), or ``None``: send it as
     it is. An image that is neither an ``http(s)`` URL nor an existing file is refused here
     (``name`` is the field, ``images.0``), before anything is uploaded."""
     if isinstance(source, bytes):
         return source
+    if kind == "mask" and source == AUTO_MASK:  # the server finds the mask in the batch
+        return None
     path = local_path(source, mask=kind == "mask")
     if path is not None:
         return path

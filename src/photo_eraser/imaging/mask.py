@@ -45,6 +45,7 @@ __all__ = [
     "MaskPlacement",
     "MaskSource",
     "decode_mask",
+    "encode_mask",
     "fit_mask",
     "parse_mask_field",
     "place_mask",
@@ -145,6 +146,13 @@ def decode_mask(data: bytes, max_bytes: int, *, max_side: int = DEFAULT_MAX_SIDE
         turned = upright(Image.fromarray(marked.view(np.uint8)), orientation)
         marked = np.asarray(turned).astype(bool)
     return marked
+
+
+def encode_mask(mask: np.ndarray) -> bytes:
+    """A bool mask as a greyscale PNG (white = restore), as `decode_mask` reads it back."""
+    buf = BytesIO()
+    Image.fromarray(mask.astype(np.uint8) * 255, "L").save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def fit_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -36,6 +36,12 @@ def result_key(task_id: str, index: int, extension: str) -> str:
     return f"{RESULTS}/{task_id}/{index}.{extension}"
 
 
+def detected_mask_key(task_id: str) -> str:
+    """Key of the mask found in a task's batch (``"mask": "auto"``), beside its results (it
+    is signed like them and expires with them)."""
+    return f"{RESULTS}/{task_id}/detected-mask.png"
+
+
 def task_results(task_id: str) -> str:
     """Key of the folder holding all results of a task."""
     return task_folder(RESULTS, task_id)

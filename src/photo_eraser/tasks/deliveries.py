@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -203,26 +204,23 @@ def record_callback(conn: sa.Connection, task_pk: int, callback: NewCallback) ->
     )
 
 
-def callback_of(conn: sa.Connection, task_pk: int) -> CallbackRecord | None:
-    """Where the callback of a task stands; None if it asked for none."""
-    d = webhook_deliveries
-    row = conn.execute(
-        sa.select(
-            d.c.delivery_id,
-            d.c.state,
-            d.c.attempts,
-            d.c.last_status_code,
-            d.c.last_error,
-            d.c.ended_at,
-        ).where(d.c.task_pk == task_pk)
-    ).first()
-    if row is None:
+CALLBACK_COLUMNS = [
+    webhook_deliveries.c[name].label(f"callback_{name}")
+    for name in ("delivery_id", "state", "attempts", "last_status_code", "last_error", "ended_at")
+]
+"""A task's callback in the same rows as the task when read (an outer join: NULLs if none)."""
+
+
+def callback_from_row(row: Any) -> CallbackRecord | None:
+    """Where the callback of a task stands, from a row with `CALLBACK_COLUMNS`; None if the
+    task asked for none."""
+    if row.callback_delivery_id is None:
         return None
     return CallbackRecord(
-        delivery_id=row.delivery_id,
-        state=row.state,
-        attempts=row.attempts,
-        last_status_code=row.last_status_code,
-        last_error=row.last_error,
-        ended_at=row.ended_at,
+        delivery_id=row.callback_delivery_id,
+        state=row.callback_state,
+        attempts=row.callback_attempts,
+        last_status_code=row.callback_last_status_code,
+        last_error=row.callback_last_error,
+        ended_at=row.callback_ended_at,
     )

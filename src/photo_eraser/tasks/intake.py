@@ -27,7 +27,6 @@ from photo_eraser.tasks.store import TaskStore
 log = logging.getLogger(__name__)
 
 
-
 class IntakeFull(Exception):
     """More creates are waiting to be stored than the intake holds; retry shortly."""
 

@@ -1,4 +1,5 @@
-"""API keys: appkey/appsecret pairs, the secret kept only as a hash."""
+"""API keys: appkey/appsecret pairs, the secret kept only as a hash; and `VerifiedKeys`, the
+process's memory of keys it checked recently, so that a poll does not read the database."""
 
 from __future__ import annotations
 
@@ -23,10 +24,48 @@ def new_webhook_secret() -> str:
     return "whsec_" + secrets.token_urlsafe(32)
 
 
+KEY_CACHE_LIMIT = 10_000
+"""Keys remembered at most (only valid keys are remembered); past it the memory starts over."""
+
+
+class VerifiedKeys:
+    """Keys this process read from the database within the last ``seconds``: appkey -> the
+    hash of its secret. A revocation committed elsewhere (``photo-eraser keys revoke``, another
+    API process) is seen once the entry is older than ``seconds``: an entry is stamped when the
+    read that made it *began*, so any revocation committed before then is in it, and one
+    committed later is seen at most ``seconds`` after it. A revocation through this store
+    drops the entry at once. Unknown and revoked keys are never remembered: every such request
+    reads the database, as before. ``seconds`` 0 remembers nothing."""
+
+    def __init__(self, seconds: float, limit: int = KEY_CACHE_LIMIT) -> None:
+        self.seconds = seconds
+        self.limit = limit
+        # Single dict operations are atomic under the GIL: threads and the event loop share it.
+        self._entries: dict[str, tuple[str, float]] = {}
+
+    def get(self, appkey: str) -> str | None:
+        """The secret hash of ``appkey`` if it was read less than ``seconds`` ago."""
+        entry = self._entries.get(appkey)
+        if entry is None or time.monotonic() - entry[1] >= self.seconds:
+            return None
+        return entry[0]
+
+    def put(self, appkey: str, secret_sha256: str, read_at: float) -> None:
+        if self.seconds <= 0:
+            return
+        if len(self._entries) >= self.limit:
+            self._entries.clear()
+        self._entries[appkey] = (secret_sha256, read_at)
+
+    def drop(self, appkey: str) -> None:
+        self._entries.pop(appkey, None)
+
+
 class KeyQueries:
     """Create, list, revoke and verify keys (a part of `TaskStore`)."""
 
     engine: sa.Engine
+    verified_keys: VerifiedKeys
 
     def create_key(self, name: str) -> tuple[str, str]:
         """Create a key; return ``(appkey, appsecret)``. The secret is stored only as a hash.
@@ -82,15 +121,33 @@ class KeyQueries:
                 .where(api_keys.c.appkey == appkey, api_keys.c.revoked_at.is_(None))
                 .values(revoked_at=time.time())
             )
+        self.verified_keys.drop(appkey)
         return result.rowcount > 0
 
     def verify_key(self, appkey: str, appsecret: str) -> bool:
-        """Constant-time check of a key pair; revoked and unknown keys fail alike."""
+        """Constant-time check of a key pair; revoked and unknown keys fail alike. Reads the
+        database unless the key was read within ``verified_keys.seconds``."""
+        known = self.remembered_key(appkey, appsecret)
+        if known is not None:
+            return known
+        read_at = time.monotonic()
         with self.engine.connect() as conn:
             row = conn.execute(
                 sa.select(api_keys.c.secret_sha256).where(
                     api_keys.c.appkey == appkey, api_keys.c.revoked_at.is_(None)
                 )
             ).first()
+        if row is None:
+            self.verified_keys.drop(appkey)
+        else:
+            self.verified_keys.put(appkey, row.secret_sha256, read_at)
         expected = row.secret_sha256 if row else "0" * 64
         return hmac.compare_digest(expected, _hash_secret(appsecret)) and row is not None
+
+    def remembered_key(self, appkey: str, appsecret: str) -> bool | None:
+        """The verdict on a key pair from `VerifiedKeys` alone (no database read), or ``None``
+        if the key was not read recently. Cheap enough for the event loop."""
+        expected = self.verified_keys.get(appkey)
+        if expected is None:
+            return None
+        return hmac.compare_digest(expected, _hash_secret(appsecret))

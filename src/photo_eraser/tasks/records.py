@@ -9,6 +9,10 @@ from photo_eraser.imaging.mask import MaskPlacement
 from photo_eraser.tasks.idempotency import Idempotency
 from photo_eraser.tasks.status import ImageStatus, TaskStatus
 
+AUTO_MASK = "auto"
+"""``mask_url`` of a task whose mask is found in its batch (the ``"mask": "auto"`` extension):
+the request's own word, which no URL can be."""
+
 
 @dataclass
 class ApiKey:
@@ -82,6 +86,16 @@ class NewTask:
 
 
 @dataclass(frozen=True)
+class Outlook:
+    """Recent task run times, the cluster's live worker slots, and the tasks ahead of one:
+    what its ``wait_time`` is estimated from."""
+
+    durations: list[float]
+    slots: int
+    ahead: int
+
+
+@dataclass(frozen=True)
 class Queued:
     """A waiting task as the dispatcher sees it: which one, and how urgent."""
 
@@ -119,9 +133,16 @@ class TaskRecord:
     started_at: float | None
     finished_at: float | None
     lease_owner: str | None = None
+    queue_seq: int | None = None
+    """Its number in its priority's queue (`tasks/queue.py`); None for tasks from before 0009."""
     placement: MaskPlacement = field(default_factory=MaskPlacement)
     images: list[ImageRecord] = field(default_factory=list)
     callback: CallbackRecord | None = None
+
+    @property
+    def mask_auto(self) -> bool:
+        """Whether the mask is to be found in the batch (``"mask": "auto"``)."""
+        return self.mask_url == AUTO_MASK
 
     @property
     def lease(self) -> Lease:

@@ -14,36 +14,54 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from photo_eraser.imaging.mask import MaskPlacement
-from photo_eraser.tasks.deliveries import DeliveryQueries, callback_of, record_callback
+from photo_eraser.tasks.deliveries import (
+    CALLBACK_COLUMNS,
+    DeliveryQueries,
+    callback_from_row,
+    record_callback,
+)
 from photo_eraser.tasks.idempotency import (
     IdempotencyQueries,
     IdempotencyTaken,
     record_idempotency,
 )
-from photo_eraser.tasks.keys import KeyQueries
+from photo_eraser.tasks.keys import KeyQueries, VerifiedKeys
+from photo_eraser.tasks.prepared import Prepared, among
+from photo_eraser.tasks.queue import queue_position, take_seqs
 from photo_eraser.tasks.records import (
     Closing,
     ImageRecord,
     Lease,
     NewTask,
+    Outlook,
     TaskRecord,
 )
 from photo_eraser.tasks.status import ImageStatus, TaskStatus
-from photo_eraser.tasks.tables import task_images, tasks
+from photo_eraser.tasks.tables import task_images, tasks, webhook_deliveries
 from photo_eraser.tasks.upkeep import (
     OPEN,
     UpkeepQueries,
     advisory_key,
+    count_live_slots,
     fail_open_images,
     reset_images,
 )
+
+RECENT_RUNS = 20
+"""Finished tasks whose mean run time ``wait_time`` assumes for the next ones."""
+SHARED_OUTLOOK_SECONDS = 1.0
+"""How long the polls of one process share one read of the recent run times and the live
+worker slots: a ``wait_time`` may lag a task finishing or a worker joining by this much."""
 
 
 class TaskStore(KeyQueries, UpkeepQueries, IdempotencyQueries, DeliveryQueries):
     """Keys, tasks and per-image results in one relational database (SQLite or PostgreSQL)."""
 
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(self, engine: sa.Engine, key_cache_seconds: float = 0.0) -> None:
         self.engine = engine
+        self.verified_keys = VerifiedKeys(key_cache_seconds)
+        """Keys read recently (`keys.VerifiedKeys`); by default none are remembered."""
+        self._outlook: tuple[float, list[float], int] | None = None
 
     # ---- Creating and reading tasks -------------------------------------------------------
 
@@ -73,12 +91,14 @@ class TaskStore(KeyQueries, UpkeepQueries, IdempotencyQueries, DeliveryQueries):
                 keys = {t.appkey for t in new}
                 _lock_keys(conn, keys)
                 room = _room_per_key(conn, keys, max_open_per_key)
-            for i, task in enumerate(new):
-                if max_open_per_key:
+                for i, task in enumerate(new):
                     if room[task.appkey] <= 0:
                         stored[i] = False
                         continue
                     room[task.appkey] -= 1
+            kept = [task for task, ok in zip(new, stored, strict=True) if ok]
+            seqs = take_seqs(conn, [task.priority for task in kept])
+            for task, seq in zip(kept, seqs, strict=True):
                 inserted = conn.execute(
                     tasks.insert().values(
                         task_id=task.task_id,
@@ -93,6 +113,7 @@ class TaskStore(KeyQueries, UpkeepQueries, IdempotencyQueries, DeliveryQueries):
                         reason="",
                         created_at=now,
                         deadline_at=now + task.deadline_seconds,
+                        queue_seq=seq,
                     )
                 ).inserted_primary_key
                 assert inserted is not None
@@ -116,34 +137,41 @@ class TaskStore(KeyQueries, UpkeepQueries, IdempotencyQueries, DeliveryQueries):
 
     def get_task(self, task_id: str, appkey: str | None = None) -> TaskRecord | None:
         """Load a task with its images; with ``appkey``, only that key's task."""
-        query = sa.select(tasks).where(tasks.c.task_id == task_id)
-        if appkey is not None:
-            query = query.where(tasks.c.appkey == appkey)
         with self.engine.connect() as conn:
-            row = conn.execute(query).first()
-            if row is None:
+            return _read_task(conn, task_id, appkey)
+
+    def poll(
+        self, task_id: str, appkey: str, heartbeat_window: float
+    ) -> tuple[TaskRecord, Outlook] | None:
+        """What a poll answers from: the key's task and, while it is unfinished, what its
+        ``wait_time`` is estimated from; on one connection, in a handful of indexed reads
+        whatever the backlog. ``None`` if the key has no such task."""
+        with self.engine.connect() as conn:
+            task = _read_task(conn, task_id, appkey)
+            if task is None:
                 return None
-            image_rows = conn.execute(
-                sa.select(task_images)
-                .where(task_images.c.task_pk == row.id)
-                .order_by(task_images.c.idx)
-            ).all()
-            callback = callback_of(conn, row.id)
-        record = _task_from_row(row)
-        record.callback = callback
-        record.images = [
-            ImageRecord(
-                idx=r.idx,
-                url=r.url,
-                status=ImageStatus(r.status),
-                reason=r.reason,
-                result_key=r.result_key,
-                method=r.method,
-                recovered_share=r.recovered_share,
+            if task.status.finished:
+                return task, Outlook(durations=[], slots=0, ahead=0)
+            durations, slots = self._shared_outlook(conn, heartbeat_window)
+            waiting = task.status == TaskStatus.WAITING
+            return task, Outlook(
+                durations=durations,
+                slots=slots if waiting else 0,
+                ahead=_position(conn, task) if waiting else 0,
             )
-            for r in image_rows
-        ]
-        return record
+
+    def _shared_outlook(
+        self, conn: sa.Connection, heartbeat_window: float
+    ) -> tuple[list[float], int]:
+        """The recent run times and the live worker slots, the same for every task: read
+        once per `SHARED_OUTLOOK_SECONDS` by the polls of this process (two reads fewer per
+        poll; on PostgreSQL two round trips)."""
+        now = time.monotonic()
+        shared = self._outlook
+        if shared is None or now - shared[0] >= SHARED_OUTLOOK_SECONDS:
+            shared = (now, _recent_durations(conn), count_live_slots(conn, heartbeat_window))
+            self._outlook = shared  # one assignment: threads see the old or the new
+        return shared[1], shared[2]
 
     def close(self, task_id: str, appkey: str) -> Closing | None:
         """Close a waiting or running task for its owner; ``None`` if it has no such task."""
@@ -323,35 +351,96 @@ class TaskStore(KeyQueries, UpkeepQueries, IdempotencyQueries, DeliveryQueries):
         return waiting, running
 
     def queue_position(self, record: TaskRecord) -> int:
-        """How many tasks run before this waiting one (ahead in the queue, or in progress)."""
-        ahead_in_queue = sa.and_(
-            tasks.c.status == TaskStatus.WAITING,
-            sa.or_(
-                tasks.c.priority > record.priority,
-                sa.and_(tasks.c.priority == record.priority, tasks.c.id < record.pk),
-            ),
-        )
+        """How many tasks run before this waiting one (ahead in the queue, or in progress):
+        a few index lookups, whatever the backlog (`queue.py`)."""
         with self.engine.connect() as conn:
-            ahead = conn.execute(
-                sa.select(sa.func.count()).where(
-                    sa.or_(tasks.c.status == TaskStatus.IN_PROGRESS, ahead_in_queue)
-                )
-            ).scalar_one()
-        return int(ahead)
+            return _position(conn, record)
 
-    def recent_durations(self, limit: int = 20) -> list[float]:
-        """Run times (seconds) of the most recently finished tasks, newest first."""
+    def recent_durations(self) -> list[float]:
+        """Run times (seconds) of the `RECENT_RUNS` most recently finished tasks, newest
+        first."""
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(tasks.c.started_at, tasks.c.finished_at)
-                .where(
-                    tasks.c.status.in_([TaskStatus.COMPLETE, TaskStatus.FAILED]),
-                    tasks.c.started_at.is_not(None),
-                )
-                .order_by(tasks.c.finished_at.desc())
-                .limit(limit)
-            ).all()
-        return [r.finished_at - r.started_at for r in rows]
+            return _recent_durations(conn)
+
+
+def _read_task(conn: sa.Connection, task_id: str, appkey: str | None) -> TaskRecord | None:
+    """A task with its images, in one query (a row per image)."""
+    if appkey is None:
+        rows = _TASK_BY_ID.rows(conn, task_id=task_id)
+    else:
+        rows = _TASK_OF_KEY.rows(conn, task_id=task_id, appkey=appkey)
+    if not rows:
+        return None
+    record = _task_from_row(rows[0])
+    record.callback = callback_from_row(rows[0])
+    record.images = [
+        ImageRecord(
+            idx=r.image_idx,
+            url=r.image_url,
+            status=ImageStatus(r.image_status),
+            reason=r.image_reason,
+            result_key=r.image_result_key,
+            method=r.image_method,
+            recovered_share=r.image_recovered_share,
+        )
+        for r in rows
+        if r.image_idx is not None
+    ]
+    return record
+
+
+def _recent_durations(conn: sa.Connection) -> list[float]:
+    rows = _RECENT_RUNS.rows(conn)
+    return [r.finished_at - r.started_at for r in rows]
+
+
+def _position(conn: sa.Connection, record: TaskRecord) -> int:
+    if record.queue_seq is not None:
+        return queue_position(conn, record.priority, record.queue_seq)
+    return _counted_position(conn, record)  # a task stored by code from before 0009
+
+
+def _counted_position(conn: sa.Connection, record: TaskRecord) -> int:
+    """The queue position by counting the tasks ahead (for a task without a sequence number)."""
+    ahead_in_queue = sa.and_(
+        tasks.c.status == TaskStatus.WAITING,
+        sa.or_(
+            tasks.c.priority > record.priority,
+            sa.and_(tasks.c.priority == record.priority, tasks.c.id < record.pk),
+        ),
+    )
+    ahead = conn.execute(
+        sa.select(sa.func.count()).where(
+            sa.or_(tasks.c.status == TaskStatus.IN_PROGRESS, ahead_in_queue)
+        )
+    ).scalar_one()
+    return int(ahead)
+
+
+_IMAGE_COLUMNS = [
+    task_images.c[name].label(f"image_{name}")
+    for name in ("idx", "url", "status", "reason", "result_key", "method", "recovered_share")
+]
+"""A task's images in the same rows as the task (``image_`` + column, apart from its own)."""
+
+_TASK_ROWS = (
+    sa.select(tasks, *_IMAGE_COLUMNS, *CALLBACK_COLUMNS)
+    .outerjoin(task_images, task_images.c.task_pk == tasks.c.id)
+    .outerjoin(webhook_deliveries, webhook_deliveries.c.task_pk == tasks.c.id)
+    .where(tasks.c.task_id == sa.bindparam("task_id", required=False))
+    .order_by(task_images.c.idx)
+)
+_TASK_BY_ID = Prepared(_TASK_ROWS)
+_TASK_OF_KEY = Prepared(_TASK_ROWS.where(tasks.c.appkey == sa.bindparam("appkey", required=False)))
+_RECENT_RUNS = Prepared(
+    sa.select(tasks.c.started_at, tasks.c.finished_at)
+    .where(
+        among(tasks.c.status, [TaskStatus.COMPLETE, TaskStatus.FAILED]),
+        tasks.c.started_at.is_not(None),
+    )
+    .order_by(tasks.c.finished_at.desc())
+    .limit(RECENT_RUNS)
+)
 
 
 def _held(lease: Lease) -> tuple[sa.ColumnElement[bool], ...]:
@@ -418,6 +507,7 @@ def _task_from_row(row: sa.Row) -> TaskRecord:
         started_at=row.started_at,
         finished_at=row.finished_at,
         lease_owner=row.lease_owner,
+        queue_seq=row.queue_seq,
         placement=MaskPlacement(
             fit=row.mask_fit or "stretch",
             anchor=row.mask_anchor or "center",

@@ -65,8 +65,13 @@ tasks = Table(
     Column("mask_anchor", String(16), nullable=True),
     Column("mask_dilate", Integer, nullable=True),
     Column("mask_invert", Boolean, nullable=True),
+    # Its place in its priority's queue: 1, 2, 3, ... in the order tasks of that priority
+    # were created (`queue_seqs`), kept when the task is given back; what the queue position
+    # is read from (`tasks/queue.py`, version 0009). NULL for tasks finished before 0009.
+    Column("queue_seq", Integer, nullable=True),
 )
 Index("ix_tasks_queue", tasks.c.status, tasks.c.priority, tasks.c.id)
+Index("ix_tasks_queue_seq", tasks.c.status, tasks.c.priority, tasks.c.queue_seq)
 Index("ix_tasks_appkey", tasks.c.appkey)
 Index("ix_tasks_appkey_status", tasks.c.appkey, tasks.c.status)  # unfinished tasks per key
 Index("ix_tasks_finished_at", tasks.c.finished_at)
@@ -83,6 +88,16 @@ task_images = Table(
     Column("result_key", Text, nullable=True),
     Column("method", String(64), nullable=True),
     Column("recovered_share", Float, nullable=True),
+)
+
+# The last ``queue_seq`` given to a task of each priority (a row per priority, 0..9 made by the
+# migration). Creates update it in their own transaction: on PostgreSQL its row lock orders the
+# creates of one priority, so sequence numbers follow the order of the ids.
+queue_seqs = Table(
+    "queue_seqs",
+    metadata,
+    Column("priority", Integer, primary_key=True, autoincrement=False),
+    Column("last_seq", Integer, nullable=False),
 )
 
 # Live worker slots: every worker process says how many tasks it can run at once, every few

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from photo_eraser.tasks.prepared import Prepared
 from photo_eraser.tasks.records import Queued
 from photo_eraser.tasks.status import ImageStatus, TaskStatus
 from photo_eraser.tasks.tables import rate_buckets, task_images, tasks, workers
@@ -303,14 +304,8 @@ class UpkeepQueries:
 
     def live_slots(self, within: float) -> int:
         """Worker slots of the whole cluster, from heartbeats of the last ``within`` seconds."""
-        since = time.time() - within
         with self.engine.connect() as conn:
-            total = conn.execute(
-                sa.select(sa.func.coalesce(sa.func.sum(workers.c.slots), 0)).where(
-                    workers.c.seen_at >= since
-                )
-            ).scalar_one()
-        return int(total)
+            return count_live_slots(conn, within)
 
     # ---- The create rate limit, shared by every API process -------------------------------
 
@@ -332,6 +327,18 @@ class UpkeepQueries:
             left = tokens - 1.0 if taken else tokens
             conn.execute(rate_buckets.update().where(bucket).values(tokens=left, updated_at=now))
         return 0.0 if taken else (1.0 - tokens) / rate
+
+
+def count_live_slots(conn: sa.Connection, within: float) -> int:
+    """Worker slots of the whole cluster, from heartbeats of the last ``within`` seconds."""
+    return int(_LIVE_SLOTS.rows(conn, since=time.time() - within)[0][0])
+
+
+_LIVE_SLOTS = Prepared(
+    sa.select(sa.func.coalesce(sa.func.sum(workers.c.slots), 0)).where(
+        workers.c.seen_at >= sa.bindparam("since", type_=sa.Float, required=False)
+    )
+)
 
 
 def _insert_missing(conn: sa.Connection, table: sa.Table, **values: object) -> None:

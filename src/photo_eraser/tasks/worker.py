@@ -28,6 +28,7 @@ from photo_eraser.imaging import (
     ImageLimits,
     MaskError,
     decode_image,
+    encode_mask,
 )
 from photo_eraser.imaging.rectangles import PixelBoxes, parse_boxes_document
 from photo_eraser.metrics import Metrics, download_reason_class
@@ -36,12 +37,19 @@ from photo_eraser.pipeline import (
     MaskCache,
     RestoredImage,
     StageTimes,
+    detect_mask,
     encode_result,
     erase_one,
     restore_batch,
     streams,
 )
-from photo_eraser.storage import BlobStore, BlobStoreError, UrlSigner, result_key
+from photo_eraser.storage import (
+    BlobStore,
+    BlobStoreError,
+    UrlSigner,
+    detected_mask_key,
+    result_key,
+)
 from photo_eraser.tasks.aio import AsyncTaskStore
 from photo_eraser.tasks.records import ImageRecord, Lease, Queued, TaskRecord
 from photo_eraser.tasks.status import ImageStatus, TaskStatus
@@ -310,18 +318,22 @@ async def _run(
     await _save_images(ctx, task, records)
 
     t = time.perf_counter()
-    try:
-        mask = await _load_mask(ctx, task)
-    except (FetchError, MaskError) as exc:
-        if isinstance(exc, FetchError):
-            ctx.metrics.download_failures.labels(download_reason_class(exc.reason)).inc()
-        return TaskStatus.FAILED, f"mask unusable: {exc}"
-    times.add("mask", t)
+    mask: np.ndarray | PixelBoxes | None = None  # None: found in the batch (mask auto)
+    if not task.mask_auto:
+        try:
+            mask = await _load_mask(ctx, task)
+        except (FetchError, MaskError) as exc:
+            if isinstance(exc, FetchError):
+                ctx.metrics.download_failures.labels(download_reason_class(exc.reason)).inc()
+            return TaskStatus.FAILED, f"mask unusable: {exc}"
+        times.add("mask", t)
 
     try:
-        await _TaskImages(ctx, task, records, mask, times).run()
+        failed = await _TaskImages(ctx, task, records, mask, times).run()
     except _MaskUnusable as exc:
         return TaskStatus.FAILED, f"mask unusable: {exc}"
+    if failed is not None:
+        return TaskStatus.FAILED, failed  # each image without a verdict gets the reason
 
     for stage, seconds in times.seconds.items():
         ctx.metrics.stage_seconds.labels(stage).observe(seconds)
@@ -362,7 +374,7 @@ class _TaskImages:
         ctx: WorkerContext,
         task: TaskRecord,
         records: dict[int, ImageRecord],
-        mask: np.ndarray | PixelBoxes,
+        mask: np.ndarray | PixelBoxes | None,
         times: StageTimes,
     ) -> None:
         self.ctx = ctx
@@ -384,18 +396,22 @@ class _TaskImages:
         the first image that decoded."""
         self.stored: list[str] = []
 
-    async def run(self) -> None:
+    async def run(self) -> str | None:
+        """Every image to its verdict; returns why the task failed as a whole (no watermark
+        found for a task whose mask is to be detected), else None."""
         try:
             engine: Engine | EngineError = await asyncio.to_thread(
                 self.ctx.engines.get, self.task.engine
             )
         except EngineError as exc:  # raised once an image decodes, as before streaming
             engine = exc
+        failed = None
         try:
-            if isinstance(engine, Engine) and streams(engine):
+            # A mask found in the batch needs every image decoded first: no streaming then.
+            if isinstance(engine, Engine) and streams(engine) and self.mask is not None:
                 await _all(self._stream(im, engine) for im in self.task.images)
             else:
-                await self._batch(engine)
+                failed = await self._batch(engine)
         finally:
             for future in self.sizes.values():
                 if not future.done():
@@ -405,6 +421,7 @@ class _TaskImages:
         if self.stored:
             await asyncio.to_thread(self.ctx.blobs.make_durable, self.stored)
         self.times.add("store", t)
+        return failed
 
     async def _stream(self, im: ImageRecord, engine: Engine) -> None:
         """One image from download to stored result."""
@@ -454,9 +471,10 @@ class _TaskImages:
             times=self.times,
         )
 
-    async def _batch(self, engine: Engine | EngineError) -> None:
+    async def _batch(self, engine: Engine | EngineError) -> str | None:
         """Every image decoded, the batch restored in one engine call, each result encoded and
-        stored."""
+        stored; the mask detected in the batch first if the task has none (returns why none
+        was found, if so)."""
         decoded: dict[int, DecodedImage] = {}
 
         async def decode(im: ImageRecord) -> None:
@@ -471,7 +489,14 @@ class _TaskImages:
 
         await _all(decode(im) for im in self.task.images)
         if not decoded:
-            return
+            return None
+        if self.mask is None:
+            t = time.perf_counter()
+            found = await _detected_mask(self.ctx, self.task, decoded)
+            self.times.add("detect", t)
+            if isinstance(found, str):
+                return found
+            self.fitted = FittedMasks(found, self.task.placement)
         if isinstance(engine, EngineError):
             raise engine
         order = sorted(decoded)
@@ -497,6 +522,7 @@ class _TaskImages:
         jobs = [encode(*job) for job in pending]
         del pending
         await _all(jobs)
+        return None
 
     async def _download(self, im: ImageRecord) -> bytes | None:
         """The image's bytes, or None with the image failed (a download failure)."""
@@ -576,6 +602,31 @@ async def _all(jobs: Iterable[Coroutine[Any, Any, None]]) -> None:
             job.cancel()
         await asyncio.gather(*running, return_exceptions=True)
         raise
+
+
+async def _detected_mask(
+    ctx: WorkerContext, task: TaskRecord, decoded: dict[int, DecodedImage]
+) -> np.ndarray | str:
+    """The watermark the decoded images share, as a mask (stored as the task's detected mask
+    first), or why none was found."""
+    found = await ctx.run_cpu(detect_mask, [decoded[i].pixels for i in sorted(decoded)])
+    log.info(
+        "watermark detection",
+        extra={
+            "task_id": task.task_id,
+            "found": found.found,
+            "images": found.images,
+            "confidence": found.confidence,
+            "contrast": round(found.contrast, 2),
+            "shifts": found.shifts,
+        },
+    )
+    if found.mask is None:
+        return found.reason
+    png = await ctx.run_cpu(encode_mask, found.mask)
+    await _checkpoint(ctx, task)
+    await asyncio.to_thread(ctx.blobs.put, detected_mask_key(task.task_id), png)
+    return found.mask
 
 
 def _fail(record: ImageRecord, reason: str) -> None:

@@ -22,7 +22,7 @@ from photo_eraser.api.schemas import (
     Result,
     ResultData,
 )
-from photo_eraser.tasks.records import TaskRecord
+from photo_eraser.tasks.records import Outlook, TaskRecord
 
 router = APIRouter(tags=["tasks"])
 
@@ -82,7 +82,7 @@ async def create_task(
     if accepted.request.sync:
         finished = await wait_finished(service, accepted.task_id, appkey, accepted.request.sync)
         if finished is not None:
-            created.result = await _result_data(finished, request, service)
+            created.result = _result_data(finished, request, service)
     return envelope(Code.OK, data=created.model_dump(exclude_none=True))
 
 
@@ -98,19 +98,23 @@ async def create_task(
     ),
 )
 async def get_result(
-    task_id: str, request: Request, appkey: Caller, store: Store, service: ServiceDep
+    task_id: str, request: Request, appkey: Caller, service: ServiceDep
 ) -> JSONResponse:
     """Status of a task and, per input image in input order, its result URL or failure reason."""
-    task = await store.get_task(task_id, appkey)
-    if task is None:
+    polled = await service.poll(task_id, appkey)
+    if polled is None:
         raise ApiError(Code.NOT_FOUND, f"task {task_id} not found")
-    data = await _result_data(task, request, service)
+    task, outlook = polled
+    data = _result_data(task, request, service, outlook)
     return envelope(Code.OK, data=data.model_dump(exclude_none=True))
 
 
-async def _result_data(task: TaskRecord, request: Request, service: ServiceDep) -> ResultData:
-    """What the result route answers for ``task`` (also a ``sync`` create's ``result``)."""
-    return await result_data(task, service, service.settings.public_url or str(request.base_url))
+def _result_data(
+    task: TaskRecord, request: Request, service: ServiceDep, outlook: Outlook | None = None
+) -> ResultData:
+    """What the result route answers for ``task`` (also a ``sync`` create's ``result``, of a
+    finished task: no ``outlook`` needed)."""
+    return result_data(task, service, service.settings.public_url or str(request.base_url), outlook)
 
 
 @router.post(

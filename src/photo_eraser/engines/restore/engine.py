@@ -35,7 +35,7 @@ from photo_eraser.engines.restore.mark import (
 from photo_eraser.engines.restore.params import RestoreParams
 from photo_eraser.engines.restore.pixels import clearly_marked, enough_marked
 from photo_eraser.engines.restore.report import BatchReport, RestoreReport, method_for
-from photo_eraser.engines.restore.single import recover_single
+from photo_eraser.engines.restore.single import recover_together
 from photo_eraser.engines.restore.solver import GridSolver
 
 log = logging.getLogger(__name__)
@@ -336,11 +336,14 @@ class WatermarkRecoveryEngine(Engine):
         boxes: Sequence[Box | None],
         candidates: list[int],
     ) -> _Outcome:
-        """Step 9: too few images to estimate the mark together; each is tried alone."""
+        """Step 9: too few images for the batch estimate; one mark is fitted to those under one
+        mask, the others are tried alone."""
         out: list[Recovery | None] = [None] * len(images)
         reasons = {}
-        for i in candidates:
-            rec = recover_single(images[i], masks[i], self.params.single)
+        found = recover_together(
+            [images[i] for i in candidates], [masks[i] for i in candidates], self.params.single
+        )
+        for i, rec in zip(candidates, found, strict=True):
             box = boxes[i]
             assert box is not None
             out[i] = None if rec is None else cut_to_box(rec, box)

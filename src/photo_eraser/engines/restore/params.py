@@ -220,23 +220,68 @@ class SingleParams:
     min_alpha: float = 0.08
     """Fainter marks are hard to tell from texture..."""
     max_alpha: float = 0.8
-    """...more opaque ones amplify noise too much."""
+    """...more opaque ones amplify noise too much (also: rim pixels above it are inpainted)."""
     min_body: int = 40
-    """Fewest body pixels to attempt an inversion..."""
+    """Fewest marked pixels to attempt an inversion (the cheap test before any fit)..."""
     min_body_share: float = 0.05
-    """...and share of the mask."""
+    """...and share of the mask the matte must find marked."""
+    refine_rounds: int = 2
+    """Rounds of the fit near the outline (the second one on the first one's support)."""
+    outline_depth: float = 4.0
+    """Body pixels at most this far inside the mark's fill are fitted: the fill is good there."""
     body_tolerance: float = 0.3
-    """A pixel is in the body when its own opacity is within this share of the mark's."""
+    """A pixel is fitted when its own opacity is within this share of the mark's."""
+    fit_iterations: int = 8
+    """Cauchy reweighting steps of the fit near the outline."""
+    neutral_slack: float = 1.1
+    """A white or black mark is preferred while its residual near the outline is at most this
+    times the current fit's (they are the common ones, and exact where the fit trades off)."""
+    fit_gain: float = 0.9
+    """The free fit of opacity and colour is kept only if it brings the median residual to at
+    most this share of the first guess's (else the two trade off and the guess's colour stays)."""
     max_unexplained: float = 0.35
-    """Largest median fit residual on the body, relative to the median ``|J - F|`` there."""
-    max_ghost: float = 0.9
-    """Largest edge energy at the body's outline after inversion relative to before."""
-    texture_range: tuple[float, float] = (0.6, 1.6)
-    """Allowed RMS gradient of the recovered body relative to the photo around the mask."""
-    min_fill_spread: float = 15.0
-    """Spread (grey levels) of the fill from which the opacity is also regressed."""
-    min_confident_share: float = 0.2
-    """Smallest share of the body predicted to beat inpainting for the fit to be used at all."""
+    """Largest median fit residual near the outline, relative to the median ``|J - F|`` there."""
+    margin_search: int = 12
+    """Distances from the mask's border (pixels) searched for where the mark starts..."""
+    margin_jump: float = 0.4
+    """...a jump of at least this in the share of marked pixels from one distance to the next..."""
+    margin_inside: float = 0.6
+    """...to at least this share: then every pixel deeper than that is taken as marked."""
+    opacity_search: float = 0.2
+    """The opacity is searched within this share of the fit's for the least edge energy at the
+    mark's outline after inversion..."""
+    opacity_steps: int = 21
+    """...at this many values."""
+    min_hole: int = 60
+    """Holes of the mark's support with fewer pixels stay holes (letters' counters); larger ones
+    are filled if inverting them continues the photo around them better."""
+    max_ghost: float = 1.5
+    """Largest edge energy at the mark's outline after inversion relative to the photo's own
+    edge energy around the mask (a wrong opacity or colour leaves a ghost of the mark)."""
+    departure_ratio: float = 3.0
+    """An inverted pixel near the mask's border may depart from Telea's fill by at most this
+    times the photo's detail around the mask (95th percentile) or ``departure_floor``..."""
+    departure_floor: float = 20.0
+    """...(grey levels); the others are inpainted."""
+    max_implausible: float = 0.15
+    """Largest share of the marked pixels beyond that for the fit to be used at all."""
+    holdout_copies: int = 2
+    """Copies of the mask the hold-out uses at most (each costs a whole one-image recovery)."""
+    min_visible: float = 1.2
+    """The mark's outline must carry at least this times the photo's edge energy around the
+    mask (else there is no mark to speak of: an object, or a mark too faint to matter)..."""
+    max_ghost_share: float = 0.9
+    """...and inverting must leave at most this share of it (a mask over no mark: 0.96-0.97;
+    a blue mark at opacity 0.3 over textured photos: 0.59-0.91)."""
+    texture_range: tuple[float, float] = (0.35, 3.0)
+    """Allowed edge energy of the inverted body relative to the photo's around the mask (a flat
+    object inverts to a flat patch; a wrong opacity amplifies noise)."""
+    holdout_min_share: float = 0.5
+    """A copy must keep this share of the mask's pixels (off the image, near the mask) to count;
+    without any such copy (a mask large for its image) the other checks decide alone."""
+    min_holdout_gain: float = 1.0
+    """dB by which the recovery must beat Telea on copies of the mask beside it, stamped with
+    the estimated mark (a margin: the photo under the mark is not the one beside it)."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,479 @@
+"""Watermark detection from the batch (the ``"mask": "auto"`` extension).
+
+A batch that shares one watermark carries its own mask: the same edges at the same place in
+every photo, while the photos' own edges differ from image to image (Dekel, Rubinstein, Liu,
+Freeman, "On the Effectiveness of Visible Watermarks", CVPR 2017, take the per-pixel median
+of the gradients). Here each pixel's score is a low rank over the batch of the gradient
+energy (what most images show there; with few images a rank below the median rejects photo
+edges much better) times the coherence of the edge's orientation over the batch (a mark's
+edge runs the same way in every image, chance agreements of photo texture do not).
+
+Whether there is a mark at all is decided against the batch itself: each image is moved by
+its own large offset ("scrambled"), which keeps every chance agreement of the photos and
+breaks the shared mark. A mark is a cluster of edges whose mass (score above the threshold,
+summed) is well above the largest the scrambled batches show.
+
+Two passes. A coarse one on every image reduced to a small frame finds whether and roughly
+where the mark is; a fine one at the reference image's resolution, only around it, aligns the
+images (marks shifted by a few pixels), traces the mark's edges with a hysteresis threshold,
+fills the solid parts between them (strokes, bars) and widens the result by a small margin, as
+a user would paint it.
+
+Images of different sizes are stretched onto the reference frame (the largest image), as the
+mask is stretched back onto each of them: a mark that scales with the image is found once.
+Arrays: images RGB uint8 HxWx3; the mask bool HxW in the reference frame, True = restore.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["DetectParams", "Detection", "detect_watermark", "no_mark_reason"]
+
+
+@dataclass(frozen=True)
+class DetectParams:
+    """Every threshold of the detector, with its reason (figures: docs/detect-quality.md)."""
+
+    min_images: int = 4
+    """Below this the detector refuses: with 3 images it found 12 of 30 benchmark marks and,
+    in one batch, a wrong area (docs/detect-quality.md, run with this lowered)."""
+    coarse_width: int = 384
+    """Width of the coarse pass's frame: a 2% text mark on a 1920 px photo still shows, and
+    it costs a few ms an image."""
+    rank_share: float = 0.3
+    """The per-pixel rank taken over the batch, as a share of the images (0.5 = median): the
+    mark must show in about 70% of them; a spot where it has the photo's colour in a few
+    images is tolerated."""
+    flat_energy: float = 1600.0
+    """Structure-tensor trace (squared Sobel gradients summed over the channels) below which
+    a pixel counts as flat: its orientation says little (about 10 grey levels a pixel)."""
+    smooth: float = 1.0
+    """Gaussian sigma (pixels) over which the structure tensor is averaged, coarse pass ..."""
+    fine_smooth: float = 0.7
+    """... and fine pass (sharper: a narrower trace of the edges)."""
+    high: float = 3.0
+    """A mark's edge scores this many times the background (the score's 90th percentile) ..."""
+    low: float = 1.6
+    """... and its continuation (connected to such an edge) this many times ..."""
+    tail: float = 0.15
+    """... and (in the fine pass) this share of the strongest score within 2 pixels."""
+    min_high: float = 2.0
+    """Floor of the high threshold (gradient energy in grey levels, mean over the channels,
+    |dx| + |dy|, times the coherence): JPEG noise on flat photos must not pass."""
+    blob_gap: int = 2
+    """Edges this close (coarse pixels) form one cluster: a word's letters, a logo's parts."""
+    scrambles: int = 2
+    """Scrambled versions of the batch whose largest cluster sets the bar ..."""
+    scrambled_images: int = 32
+    """... at least this many images in all (small batches get more scrambles: their chance
+    agreements vary more, and each costs little)."""
+    null_margin: float = 4.0
+    """A mark's cluster must have this many times the mass of the largest cluster of any
+    scrambled batch."""
+    min_mass_pixels: float = 0.0001
+    """... and at least the mass of this share of the coarse frame's pixels (at least 8) at
+    twice the clusters' level (when the scrambled batches show nothing at all)."""
+    cluster: float = 2.0
+    """Clusters are made of the pixels above this many times the background; their mass is
+    the score above that level, summed."""
+    reach: float = 0.1
+    """Weaker edges count as part of the mark within this share of the frame's longer side
+    of a cluster that clears the bar."""
+    fine_max_pixels: int = 600_000
+    """The fine pass's region is scaled down beyond this many pixels (huge marks)."""
+    fine_images: int = 10
+    """The fine pass traces the mark on at most this many images (evenly spread; all are
+    aligned): beyond them the trace hardly changes, and it is most of the cost."""
+    align_radius: int = 4
+    """Marks shifted by up to this many reference pixels are aligned."""
+    align_max_pixels: int = 150_000
+    """Alignment runs on a region halved in size beyond this many pixels (2 px precision;
+    the mask is widened by the shifts' spread anyway)."""
+    fill_share: float = 0.02
+    """Enclosed gaps between edges up to this inscribed radius (a share of the reference
+    frame's longer side, at least ``fill_min`` pixels) are the solid inside of a stroke or bar
+    and are filled; wider ones (a ring's hole) are not."""
+    fill_min: float = 4.0
+    bridge: int = 2
+    """Breaks in a contour up to twice this many pixels (or ``bridge_share`` of the frame's
+    longer side) are bridged before filling."""
+    bridge_share: float = 0.006
+    margin: int = 1
+    """The mask reaches this many pixels beyond the traced edges."""
+
+
+@dataclass
+class Detection:
+    """What the detector found: a mask (None if no shared mark), how sure, and why not."""
+
+    mask: np.ndarray | None
+    """bool HxW in the reference frame (the largest image's size); None if nothing was found."""
+    confidence: float
+    """0..1, from ``contrast``: 0.5 at the acceptance bar, 1 at twice it (0 if none)."""
+    reason: str
+    """Why no mask was returned ("" when one was)."""
+    images: int
+    shape: tuple[int, int]
+    """(height, width) of the reference frame."""
+    contrast: float = 0.0
+    """The largest edge cluster's mass over the largest of the scrambled batches' (at least
+    ``null_margin``: a mark)."""
+    shifts: dict[int, tuple[int, int]] = field(default_factory=dict)
+    """Images realigned, by (dy, dx) in reference pixels."""
+
+    @property
+    def found(self) -> bool:
+        return self.mask is not None
+
+
+def no_mark_reason(images: int) -> str:
+    """What a user reads when the batch carries no shared watermark."""
+    return f"no shared watermark found in {images} images; send a mask"
+
+
+def detect_watermark(images: Sequence[np.ndarray], params: DetectParams | None = None) -> Detection:
+    """The watermark shared by ``images`` (RGB uint8 HxWx3, any sizes), as a mask in the
+    frame of the largest image."""
+    p = params or DetectParams()
+    n = len(images)
+    ref = max(range(n), key=lambda i: images[i].shape[0] * images[i].shape[1]) if n else 0
+    shape = (images[ref].shape[0], images[ref].shape[1]) if n else (0, 0)
+    if n < p.min_images:
+        reason = (
+            f"{no_mark_reason(n)} (automatic detection needs at least {p.min_images} images "
+            "carrying the same mark)"
+        )
+        return Detection(None, 0.0, reason, n, shape)
+    hr, wr = shape
+    scale = min(1.0, p.coarse_width / wr)
+    ch, cw = max(8, round(hr * scale)), max(8, round(wr * scale))
+    maps = _Maps([_resized(im, cw, ch) for im in images], p, spread=True)
+    score = maps.score(p.rank_share)
+    background = _background(score, None)
+    level = max(p.cluster * background, p.min_high)
+    labels, mass = _clusters(score, level, p.blob_gap)
+    # The same batch scrambled: the photos' chance agreements stay, a shared mark does not.
+    chance = level * max(8.0, p.min_mass_pixels * ch * cw)
+    for turn in range(max(p.scrambles, -(-p.scrambled_images // n))):
+        _, null_mass = _clusters(maps.score(p.rank_share, turn + 1), level, p.blob_gap)
+        chance = max(chance, float(null_mass.max(initial=0.0)))
+    contrast = float(mass.max(initial=0.0)) / chance
+    sure = np.zeros(len(mass) + 1, bool)
+    sure[1:] = mass >= p.null_margin * chance
+    if not sure.any():
+        return Detection(None, 0.0, no_mark_reason(n), n, shape, contrast)
+    # The mark's other parts: clusters above any chance one, near a sure one.
+    likely = np.zeros_like(sure)
+    likely[1:] = mass >= chance
+    edges = _hysteresis(score, _peak(score), level, p.low * background)
+    edges &= _near(likely[labels], sure[labels], p.reach * max(ch, cw))
+    mask, shifts = _fine(images, shape, edges, p)
+    if mask is None:
+        return Detection(None, 0.0, no_mark_reason(n), n, shape, contrast)
+    confidence = min(1.0, 0.5 * contrast / p.null_margin)
+    return Detection(mask, round(confidence, 3), "", n, shape, contrast, shifts)
+
+
+class _Maps:
+    """Per image, on one frame: the gradient energy and the orientation part of the
+    normalised structure tensor (``a``, ``b``: length 1 on a clean edge, ~0 on flat noise)."""
+
+    def __init__(self, images: Sequence[np.ndarray], p: DetectParams, spread: bool) -> None:
+        h, w = images[0].shape[:2]
+        n = len(images)
+        self.energy = np.empty((n, h, w), np.float32)
+        self.a = np.empty((n, h, w), np.float32)
+        self.b = np.empty((n, h, w), np.float32)
+        ones = np.ones((1, 3), np.float32)
+        sigma = p.smooth if spread else p.fine_smooth
+        for i, im in enumerate(images):
+            e = _energy(im)
+            # In the coarse pass, marks a pixel or so apart (a few in the full image) still
+            # coincide.
+            self.energy[i] = cv2.dilate(e, np.ones((3, 3), np.uint8)) if spread else e
+            gx = cv2.Sobel(im, cv2.CV_32F, 1, 0, ksize=3)
+            gy = cv2.Sobel(im, cv2.CV_32F, 0, 1, ksize=3)
+            jxx = _smoothed(cv2.transform(gx * gx, ones), sigma)
+            jyy = _smoothed(cv2.transform(gy * gy, ones), sigma)
+            jxy = _smoothed(cv2.transform(gx * gy, ones), sigma)
+            tr = jxx + jyy + p.flat_energy
+            self.a[i] = (jxx - jyy) / tr
+            self.b[i] = 2 * jxy / tr
+
+    def score(self, share: float, scramble: int = 0) -> np.ndarray:
+        """Per pixel, how much the batch agrees on an edge there: the low-rank energy times
+        the orientation's coherence. ``scramble`` > 0: each image rolled by its own offset."""
+        energy, a, b = self.energy, self.a, self.b
+        if scramble:
+            n, h, w = energy.shape
+            offsets = [_offset(scramble * n + i, h, w) for i in range(n)]
+            energy, a, b = (
+                np.stack([np.roll(m[i], offsets[i], (0, 1)) for i in range(n)])
+                for m in (energy, a, b)
+            )
+        coherence = np.sqrt(a.sum(axis=0) ** 2 + b.sum(axis=0) ** 2) / len(energy)
+        return coherence * _rank(energy, share)
+
+
+def _smoothed(a: np.ndarray, sigma: float) -> np.ndarray:
+    return cv2.GaussianBlur(a, (0, 0), sigma) if sigma > 0 else a
+
+
+def _offset(k: int, h: int, w: int) -> tuple[int, int]:
+    """A well spread offset for the k-th image of a scramble (golden-ratio sequence)."""
+    return int(h * ((0.6180339887 * (k + 1)) % 1)), int(w * ((0.7548776662 * (k + 1)) % 1))
+
+
+def _fine(
+    images: Sequence[np.ndarray],
+    shape: tuple[int, int],
+    coarse_edges: np.ndarray,
+    p: DetectParams,
+) -> tuple[np.ndarray | None, dict[int, tuple[int, int]]]:
+    """The mask at the reference resolution around the coarse find; the shifts made."""
+    hr, wr = shape
+    ch, cw = coarse_edges.shape
+    ys, xs = np.nonzero(coarse_edges)
+    fy, fx = hr / ch, wr / cw
+    pad = p.align_radius + p.margin + 3 + round(2 * max(fy, fx))
+    y0, y1 = max(0, int(ys.min() * fy) - pad), min(hr, int((ys.max() + 1) * fy) + pad)
+    x0, x1 = max(0, int(xs.min() * fx) - pad), min(wr, int((xs.max() + 1) * fx) + pad)
+    # The fine frame: the region at the reference resolution, or scaled down if huge.
+    s = min(1.0, float(np.sqrt(p.fine_max_pixels / max(1, (y1 - y0) * (x1 - x0)))))
+    gh, gw = max(4, round((y1 - y0) * s)), max(4, round((x1 - x0) * s))
+    r = max(1, round(p.align_radius * s))
+    crops = [_region(im, shape, (y0, y1, x0, x1), (gh + 2 * r, gw + 2 * r), r / s) for im in images]
+    shifts = _alignment([_energy(c) for c in crops], r, p)
+    crops = [
+        c[r + dy : r + dy + gh, r + dx : r + dx + gw]
+        for c, (dy, dx) in ((crops[i], shifts.get(i, (0, 0))) for i in range(len(crops)))
+    ]
+    # The trace needs fewer images than the decision: an evenly spread subset.
+    step = max(1.0, len(crops) / p.fine_images)
+    subset = [crops[int(i * step)] for i in range(min(len(crops), p.fine_images))]
+    score = _Maps(subset, p, spread=False).score(p.rank_share)
+    near = cv2.resize(
+        coarse_edges[
+            int(y0 / fy) : int(np.ceil(y1 / fy)), int(x0 / fx) : int(np.ceil(x1 / fx))
+        ].astype(np.uint8),
+        (gw, gh),
+        interpolation=cv2.INTER_NEAREST,
+    )
+    around = cv2.dilate(near, np.ones((3, 3), np.uint8), iterations=max(2, round(2 * fy * s)))
+    background = _background(score, around == 0)
+    # A strong edge's tails (the smoothing's) pass any level set against the background:
+    # its continuation must also reach a share of the strongest score nearby.
+    nearby = cv2.dilate(score, np.ones((5, 5), np.uint8)) * p.tail
+    low = np.maximum(nearby, p.low * background)
+    # Started only from what the coarse pass vouched for; continued as far as the edges go
+    # (a mark's weaker parts joined to its strong ones).
+    seeds = np.where(around > 0, _peak(score), 0)
+    edges = _hysteresis(score, seeds, max(p.high * background, p.min_high), low)
+    edges = _drop_small(edges, 6)
+    if not edges.any():
+        return None, {}
+    fill = max(p.fill_min, p.fill_share * max(hr, wr))
+    bridge = max(p.bridge, p.bridge_share * max(hr, wr))
+    solid = _filled(edges, fill * s, max(1, round(bridge * s)))
+    margin = round(p.margin * s) + _spread(shifts)
+    if margin:
+        solid = cv2.dilate(solid.astype(np.uint8), _disc(margin)) > 0
+    mask = np.zeros(shape, bool)
+    mask[y0:y1, x0:x1] = cv2.resize(
+        solid.astype(np.uint8), (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST
+    ).astype(bool)
+    scaled = {i: (round(dy / s), round(dx / s)) for i, (dy, dx) in shifts.items()}
+    return mask, scaled
+
+
+def _resized(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    if image.shape[1] == width and image.shape[0] == height:
+        return image
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def _region(
+    image: np.ndarray,
+    shape: tuple[int, int],
+    box: tuple[int, int, int, int],
+    out: tuple[int, int],
+    pad: float,
+) -> np.ndarray:
+    """The reference frame's ``box`` (plus ``pad`` reference pixels each side) of ``image``
+    stretched onto the reference frame, resampled to ``out`` (h, w)."""
+    hr, wr = shape
+    h, w = image.shape[:2]
+    y0, y1, x0, x1 = box
+    ky, kx = h / hr, w / wr
+    # Source rectangle in the image's own pixels (pixel edges, not centres).
+    sy0, sy1 = (y0 - pad) * ky, (y1 + pad) * ky
+    sx0, sx1 = (x0 - pad) * kx, (x1 + pad) * kx
+    oh, ow = out
+    ay, ax = (sy1 - sy0) / oh, (sx1 - sx0) / ow
+    if abs(ay - 1) < 1e-9 and abs(ax - 1) < 1e-9 and sy0 >= 0 and sx0 >= 0:
+        iy, ix = round(sy0), round(sx0)
+        if abs(iy - sy0) < 1e-9 and abs(ix - sx0) < 1e-9 and iy + oh <= h and ix + ow <= w:
+            return image[iy : iy + oh, ix : ix + ow]  # the same size: a plain crop
+    # Output pixel centre j -> source x = sx0 + (j + 0.5) * ax - 0.5.
+    m = np.array([[ax, 0.0, sx0 + 0.5 * ax - 0.5], [0.0, ay, sy0 + 0.5 * ay - 0.5]])
+    src = image
+    if max(ax, ay) > 1.5:  # average before sampling, so a reduced crop is not aliased
+        k = int(round(max(ax, ay)))
+        src = cv2.blur(image, (k, k))
+    return cv2.warpAffine(
+        src,
+        m,
+        (ow, oh),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REFLECT_101,
+    )
+
+
+def _energy(image: np.ndarray) -> np.ndarray:
+    """Gradient energy, float32 HxW: |dx| + |dy|, each the mean over the colour channels
+    (colour, not grey: a coloured mark can have the luminance of the photo under it)."""
+    mean = np.full((1, 3), 1 / 3, np.float32)
+    e = np.zeros(image.shape[:2], np.float32)
+    e[:, :-1] = cv2.transform(cv2.absdiff(image[:, 1:], image[:, :-1]), mean)
+    e[:-1] += cv2.transform(cv2.absdiff(image[1:], image[:-1]), mean)
+    return e
+
+
+def _rank(stack: np.ndarray, share: float) -> np.ndarray:
+    """Per pixel, the value at rank ``share`` (0 = the smallest) over the batch axis."""
+    n = stack.shape[0]
+    k = min(n - 1, max(0, int(np.floor(share * (n - 1) + 0.5))))
+    return np.partition(stack, k, axis=0)[k]
+
+
+def _background(score: np.ndarray, where: np.ndarray | None) -> float:
+    """The background's level: the 90th percentile of the score (over ``where``)."""
+    values = score if where is None else score[where]
+    if values.size == 0:
+        values = score.ravel()
+    return max(0.1, float(np.percentile(values, 90)))
+
+
+def _clusters(score: np.ndarray, high: float, gap: int) -> tuple[np.ndarray, np.ndarray]:
+    """Clusters of pixels above ``high`` at most ``gap`` apart: their labels (0: none) and
+    each one's mass (the score above ``high``, summed; index 0 = label 1)."""
+    above = score > high
+    grown = cv2.dilate(above.astype(np.uint8), np.ones((2 * gap + 1, 2 * gap + 1), np.uint8))
+    n, labels = cv2.connectedComponents(grown, connectivity=8)
+    if n <= 1:
+        return labels, np.zeros(0)
+    excess = np.where(above, score - high, 0.0)
+    return labels, np.asarray(ndimage.sum(excess, labels, np.arange(1, n)), float)
+
+
+def _hysteresis(
+    score: np.ndarray, peak: np.ndarray, high: float, low: float | np.ndarray
+) -> np.ndarray:
+    """Pixels whose score is above ``low``, connected (8-neighbours) to one whose ``peak`` is
+    above ``high``."""
+    weak = score > low
+    n, labels = cv2.connectedComponents(weak.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return np.zeros(score.shape, bool)
+    strong = np.zeros(n, bool)
+    strong[np.unique(labels[weak & (peak > high)])] = True
+    strong[0] = False
+    return strong[labels]
+
+
+def _peak(score: np.ndarray) -> np.ndarray:
+    """The score averaged over 3x3 pixels: a lone pixel's chance high does not count."""
+    return cv2.blur(score, (3, 3))
+
+
+def _near(parts: np.ndarray, sure: np.ndarray, reach: float) -> np.ndarray:
+    """The connected ``parts`` (HxW bool) within ``reach`` pixels of the ``sure`` area (the
+    parts of a mark lie together; chance agreements elsewhere are dropped)."""
+    n, labels = cv2.connectedComponents(parts.astype(np.uint8), connectivity=8)
+    if n <= 1 or not sure.any():
+        return np.zeros_like(parts)
+    far = cv2.distanceTransform((~sure).astype(np.uint8), cv2.DIST_L2, 3)
+    near = np.zeros(n, bool)
+    near[np.unique(labels[parts & (far <= reach)])] = True
+    near[0] = False
+    return near[labels]
+
+
+def _drop_small(edges: np.ndarray, min_pixels: int) -> np.ndarray:
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(edges.astype(np.uint8), connectivity=8)
+    keep = stats[:, cv2.CC_STAT_AREA] >= min_pixels
+    keep[0] = False
+    return keep[labels]
+
+
+def _alignment(energy: Sequence[np.ndarray], r: int, p: DetectParams) -> dict[int, tuple[int, int]]:
+    """Shifts (dy, dx), up to ``r`` pixels, that make each image's energy best match the
+    batch's rank map (normalised cross-correlation), found twice; ``energy`` holds crops with
+    ``r`` pixels to spare on each side. Large regions are aligned at half size."""
+    h, w = energy[0].shape
+    step = 2 if (h - 2 * r) * (w - 2 * r) > p.align_max_pixels and r >= 2 else 1
+    if step == 2:
+        energy = [cv2.resize(e, (w // 2, h // 2), interpolation=cv2.INTER_AREA) for e in energy]
+        h, w, r = h // 2, w // 2, r // 2
+    n = len(energy)
+    shifts = {i: (0, 0) for i in range(n)}
+    for _ in range(2):
+        template = _rank(
+            np.stack(
+                [
+                    energy[i][r + dy : h - r + dy, r + dx : w - r + dx]
+                    for i, (dy, dx) in shifts.items()
+                ]
+            ),
+            p.rank_share,
+        )
+        if float(template.std()) < 1e-6:
+            break
+        moved = False
+        for i in range(n):
+            score = cv2.matchTemplate(energy[i], template, cv2.TM_CCOEFF_NORMED)
+            score[r, r] += 0.02  # no shift unless another is clearly better
+            best = int(np.argmax(score))
+            found = (best // score.shape[1] - r, best % score.shape[1] - r)
+            if found != shifts[i]:
+                shifts[i] = found
+                moved = True
+        if not moved:
+            break
+    return {i: (dy * step, dx * step) for i, (dy, dx) in shifts.items() if (dy, dx) != (0, 0)}
+
+
+def _spread(shifts: dict[int, tuple[int, int]]) -> int:
+    """How far the images' marks lie from the reference placement (fine-frame pixels)."""
+    return max((max(abs(dy), abs(dx)) for dy, dx in shifts.values()), default=0)
+
+
+def _filled(edges: np.ndarray, radius: float, bridge: int) -> np.ndarray:
+    """``edges`` plus the enclosed gaps between them no wider than ``radius`` (inscribed):
+    the solid inside of strokes and bars."""
+    # Closed first, so that a contour broken by a few pixels still encloses its inside.
+    size = 2 * bridge + 1
+    closed = cv2.morphologyEx(
+        edges.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((size, size), np.uint8)
+    )
+    gaps = closed == 0
+    n, labels = cv2.connectedComponents(gaps.astype(np.uint8), connectivity=4)
+    if n <= 1:
+        return closed > 0
+    dist = cv2.distanceTransform(gaps.astype(np.uint8), cv2.DIST_L2, 3)
+    widest = ndimage.maximum(dist, labels, index=np.arange(n))
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    fill = np.asarray(widest) <= radius
+    fill[border] = False
+    fill[0] = True  # label 0: the edges themselves
+    return fill[labels]
+
+
+def _disc(radius: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
