@@ -40,18 +40,23 @@ def alembic(engine: sa.Engine, action: str, revision: str) -> None:
         getattr(command, action)(cfg, revision)
 
 
+def insert_old_key(conn: sa.Connection, created_at: float) -> None:
+    """Key ``pe_old``, written with the columns every version has (as an older one did)."""
+    conn.execute(
+        sa.text(
+            "INSERT INTO api_keys (appkey, name, secret_sha256, created_at) "
+            "VALUES ('pe_old', 'old', :h, :created_at)"
+        ),
+        {"h": "0" * 64, "created_at": created_at},
+    )
+
+
 def test_an_upgrade_keeps_every_task_and_takes_back_the_running_ones(url: str) -> None:
     engine = create_db_engine(url)
     alembic(engine, "upgrade", "0004")
     now = time.time()
     with engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                "INSERT INTO api_keys (appkey, name, secret_sha256, created_at) "
-                "VALUES ('pe_old', 'old', :h, :now)"
-            ),
-            {"h": "0" * 64, "now": now},
-        )
+        insert_old_key(conn, now)
         for pk, status in ((1, TaskStatus.IN_PROGRESS), (2, TaskStatus.COMPLETE)):
             conn.execute(
                 sa.text(
@@ -92,13 +97,7 @@ def test_0008_adds_the_webhook_deliveries_and_goes_back(url: str) -> None:
     engine = create_db_engine(url)
     alembic(engine, "upgrade", "0007")
     with engine.begin() as conn:  # a key made before callbacks existed
-        conn.execute(
-            sa.text(
-                "INSERT INTO api_keys (appkey, name, secret_sha256, created_at) "
-                "VALUES ('pe_old', 'old', :h, 0)"
-            ),
-            {"h": "0" * 64},
-        )
+        insert_old_key(conn, 0)
     alembic(engine, "upgrade", "0008")
     inspector = sa.inspect(engine)
     assert "webhook_deliveries" in inspector.get_table_names()
@@ -131,13 +130,7 @@ def test_0009_numbers_the_queue_in_its_order_and_goes_back(url: str) -> None:
         (7, TaskStatus.WAITING, 2),
     ]
     with engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                "INSERT INTO api_keys (appkey, name, secret_sha256, created_at) "
-                "VALUES ('pe_old', 'old', :h, :now)"
-            ),
-            {"h": "0" * 64, "now": now},
-        )
+        insert_old_key(conn, now)
         for pk, status, priority in rows:
             conn.execute(
                 sa.text(
