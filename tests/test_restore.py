@@ -347,7 +347,7 @@ def test_single_image_constant_mark_is_recovered_better_than_inpainting() -> Non
 
 def test_two_images_under_one_mask_are_fitted_together() -> None:
     # Two photos carrying the same white text at the same place: one fit for both (the report
-    # still says each image was handled apart from a batch estimate), both recovered.
+    # says each image was handled apart from a batch estimate, by a fit to both), both recovered.
     cov = wm.text_coverage()
     mask = wm.tight_mask(cov)
     photos = wm.crops(2, seed=4)
@@ -361,6 +361,7 @@ def test_two_images_under_one_mask_are_fitted_together() -> None:
         assert masked_psnr(result.image, photo, mask) > masked_psnr(base.image, photo, mask) + 3.0
         assert result.method == "restore"
         assert _report(result).batch.approach == "each alone"
+        assert _report(result).reason == "fit to 2 images together"
 
 
 def test_single_image_without_a_mark_or_with_an_opaque_one_is_inpainted() -> None:
