@@ -347,7 +347,7 @@ def test_single_image_constant_mark_is_recovered_better_than_inpainting() -> Non
 
 def test_two_images_under_one_mask_are_fitted_together() -> None:
     # Two photos carrying the same white text at the same place: one fit for both (the report
-    # still says each image was handled apart from a batch estimate), both recovered.
+    # says each image was handled apart from a batch estimate, by a fit to both), both recovered.
     cov = wm.text_coverage()
     mask = wm.tight_mask(cov)
     photos = wm.crops(2, seed=4)
@@ -361,6 +361,21 @@ def test_two_images_under_one_mask_are_fitted_together() -> None:
         assert masked_psnr(result.image, photo, mask) > masked_psnr(base.image, photo, mask) + 3.0
         assert result.method == "restore"
         assert _report(result).batch.approach == "each alone"
+        assert _report(result).reason == "fit to 2 images together"
+
+
+def test_two_images_without_a_mark_say_neither_fit_was_confident() -> None:
+    # The same mask over two bare photos: the fit to both and each one-image fit are tried,
+    # nothing is recovered, and the reason names both fits.
+    mask = wm.tight_mask(wm.text_coverage())
+    photos = wm.crops(2, seed=5)
+    results = _engine().restore(photos, [mask, mask])
+    telea = OpenCVEngine().restore(photos, [mask, mask])
+    for result, base in zip(results, telea, strict=True):
+        assert result.method == "opencv" and result.recovered_share == 0.0
+        assert np.array_equal(result.image, base.image)
+        reason = _report(result).reason
+        assert reason == "neither the fit to 2 images together nor the one-image fit is confident"
 
 
 def test_single_image_without_a_mark_or_with_an_opaque_one_is_inpainted() -> None:

@@ -35,7 +35,7 @@ from photo_eraser.engines.restore.mark import (
 from photo_eraser.engines.restore.params import RestoreParams
 from photo_eraser.engines.restore.pixels import clearly_marked, enough_marked
 from photo_eraser.engines.restore.report import BatchReport, RestoreReport, method_for
-from photo_eraser.engines.restore.single import recover_together
+from photo_eraser.engines.restore.single import recover_together, single_reason
 from photo_eraser.engines.restore.solver import GridSolver
 
 log = logging.getLogger(__name__)
@@ -343,11 +343,11 @@ class WatermarkRecoveryEngine(Engine):
         found = recover_together(
             [images[i] for i in candidates], [masks[i] for i in candidates], self.params.single
         )
-        for i, rec in zip(candidates, found, strict=True):
+        for i, (rec, fitted) in zip(candidates, found, strict=True):
             box = boxes[i]
             assert box is not None
             out[i] = None if rec is None else cut_to_box(rec, box)
-            reasons[i] = "one-image fit" if rec else "the one-image fit is not confident"
+            reasons[i] = single_reason(rec is not None, fitted)
         return _Outcome(out, BatchReport(len(candidates), "each alone"), reasons)
 
     def _fill(

@@ -158,16 +158,23 @@ def recover_single(image: np.ndarray, mask: np.ndarray, p: SingleParams) -> Reco
 
 def recover_together(
     images: list[np.ndarray], masks: list[np.ndarray], p: SingleParams
-) -> list[Recovery | None]:
+) -> list[tuple[Recovery | None, int]]:
     """Two or three images: with the same mask (the same mark at the same place), one mark is
     fitted to all of them, its matte pooled over them; an image that fit does not suit, or
-    images with different masks, are tried alone."""
+    images with different masks, are tried alone. Each image's recovery comes with the number
+    of images its mark was fitted to (1: alone); with no recovery, the most images a fit tried
+    had (for the report's reason, ``single_reason``)."""
     same = all(m.shape == masks[0].shape and np.array_equal(m, masks[0]) for m in masks)
-    joint = _invert_all(images, masks[0], p) if len(images) > 1 and same else None
-    out = []
+    tried = len(images) > 1 and same
+    joint = _invert_all(images, masks[0], p) if tried else None
+    out: list[tuple[Recovery | None, int]] = []
     for k, (image, mask) in enumerate(zip(images, masks, strict=True)):
         rec = None if joint is None else _gated(image, mask, joint[k], p)
-        out.append(rec if rec is not None else recover_single(image, mask, p))
+        if rec is not None:
+            out.append((rec, len(images)))
+            continue
+        alone = recover_single(image, mask, p)
+        out.append((alone, 1 if alone is not None or not tried else len(images)))
     return out
 
 
@@ -533,3 +540,14 @@ def _paste(dst: np.ndarray, src: np.ndarray, y: int, x: int) -> None:
     dy1, dx1 = min(h, y + src.shape[0]), min(w, x + src.shape[1])
     if dy1 > dy0 and dx1 > dx0:
         dst[dy0:dy1, dx0:dx1] = src[sy0 : sy0 + dy1 - dy0, sx0 : sx0 + dx1 - dx0]
+
+
+def single_reason(recovered: bool, fitted: int) -> str:
+    """The report's reason for an image of one to three whose mark was fitted to ``fitted``
+    images at once (``recover_together``): "one-image fit", "fit to 2 images together", or
+    that no fit it tried was confident."""
+    if recovered:
+        return "one-image fit" if fitted == 1 else f"fit to {fitted} images together"
+    if fitted == 1:
+        return "the one-image fit is not confident"
+    return f"neither the fit to {fitted} images together nor the one-image fit is confident"
