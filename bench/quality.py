@@ -553,6 +553,8 @@ class DetectBatch:
     stamped: list[np.ndarray]
     masks: list[np.ndarray]
     reference: np.ndarray
+    footprint: np.ndarray
+    """The mark's own anti-aliased footprint (coverage > 0, undilated) in the reference frame."""
 
 
 def make_detect_batch(
@@ -563,7 +565,7 @@ def make_detect_batch(
     rng = np.random.default_rng(seed)
     sources = photos()
     start = int(rng.integers(0, len(sources)))
-    truths, stamped, masks = [], [], []
+    truths, stamped, masks, footprints = [], [], [], []
     for k in range(n):
         scale = MIXED_SCALE if mixed and k % 3 == 1 else 1.0
         h, w = round(H * scale), round(W * scale)
@@ -582,8 +584,10 @@ def make_detect_batch(
         stamped.append(np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]))
         truths.append(truth)
         masks.append(cv2.dilate((cover > 0).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0)
+        footprints.append(cover > 0)
     reference = max(masks, key=lambda m: m.size)
-    return DetectBatch(truths, stamped, masks, reference)
+    footprint = max(footprints, key=lambda m: m.size)
+    return DetectBatch(truths, stamped, masks, reference, footprint)
 
 
 @dataclass
@@ -600,6 +604,9 @@ class DetectRow:
     psnr: dict[str, float]
     """Restored with the true mask / the detected one (N >= 4), over both masks' pixels."""
     ssim: dict[str, float]
+    exact_recall: float = 0.0
+    """Recall and IoU against the mark's exact footprint (coverage > 0, not dilated)."""
+    exact_iou: float = 0.0
 
 
 def run_detect_case(
@@ -620,6 +627,9 @@ def run_detect_case(
     precision = both / max(1, int(det.sum())) if found.found else 0.0
     recall = both / max(1, int(truth.sum()))
     iou = both / max(1, int((det | truth).sum()))
+    inside = int((det & case.footprint).sum())
+    exact_recall = inside / max(1, int(case.footprint.sum()))
+    exact_iou = inside / max(1, int((det | case.footprint).sum()))
     psnr: dict[str, float] = {}
     ssim: dict[str, float] = {}
     if n >= 4:
@@ -637,7 +647,19 @@ def run_detect_case(
             # Over the mark's own pixels only: how well the mark itself was removed.
             psnr[name + " (mark)"] = masked_psnr(out, case.truths, case.masks)
     return DetectRow(
-        mark.name, alpha0, n, mixed, found.found, precision, recall, iou, seconds, psnr, ssim
+        mark.name,
+        alpha0,
+        n,
+        mixed,
+        found.found,
+        precision,
+        recall,
+        iou,
+        seconds,
+        psnr,
+        ssim,
+        exact_recall,
+        exact_iou,
     )
 
 
@@ -716,7 +738,10 @@ def detect_markdown(
         "larger, its mark scaled with it. The truth is the mark's support dilated by 2 px (the",
         "mask the restore benchmark paints), in the largest image's frame; precision, recall",
         "and IoU of the detected mask against it (0 when nothing was found). Clean batches:",
-        "the same photos without a mark (half of them mixed sizes).",
+        "the same photos without a mark (half of them mixed sizes). Beside it, recall and IoU",
+        "against the mark's exact footprint (every pixel it touches, coverage > 0, not dilated):",
+        "a perfect footprint widened by 1 px scores 0.75 (text) and 0.83 (logo) against the",
+        "dilated truth, widened by a 2 px disc 0.95; the footprint itself 0.56 and 0.71.",
         "",
         "Timing: 20 different 1920x1080 photos with a white text mark at alpha 0.5 "
         f"({speed['mask_share'] * 100:.1f}% of the area), already decoded, one thread; beside "
@@ -735,9 +760,10 @@ def detect_markdown(
         "well the mark itself was removed); where nothing was found, the images count as left "
         "as they are (the task fails and changes nothing):",
         "",
-        "| N | found | precision | recall | IoU (mean) | IoU (min of found) | clean batches "
-        "with a detection | PSNR true mask | PSNR detected | SSIM true / detected |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| N | found | precision | recall | IoU (mean) | IoU (min of found) | footprint recall "
+        "| footprint IoU | clean batches with a detection | PSNR true mask | PSNR detected "
+        "| SSIM true / detected |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n in counts:
         sel = [r for r in rows if r.n == n]
@@ -755,7 +781,8 @@ def detect_markdown(
         lines.append(
             f"| {n} | {len(hit)} / {len(sel)} | {np.mean([r.precision for r in sel]):.2f} "
             f"| {np.mean([r.recall for r in sel]):.2f} | {np.mean([r.iou for r in sel]):.2f} "
-            f"| {low} | {clean[n][0]} / {clean[n][1]} {restored}"
+            f"| {low} | {np.mean([r.exact_recall for r in sel]):.2f} "
+            f"| {np.mean([r.exact_iou for r in sel]):.2f} | {clean[n][0]} / {clean[n][1]} {restored}"
         )
     lines += [
         "",

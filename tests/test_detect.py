@@ -77,6 +77,21 @@ def test_detector_does_not_take_copies_of_one_photo_for_a_mark() -> None:
     assert found.reason == "no shared watermark found in 5 images; send a mask"
 
 
+def test_detector_drops_traced_parts_far_weaker_than_the_mark() -> None:
+    """Photo clutter traced beside the mark scores far lower than the mark's own parts."""
+    from photo_eraser.imaging.detect import _strong_parts
+
+    edges = np.zeros((40, 80), bool)
+    edges[5:15, 5:30] = edges[25:35, 5:30] = True  # two parts of the mark
+    edges[10:30, 50:70] = True  # clutter
+    score = np.where(edges, 10.0, 0.0)
+    score[10:30, 50:70] = 1.0
+    kept = _strong_parts(edges, score, 0.5)
+    assert kept[5:15, 5:30].all() and kept[25:35, 5:30].all()
+    assert not kept[10:30, 50:70].any()
+    assert _strong_parts(edges, score, 0.05).sum() == edges.sum()  # a lower bar keeps it
+
+
 def test_detector_needs_four_images() -> None:
     _, stamped = _batch(4, seed=5)
     assert detect_watermark(stamped).found  # positive control: four carry it clearly
