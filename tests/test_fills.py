@@ -97,3 +97,19 @@ def test_auto_reports_the_fill_it_used(tmp_path: Path) -> None:
     [textured, smooth] = auto.restore([image, image.copy()], [right, left])
     assert textured.method == "patchmatch" and textured.recovered_share == 0.0
     assert smooth.method == "opencv"
+
+
+def test_a_batch_filled_on_threads_is_the_batch_filled_one_by_one() -> None:
+    """``threads`` only changes how many images are filled at once: the same pixels and
+    methods, in order (an image with texture around its hole, one without, one unmasked)."""
+    mask, left, _ = holes()
+    images = [textured_right_half(seed=s) for s in range(4)] + [np.full((H, W, 3), 90, np.uint8)]
+    masks = [mask, left, mask, np.zeros((H, W), bool), mask]
+    telea, patch = OpenCVEngine(), PatchMatchEngine()
+    alone = TextureAwareFill(telea, patch).restore(images, masks)
+    together = TextureAwareFill(telea, patch, threads=3).restore(images, masks)
+    assert [r.method for r in together] == [r.method for r in alone]
+    assert [r.method for r in alone] == ["patchmatch", "opencv", "patchmatch", "opencv", "opencv"]
+    for a, b in zip(alone, together, strict=True):
+        assert np.array_equal(a.image, b.image)
+    assert not np.array_equal(together[0].image, images[0])  # it filled something

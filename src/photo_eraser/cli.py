@@ -273,6 +273,7 @@ def erase(
         settings.models_path,
         threads=settings.workers,
         restore_exact_fit=settings.restore_exact_fit,
+        image_threads=settings.image_threads,
     )
     auto = mask_arg == "auto"
     mask_path = Path(mask_arg)

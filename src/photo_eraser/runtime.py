@@ -108,6 +108,7 @@ class Runtime:
             settings.models_path,
             threads=self.engine_threads(),
             restore_exact_fit=settings.restore_exact_fit,
+            image_threads=settings.image_threads,
         )
         self.intake = TaskIntake(
             store,

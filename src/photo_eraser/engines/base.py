@@ -37,6 +37,9 @@ class EngineSetup:
     """Threads one engine call may use."""
     restore_exact_fit: bool = True
     """Whether ``restore`` fits an exact blend model to all-lossless batches."""
+    image_threads: int = 1
+    """Images of one batch a weight-free fill may work on at once (``PHOTO_ERASER_IMAGE_THREADS``):
+    OpenCV and PatchMatch release the GIL, so a batch's fills run side by side."""
 
 
 @dataclass

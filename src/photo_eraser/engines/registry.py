@@ -52,7 +52,7 @@ def _restore(engines: EngineRegistry) -> Engine:
     if name == "fill":
         telea, texture = engines.get("opencv"), engines.get("patchmatch")
         assert isinstance(telea, InpaintingEngine) and isinstance(texture, InpaintingEngine)
-        fallback = TextureAwareFill(telea, texture)
+        fallback = TextureAwareFill(telea, texture, threads=engines.setup.image_threads)
     else:
         fallback = engines.get(name)
     exact = ExactFitParams(enabled=engines.setup.restore_exact_fit)
@@ -76,8 +76,16 @@ ENGINE_NAMES = (*_ALIASES, *_ENGINES)
 class EngineRegistry:
     """Builds each engine once per process and shares it between workers."""
 
-    def __init__(self, model_dir: Path, threads: int = 1, restore_exact_fit: bool = True) -> None:
-        self.setup: EngineSetup = EngineSetup(Path(model_dir), max(1, threads), restore_exact_fit)
+    def __init__(
+        self,
+        model_dir: Path,
+        threads: int = 1,
+        restore_exact_fit: bool = True,
+        image_threads: int = 1,
+    ) -> None:
+        self.setup: EngineSetup = EngineSetup(
+            Path(model_dir), max(1, threads), restore_exact_fit, max(1, image_threads)
+        )
         self._engines: dict[str, tuple[object, Engine]] = {}
         """Name -> (the variant it was built for, the engine)."""
         self._lock = threading.RLock()  # reentrant: building ``restore`` gets its fallback
