@@ -264,7 +264,8 @@ def erase(
         decode_mask,
         encode_mask,
     )
-    from photo_eraser.pipeline import detect_mask, restore_images
+    from photo_eraser.imaging.detect import detect_watermark
+    from photo_eraser.pipeline import restore_images
 
     settings = load_settings(data_dir)
     mask_placement = placement_from_options(**placement)
@@ -305,7 +306,7 @@ def erase(
         raise click.ClickException("no image could be read")
     detected = None
     if mask is None:
-        found = detect_mask([im.pixels for im in decoded])
+        found = detect_watermark([im.pixels for im in decoded])
         if found.mask is None:
             raise click.ClickException(found.reason)  # nothing written
         mask, detected = found.mask, found

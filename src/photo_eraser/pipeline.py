@@ -23,7 +23,6 @@ from photo_eraser.imaging import (
     encode_image,
     place_mask,
 )
-from photo_eraser.imaging.detect import Detection, DetectParams, detect_watermark
 
 
 @dataclass
@@ -66,13 +65,6 @@ class FittedMasks:
             with self._lock:
                 fitted = self._fitted.setdefault((height, width), fitted)
         return fitted
-
-
-def streams(engine: Engine) -> bool:
-    """Whether ``engine`` restores each image alone, so a task's images can go through it one
-    at a time and in parallel, each from decode to stored result (`erase_one`); else the
-    whole batch is restored at once (`restore_batch`)."""
-    return engine.per_image
 
 
 def erase_one(
@@ -143,12 +135,6 @@ def encode_result(
     if times is not None:
         times.add("encode", t)
     return RestoredImage(encoded, restored)
-
-
-def detect_mask(images: Sequence[np.ndarray], params: DetectParams | None = None) -> Detection:
-    """The watermark ``images`` share (``"mask": "auto"``): a mask in the largest image's
-    frame, stretched onto each image like a given mask, or why none was found."""
-    return detect_watermark(images, params)
 
 
 def restore_images(

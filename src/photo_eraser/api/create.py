@@ -207,6 +207,7 @@ async def _new_task(
     callback = None
     if req.callback_url is not None:
         callback = await _callback(req.callback_url, appkey, service, base_url)
+    _check_one_mask(req)
     if req.mask == AUTO_MASK:
         _check_auto(req)
         _check_uploads(req.images, None, appkey, service)
@@ -235,12 +236,18 @@ async def _new_task(
     )
 
 
+def _check_one_mask(req: CreateTaskRequest) -> None:
+    """``mask`` (a given one or ``"auto"``) or ``rectangles``: exactly one of the two."""
+    if (req.mask is None) == (req.rectangles is None):
+        which = "both" if req.mask is not None else "neither"
+        raise ApiError(
+            Code.BAD_PARAMETER, f"mask, rectangles: give exactly one of the two ({which} given)"
+        )
+
+
 def _check_auto(req: CreateTaskRequest) -> None:
     """A task whose mask is found in its batch: enough images, and a placement the mask found
     in one frame can take (stretched onto each image, as the mark scales with it)."""
-    if req.rectangles is not None:
-        msg = "mask, rectangles: give exactly one of the two (both given)"
-        raise ApiError(Code.BAD_PARAMETER, msg)
     least = DetectParams().min_images
     if len(req.images) < least:
         raise ApiError(
@@ -375,12 +382,7 @@ def _fractions(req: CreateTaskRequest) -> bool:
 
 
 def _mask_source(req: CreateTaskRequest) -> MaskSource:
-    """The mask given, or the one drawn from ``rectangles`` (exactly one of the two)."""
-    if (req.mask is None) == (req.rectangles is None):
-        which = "both" if req.mask is not None else "neither"
-        raise ApiError(
-            Code.BAD_PARAMETER, f"mask, rectangles: give exactly one of the two ({which} given)"
-        )
+    """The mask given, or the one drawn from ``rectangles`` (`_check_one_mask`: one of them)."""
     if req.rectangles is None:
         assert req.mask is not None
         return _parse_mask(req.mask)

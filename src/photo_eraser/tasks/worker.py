@@ -30,6 +30,7 @@ from photo_eraser.imaging import (
     decode_image,
     encode_mask,
 )
+from photo_eraser.imaging.detect import detect_watermark
 from photo_eraser.imaging.rectangles import PixelBoxes, parse_boxes_document
 from photo_eraser.metrics import Metrics, download_reason_class
 from photo_eraser.pipeline import (
@@ -37,11 +38,9 @@ from photo_eraser.pipeline import (
     MaskCache,
     RestoredImage,
     StageTimes,
-    detect_mask,
     encode_result,
     erase_one,
     restore_batch,
-    streams,
 )
 from photo_eraser.storage import (
     BlobStore,
@@ -408,7 +407,7 @@ class _TaskImages:
         failed = None
         try:
             # A mask found in the batch needs every image decoded first: no streaming then.
-            if isinstance(engine, Engine) and streams(engine) and self.mask is not None:
+            if isinstance(engine, Engine) and engine.per_image and self.mask is not None:
                 await _all(self._stream(im, engine) for im in self.task.images)
             else:
                 failed = await self._batch(engine)
@@ -609,7 +608,7 @@ async def _detected_mask(
 ) -> np.ndarray | str:
     """The watermark the decoded images share, as a mask (stored as the task's detected mask
     first), or why none was found."""
-    found = await ctx.run_cpu(detect_mask, [decoded[i].pixels for i in sorted(decoded)])
+    found = await ctx.run_cpu(detect_watermark, [decoded[i].pixels for i in sorted(decoded)])
     log.info(
         "watermark detection",
         extra={

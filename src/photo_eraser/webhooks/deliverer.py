@@ -103,7 +103,7 @@ class Deliverer:
         }
         try:
             answer = await self._attempt(claim)
-        except Exception as exc:  # ours (the store, the body): the lease expires, sent again
+        except Exception as exc:  # ours (the store, the body): a failed attempt, retried later
             log.exception("callback attempt failed on our side", extra=extra)
             answer = Answer(None, f"internal error: {type(exc).__name__}")
         now = time.time()
