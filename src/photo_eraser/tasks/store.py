@@ -147,8 +147,8 @@ class TaskStore(KeyQueries, UpkeepQueries, IdempotencyQueries, DeliveryQueries):
         ``wait_time`` is estimated from; on one connection, in a handful of indexed reads
         whatever the backlog. ``None`` if the key has no such task. The reads are separate
         statements, not one snapshot: a task claimed between them keeps the status of the
-        first read, and its position is read as no more than 0 ahead (`queue_position`
-        clamps), which only shortens that one ``wait_time``."""
+        first read, and counts no task of its own priority ahead of it (`queue_position`
+        clamps at 0), which only shortens that one ``wait_time``."""
         with self.engine.connect() as conn:
             task = _read_task(conn, task_id, appkey)
             if task is None:
