@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import io
 import time
 
 import httpx
+import numpy as np
+from PIL import Image
 
 
 class ApiClient:
@@ -29,9 +32,17 @@ class ApiClient:
     def create(
         self, images: list[str], mask: str, priority: int = 1, **extra: object
     ) -> httpx.Response:
-        return self.http.post(
-            "/v3/pic/rw/batch", json={"images": images, "mask": mask, "priority": priority, **extra}
-        )
+        return self.create_body({"images": images, "mask": mask, "priority": priority, **extra})
+
+    def create_body(self, body: dict[str, object]) -> httpx.Response:
+        """A create with exactly ``body`` (e.g. ``rectangles`` and no ``mask``)."""
+        return self.http.post("/v3/pic/rw/batch", json=body)
+
+    def result_pixels(self, url: str) -> np.ndarray:
+        """The RGB pixels of a result link."""
+        r = self.http.get(url)
+        assert r.status_code == 200, r.text
+        return np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"))
 
     def create_ok(self, images: list[str], mask: str, priority: int = 1, **extra: object) -> str:
         r = self.create(images, mask, priority, **extra)

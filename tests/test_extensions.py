@@ -3,14 +3,12 @@ drawn from boxes). The seed contract's answers stay as they were when neither is
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Iterator
 
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
 
 from harness.client import ApiClient
 from harness.imagehost import ImageHost
@@ -41,22 +39,12 @@ def assets(image_host: ImageHost) -> dict[str, str]:
     }
 
 
-def _pixels(url: str) -> np.ndarray:
-    r = httpx.get(url, timeout=30)
-    assert r.status_code == 200, r.text
-    return np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"))
-
-
-def _create(client: ApiClient, body: dict[str, object]) -> httpx.Response:
-    return client.http.post("/v3/pic/rw/batch", json=body)
-
-
 def _restored(client: ApiClient, body: dict[str, object]) -> np.ndarray:
-    r = _create(client, {"priority": 1, "engine": "opencv", **body})
+    r = client.create_body({"priority": 1, "engine": "opencv", **body})
     assert r.status_code == 200, r.text
     data = client.wait(r.json()["data"]["task_id"])
     assert data["status"] == "3", data
-    return _pixels(data["list"][0]["image_result"])
+    return client.result_pixels(data["list"][0]["image_result"])
 
 
 def _assert_box_restored(
@@ -76,7 +64,7 @@ def _assert_box_restored(
 
 def test_sync_answers_the_finished_result(client: ApiClient, assets: dict[str, str]) -> None:
     body = {"images": [assets["png"]], "mask": assets["mask_b64"], "priority": 1}
-    r = _create(client, {**body, "engine": "opencv", "sync": 30})
+    r = client.create_body({**body, "engine": "opencv", "sync": 30})
     assert r.status_code == 200, r.text
     envelope = r.json()
     assert envelope["code"] == 0 and envelope["msg"] == ""
@@ -88,13 +76,13 @@ def test_sync_answers_the_finished_result(client: ApiClient, assets: dict[str, s
     assert item["status"] == "3" and item["method"] == "opencv"
     # The same shape and content as the result route answers.
     assert client.result(data["task_id"]).json()["data"] == result
-    _assert_box_restored(_pixels(item["image_result"]), *BOX)
+    _assert_box_restored(client.result_pixels(item["image_result"]), *BOX)
 
 
 def test_without_sync_the_answer_is_the_seed_one(client: ApiClient, assets: dict[str, str]) -> None:
     for extra in ({}, {"sync": 0}):
-        r = _create(
-            client, {"images": [assets["png"]], "mask": assets["mask_b64"], "priority": 1, **extra}
+        r = client.create_body(
+            {"images": [assets["png"]], "mask": assets["mask_b64"], "priority": 1, **extra}
         )
         assert r.status_code == 200, r.text
         assert list(r.json()["data"]) == ["task_id"]
@@ -113,8 +101,8 @@ def test_sync_too_short_answers_only_the_task_id(
 ) -> None:
     client = idle_server.new_client()
     started = time.monotonic()
-    r = _create(
-        client, {"images": [assets["png"]], "mask": assets["mask_b64"], "priority": 1, "sync": 1}
+    r = client.create_body(
+        {"images": [assets["png"]], "mask": assets["mask_b64"], "priority": 1, "sync": 1}
     )
     took = time.monotonic() - started
     assert r.status_code == 200, r.text
@@ -127,8 +115,7 @@ def test_sync_too_short_answers_only_the_task_id(
 def test_bad_sync_is_a_400_naming_it(
     client: ApiClient, assets: dict[str, str], value: object
 ) -> None:
-    r = _create(
-        client,
+    r = client.create_body(
         {"images": [assets["png"]], "mask": assets["mask_b64"], "priority": 1, "sync": value},
     )
     assert r.status_code == 400, r.text
@@ -152,8 +139,7 @@ def test_rectangles_in_pixels_restore_the_box_as_a_mask_would(
 def test_pixel_rectangles_without_basis_are_pixels_of_the_first_image(
     client: ApiClient, assets: dict[str, str]
 ) -> None:
-    r = _create(
-        client,
+    r = client.create_body(
         {
             "images": [assets["png"], assets["png2x"]],
             "rectangles": [RECT_PX],
@@ -163,7 +149,7 @@ def test_pixel_rectangles_without_basis_are_pixels_of_the_first_image(
     )
     data = client.wait(task_id_of(r))
     assert [item["status"] for item in data["list"]] == ["3", "3"], data
-    first, second = (_pixels(item["image_result"]) for item in data["list"])
+    first, second = (client.result_pixels(item["image_result"]) for item in data["list"])
     by_mask = _restored(client, {"images": [assets["png"]], "mask": assets["mask_b64"]})
     assert np.array_equal(first, by_mask)
     # The second image, twice as large: the mask is stretched to it as any mask is.
@@ -174,7 +160,7 @@ def test_pixel_rectangles_outside_the_first_image_fail_the_task(
     client: ApiClient, assets: dict[str, str]
 ) -> None:
     body = {"images": [assets["png"]], "rectangles": [[W + 10, 10, 20, 20]], "priority": 1}
-    data = client.wait(task_id_of(_create(client, body)))
+    data = client.wait(task_id_of(client.create_body(body)))
     assert data["status"] == "4"
     assert "mask unusable" in data["list"][0]["reason"] and "400x300" in data["list"][0]["reason"]
 
@@ -210,7 +196,7 @@ def test_mask_and_rectangles_exactly_one(
     body: dict[str, object] = {"images": [assets["png"]], "priority": 1}
     if which == "both":
         body |= {"mask": assets["mask_b64"], "rectangles": [[0.1, 0.1, 0.2, 0.2]]}
-    r = _create(client, body)
+    r = client.create_body(body)
     assert r.status_code == 400, r.text
     assert r.json()["code"] == 40001
     assert r.json()["msg"].startswith("mask, rectangles:") and which in r.json()["msg"]
@@ -237,7 +223,7 @@ def test_mask_and_rectangles_exactly_one(
 def test_bad_rectangles_are_a_400_naming_the_field(
     client: ApiClient, assets: dict[str, str], extra: dict[str, object], field: str
 ) -> None:
-    r = _create(client, {"images": [assets["png"]], "priority": 1, **extra})
+    r = client.create_body({"images": [assets["png"]], "priority": 1, **extra})
     assert r.status_code == 400, r.text
     assert r.json()["code"] == 40001
     assert r.json()["msg"].startswith(f"{field}:") or r.json()["msg"].startswith(f"{field}."), (

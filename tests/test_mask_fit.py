@@ -4,13 +4,10 @@ the store's round trip, and the create call end to end (in-process server)."""
 
 from __future__ import annotations
 
-import io
 import uuid
 
-import httpx
 import numpy as np
 import pytest
-from PIL import Image
 
 from harness.client import ApiClient
 from harness.imagehost import ImageHost
@@ -197,16 +194,6 @@ def assets(image_host: ImageHost) -> dict[str, str]:
     return out
 
 
-def _pixels(url: str) -> np.ndarray:
-    r = httpx.get(url, timeout=30)
-    assert r.status_code == 200, r.text
-    return np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"))
-
-
-def _create(client: ApiClient, body: dict[str, object]) -> httpx.Response:
-    return client.http.post("/v3/pic/rw/batch", json=body)
-
-
 def _assert_logo_restored(out: np.ndarray, width: int, height: int, box: tuple[int, ...]) -> None:
     y0, y1, x0, x1 = box
     original = _logo_photo(width, height, (y0, y1, x0, x1))
@@ -228,24 +215,24 @@ def test_anchored_mask_lands_on_the_same_corner_of_landscape_and_portrait(
         "mask_fit": "anchor",
         "mask_anchor": "bottom-right",
     }
-    r = _create(client, body)
+    r = client.create_body(body)
     assert r.status_code == 200, r.text
     data = client.wait(r.json()["data"]["task_id"])
     assert data["status"] == "3", data
     for item, (w, h, box) in zip(data["list"], (LANDSCAPE, PORTRAIT), strict=True):
         assert item["status"] == "3", item
-        _assert_logo_restored(_pixels(item["image_result"]), w, h, box)
+        _assert_logo_restored(client.result_pixels(item["image_result"]), w, h, box)
 
 
 def test_stretched_mask_misses_the_portrait_logo(client: ApiClient, assets: dict[str, str]) -> None:
     """The default, for contrast: stretched to the portrait image, the mask is elsewhere."""
     body = {"images": [assets["portrait"]], "mask": assets["mask_b64"], "priority": 1}
-    r = _create(client, {**body, "engine": "opencv"})
+    r = client.create_body({**body, "engine": "opencv"})
     assert r.status_code == 200, r.text
     data = client.wait(r.json()["data"]["task_id"])
     assert data["status"] == "3", data
     w, h, (y0, y1, x0, x1) = PORTRAIT
-    out = _pixels(data["list"][0]["image_result"])
+    out = client.result_pixels(data["list"][0]["image_result"])
     red = np.abs(out[y0:y1, x0:x1].astype(int) - np.array(RED)).sum(axis=-1) < 30
     assert red.mean() > 0.2  # stretched 1.5x wide, 2.7x high: it covers only part of it
 
@@ -266,11 +253,11 @@ def test_dilated_anchored_mask_restores_a_larger_logo(
         "mask_anchor": "bottom-right",
         "mask_dilate": 12,
     }
-    r = _create(client, body)
+    r = client.create_body(body)
     assert r.status_code == 200, r.text
     data = client.wait(r.json()["data"]["task_id"])
     assert data["status"] == "3", data
-    out = _pixels(data["list"][0]["image_result"])
+    out = client.result_pixels(data["list"][0]["image_result"])
     by0, by1, bx0, bx1 = bigger
     red = np.abs(out[by0:by1, bx0:bx1].astype(int) - np.array(RED)).sum(axis=-1) < 30
     assert red.mean() < 0.05
@@ -298,17 +285,17 @@ def test_bad_values_are_400s_naming_the_field(
     client: ApiClient, assets: dict[str, str], extra: dict[str, object], field: str
 ) -> None:
     body = {"images": [assets["landscape"]], "mask": assets["mask_b64"], "priority": 1}
-    r = _create(client, {**body, **extra})
+    r = client.create_body({**body, **extra})
     assert r.status_code == 400, r.text
     assert r.json()["msg"].startswith(f"{field}:"), r.json()
 
 
 def test_fractional_rectangles_only_stretch(client: ApiClient, assets: dict[str, str]) -> None:
     body = {"images": [assets["landscape"]], "rectangles": [[0.1, 0.1, 0.2, 0.2]], "priority": 1}
-    r = _create(client, {**body, "mask_fit": "contain"})
+    r = client.create_body({**body, "mask_fit": "contain"})
     assert r.status_code == 400, r.text
     assert r.json()["msg"].startswith("mask_fit:")
-    r = _create(client, {**body, "rect_basis": [400, 300], "mask_fit": "contain"})
+    r = client.create_body({**body, "rect_basis": [400, 300], "mask_fit": "contain"})
     assert r.status_code == 200, r.text
 
 

@@ -15,7 +15,6 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-from harness.client import ApiClient
 from harness.imagehost import ImageHost
 from harness.images import b64, encode, photo, rect_mask
 from photo_eraser.tasks.status import TaskStatus
@@ -39,12 +38,6 @@ def server(tmp_path: Path):  # type: ignore[no-untyped-def]
     yield start
     for s in started:
         s.stop()
-
-
-def pixels(client: ApiClient, url: str) -> np.ndarray:
-    r = client.http.get(url)
-    assert r.status_code == 200
-    return np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"))
 
 
 def results_on_disk(server: LocalServer, task_id: str) -> list[str]:
@@ -88,7 +81,7 @@ def test_results_keep_input_order_and_failures_stay_with_their_image(
             assert ("404" in item["reason"]) if i == 4 else ("truncated" in item["reason"])
             continue
         assert item["status"] == "3", (i, item)
-        out = pixels(c, item["image_result"])
+        out = c.result_pixels(item["image_result"])
         assert out.shape == img.shape  # image i's result, not another's
         h, w = img.shape[:2]
         scale = h // H
@@ -168,7 +161,7 @@ def test_pixel_boxes_are_drawn_on_the_first_image_that_decoded(
     gate.set()
     data = c.wait(task_id)
     assert [item["status"] for item in data["list"]] == ["4", "3", "3"], data
-    out = pixels(c, data["list"][2]["image_result"])
+    out = c.result_pixels(data["list"][2]["image_result"])
     box = np.zeros(large.shape[:2], bool)
     box[2 * y0 : 2 * y1, 2 * x0 : 2 * x1] = True
     assert not np.array_equal(out[box], large[box])  # restored where the stretched box is
