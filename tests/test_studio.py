@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
 import httpx
 import numpy as np
 import pytest
@@ -34,6 +35,7 @@ from photo_eraser.imaging import (
     parse_mask_field,
     place_mask,
 )
+from tests import watermarks as wm
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -436,3 +438,173 @@ def test_anchored_mask_follows_a_portrait_image(
         changed = (result != pixels).any(axis=-1)
         assert inside[272, 248] == (i == 1)  # the portrait's mark is where the thumbnail showed
         assert not changed[~inside].any() and changed[inside].mean() > 0.5
+
+
+# ---- "mask": "auto": the service finds the watermark the batch shares --------------------
+
+AUTO_H, AUTO_W = 270, 360  # real photos, above the 256 px minimum, small enough to stay fast
+OVERLAY_RGB = np.array([255, 48, 96])  # the page's mask colour (studio.js MASK_RGB)
+OVERLAY_OPACITY = 0.55  # the page's default mask opacity
+
+
+def _auto_batch(n: int, seed: int) -> list[np.ndarray]:
+    """``n`` crops of scikit-image's photos, each with the same white text at opacity 0.5."""
+    photos = wm.crops(n, AUTO_H, AUTO_W, seed=seed)
+    coverage = wm.text_coverage(AUTO_H, AUTO_W)
+    white = wm.solid_colour((255, 255, 255), AUTO_H, AUTO_W)
+    return wm.stamp(photos, 0.5 * coverage, white)
+
+
+def _view_pixel(page: Any, image_w: int, image_h: int, x: int, y: int) -> np.ndarray:
+    """The editor canvas's RGB at image pixel (x, y) of the shown image (fitted, not zoomed)."""
+    rgba = page.evaluate(
+        """([w, h, x, y]) => {
+          const c = document.querySelector('#view');
+          const s = Math.min(c.width / w, c.height / h) * 0.96;
+          const px = Math.floor((c.width - w * s) / 2 + (x + 0.5) * s);
+          const py = Math.floor((c.height - h * s) / 2 + (y + 0.5) * s);
+          return Array.from(c.getContext('2d').getImageData(px, py, 1, 1).data);
+        }""",
+        [image_w, image_h, x, y],
+    )
+    return np.array(rgba[:3], float)
+
+
+def _deepest(mask: np.ndarray) -> tuple[int, int]:
+    """(x, y) of the pixel of ``mask`` farthest from its edge: safe to sample once scaled."""
+    distance = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 5)
+    y, x = np.unravel_index(int(distance.argmax()), distance.shape)
+    return int(x), int(y)
+
+
+def test_auto_mask_finds_the_watermark_and_shows_it(
+    page: Any, server: ServerProcess, tmp_path: Path
+) -> None:
+    """Six photos sharing a semi-transparent text mark: with "Find the watermark
+    automatically" no painting happens and no placement is offered, the batch says
+    ``"mask": "auto"``, and after the run the mask the service found is drawn on the images
+    (the same pixels as ``data.detected_mask``), each row gives its method, and the mask can
+    be taken over as a painted one."""
+    appkey, appsecret = server.create_key("studio-auto")
+    _sign_in(page, server, appkey, appsecret)
+    page.wait_for_selector("#workspace:not([hidden])")
+    stamped = _auto_batch(6, seed=5)
+    page.set_input_files(
+        "#file-input", [_png_file(f"shop-{i}.png", im) for i, im in enumerate(stamped)]
+    )
+    expect(page.locator("#image-list li")).to_have_count(6)
+
+    choice = page.get_by_label("Find the watermark automatically")
+    expect(choice).to_be_visible()
+    assert "needs 4+ images sharing a mark" in page.inner_text("#mask-mode")
+    choice.check()
+    expect(page.locator("#mask-tools")).to_be_hidden()
+    expect(page.locator("#mask-fit-label")).to_be_hidden()
+    expect(page.locator("#mask-info")).to_contain_text("all 6 images carry")
+    # A drag over the photo moves the view; it paints nothing.
+    box = page.locator("#view").bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.keyboard.press("b")  # the brush key does nothing either
+    _drag(page, [(cx - 100, cy), (cx + 100, cy)])
+    assert _marked(page) == 0
+    page.keyboard.press("0")  # fit the view again
+
+    answers: list[dict[str, Any]] = []
+    page.on(
+        "requestfinished",
+        lambda r: answers.append(r.response().json()) if "/rw/result/" in r.url else None,
+    )
+    page.select_option("#engine", "restore")
+    with page.expect_request("**/v3/pic/rw/batch") as sent:
+        page.click("#submit")
+    batch = json.loads(sent.value.post_data)
+    assert batch["mask"] == "auto" and "mask_fit" not in batch and "mask_anchor" not in batch
+    page.wait_for_selector("#run-status[data-status='3']", timeout=TASK_TIMEOUT_MS)
+    expect(page.locator("#detected")).to_be_visible()
+    data = answers[-1]["data"]
+    assert data["status"] == "3"
+    detected = np.asarray(Image.open(io.BytesIO(httpx.get(data["detected_mask"]).content))) > 0
+    assert detected.shape == (AUTO_H, AUTO_W) and detected.any()
+    assert page.get_attribute("#detected-download", "href") == data["detected_mask"]
+    expect(page.locator("#detected")).to_have_attribute("data-marked", str(int(detected.sum())))
+    expect(page.locator("#auto-msg")).to_be_hidden()
+
+    # Each image's method, as the service reported it.
+    rows = page.locator("#results tbody tr")
+    expect(rows).to_have_count(6)
+    for i, item in enumerate(data["list"]):
+        assert item["status"] == "3" and item["method"].startswith("restore"), item
+        assert rows.nth(i).get_attribute("data-status") == "3"
+        assert rows.nth(i).locator("td").nth(3).inner_text() == item["method"]
+
+    # The editor shows the mask found over the current image: the overlay's colour inside
+    # it, the photo as it is far from it.
+    page.click("#image-list li:nth-child(1) .pick")
+    page.wait_for_timeout(200)  # the next animation frame draws it
+    x, y = _deepest(detected)
+    expected = (1 - OVERLAY_OPACITY) * stamped[0][y, x] + OVERLAY_OPACITY * OVERLAY_RGB
+    assert np.abs(_view_pixel(page, AUTO_W, AUTO_H, x, y) - expected).max() < 30
+    x, y = _deepest(~cv2.dilate(detected.astype(np.uint8), np.ones((15, 15))).astype(bool))
+    assert np.abs(_view_pixel(page, AUTO_W, AUTO_H, x, y) - stamped[0][y, x]).max() < 30
+    _screenshot(page, "studio-auto.png", tmp_path, full_page=True)
+
+    # Taken over as a painted mask: the painting tools come back with exactly that mask.
+    page.click("#detected-edit")
+    expect(page.locator("#mask-tools")).to_be_visible()
+    assert page.is_checked("input[name='mask-mode'][value='paint']")
+    assert _marked(page) == int(detected.sum())
+
+
+def test_auto_mask_failure_says_why(page: Any, server: ServerProcess, tmp_path: Path) -> None:
+    """Two images: the page says automatic detection needs four and sends nothing. Six photos
+    without a shared mark: the task fails and the page shows the service's reason, not a
+    generic error."""
+    appkey, appsecret = server.create_key("studio-auto-fail")
+    _sign_in(page, server, appkey, appsecret)
+    page.wait_for_selector("#workspace:not([hidden])")
+    clean = [wm.jpeg(p) for p in wm.crops(6, AUTO_H, AUTO_W, seed=21)]
+    files = [_png_file(f"clean-{i}.png", im) for i, im in enumerate(clean)]
+    page.set_input_files("#file-input", files[:2])
+    expect(page.locator("#image-list li")).to_have_count(2)
+    page.get_by_label("Find the watermark automatically").check()
+    info = page.locator("#mask-info")
+    expect(info).to_contain_text("Add 2 more images")
+    expect(info).to_have_class("hint warn")
+
+    batches: list[str] = []
+    page.on("request", lambda r: batches.append(r.url) if "/rw/batch" in r.url else None)
+    page.click("#submit")
+    notice = page.locator("#auto-msg")
+    expect(notice).to_be_visible()
+    expect(page.locator("#auto-msg-title")).to_have_text(
+        "Not enough images to find the watermark automatically"
+    )
+    expect(page.locator("#auto-msg-reason")).to_have_text(
+        "Automatic detection needs at least 4 images that carry the same watermark; "
+        "this batch has 2."
+    )
+    expect(page.locator("#auto-msg-help")).to_contain_text('"Paint a mask"')
+    assert batches == []
+
+    page.set_input_files("#file-input", files[2:])
+    expect(page.locator("#image-list li")).to_have_count(6)
+    expect(info).to_have_class("hint")
+    page.select_option("#engine", "restore")
+    page.click("#submit")
+    expect(notice).to_be_hidden()  # the new run clears the old message
+    page.wait_for_selector("#run-status[data-status='4']", timeout=TASK_TIMEOUT_MS)
+    reason = "no shared watermark found in 6 images; send a mask"
+    expect(notice).to_be_visible()
+    expect(page.locator("#auto-msg-title")).to_have_text(
+        "No watermark was found, so nothing was erased"
+    )
+    expect(page.locator("#auto-msg-reason")).to_have_text(reason)
+    assert len(batches) == 1
+    rows = page.locator("#results tbody tr")
+    expect(rows).to_have_count(6)
+    for i in range(6):
+        assert rows.nth(i).get_attribute("data-status") == "4"
+        assert rows.nth(i).locator("td.reason").inner_text() == reason
+    expect(page.locator("#detected")).to_be_hidden()
+    assert page.locator("#compare-panel").is_hidden()
+    _screenshot(page, "studio-auto-failed.png", tmp_path, full_page=True)

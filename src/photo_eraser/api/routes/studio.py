@@ -1,4 +1,5 @@
-"""The studio: a web page for the batch API (upload, paint one mask, watch, compare).
+"""The studio: a web page for the batch API (upload, paint one mask or let the service find
+the watermark, watch, compare).
 
 The page and its assets ship in the package (``photo_eraser/studio/static``) and are served
 from a fixed table with explicit MIME types: the platform's ``mimetypes`` registry (Windows
@@ -22,6 +23,7 @@ from photo_eraser.api.deps import AuthHeader, ServiceDep, Store
 from photo_eraser.api.errors import ApiError, Code, envelope
 from photo_eraser.config import Settings
 from photo_eraser.engines.registry import ENGINE_NAMES
+from photo_eraser.imaging.detect import DetectParams
 
 router = APIRouter(include_in_schema=False)
 
@@ -72,6 +74,8 @@ def _config(settings: Settings) -> str:
         "maxImageBytes": settings.max_image_bytes,
         "maxBodyBytes": settings.max_body_bytes,
         "engines": list(ENGINE_NAMES),
+        # The fewest images "mask": "auto" takes: the page says so before sending.
+        "autoMinImages": DetectParams().min_images,
     }
     # Inside an HTML attribute: escape what could end it.
     return json.dumps(config).replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")

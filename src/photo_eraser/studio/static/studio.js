@@ -1,4 +1,5 @@
-// Photo Eraser Studio: upload a batch, paint one mask, run it, compare before/after.
+// Photo Eraser Studio: upload a batch, paint one mask (or let the service find the watermark
+// the batch shares), run it, compare before/after.
 // Plain ES module, no framework, no build step; every request goes to this origin.
 import { zipStore } from "./zip.js";
 
@@ -11,6 +12,10 @@ const MASK_RGB = [255, 48, 96]; // the overlay colour; the mask itself is the al
 const CREDENTIALS = "photo-eraser.credentials";
 const TASK_STATUS = { 1: "waiting", 2: "in progress", 3: "complete", 4: "failed", 5: "closed", 6: "timed out" };
 const IMAGE_STATUS = { 1: "waiting", 2: "processing", 3: "done", 4: "failed" };
+const AUTO_MIN = CONFIG.autoMinImages; // the service refuses "mask": "auto" on fewer images
+const AUTO_RELIABLE = 8; // from this many images every benchmark mark was found (docs/detect.md)
+// The fixed start of the reason every image carries when detection finds nothing (docs/detect.md).
+const NO_MARK = "no shared watermark found";
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -30,6 +35,8 @@ const state = {
   bbox: null, // mask bounding box in mask pixels: [x0, y0, x1, y1) or null
   fit: "stretch", // how the mask lands on images of other sizes: the mask_fit extension
   anchor: "bottom-right", // with fit "anchor": the mask_anchor extension
+  mode: "paint", // "paint": the painted mask is sent; "auto": "mask": "auto", the service finds it
+  detected: null, // after an automatic run: {canvas, bbox, url, marked} of the mask found
   task: null, // {id, items: [image], timer}
   compare: null,
 };
@@ -288,6 +295,7 @@ function renderList() {
     drawThumb(image);
   });
   $("#image-count").textContent = state.images.length ? `(${state.images.length} of ${MAX_IMAGES})` : "";
+  describeMask(); // automatic mode counts the images
 }
 
 const ANCHOR_AXES = {
@@ -296,14 +304,24 @@ const ANCHOR_AXES = {
   "bottom-left": [0, 2], bottom: [1, 2], "bottom-right": [2, 2],
 };
 
-/** Where the mask lands on `image`, as the service places it (`place_mask`, nearest
+/** The mask shown on the images: the painted one, or in automatic mode the one the service
+ * found (once a run found it; stretched onto each image, as the service does): {canvas, fit,
+ * bbox} or null. */
+function shownMask() {
+  if (state.mode === "paint") return { canvas: mask, fit: state.fit, bbox: state.bbox };
+  const found = state.detected;
+  return found ? { canvas: found.canvas, fit: "stretch", bbox: found.bbox } : null;
+}
+
+/** Where the mask `shown` lands on `image`, as the service places it (`place_mask`, nearest
  * neighbour): [x, y, w, h] in image pixels; it may reach past the image's edges (cut off). */
-function maskRect(image) {
+function maskRect(image, shown = shownMask() ?? { canvas: mask, fit: state.fit }) {
   const [W, H] = imageSize(image);
-  const [mw, mh] = [mask.width, mask.height];
-  if (state.fit === "stretch") return [0, 0, W, H];
+  const [mw, mh] = [shown.canvas.width, shown.canvas.height];
+  const fit = shown.fit;
+  if (fit === "stretch") return [0, 0, W, H];
   let sw, sh, hAxis, vAxis;
-  if (state.fit === "contain") {
+  if (fit === "contain") {
     const s = Math.min(W / mw, H / mh);
     [sw, sh] = [Math.min(W, Math.max(1, Math.round(mw * s))), Math.min(H, Math.max(1, Math.round(mh * s)))];
     [hAxis, vAxis] = [1, 1];
@@ -320,14 +338,16 @@ function maskRect(image) {
 /** The mask drawn over an image shown at [x, y] with `scale`, placed as the service places
  * it; what falls outside the image is clipped. */
 function drawPlacedMask(ctx, image, x, y, scale) {
+  const shown = shownMask();
+  if (!shown) return;
   const [w, h] = imageSize(image);
-  const [mx, my, mw, mh] = maskRect(image);
+  const [mx, my, mw, mh] = maskRect(image, shown);
   ctx.save();
   ctx.beginPath();
   ctx.rect(x, y, w * scale, h * scale);
   ctx.clip();
   ctx.imageSmoothingEnabled = false; // nearest neighbour, as the service scales the mask
-  ctx.drawImage(mask, x + mx * scale, y + my * scale, mw * scale, mh * scale);
+  ctx.drawImage(shown.canvas, x + mx * scale, y + my * scale, mw * scale, mh * scale);
   ctx.restore();
 }
 
@@ -404,8 +424,28 @@ function settleMask() {
 }
 
 function maskChanged() {
+  describeMask();
+  $("#undo").disabled = state.undo.length === 0;
+  $("#redo").disabled = state.redo.length === 0;
+  drawThumbs();
+  render();
+}
+
+/** The line under the editor: what will be sent, and what is missing. */
+function describeMask() {
   const info = $("#mask-info");
   info.dataset.marked = String(state.marked);
+  info.classList.remove("warn");
+  if (state.mode === "auto") {
+    const n = state.images.length;
+    const more = AUTO_MIN - n;
+    info.classList.toggle("warn", more > 0);
+    info.textContent =
+      more > 0
+        ? `Automatic: the service looks for the watermark that every image carries at the same place. Add ${more} more image${more === 1 ? "" : "s"} with the same mark (${n} of at least ${AUTO_MIN}; from ${AUTO_RELIABLE} it is found reliably).`
+        : `Automatic: the service looks for the watermark that all ${n} images carry at the same place${n < AUTO_RELIABLE ? ` (with fewer than ${AUTO_RELIABLE} images a faint mark may not be found)` : ""}.${state.detected ? "" : " The mask it finds is shown here after the run."}`;
+    return;
+  }
   const share = (100 * state.marked) / (mask.width * mask.height);
   const how = {
     stretch: "stretched to every image",
@@ -415,10 +455,21 @@ function maskChanged() {
   info.textContent = state.marked
     ? `The mask covers ${share < 0.1 ? share.toFixed(2) : share.toFixed(1)}% of its ${mask.width}×${mask.height} px (${how}, as the service does).`
     : `The mask is empty: paint over what to erase. It is ${how} of the batch, as the service does.`;
-  $("#undo").disabled = state.undo.length === 0;
-  $("#redo").disabled = state.redo.length === 0;
-  drawThumbs();
-  render();
+}
+
+/** Paint the mask, or let the service find the watermark the batch shares. */
+function setMode(mode) {
+  state.mode = mode;
+  for (const input of document.querySelectorAll('input[name="mask-mode"]')) input.checked = input.value === mode;
+  const auto = mode === "auto";
+  $("#mask-tools").hidden = auto;
+  $("#stage").classList.toggle("auto", auto);
+  // The mask found is stretched onto each image: the service takes no other placement with it.
+  $("#mask-fit-label").hidden = auto;
+  $("#mask-anchor-label").hidden = auto || state.fit !== "anchor";
+  $("#detected").hidden = !(auto && state.detected);
+  showAutoMessage(null);
+  maskChanged();
 }
 
 function snapshot() {
@@ -463,7 +514,7 @@ function clearMask() {
 /** Draw on the mask in the coordinates of `image` (the mask placed on it as the service
  * places it; paint outside the mask's footprint falls off the mask). */
 function withImageTransform(image, draw) {
-  const [mx, my, mw, mh] = maskRect(image);
+  const [mx, my, mw, mh] = maskRect(image, { canvas: mask, fit: state.fit });
   const [sx, sy] = [mask.width / mw, mask.height / mh];
   maskCtx.save();
   maskCtx.setTransform(sx, 0, 0, sy, -mx * sx, -my * sy);
@@ -474,13 +525,21 @@ function withImageTransform(image, draw) {
 /** A mask file marks what the service would mark: alpha if it has transparency, else any
  * non-black pixel (above 127 for a JPEG, whose noise around black must not count). */
 async function loadMask(file) {
-  let bitmap;
+  let out;
   try {
-    bitmap = await createImageBitmap(file, { premultiplyAlpha: "none" });
+    out = await decodeMask(file);
   } catch {
     setStatus("That mask file cannot be decoded.", "error");
     return;
   }
+  pushUndo();
+  restoreSnapshot(out);
+  settleMask();
+}
+
+/** A mask file as the editor's ImageData (alpha 255 = marked), or throw if it is no image. */
+async function decodeMask(file) {
+  const bitmap = await createImageBitmap(file, { premultiplyAlpha: "none" });
   const isJpeg = sniffFormat(new Uint8Array(await file.slice(0, 16).arrayBuffer())) === "JPEG";
   const c = document.createElement("canvas");
   c.width = bitmap.width;
@@ -494,11 +553,27 @@ async function loadMask(file) {
   const out = new ImageData(c.width, c.height);
   for (let i = 0; i < src.length; i += 4) {
     const on = hasAlpha ? src[i + 3] > 0 : Math.max(src[i], src[i + 1], src[i + 2]) > threshold;
+    out.data[i] = MASK_RGB[0];
+    out.data[i + 1] = MASK_RGB[1];
+    out.data[i + 2] = MASK_RGB[2];
     out.data[i + 3] = on ? 255 : 0;
   }
-  pushUndo();
-  restoreSnapshot(out);
-  settleMask();
+  bitmap.close();
+  return out;
+}
+
+/** The bounding box [x0, y0, x1, y1) of the marked pixels of `data`, or null. */
+function markedBox(data) {
+  let [x0, y0, x1, y1] = [data.width, data.height, -1, -1];
+  for (let y = 0, i = 3; y < data.height; y++)
+    for (let x = 0; x < data.width; x++, i += 4)
+      if (data.data[i]) {
+        if (x < x0) x0 = x;
+        if (x > x1) x1 = x;
+        if (y < y0) y0 = y;
+        if (y > y1) y1 = y;
+      }
+  return x1 < 0 ? null : [x0, y0, x1 + 1, y1 + 1];
 }
 
 /** The mask as the PNG the service receives: white = restore on opaque black. */
@@ -602,7 +677,7 @@ function draw() {
     ctx.globalAlpha = state.opacity;
     drawPlacedMask(ctx, image, x, y, s);
     ctx.globalAlpha = 1;
-    if (state.fit !== "stretch") {
+    if (state.mode === "paint" && state.fit !== "stretch") {
       // The mask's footprint on this image: paint lands on the mask only inside it.
       const [mx, my, mw, mh] = maskRect(image);
       ctx.strokeStyle = "rgba(255, 255, 255, 0.6)";
@@ -620,7 +695,8 @@ function draw() {
     ctx.strokeRect(x + drag.x0 * s, y + drag.y0 * s, (drag.x1 - drag.x0) * s, (drag.y1 - drag.y0) * s);
     ctx.setLineDash([]);
   }
-  if (pointer.inside && (state.tool === "brush" || state.tool === "eraser") && !pointer.spaceDown) {
+  const brush = state.tool === "brush" || state.tool === "eraser";
+  if (state.mode === "paint" && pointer.inside && brush && !pointer.spaceDown) {
     const rect = view.getBoundingClientRect();
     const dpr = view.width / rect.width;
     ctx.strokeStyle = "#fff";
@@ -657,7 +733,8 @@ function zoomBy(factor, cx = view.width / 2, cy = view.height / 2) {
 }
 
 function panning(ev) {
-  return state.tool === "hand" || pointer.spaceDown || ev.button === 1;
+  // Nothing is painted while the service is to find the mask: a drag only moves the view.
+  return state.mode === "auto" || state.tool === "hand" || pointer.spaceDown || ev.button === 1;
 }
 
 function strokeTo(drag, px, py) {
@@ -787,10 +864,32 @@ async function ensureUploaded(image) {
   return image.upload.url;
 }
 
+/** Say why automatic detection gave no mask (title, the reason as given, what to do), or
+ * hide the box with `null`. */
+function showAutoMessage(title, reason = "", help = "") {
+  $("#auto-msg").hidden = !title;
+  $("#auto-msg-title").textContent = title ?? "";
+  $("#auto-msg-reason").textContent = reason;
+  $("#auto-msg-help").textContent = help;
+}
+
+const AUTO_HELP =
+  `Choose "Paint a mask" and paint over the watermark, or add more photos that carry the same mark at the same place (from ${AUTO_RELIABLE} images it is found reliably).`;
+
 async function submit() {
   if (state.task?.timer) clearTimeout(state.task.timer);
+  showAutoMessage(null);
+  const auto = state.mode === "auto";
   if (!state.images.length) return setStatus("Add at least one image first.", "error");
-  if (!state.marked) return setStatus("The mask is empty: paint over what to erase first.", "error");
+  if (auto && state.images.length < AUTO_MIN) {
+    setStatus("");
+    return showAutoMessage(
+      "Not enough images to find the watermark automatically",
+      `Automatic detection needs at least ${AUTO_MIN} images that carry the same watermark; this batch has ${state.images.length}.`,
+      AUTO_HELP,
+    );
+  }
+  if (!auto && !state.marked) return setStatus("The mask is empty: paint over what to erase first.", "error");
   const priority = Number($("#priority").value);
   if (!Number.isInteger(priority) || priority < 0 || priority > 9)
     return setStatus("Priority must be a whole number from 0 to 9.", "error");
@@ -810,17 +909,24 @@ async function submit() {
     renderList();
     renderResults(state.images.filter((im) => im.uploadError));
     if (!items.length) return setStatus("No image could be uploaded; see the reasons below.", "error");
-    const maskData = "data:image/png;base64," + (await blobBase64(await maskPng()));
-    const fields = { images: items.map((it) => it.url), mask: maskData, priority, engine: $("#engine").value };
-    if (state.fit !== "stretch") fields.mask_fit = state.fit;
-    if (state.fit === "anchor") fields.mask_anchor = state.anchor;
+    const fields = { images: items.map((it) => it.url), mask: "auto", priority, engine: $("#engine").value };
+    if (!auto) {
+      fields.mask = "data:image/png;base64," + (await blobBase64(await maskPng()));
+      if (state.fit !== "stretch") fields.mask_fit = state.fit;
+      if (state.fit === "anchor") fields.mask_anchor = state.anchor;
+    }
     const body = JSON.stringify(fields);
     if (body.length > CONFIG.maxBodyBytes)
       return setStatus(`The request is ${sizeText(body.length)}, more than the server takes (${sizeText(CONFIG.maxBodyBytes)}).`, "error");
     setStatus("Sending the batch…");
     const env = await api("POST", "/v3/pic/rw/batch", body, { "Content-Type": "application/json" });
-    if (env.code !== 0) return setStatus(`The batch was refused: ${env.msg}`, "error");
-    state.task = { id: env.data.task_id, items: items.map((it) => it.image), timer: 0 };
+    if (env.code !== 0) {
+      if (!auto) return setStatus(`The batch was refused: ${env.msg}`, "error");
+      setStatus("");
+      return showAutoMessage("The service refused to look for the watermark", env.msg, AUTO_HELP);
+    }
+    if (auto) forgetDetected();
+    state.task = { id: env.data.task_id, items: items.map((it) => it.image), timer: 0, auto };
     setStatus(`Task ${state.task.id}: sent.`);
     await poll(state.task);
   } finally {
@@ -854,6 +960,7 @@ async function poll(task) {
     renderResults([...task.items, ...state.images.filter((im) => im.uploadError)]);
     if (finished) {
       task.timer = 0;
+      if (task.auto) await detectionOutcome(task, data);
       const first = task.items.find((im) => im.result?.status === "3");
       if (first) showCompare(first);
       $("#download-all").disabled = !task.items.some((im) => im.result?.image_result);
@@ -907,6 +1014,68 @@ function renderResults(images) {
   });
 }
 
+// ---------------------------------------------------------------- the mask the service found
+
+/** After an automatic run: show the mask found on every image, or why none was found. */
+async function detectionOutcome(task, data) {
+  if (data.detected_mask) {
+    try {
+      await showDetected(data.detected_mask);
+    } catch (err) {
+      // The results stand; only the preview of the mask is missing.
+      showAutoMessage("The watermark was found, but its mask could not be shown", err.message, "");
+    }
+    return;
+  }
+  const reasons = task.items.map((im) => im.result?.reason ?? "").filter(Boolean);
+  const reason = reasons.find((r) => r.startsWith(NO_MARK));
+  if (reason)
+    showAutoMessage("No watermark was found, so nothing was erased", reason, AUTO_HELP);
+}
+
+async function showDetected(url) {
+  const response = await fetch(url, { cache: "no-store" });
+  if (!response.ok) throw new Error(`HTTP ${response.status}`);
+  const data = await decodeMask(await response.blob());
+  const canvas = document.createElement("canvas");
+  canvas.width = data.width;
+  canvas.height = data.height;
+  canvas.getContext("2d").putImageData(data, 0, 0);
+  const bbox = markedBox(data);
+  state.detected = { canvas, bbox, url, marked: bbox ? countMarked(data) : 0 };
+  const link = $("#detected-download");
+  link.href = url;
+  $("#detected").hidden = state.mode !== "auto";
+  $("#detected").dataset.marked = String(state.detected.marked);
+  maskChanged();
+}
+
+function countMarked(data) {
+  let n = 0;
+  for (let i = 3; i < data.data.length; i += 4) if (data.data[i]) n++;
+  return n;
+}
+
+function forgetDetected() {
+  state.detected = null;
+  $("#detected").hidden = true;
+  maskChanged();
+}
+
+/** Carry on by hand from the mask found: it becomes the painted mask (undo brings the old
+ * one back), stretched as the service stretched it. */
+function editDetected() {
+  if (!state.detected) return;
+  pushUndo();
+  maskCtx.clearRect(0, 0, mask.width, mask.height);
+  maskCtx.imageSmoothingEnabled = false;
+  maskCtx.drawImage(state.detected.canvas, 0, 0, mask.width, mask.height);
+  state.fit = "stretch";
+  $("#mask-fit").value = "stretch";
+  setMode("paint");
+  settleMask();
+}
+
 // ---------------------------------------------------------------- before / after
 
 function showCompare(image) {
@@ -935,14 +1104,16 @@ function setComparePosition(percent) {
 
 /** Zoom the comparison onto the mask's box, as the mask lands on this image. */
 function zoomToMask() {
-  if (!state.bbox) return;
+  const shown = shownMask();
+  if (!shown?.bbox) return;
   // The box in mask pixels, placed on the compared image, as fractions of that image.
-  const [x0, y0, x1, y1] = state.bbox;
+  const [x0, y0, x1, y1] = shown.bbox;
   const [iw, ih] = imageSize(state.compare);
-  const [mx, my, mw, mh] = maskRect(state.compare);
+  const [mx, my, mw, mh] = maskRect(state.compare, shown);
+  const [cw, ch] = [shown.canvas.width, shown.canvas.height];
   const along = (v, m, offset, size, whole) => Math.min(1, Math.max(0, (offset + (v / m) * size) / whole));
-  const [fx0, fx1] = [along(x0, mask.width, mx, mw, iw), along(x1, mask.width, mx, mw, iw)];
-  const [fy0, fy1] = [along(y0, mask.height, my, mh, ih), along(y1, mask.height, my, mh, ih)];
+  const [fx0, fx1] = [along(x0, cw, mx, mw, iw), along(x1, cw, mx, mw, iw)];
+  const [fy0, fy1] = [along(y0, ch, my, mh, ih), along(y1, ch, my, mh, ih)];
   const frame = $("#compare-zoom");
   const W = frame.offsetWidth;
   const H = frame.offsetHeight;
@@ -986,6 +1157,8 @@ document.addEventListener("keydown", (ev) => {
   if ($("#workspace").hidden || typing(ev)) return;
   const mod = ev.ctrlKey || ev.metaKey;
   const key = ev.key.toLowerCase();
+  // In automatic mode the painted mask is put away, not edited: only the view keys work.
+  if (state.mode === "auto" && (mod || "ber[]".includes(key))) return;
   if (mod && key === "z") {
     ev.preventDefault();
     if (ev.shiftKey) redo();
@@ -1094,6 +1267,9 @@ function wire() {
   });
   $("#save-mask").addEventListener("click", async () => saveBlob(await maskPng(), "mask.png"));
 
+  for (const input of document.querySelectorAll('input[name="mask-mode"]'))
+    input.addEventListener("change", () => setMode(input.value));
+  $("#detected-edit").addEventListener("click", editDetected);
   $("#run-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     submit();
@@ -1130,6 +1306,7 @@ async function loadEngines() {
 }
 
 wire();
+for (const el of document.querySelectorAll(".auto-min")) el.textContent = String(AUTO_MIN);
 setSize(state.size);
 maskChanged();
 loadEngines();
