@@ -608,3 +608,38 @@ def test_auto_mask_failure_says_why(page: Any, server: ServerProcess, tmp_path: 
     expect(page.locator("#detected")).to_be_hidden()
     assert page.locator("#compare-panel").is_hidden()
     _screenshot(page, "studio-auto-failed.png", tmp_path, full_page=True)
+
+
+def test_auto_mask_found_but_not_drawable_keeps_the_results(
+    page: Any, server: ServerProcess, tmp_path: Path
+) -> None:
+    """The mask found cannot be read by the page (here its link answers something that is not
+    an image, as an object store that forbids reading it would): the page says so, the
+    results stand, and the link to the mask is still offered."""
+    appkey, appsecret = server.create_key("studio-auto-undrawable")
+    _sign_in(page, server, appkey, appsecret)
+    page.wait_for_selector("#workspace:not([hidden])")
+    page.route(
+        "**/detected-mask.png?*",
+        lambda route: route.fulfill(status=200, content_type="image/png", body=b"not a png"),
+    )
+    stamped = _auto_batch(6, seed=5)
+    page.set_input_files(
+        "#file-input", [_png_file(f"shop-{i}.png", im) for i, im in enumerate(stamped)]
+    )
+    expect(page.locator("#image-list li")).to_have_count(6)
+    page.get_by_label("Find the watermark automatically").check()
+    page.select_option("#engine", "opencv")
+    page.click("#submit")
+    page.wait_for_selector("#run-status[data-status='3']", timeout=TASK_TIMEOUT_MS)
+    expect(page.locator("#auto-msg-title")).to_have_text(
+        "The watermark was found, but its mask cannot be drawn here"
+    )
+    expect(page.locator("#detected")).to_be_visible()
+    expect(page.locator("#detected-edit")).to_be_hidden()
+    assert "detected-mask.png?" in (page.get_attribute("#detected-download", "href") or "")
+    rows = page.locator("#results tbody tr")
+    expect(rows).to_have_count(6)
+    for i in range(6):
+        assert rows.nth(i).get_attribute("data-status") == "3"
+        assert rows.nth(i).locator("td").nth(3).inner_text() == "opencv"

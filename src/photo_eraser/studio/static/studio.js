@@ -1019,11 +1019,19 @@ function renderResults(images) {
 /** After an automatic run: show the mask found on every image, or why none was found. */
 async function detectionOutcome(task, data) {
   if (data.detected_mask) {
+    $("#detected-download").href = data.detected_mask;
     try {
       await showDetected(data.detected_mask);
     } catch (err) {
-      // The results stand; only the preview of the mask is missing.
-      showAutoMessage("The watermark was found, but its mask could not be shown", err.message, "");
+      // The results and the mask's link stand; only the overlay is missing (e.g. an object
+      // store that does not let this page read its links).
+      showAutoMessage(
+        "The watermark was found, but its mask cannot be drawn here",
+        err.message,
+        'The results are below; "Download the detected mask" (under the editor) still works.',
+      );
+      $("#detected-note").hidden = $("#detected-edit").hidden = true;
+      $("#detected").hidden = state.mode !== "auto";
     }
     return;
   }
@@ -1043,8 +1051,7 @@ async function showDetected(url) {
   canvas.getContext("2d").putImageData(data, 0, 0);
   const bbox = markedBox(data);
   state.detected = { canvas, bbox, url, marked: bbox ? countMarked(data) : 0 };
-  const link = $("#detected-download");
-  link.href = url;
+  $("#detected-note").hidden = $("#detected-edit").hidden = false;
   $("#detected").hidden = state.mode !== "auto";
   $("#detected").dataset.marked = String(state.detected.marked);
   maskChanged();
