@@ -171,6 +171,7 @@ class Runtime:
             await self.webhooks.aclose()
             self.webhooks = None
         await asyncio.to_thread(self.dispatcher.close)
+        self.store.drop_loop_connection()
         if self._database_lock is not None:
             self._database_lock.release()
             self._database_lock = None

@@ -26,6 +26,7 @@ from photo_eraser.tasks.idempotency import (
     record_idempotency,
 )
 from photo_eraser.tasks.keys import KeyQueries, VerifiedKeys
+from photo_eraser.tasks.nowait import WouldWait
 from photo_eraser.tasks.prepared import Prepared, among
 from photo_eraser.tasks.queue import queue_position, take_seqs
 from photo_eraser.tasks.records import (
@@ -150,18 +151,33 @@ class TaskStore(KeyQueries, UpkeepQueries, IdempotencyQueries, DeliveryQueries):
         first read, and counts no task of its own priority ahead of it (`queue_position`
         clamps at 0), which only shortens that one ``wait_time``."""
         with self.engine.connect() as conn:
-            task = _read_task(conn, task_id, appkey)
-            if task is None:
-                return None
-            if task.status.finished:
-                return task, Outlook(durations=[], slots=0, ahead=0)
-            durations, slots = self._shared_outlook(conn, heartbeat_window)
-            waiting = task.status == TaskStatus.WAITING
-            return task, Outlook(
-                durations=durations,
-                slots=slots if waiting else 0,
-                ahead=_position(conn, task) if waiting else 0,
-            )
+            return self.poll_on(conn, task_id, appkey, heartbeat_window)
+
+    def poll_on(
+        self,
+        conn: sa.Connection,
+        task_id: str,
+        appkey: str,
+        heartbeat_window: float,
+        *,
+        indexed_only: bool = False,
+    ) -> tuple[TaskRecord, Outlook] | None:
+        """`poll` on ``conn``. ``indexed_only``: a waiting task from before queue numbers
+        (its position is a count of the backlog) raises `WouldWait` instead (`nowait`)."""
+        task = _read_task(conn, task_id, appkey)
+        if task is None:
+            return None
+        if task.status.finished:
+            return task, Outlook(durations=[], slots=0, ahead=0)
+        waiting = task.status == TaskStatus.WAITING
+        if indexed_only and waiting and task.queue_seq is None:
+            raise WouldWait("a position to count")
+        durations, slots = self._shared_outlook(conn, heartbeat_window)
+        return task, Outlook(
+            durations=durations,
+            slots=slots if waiting else 0,
+            ahead=_position(conn, task) if waiting else 0,
+        )
 
     def _shared_outlook(
         self, conn: sa.Connection, heartbeat_window: float
