@@ -3,14 +3,15 @@
 A poll's reads take a thread hop (`AsyncTaskStore`) so that a read that waits cannot stop the
 event loop: waiting for a pooled connection, or for a lock (SQLite's busy timeout). The hop
 costs more than the reads: a dozen futex calls a poll as the loop and the pool's thread hand
-the GIL back and forth (counted with strace), 0.1 ms of CPU on this project's machine. Here
-neither wait can happen: the reads go to a connection of their own (no pool), whose busy
-timeout is 0, so a lock that would make them wait (a writer of a non-WAL database, a
-checkpoint resetting the WAL) raises SQLITE_BUSY at once; that is `WouldWait`, and the
-caller takes the thread hop as before. SQLite never sleeps on a lock but for its busy
-timeout (its file locks are taken without waiting); what is left is reading pages, from
-SQLite's cache or the OS's. A connection that failed is dropped (invalidated, never handed
-back to the pool with its busy timeout of 0).
+the GIL back and forth (counted with strace), 0.1 ms of CPU or more on this project's
+machine. Here neither wait can happen: the reads go to a connection of their own, opened by
+an engine of their own without a pool (opened, never waited for), with a busy timeout of 0,
+so a lock that would make them wait (a writer of a non-WAL database, a checkpoint resetting
+the WAL, WAL recovery) raises SQLITE_BUSY at once; that is `WouldWait`, and the caller takes
+the thread hop as before. SQLite never sleeps on a lock but for its busy timeout (its file
+locks are taken without waiting); what is left is reading pages, from SQLite's cache or the
+OS's, and a few retries of the WAL read lock in a rare race with a writer. A connection that
+failed is closed; the next read opens another.
 
 PostgreSQL (a network round trip) always takes the hop."""
 
@@ -34,7 +35,12 @@ class NoWaitReads:
     """The event loop's own SQLite connection, for reads that must not wait."""
 
     def __init__(self, engine: sa.Engine) -> None:
-        self.engine = engine
+        # The same file, not the same pool: the store's connections wait up to 30 s.
+        self.engine = sa.create_engine(
+            engine.url,
+            poolclass=sa.pool.NullPool,
+            connect_args={"timeout": 0, "check_same_thread": False},
+        )
         self._conn: sa.Connection | None = None
         self._busy = threading.Lock()
 
@@ -72,21 +78,13 @@ class NoWaitReads:
             self._drop()
 
     def _open(self) -> sa.Connection:
-        conn = self.engine.connect()
-        try:
-            conn.exec_driver_sql("PRAGMA busy_timeout=0")
-            conn.rollback()
-        except BaseException:
-            conn.invalidate()
-            conn.close()
-            raise
-        self._conn = conn
-        return conn
+        self._conn = self.engine.connect()
+        return self._conn
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            conn.invalidate()  # closed, not handed back to the pool with a busy timeout of 0
+            conn.invalidate()  # not reused: a failed read may have left it in any state
             conn.close()
 
 
