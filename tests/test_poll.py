@@ -245,7 +245,7 @@ def test_a_read_that_would_wait_for_a_lock_is_refused_at_once(tmp_path: Path) ->
     reads.engine.dispose()
 
 
-def test_a_task_without_a_queue_number_is_counted_in_a_thread(tmp_path: Path) -> None:
+def test_a_task_without_a_queue_number_is_answered_as_before(tmp_path: Path) -> None:
     """A waiting task stored before queue numbers (migration 0009) has its position counted
     over the backlog: never on the event loop; the answer is the same."""
     with accept_only(tmp_path) as server:
