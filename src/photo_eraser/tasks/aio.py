@@ -1,6 +1,6 @@
 """The task store for coroutines: the API routes, the workers and the embedded server await
 these; each call runs the blocking database call in a thread, so the event loop never waits
-on the database."""
+on the database. A poll on SQLite reads on the event loop where that cannot wait (`nowait`)."""
 
 from __future__ import annotations
 
