@@ -7,6 +7,7 @@ import platform
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -127,3 +128,44 @@ def test_creates_past_the_admission_limit_are_shed_with_503(capped: LocalServer)
     assert first[0].status_code == 200, first[0].text  # the one admitted is not harmed
     assert value(scrape(capped), "photo_eraser_creates_refused_total", cause="busy") == 1
     client.close()
+
+
+def test_http_requests_are_counted_by_route_template_method_and_status_class(
+    tmp_path: Path,
+) -> None:
+    """``http_requests_total`` and ``http_request_duration_seconds`` (README, "Metrics"): the
+    handler is the route's template whoever answered (polls are answered beside the router,
+    `api.poll`), ``none`` where no route matched; the scrapes are not counted."""
+    server = LocalServer(tmp_path, workers=0).start()
+    try:
+        c = server.new_client("http-metrics")
+        task_id = c.create_ok(["http://127.0.0.1:9/a.png"], "http://127.0.0.1:9/m.png")
+        before = scrape(server)
+        assert c.result(task_id).status_code == 200
+        assert c.result(task_id).status_code == 200
+        assert server.http.get(f"/v3/pic/rw/result/{task_id}").status_code == 401
+        assert c.result("no-such-task").status_code == 404
+        assert c.http.post(f"/v3/pic/rw/result/{task_id}").status_code == 405
+        assert c.http.get(f"/v3/pic/rw/result/{task_id}/more").status_code == 404
+        assert c.http.get("/v3/pic/rw/files/a.png?expires=1&signature=x").status_code == 403
+        after = scrape(server)
+        c.close()
+    finally:
+        server.stop()
+
+    def moved(name: str, handler: str, method: str, status: str) -> float:
+        labels = {"handler": handler, "method": method, "status": status}
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    poll = "/v3/pic/rw/result/{task_id}"
+    for name in ("http_requests_total", "http_request_duration_seconds_count"):
+        assert moved(name, poll, "GET", "2xx") == 2
+        assert moved(name, poll, "GET", "4xx") == 2
+        assert moved(name, poll, "POST", "4xx") == 1
+        assert moved(name, "none", "GET", "4xx") == 1
+        assert moved(name, "/v3/pic/rw/files/{key:path}", "GET", "4xx") == 1
+        assert moved(name, "/metrics", "GET", "2xx") == 0
+    histogram = "http_request_duration_seconds_bucket"
+    assert value(after, histogram, handler=poll, method="GET", status="2xx", le="+Inf") >= 2
+    labels = " ".join(str(lbl) for _, lbl in after)
+    assert task_id not in labels

@@ -114,6 +114,20 @@ class Metrics:
             ["cause"],
             registry=r,
         )
+        # The HTTP metrics: the names, labels and buckets prometheus-fastapi-instrumentator
+        # gave them (its `requests` and `latency`), recorded by `api.http_metrics`.
+        self.http_requests = Counter(
+            "http_requests",
+            "Total number of requests by method, status and handler.",
+            ["handler", "method", "status"],
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            "http_request_duration_seconds",
+            "Duration of HTTP requests in seconds",
+            ["handler", "method", "status"],
+            registry=r,
+        )
         r.register(_StoreGauges(store_counts))
 
 

@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from functools import lru_cache
 from statistics import mean
 
 from photo_eraser.api.presenters import callback_body
@@ -170,6 +171,7 @@ class Runtime:
             await self.webhooks.aclose()
             self.webhooks = None
         await asyncio.to_thread(self.dispatcher.close)
+        self.store.drop_loop_connection()
         if self._database_lock is not None:
             self._database_lock.release()
             self._database_lock = None
@@ -219,13 +221,21 @@ class Runtime:
         if task.status.finished:
             return "0"
         assert outlook is not None, "an unfinished task's wait_time needs its outlook"
-        per_task = mean(outlook.durations) if outlook.durations else DEFAULT_TASK_SECONDS
+        per_task = _mean_seconds(tuple(outlook.durations))
         if task.status == TaskStatus.IN_PROGRESS:
             elapsed = time.time() - (task.started_at or time.time())
             estimate = per_task - elapsed
         else:
             estimate = (outlook.ahead // max(1, outlook.slots) + 1) * per_task
         return str(max(1, math.ceil(estimate)))
+
+
+@lru_cache(maxsize=8)
+def _mean_seconds(durations: tuple[float, ...]) -> float:
+    """The mean run time ``wait_time`` assumes per task. Cached: the polls of this process
+    share one list of run times for a second (`TaskStore.poll`), and ``statistics.mean`` (an
+    exact sum of fractions, kept for its exactly rounded result) costs 20-30 us a call."""
+    return mean(durations) if durations else DEFAULT_TASK_SECONDS
 
 
 class ApiRuntime(Runtime):

@@ -10,8 +10,7 @@ import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from prometheus_fastapi_instrumentator import Instrumentator
-from prometheus_fastapi_instrumentator import metrics as instrumentation
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from photo_eraser import __version__
@@ -19,6 +18,8 @@ from photo_eraser.api import openapi
 from photo_eraser.api.auth import RateLimiter
 from photo_eraser.api.create import CreateAdmission
 from photo_eraser.api.errors import CODE_TABLE, ApiError, Code, InternalErrorMiddleware, envelope
+from photo_eraser.api.http_metrics import HttpMetrics
+from photo_eraser.api.poll import PollRoute
 from photo_eraser.api.routes import callbacks, files, ops, studio, tasks, uploads
 from photo_eraser.config import Settings
 from photo_eraser.disk import DISK_FULL_REASON, is_disk_full
@@ -78,14 +79,17 @@ def create_app(settings: Settings | None = None, *, distributed: bool = False) -
     for module in (tasks, uploads, files, ops, studio):
         app.include_router(module.router)
     callbacks.document(app)
+    # Middleware added later wraps what was added before. Polls are answered innermost (the
+    # error middleware guards them as it guards the routes) ...
+    result_route = next(
+        r for r in tasks.router.routes if isinstance(r, APIRoute) and r.endpoint is tasks.get_result
+    )
+    app.add_middleware(PollRoute, service=service, route=result_route)
     _install_error_handlers(app)
-    # HTTP metrics by route template (never by task id), into the service's own registry:
-    # counts and latency only (the library's size metrics trust the client's Content-Length).
-    registry = service.metrics.registry
-    Instrumentator(excluded_handlers=["/metrics"], registry=registry).add(
-        instrumentation.requests(registry=registry),
-        instrumentation.latency(registry=registry),
-    ).instrument(app)
+    # ... and every request is counted and timed outermost, by route template (never by task
+    # id), into the service's own registry.
+    metrics = service.metrics
+    app.add_middleware(HttpMetrics, requests=metrics.http_requests, duration=metrics.http_duration)
     openapi.install(app)
     return app
 

@@ -3,10 +3,11 @@ the body of its callback."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from photo_eraser.api.errors import Code, envelope
-from photo_eraser.api.schemas import CallbackState, ResultData, ResultItem
+from photo_eraser.api.schemas import CallbackState, ResultData
 from photo_eraser.storage import detected_mask_key
 from photo_eraser.tasks.records import CallbackRecord, Outlook, TaskRecord
 from photo_eraser.tasks.status import ImageStatus, TaskStatus
@@ -20,36 +21,42 @@ def result_data(
 ) -> ResultData:
     """What the result route answers for ``task``, its result links on ``base``; ``outlook``
     (what ``wait_time`` is estimated from) is needed only while the task is unfinished."""
+    return ResultData.model_validate(result_fields(task, service, lambda: base, outlook))
+
+
+def result_fields(
+    task: TaskRecord, service: Runtime, base: Callable[[], str], outlook: Outlook | None = None
+) -> dict[str, Any]:
+    """`result_data` as the JSON object it is sent as (``model_dump(exclude_none=True)``: the
+    fields in the model's order, none that is None), built without the models: the poll
+    answers it straight (`api.poll`). ``base`` is called only if a link is made."""
     wait_time = service.wait_time(task, outlook)
-    base = base.rstrip("/")
-    expires = int((task.finished_at or 0) + service.settings.result_ttl_seconds)
     items = []
+    # Links only to a finished task's kept results: the base is not worked out otherwise.
+    links = bool(task.finished_at) and any(im.result_key for im in task.images)
+    root = base().rstrip("/") if links else ""
+    expires = int((task.finished_at or 0) + service.settings.result_ttl_seconds)
     for im in task.images:
         url = ""
-        if im.status == ImageStatus.DONE and im.result_key and task.finished_at:
-            url = service.result_url(im.result_key, expires, base)
-        share = None if im.recovered_share is None else round(im.recovered_share, 3)
-        items.append(
-            ResultItem(
-                image_result=url,
-                status=str(int(im.status)),
-                reason=im.reason,
-                method=im.method,
-                recovered_share=share,
-            )
-        )
-    detected = None
+        if im.status == ImageStatus.DONE and im.result_key and links:
+            url = service.result_url(im.result_key, expires, root)
+        item: dict[str, Any] = {
+            "image_result": url,
+            "status": str(int(im.status)),
+            "reason": im.reason,
+        }
+        if im.method is not None:
+            item["method"] = im.method
+        if im.recovered_share is not None:
+            item["recovered_share"] = round(float(im.recovered_share), 3)
+        items.append(item)
+    data: dict[str, Any] = {"status": str(int(task.status)), "wait_time": wait_time, "list": items}
+    if task.callback is not None:
+        data["callback"] = callback_state(task.callback).model_dump(exclude_none=True)
     # Shown while the results are (the retention sweep deletes it with them).
-    kept = any(im.result_key for im in task.images)
-    if task.mask_auto and task.status == TaskStatus.COMPLETE and task.finished_at and kept:
-        detected = service.result_url(detected_mask_key(task.task_id), expires, base)
-    return ResultData(
-        status=str(int(task.status)),
-        wait_time=wait_time,
-        list=items,
-        callback=None if task.callback is None else callback_state(task.callback),
-        detected_mask=detected,
-    )
+    if task.mask_auto and task.status == TaskStatus.COMPLETE and links:
+        data["detected_mask"] = service.result_url(detected_mask_key(task.task_id), expires, root)
+    return data
 
 
 def callback_state(record: CallbackRecord) -> CallbackState:

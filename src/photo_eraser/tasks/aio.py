@@ -1,6 +1,6 @@
 """The task store for coroutines: the API routes, the workers and the embedded server await
 these; each call runs the blocking database call in a thread, so the event loop never waits
-on the database."""
+on the database. A poll on SQLite reads on the event loop where that cannot wait (`nowait`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Sequence
 
 from photo_eraser.tasks.idempotency import Remembered
+from photo_eraser.tasks.nowait import NoWaitReads, WouldWait
 from photo_eraser.tasks.records import (
     Closing,
     ImageRecord,
@@ -26,6 +27,12 @@ class AsyncTaskStore:
 
     def __init__(self, store: TaskStore) -> None:
         self.sync = store
+        self._nowait = NoWaitReads(store.engine) if NoWaitReads.possible(store.engine) else None
+
+    def drop_loop_connection(self) -> None:
+        """Close the event loop's own connection, if it has one (the pool is the engine's)."""
+        if self._nowait is not None:
+            self._nowait.close()
 
     # ---- The API -----------------------------------------------------------------------
 
@@ -54,9 +61,19 @@ class AsyncTaskStore:
     async def poll(
         self, task_id: str, appkey: str, heartbeat_window: float
     ) -> tuple[TaskRecord, Outlook] | None:
-        """The key's task and what its ``wait_time`` is estimated from, in one thread hop
+        """The key's task and what its ``wait_time`` is estimated from: on SQLite read on
+        the event loop if that cannot wait (`nowait`), else in one thread hop
         (``run_in_executor``: ``to_thread`` also copies the context, a third of the hop's CPU,
         and nothing here reads a context variable)."""
+        if self._nowait is not None:
+            try:
+                return self._nowait.run(
+                    lambda conn: self.sync.poll_on(
+                        conn, task_id, appkey, heartbeat_window, indexed_only=True
+                    )
+                )
+            except WouldWait:
+                pass
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, self.sync.poll, task_id, appkey, heartbeat_window)
 

@@ -26,6 +26,7 @@ from photo_eraser.tasks.idempotency import (
     record_idempotency,
 )
 from photo_eraser.tasks.keys import KeyQueries, VerifiedKeys
+from photo_eraser.tasks.nowait import WouldWait
 from photo_eraser.tasks.prepared import Prepared, among
 from photo_eraser.tasks.queue import queue_position, take_seqs
 from photo_eraser.tasks.records import (
@@ -150,28 +151,53 @@ class TaskStore(KeyQueries, UpkeepQueries, IdempotencyQueries, DeliveryQueries):
         first read, and counts no task of its own priority ahead of it (`queue_position`
         clamps at 0), which only shortens that one ``wait_time``."""
         with self.engine.connect() as conn:
-            task = _read_task(conn, task_id, appkey)
-            if task is None:
-                return None
-            if task.status.finished:
-                return task, Outlook(durations=[], slots=0, ahead=0)
-            durations, slots = self._shared_outlook(conn, heartbeat_window)
-            waiting = task.status == TaskStatus.WAITING
-            return task, Outlook(
-                durations=durations,
-                slots=slots if waiting else 0,
-                ahead=_position(conn, task) if waiting else 0,
-            )
+            return self.poll_on(conn, task_id, appkey, heartbeat_window)
+
+    def poll_on(
+        self,
+        conn: sa.Connection,
+        task_id: str,
+        appkey: str,
+        heartbeat_window: float,
+        *,
+        indexed_only: bool = False,
+    ) -> tuple[TaskRecord, Outlook] | None:
+        """`poll` on ``conn``. ``indexed_only`` (`nowait`: reads on the event loop): the
+        reads that may take long raise `WouldWait` instead, for the thread to make: the
+        shared outlook's refresh, once a second (the recent run times are sorted out of every
+        finished task), and the position of a waiting task from before queue numbers (a
+        count over the backlog)."""
+        if indexed_only and not self._outlook_fresh():
+            raise WouldWait("the recent run times to read")
+        task = _read_task(conn, task_id, appkey)
+        if task is None:
+            return None
+        if task.status.finished:
+            return task, Outlook(durations=[], slots=0, ahead=0)
+        waiting = task.status == TaskStatus.WAITING
+        if indexed_only and waiting and task.queue_seq is None:
+            raise WouldWait("a position to count")
+        # (Checked fresh above, microseconds ago: not refreshed on the loop if it just aged.)
+        durations, slots = self._shared_outlook(conn, heartbeat_window, refresh=not indexed_only)
+        return task, Outlook(
+            durations=durations,
+            slots=slots if waiting else 0,
+            ahead=_position(conn, task) if waiting else 0,
+        )
+
+    def _outlook_fresh(self) -> bool:
+        shared = self._outlook
+        return shared is not None and time.monotonic() - shared[0] < SHARED_OUTLOOK_SECONDS
 
     def _shared_outlook(
-        self, conn: sa.Connection, heartbeat_window: float
+        self, conn: sa.Connection, heartbeat_window: float, *, refresh: bool = True
     ) -> tuple[list[float], int]:
         """The recent run times and the live worker slots, the same for every task: read
         once per `SHARED_OUTLOOK_SECONDS` by the polls of this process (two reads fewer per
-        poll; on PostgreSQL two round trips)."""
+        poll; on PostgreSQL two round trips). Without ``refresh``, read only if never read."""
         now = time.monotonic()
         shared = self._outlook
-        if shared is None or now - shared[0] >= SHARED_OUTLOOK_SECONDS:
+        if shared is None or (refresh and now - shared[0] >= SHARED_OUTLOOK_SECONDS):
             shared = (now, _recent_durations(conn), count_live_slots(conn, heartbeat_window))
             self._outlook = shared  # one assignment: threads see the old or the new
         return shared[1], shared[2]
