@@ -530,7 +530,7 @@ def figure(path: Path) -> None:
 
 DETECT_COUNTS = (2, 3, 4, 8, 12)
 DETECT_ALPHAS = (0.3, 0.45, 0.6)
-CLEAN_BATCHES = 12
+CLEAN_BATCHES = 24
 DETECT_SEEDS = {"report": (5000, 9000), "tune": (7000, 11000), "other": (8000, 13000)}
 """First seed of the marked cases and of the clean batches. The detector's thresholds were
 tuned on ``tune`` (and checked on ``other``); docs/detect-quality.md reports ``report``."""

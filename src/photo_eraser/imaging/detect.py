@@ -215,8 +215,10 @@ class _Maps:
         self.b = np.empty((n, h, w), np.float32)
         ones = np.ones((1, 3), np.float32)
         sigma = p.smooth if spread else p.fine_smooth
-        self.signed = p.signed
-        self.v = np.empty((n, h, w, 6) if p.signed > 0 else (n, 1, 1, 1), np.float32)
+        # The signed agreement decides whether there is a mark (coarse pass); the fine pass
+        # only traces it, and there it would cost more than it changes.
+        self.signed = p.signed if spread else 0.0
+        self.v = np.empty((n, h, w, 6) if self.signed > 0 else (n, 1, 1, 1), np.float32)
         for i, im in enumerate(images):
             e = _energy(im)
             # In the coarse pass, marks a pixel or so apart (a few in the full image) still
@@ -230,9 +232,10 @@ class _Maps:
             tr = jxx + jyy + p.flat_energy
             self.a[i] = (jxx - jyy) / tr
             self.b[i] = 2 * jxy / tr
-            if p.signed > 0:
+            if self.signed > 0:
                 norm = np.sqrt(tr)[..., None]
-                self.v[i] = np.concatenate([gx / norm, gy / norm], axis=2)
+                np.divide(gx, norm, out=self.v[i, ..., :3])
+                np.divide(gy, norm, out=self.v[i, ..., 3:])
 
     def score(self, share: float, scramble: int = 0) -> np.ndarray:
         """Per pixel, how much the batch agrees on an edge there: the low-rank energy times
@@ -261,9 +264,10 @@ def _whitening(images: Sequence[np.ndarray], max_gain: float) -> np.ndarray:
     cov = np.zeros((3, 3), np.float64)
     for im in images:
         f = im.astype(np.float32)
-        for d in (f[:, 1:] - f[:, :-1], f[1:] - f[:-1]):
-            g = d.reshape(-1, 3).astype(np.float64)
-            cov += g.T @ g
+        # Every other row and column: the colours' spread, not every pixel, is wanted.
+        for d in (f[::2, 1::2] - f[::2, :-1:2], f[1::2, ::2] - f[:-1:2, ::2]):
+            g = d.reshape(-1, 3)
+            cov += (g.T @ g).astype(np.float64)
     values, vectors = np.linalg.eigh(cov)
     values = np.maximum(values, values.max() / max_gain**2)
     inverse_root = vectors @ np.diag(values**-0.5) @ vectors.T
@@ -582,14 +586,14 @@ def _integrated(gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
     """The image (up to a constant) whose forward differences best match ``gx``, ``gy`` in
     least squares: Poisson's equation with Neumann borders, solved by the cosine transform."""
     h, w = gx.shape
-    div = np.zeros((h, w), np.float64)
+    div = np.zeros((h, w), np.float32)
     div[:, :-1] += gx[:, :-1]
     div[:, 1:] -= gx[:, :-1]
     div[:-1] += gy[:-1]
     div[1:] -= gy[:-1]
     spectrum = dctn(div, type=2, norm="ortho")
-    ky = 2 * np.cos(np.pi * np.arange(h) / h) - 2
-    kx = 2 * np.cos(np.pi * np.arange(w) / w) - 2
+    ky = (2 * np.cos(np.pi * np.arange(h) / h) - 2).astype(np.float32)
+    kx = (2 * np.cos(np.pi * np.arange(w) / w) - 2).astype(np.float32)
     denominator = ky[:, None] + kx[None, :]
     denominator[0, 0] = 1.0
     spectrum /= denominator
