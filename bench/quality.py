@@ -5,7 +5,7 @@
     .venv/bin/python bench/quality.py --few      # only the one-to-three-image tables, printed
     .venv/bin/python bench/quality.py --figure docs/img/restore-example.png
     .venv/bin/python bench/quality.py --detect   # "mask": "auto" -> docs/detect-quality.md
-    .venv/bin/python bench/quality.py --detect --seeds tune   # the tuning seeds, printed only
+    .venv/bin/python bench/quality.py --detect --seeds tune --no-restore  # tuning seeds, printed
     .venv/bin/python bench/quality.py --detect --clean-only 48 --seeds other  # false detections
 
 Synthetic cases from photos bundled with scikit-image (nothing is downloaded): a text or logo
@@ -619,7 +619,7 @@ def run_detect_case(
     alpha0: float,
     n: int,
     mixed: bool,
-    engine: WatermarkRecoveryEngine,
+    engine: WatermarkRecoveryEngine | None,
     seed: int,
 ) -> DetectRow:
     case = make_detect_batch(mark, alpha0, n, seed, mixed=mixed)
@@ -637,7 +637,7 @@ def run_detect_case(
     exact_iou = inside / max(1, int((det | case.footprint).sum()))
     psnr: dict[str, float] = {}
     ssim: dict[str, float] = {}
-    if n >= 4:
+    if n >= 4 and engine is not None:
         detected = [fit_mask(det, *m.shape) for m in case.masks]
         union = [d | m for d, m in zip(detected, case.masks, strict=True)]
         with_truth = [r.image for r in engine.restore(case.stamped, case.masks)]
@@ -820,7 +820,12 @@ def detect_markdown(
 
 
 def detect_bench(
-    quick: bool, repeats: int, output: Path | None, seeds: str = "report", clean_only: int = 0
+    quick: bool,
+    repeats: int,
+    output: Path | None,
+    seeds: str = "report",
+    clean_only: int = 0,
+    restore: bool = True,
 ) -> None:
     """The detection benchmark: every design, alpha, N and size mix; clean batches; timing."""
     marked_seed, clean_seed = DETECT_SEEDS[seeds]
@@ -834,7 +839,7 @@ def detect_bench(
                 )
         print(machine())
         return
-    engine = WatermarkRecoveryEngine(fallback=OpenCVEngine())
+    engine = WatermarkRecoveryEngine(fallback=OpenCVEngine()) if restore else None
     designs = detect_marks()
     alphas = DETECT_ALPHAS[::2] if quick else DETECT_ALPHAS
     rows = []
@@ -865,10 +870,15 @@ def detect_bench(
     )
     print(machine())
     target = output or (None if quick or seeds != "report" else Path("docs/detect-quality.md"))
+    command = ".venv/bin/python bench/quality.py --detect" + (" --quick" if quick else "")
+    if seeds != "report":
+        command += f" --seeds {seeds}"
+    report = detect_markdown(rows, clean, speed, command)
     if target:
-        command = ".venv/bin/python bench/quality.py --detect" + (" --quick" if quick else "")
-        target.write_text(detect_markdown(rows, clean, speed, command))
+        target.write_text(report)
         print(f"wrote {target}")
+    else:  # the summary tables, without the case list printed above
+        print(report.split("\nEvery case")[0])
 
 
 def main() -> None:
@@ -893,6 +903,11 @@ def main() -> None:
         metavar="BATCHES",
         help="with --detect: only count detections in this many clean batches per N",
     )
+    parser.add_argument(
+        "--no-restore",
+        action="store_true",
+        help="with --detect: the detection figures only (no restoration with either mask)",
+    )
     parser.add_argument("--few", action="store_true", help="only the one-to-three-image grid")
     parser.add_argument("--only", default="", help="with --few: only marks whose name has this")
     args = parser.parse_args()
@@ -901,7 +916,9 @@ def main() -> None:
         figure(args.figure)
         return
     if args.detect:
-        detect_bench(args.quick, args.repeats, args.output, args.seeds, args.clean_only)
+        detect_bench(
+            args.quick, args.repeats, args.output, args.seeds, args.clean_only, not args.no_restore
+        )
         return
     if args.few:
         few = few_rows(quick=args.quick, only=args.only)
