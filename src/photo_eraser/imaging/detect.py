@@ -85,8 +85,9 @@ class DetectParams:
     fast with N (52 and more at N = 8 on the tuning seeds), clean batches' does not (at most
     8.3 at N = 8 and 5.8 at N = 12, 24 batches each)."""
     min_mass_pixels: float = 0.0001
-    """... and at least the mass of this share of the coarse frame's pixels (at least 8) at
-    twice the clusters' level (when the scrambled batches show nothing at all)."""
+    """A mark's cluster must also reach that bar over the mass of this share of the coarse
+    frame's pixels (at least 8) at twice the clusters' level (when the scrambled batches show
+    nothing at all)."""
     cluster: float = 2.0
     """Clusters are made of the pixels above this many times the background; their mass is
     the score above that level, summed."""
