@@ -20,7 +20,7 @@ from harness.imagehost import ImageHost
 from harness.images import encode, psnr
 from photo_eraser.cli import main as cli
 from photo_eraser.client import Client, TaskStatus
-from photo_eraser.imaging.detect import detect_watermark
+from photo_eraser.imaging.detect import DetectParams, detect_watermark
 from tests import watermarks as wm
 from tests.inprocess import LocalServer
 
@@ -90,6 +90,50 @@ def test_detector_drops_traced_parts_far_weaker_than_the_mark() -> None:
     assert kept[5:15, 5:30].all() and kept[25:35, 5:30].all()
     assert not kept[10:30, 50:70].any()
     assert _strong_parts(edges, score, 0.05).sum() == edges.sum()  # a lower bar keeps it
+
+
+def _grey_crops(n: int, seed: int) -> list[np.ndarray]:
+    """``n`` crops of scikit-image's grey photos (busy textures among them), as RGB."""
+    from skimage import data
+
+    rng = np.random.default_rng(seed)
+    greys = [data.camera(), data.brick(), data.grass(), data.gravel(), data.moon()]
+    out = []
+    for g in greys[:n]:
+        y, x = int(rng.integers(0, g.shape[0] - H + 1)), int(rng.integers(0, g.shape[1] - W + 1))
+        out.append(np.ascontiguousarray(np.stack([g[y : y + H, x : x + W]] * 3, axis=-1)))
+    return out
+
+
+def test_detector_finds_a_coloured_mark_over_grey_textures_in_four_images() -> None:
+    """A red logo over grass, gravel and brick: its edges are no stronger than the textures',
+    but it is the batch's only colour. The colour whitening and the signed agreement find it
+    where the energy and orientation alone (the old score) did not."""
+    photos = _grey_crops(4, seed=0)
+    logo = wm.logo_coverage(H, W)
+    stamped = [
+        wm.jpeg(s) for s in wm.stamp(photos, 0.45 * logo, wm.solid_colour((220, 30, 40), H, W))
+    ]
+    found = detect_watermark(stamped)
+    assert found.mask is not None
+    assert _iou(found.mask, wm.tight_mask(logo)) >= 0.8
+    # The same score without the colour cues misses it: the test exercises them.
+    assert not detect_watermark(stamped, DetectParams(colour_gain=1, signed=0)).found
+    # Negative control: the same grey photos, unmarked.
+    assert not detect_watermark([wm.jpeg(p) for p in photos]).found
+
+
+def test_detected_mask_follows_the_marks_outline() -> None:
+    """The outline rebuilt from the batch's median gradient, widened by the 2 px margin,
+    matches a mask painted 2 px around the mark closer than the traced edges do."""
+    _, stamped = _batch(8, seed=5)
+    stamped = [wm.jpeg(s) for s in stamped]
+    truth = wm.tight_mask(_text())
+    outlined = detect_watermark(stamped).mask
+    traced = detect_watermark(stamped, DetectParams(outline=0, margin=1)).mask
+    assert outlined is not None and traced is not None
+    assert _iou(outlined, truth) >= 0.9
+    assert _iou(outlined, truth) > _iou(traced, truth)
 
 
 def test_detector_needs_four_images() -> None:
