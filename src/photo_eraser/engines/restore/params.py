@@ -233,9 +233,10 @@ class SingleParams:
     first_fade_limit_narrow: float = 1.0
     """...and less than this where the support covers less than ``first_support_wide`` of the
     mask (accepted marks: at most 0.95 there)..."""
-    first_support_wide: float = 0.66
-    """...(accepted marks leaving 1.0 or more: supports of 0.71-0.90 of the mask, large solid
-    shapes; masks over no mark: at most 0.61)."""
+    first_support_wide: float = 0.5
+    """...(accepted marks leaving 1.0 or more: supports of 0.65-0.90 of the mask, large solid
+    shapes and one logo of three JPEG images tried alone; masks over no mark: 0.09-0.61, the
+    one in bench/single_cost.py at 1080p 0.30)."""
     refine_rounds: int = 2
     """Rounds of the fit near the outline (the second one on the first one's support)."""
     outline_depth: float = 4.0
