@@ -398,6 +398,36 @@ def test_single_image_without_a_mark_or_with_an_opaque_one_is_inpainted() -> Non
         assert _report(result).reason == "the one-image fit is not confident"
 
 
+def test_single_image_without_a_mark_is_turned_away_before_the_fit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The cheap test (issue 18): over a bare photo, inverting with the first guess leaves the
+    # edges at its outline, so the fit near the outline and the matte (most of the cost) never
+    # run; the same photo carrying white text at 0.5 reaches them and is recovered.
+    from photo_eraser.engines.restore import single
+
+    fits: list[int] = []
+    refine = single._refine
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        fits.append(1)
+        return refine(*args, **kwargs)
+
+    monkeypatch.setattr(single, "_refine", counting)
+    cov = wm.text_coverage()
+    mask = wm.tight_mask(cov)
+    white = wm.solid_colour((255, 255, 255))
+    p = RestoreParams().single
+    for seed in range(4):
+        photo = wm.crops(1, seed=seed)[0]
+        assert single.recover_single(photo, mask, p) is None
+        assert not fits
+        marked = wm.stamp([photo], 0.5 * cov, white)[0]
+        assert single.recover_single(marked, mask, p) is not None
+        assert fits
+        fits.clear()
+
+
 def test_single_image_over_an_object_falls_back_to_inpainting() -> None:
     # The mask covers an object (a disc cut from another photo, or a flat one), not a blend:
     # no constant-colour, constant-opacity mark explains it, so the fallback inpaints it all.

@@ -225,6 +225,18 @@ class SingleParams:
     """Fewest marked pixels to attempt an inversion (the cheap test before any fit)..."""
     min_body_share: float = 0.05
     """...and share of the mask the matte must find marked."""
+    first_fade_limit: float = 1.15
+    """The cheap test before the fit: inverting with the first guess (Telea's fill of the whole
+    mask, no fit) must leave less than this share of the edge energy at its support's outline
+    (marks the full checks accept, 216 cases of the one-image grid on two seed sets: at most
+    1.10, large solid shapes; masks over no mark: 0.82-1.76)..."""
+    first_fade_limit_narrow: float = 1.0
+    """...and less than this where the support covers less than ``first_support_wide`` of the
+    mask (accepted marks: at most 0.95 there)..."""
+    first_support_wide: float = 0.5
+    """...(accepted marks leaving 1.0 or more: supports of 0.65-0.90 of the mask, large solid
+    shapes and one logo of three JPEG images tried alone; masks over no mark: 0.09-0.61, the
+    one in bench/single_cost.py at 1080p 0.30)."""
     refine_rounds: int = 2
     """Rounds of the fit near the outline (the second one on the first one's support)."""
     outline_depth: float = 4.0
