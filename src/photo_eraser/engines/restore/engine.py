@@ -18,6 +18,7 @@ import numpy as np
 
 from photo_eraser.engines.base import Engine, Restored, mask_bbox
 from photo_eraser.engines.restore.arrays import within
+from photo_eraser.engines.restore.edges import CHUNK_BYTES
 from photo_eraser.engines.restore.estimate import Blend, Estimate, Recovery
 from photo_eraser.engines.restore.fit import fit_blend
 from photo_eraser.engines.restore.grid import align, common_grid, extract, on_image
@@ -94,13 +95,24 @@ class _Outcome:
 class WatermarkRecoveryEngine(Engine):
     """Recovers the pixels under a watermark shared by a batch; inpaints what it cannot recover
     with ``fallback``. ``params``: every threshold (``RestoreParams``); the defaults are what the
-    service runs."""
+    service runs. ``threads``: how many chunks of the estimate's per-edge work run at once
+    (the task's image threads), ``chunk_bytes``: their size (``edges.py``); the output is the
+    same for any of these."""
 
     name = "restore"
 
-    def __init__(self, fallback: Engine, params: RestoreParams | None = None) -> None:
+    def __init__(
+        self,
+        fallback: Engine,
+        params: RestoreParams | None = None,
+        *,
+        threads: int = 1,
+        chunk_bytes: int = CHUNK_BYTES,
+    ) -> None:
         self.fallback = fallback
         self.params = params or RestoreParams()
+        self.threads = max(1, threads)
+        self.chunk_bytes = chunk_bytes
 
     def restore(
         self,
@@ -247,12 +259,16 @@ class WatermarkRecoveryEngine(Engine):
         the free fit decides. (``exact_only`` batches have no free fit to fall back on.)
         """
         p = self.params
-        blend, errors = fit_blend(stack, solver, p, lossless=lossless)
+        blend, errors = fit_blend(
+            stack, solver, p, lossless=lossless, threads=self.threads, chunk_bytes=self.chunk_bytes
+        )
         assert errors is not None
         scores = ghost_scores(stack, blend, solver, p)
         if not blend.exact or exact_only or finds_mark(blend, scores, solver.domain, p):
             return _Fitted(blend, errors, scores, False)
-        blend, errors = fit_blend(stack, solver, p)
+        blend, errors = fit_blend(
+            stack, solver, p, threads=self.threads, chunk_bytes=self.chunk_bytes
+        )
         assert errors is not None
         return _Fitted(blend, errors, ghost_scores(stack, blend, solver, p), True)
 
