@@ -183,7 +183,7 @@ class EdgeFit:
 
         def irls(edges: slice) -> tuple[np.ndarray, ...]:
             part = self.part(edges)
-            w = np.ones(part.xx.shape, dtype=np.float32)
+            w: np.ndarray = np.ones(part.xx.shape, dtype=np.float32)
             r, sw, sx, sy, info = part.slope(w)
             for _ in range(rounds):
                 res = part.residuals(r, sw, sx, sy)

@@ -65,7 +65,8 @@ def refine(
     jackknife.
     """
     solver, r = poisson.solver, p.refine
-    w_slope = w_grad = np.ones(fit.xx.shape, dtype=np.float32)
+    w_slope: np.ndarray = np.ones(fit.xx.shape, dtype=np.float32)
+    w_grad = w_slope
     for _ in range(r.iterations):
         texture = texture_weights(stack, beta, u, solver, p)
         ratio, sw, sx, sy, _ = fit.slope(texture)
