@@ -56,7 +56,8 @@ class NoEstimate:
 class _Batch:
     """One call's batch, as the estimation steps see it."""
 
-    crops: dict[int, np.ndarray]
+    crops: np.ndarray
+    """The candidates' crops on the grid, stacked (N x H x W x 3 float32; read only)."""
     candidates: list[int]
     exact: list[bool]
     """Per image: may it take part in an exact-blend fit (lossless, on an unscaled grid)."""
@@ -64,6 +65,14 @@ class _Batch:
     """Three lossless images: estimated together only if the exact fit holds."""
     valid: np.ndarray
     """Grid pixels on every image (``GridSolver.valid`` of the whole mask)."""
+
+    def stack(self, images: list[int]) -> np.ndarray:
+        """The crops of ``images`` (batch indices): the stacked crops themselves when all are
+        used (each estimate of the batch shares them rather than holding a copy)."""
+        if images == self.candidates:
+            return self.crops
+        at = {i: k for k, i in enumerate(self.candidates)}
+        return self.crops[[at[i] for i in images]]
 
 
 class _Narrowed(NamedTuple):
@@ -247,7 +256,10 @@ class WatermarkRecoveryEngine(Engine):
         if exact_only and not shifts_only:
             return NoEstimate("three images are estimated together only on an unscaled grid")
         exact = [bool(flag) and shifts_only and p.exact.enabled for flag in lossless]
-        batch = _Batch(crops, candidates, exact, exact_only, whole.valid)
+        stacked = np.stack([crops[i] for i in candidates])
+        stacked.flags.writeable = False  # every estimate shares it
+        del crops
+        batch = _Batch(stacked, candidates, exact, exact_only, whole.valid)
         # 3-7. The estimate, from the images that carry the mark, around the mark.
         first = self._estimate(batch, whole)
         if isinstance(first, NoEstimate):
@@ -273,7 +285,7 @@ class WatermarkRecoveryEngine(Engine):
         p = self.params
         fewest = p.exact.min_images if batch.exact_only else p.min_images
         used = list(batch.candidates)
-        stack = np.stack([batch.crops[i] for i in used])
+        stack = batch.stack(used)
         exact = all(batch.exact[i] for i in used)
         blend, errors, scores, gave_way = self._fit(stack, solver, exact, batch.exact_only)
         if no_shared_mark(scores, p):
@@ -284,7 +296,7 @@ class WatermarkRecoveryEngine(Engine):
             used = [i for i in used if i not in excluded]
             if len(used) < fewest:
                 return NoEstimate("too few images carry a shared watermark")
-            stack = np.stack([batch.crops[i] for i in used])
+            stack = batch.stack(used)
             exact = not gave_way and all(batch.exact[i] for i in used)
             blend, errors, scores, again = self._fit(stack, solver, exact, batch.exact_only)
             gave_way = gave_way or again
