@@ -98,10 +98,10 @@ class EdgeFit:
         self.chunks = chunks if chunks is not None else EdgeChunks(self.ea.size, values.shape[1])
 
         def moments(edges: slice) -> tuple[np.ndarray, ...]:
-            # Gathered edges are outermost in memory; the sums over channels below run
-            # several times faster on C-ordered copies.
-            y = np.ascontiguousarray(values[:, :, self.ea[edges]])
-            x = np.ascontiguousarray(values[:, :, self.eb[edges]])
+            # C-ordered (``take`` gathers them so, several times faster than indexing and
+            # copying): the sums over channels below run several times faster on them.
+            y = np.take(values, self.ea[edges], axis=2)
+            x = np.take(values, self.eb[edges], axis=2)
             # Centre once so the float32 moment sums below do not cancel catastrophically.
             y_mean, x_mean = y.mean(axis=1), x.mean(axis=1)
             y -= y_mean[:, None]
@@ -121,8 +121,8 @@ class EdgeFit:
         # The same steps, in the same memory layouts, as gathering every edge at once: C-ordered
         # ends (of the fit's images), centred, then the images ``rows``.
         c = np.ascontiguousarray
-        ea, eb = self.ea[edges], self.eb[edges]
-        y, x = c(self.values[:, :, ea]), c(self.values[:, :, eb])
+        y = np.take(self.values, self.ea[edges], axis=2)
+        x = np.take(self.values, self.eb[edges], axis=2)
         if self.rows is not None:
             y, x = c(y[:, self.rows]), c(x[:, self.rows])
         y_mean, x_mean = cut(self.y_mean, edges), cut(self.x_mean, edges)

@@ -69,12 +69,18 @@ def refine(
     w_grad = w_slope
     for _ in range(r.iterations):
         texture = texture_weights(stack, beta, u, solver, p)
-        ratio, sw, sx, sy, _ = fit.slope(texture)
-        res = fit.residuals(ratio, sw, sx, sy)
-        scale = 1.4826 * batch_median(res, axis=0) + p.free_fit.residual_floor
-        w_slope = texture / (1.0 + (res / (r.cauchy * scale)) ** 2)
-        del res
-        beta = beta_from_ratio(fit.slope(w_slope)[0], poisson, p.free_fit.beta_floor)
+
+        def ratios(edges: slice, texture: np.ndarray = texture) -> tuple[np.ndarray, ...]:
+            # Each edge's ratio fit is its own: one chunk of edges at a time.
+            part, tex = fit.part(edges), cut(texture, edges)
+            ratio, sw, sx, sy, _ = part.slope(tex)
+            res = part.residuals(ratio, sw, sx, sy)
+            scale = 1.4826 * batch_median(res, axis=0) + p.free_fit.residual_floor
+            w = tex / (1.0 + (res / (r.cauchy * scale)) ** 2)
+            return part.slope(w)[0], w
+
+        ratio, w_slope = fit.chunks.map(ratios)
+        beta = beta_from_ratio(ratio, poisson, p.free_fit.beta_floor)
 
         def reweighted(
             edges: slice, beta: np.ndarray = beta, texture: np.ndarray = texture
