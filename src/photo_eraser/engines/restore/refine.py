@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from photo_eraser.engines.restore.arrays import batch_median
-from photo_eraser.engines.restore.edges import cut
+from photo_eraser.engines.restore.edges import EdgeChunks, cut
 from photo_eraser.engines.restore.free_fit import EdgeFit, weighted_mean
 from photo_eraser.engines.restore.params import FreeFitParams, RestoreParams
 from photo_eraser.engines.restore.pixels import marked_by_opacity, opaque
@@ -43,8 +43,13 @@ def texture_weights(
         e[:-1] += np.einsum("hwc,hwc->hw", d, d)
         energy[k] = cv2.blur(e, (5, 5))
     nodes = solver.gather(energy)
-    local = np.maximum(nodes[:, solver.ea], nodes[:, solver.eb])
-    return (1.0 / (1.0 + local / p.refine.texture**2)).astype(np.float32)
+    # A chunk of edges at a time (``edges.py``), into the Fortran order that indexing the
+    # edges of all at once gave (the layout decides the order of later sums over images).
+    weights = np.empty((nodes.shape[0], solver.ea.size), dtype=np.float32, order="F")
+    for edges in EdgeChunks(solver.ea.size, nodes.shape[0]).slices:
+        local = np.maximum(nodes[:, solver.ea[edges]], nodes[:, solver.eb[edges]])
+        weights[:, edges] = 1.0 / (1.0 + local / p.refine.texture**2)
+    return weights
 
 
 def refine(
@@ -65,8 +70,7 @@ def refine(
     jackknife.
     """
     solver, r = poisson.solver, p.refine
-    w_slope: np.ndarray = np.ones(fit.xx.shape, dtype=np.float32)
-    w_grad = w_slope
+    w_slope = w_grad = None
     for _ in range(r.iterations):
         texture = texture_weights(stack, beta, u, solver, p)
 
@@ -108,6 +112,11 @@ def refine(
         if r.reweights:
             w_grad = w_chunks
         u = poisson.solve(loc.T).T
+    # Weights never reweighted are all 1 (allocated only then).
+    if w_slope is None:
+        w_slope = np.ones(fit.xx.shape, dtype=np.float32)
+    if w_grad is None:
+        w_grad = np.ones(fit.xx.shape, dtype=np.float32)
     return beta, u, w_slope, w_grad
 
 
