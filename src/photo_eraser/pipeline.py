@@ -12,13 +12,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from photo_eraser.engines.base import Engine, Restored
+from photo_eraser.engines.base import Box, Engine, Restored
 from photo_eraser.imaging import (
     DEFAULT_MAX_SIDE,
     LOSSLESS_FORMATS,
     DecodedImage,
     EncodedImage,
+    ImageLimits,
     MaskPlacement,
+    decode_image,
     decode_mask,
     encode_image,
     place_mask,
@@ -111,6 +113,77 @@ def restore_batch(
     )
     times.add("engine", t)
     return restored
+
+
+@dataclass
+class HeldPart:
+    """An image of a batch held as the part its engine needs (``Engine.window``) and its
+    encoded bytes: the image is decoded again to put the restored part back and encode it, so
+    a batch holds parts, not whole decoded images."""
+
+    payload: bytes
+    part: np.ndarray
+    """The pixels of ``box`` (a copy: the whole decoded image is let go)."""
+    box: Box
+    height: int
+    width: int
+    format: str
+
+    @property
+    def origin(self) -> tuple[int, int]:
+        return self.box[0], self.box[2]
+
+
+def hold_part(image: DecodedImage, payload: bytes, box: Box) -> HeldPart:
+    """Keep the pixels of ``box`` of a decoded image (and its bytes), not the image."""
+    y0, y1, x0, x1 = box
+    part = image.pixels[y0:y1, x0:x1].copy()
+    return HeldPart(payload, part, box, image.height, image.width, image.format)
+
+
+def restore_parts(
+    held: Sequence[HeldPart],
+    masks: FittedMasks,
+    engine: Engine,
+    *,
+    times: StageTimes | None = None,
+) -> list[Restored]:
+    """``restore_batch`` on the held parts (``Engine.restore_parts``): the same pixels there."""
+    times = times if times is not None else StageTimes()
+    t = time.perf_counter()
+    fitted = [masks.for_size(h.height, h.width) for h in held]
+    times.add("mask", t)
+    t = time.perf_counter()
+    restored = engine.restore_parts(
+        [h.part for h in held],
+        fitted,
+        [h.origin for h in held],
+        lossless=[h.format in LOSSLESS_FORMATS for h in held],
+    )
+    times.add("engine", t)
+    return restored
+
+
+def encode_part(
+    held: HeldPart,
+    restored: Restored,
+    limits: ImageLimits,
+    *,
+    jpeg_quality: int,
+    times: StageTimes | None = None,
+) -> RestoredImage:
+    """The held image decoded again (the decoder gives the same pixels each time), its restored
+    part put back, encoded as ``encode_result`` does."""
+    t = time.perf_counter()
+    image = decode_image(held.payload, limits)
+    if times is not None:
+        times.add("decode", t)
+    if (image.height, image.width) != (held.height, held.width):
+        raise RuntimeError("an image decoded to another size the second time")
+    y0, y1, x0, x1 = held.box
+    image.pixels[y0:y1, x0:x1] = restored.image
+    whole = Restored(image.pixels, restored.method, restored.recovered_share, restored.report)
+    return encode_result(image, whole, jpeg_quality=jpeg_quality, times=times, consume=True)
 
 
 def encode_result(

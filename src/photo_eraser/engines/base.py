@@ -18,6 +18,9 @@ import numpy as np
 if TYPE_CHECKING:
     from photo_eraser.engines.restore.report import RestoreReport
 
+Box = tuple[int, int, int, int]
+"""``(y0, y1, x0, x1)``, end-exclusive."""
+
 
 class EngineError(Exception):
     """An engine cannot run (missing model, corrupt model file, ...). The message is for users."""
@@ -63,6 +66,33 @@ class Engine(ABC):
     """Whether each image's result depends on that image alone, and one image per call costs
     no more than a batch: then a task's images go through the engine one at a time, in
     parallel, each from download to stored result (the worker streams them)."""
+    reach: int | None = None
+    """How far beyond the bounding box of a mask the engine reads or writes an image's pixels
+    (``None``: anywhere). An engine with a reach gives the same pixels on the part of an image
+    that ``window`` names as on the whole image."""
+
+    def window(self, mask: np.ndarray, images: int) -> Box | None:
+        """The part of an image (a box) the engine needs to restore ``mask`` in it, in a batch of
+        ``images`` images of that size under that mask; ``None``: the whole image. A batch
+        engine's caller may then hold only that part of each image (``restore_parts``)."""
+        return None if self.reach is None else mask_bbox(mask, pad=self.reach)
+
+    def restore_parts(
+        self,
+        parts: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        origins: Sequence[tuple[int, int]],
+        *,
+        lossless: Sequence[bool] | None = None,
+    ) -> list[Restored]:
+        """``restore`` on the parts of the images that ``window`` named: ``parts[i]`` lies at
+        ``origins[i]`` (top, left) in an image of the size of ``masks[i]`` (the whole image's
+        mask). The parts are handed over (written in place); the results are the parts."""
+        cut = [
+            np.ascontiguousarray(m[y : y + p.shape[0], x : x + p.shape[1]])
+            for p, m, (y, x) in zip(parts, masks, origins, strict=True)
+        ]
+        return self.restore(parts, cut, in_place=True, lossless=lossless)
 
     @abstractmethod
     def restore(

@@ -97,6 +97,9 @@ class TextureAwareFill(Engine):
         self.smooth = smooth
         self.textured = textured
         self.threshold = threshold
+        # Texture is measured within ``RING`` of a group (and a pixel for the Sobel).
+        reaches = (smooth.reach, textured.reach, RING + 1)
+        self.reach = None if None in reaches else max(r for r in reaches if r is not None)
         self.threads = max(1, threads)
         """Images filled at once: each image's fill is its own, and Telea and PatchMatch
         release the GIL, so a batch's fills use every core (the same pixels as one by one)."""

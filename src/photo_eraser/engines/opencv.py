@@ -18,6 +18,7 @@ class OpenCVEngine(InpaintingEngine):
 
     def __init__(self, radius: int = 3) -> None:
         self.radius = radius
+        self.reach = 2 * radius + 2
 
     def restore_in_place(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> None:
         for image, mask in zip(images, masks, strict=True):

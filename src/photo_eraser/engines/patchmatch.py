@@ -99,6 +99,8 @@ class PatchMatchEngine(InpaintingEngine):
     """Texture-synthesising inpainting. Good on blobs and textured areas; slower than Telea."""
 
     name = "patchmatch"
+    reach = max(GROUP_GAP, MAX_CONTEXT)
+    """Groups are joined within ``GROUP_GAP`` of the mask; each searches ``MAX_CONTEXT`` around."""
 
     def __init__(self, patch_radius: int = PATCH_RADIUS) -> None:
         self.patch_radius = patch_radius

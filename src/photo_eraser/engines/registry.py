@@ -56,7 +56,9 @@ def _restore(engines: EngineRegistry) -> Engine:
     else:
         fallback = engines.get(name)
     exact = ExactFitParams(enabled=engines.setup.restore_exact_fit)
-    return WatermarkRecoveryEngine(fallback, RestoreParams(exact=exact))
+    return WatermarkRecoveryEngine(
+        fallback, RestoreParams(exact=exact), threads=engines.setup.image_threads
+    )
 
 
 _ENGINES: dict[str, _Entry] = {

@@ -5,6 +5,7 @@ params.py      every threshold, grouped by step (RestoreParams)
 grid.py        1-2  the common grid, resampling, alignment
 solver.py      3-6  Poisson integration on the mask
 free_fit.py    3-4  opacity from pixel-pair ratios, colour from the robust mean gradient
+edges.py       3-6  per-edge work in chunks of edges (bounded memory, on threads)
 refine.py      5    texture-weighted refinement
 exact_fit.py   6    the exact-blend fit for lossless batches
 fit.py         3-6  which fit a batch gets, and its re-fits for the jackknife

@@ -16,11 +16,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from photo_eraser.engines.base import Engine, Restored, mask_bbox
+from photo_eraser.engines.base import Box, Engine, Restored, mask_bbox
 from photo_eraser.engines.restore.arrays import within
+from photo_eraser.engines.restore.edges import CHUNK_BYTES
 from photo_eraser.engines.restore.estimate import Blend, Estimate, Recovery
 from photo_eraser.engines.restore.fit import fit_blend
-from photo_eraser.engines.restore.grid import align, common_grid, extract, on_image
+from photo_eraser.engines.restore.grid import Frame, align, common_grid, extract, on_image, reach
 from photo_eraser.engines.restore.invert import cut_to_box, invert_batch
 from photo_eraser.engines.restore.mark import (
     faint_parts,
@@ -40,7 +41,6 @@ from photo_eraser.engines.restore.solver import GridSolver
 
 log = logging.getLogger(__name__)
 
-Box = tuple[int, int, int, int]
 
 NO_SHARED_MARK = "no shared watermark found in the batch"
 
@@ -56,7 +56,8 @@ class NoEstimate:
 class _Batch:
     """One call's batch, as the estimation steps see it."""
 
-    crops: dict[int, np.ndarray]
+    crops: np.ndarray
+    """The candidates' crops on the grid, stacked (N x H x W x 3 float32; read only)."""
     candidates: list[int]
     exact: list[bool]
     """Per image: may it take part in an exact-blend fit (lossless, on an unscaled grid)."""
@@ -64,6 +65,14 @@ class _Batch:
     """Three lossless images: estimated together only if the exact fit holds."""
     valid: np.ndarray
     """Grid pixels on every image (``GridSolver.valid`` of the whole mask)."""
+
+    def stack(self, images: list[int]) -> np.ndarray:
+        """The crops of ``images`` (batch indices): the stacked crops themselves when all are
+        used (each estimate of the batch shares them rather than holding a copy)."""
+        if images == self.candidates:
+            return self.crops
+        at = {i: k for k, i in enumerate(self.candidates)}
+        return self.crops[[at[i] for i in images]]
 
 
 class _Narrowed(NamedTuple):
@@ -94,13 +103,39 @@ class _Outcome:
 class WatermarkRecoveryEngine(Engine):
     """Recovers the pixels under a watermark shared by a batch; inpaints what it cannot recover
     with ``fallback``. ``params``: every threshold (``RestoreParams``); the defaults are what the
-    service runs."""
+    service runs. ``threads``: how many chunks of the estimate's per-edge work run at once
+    (the task's image threads), ``chunk_bytes``: their size (``edges.py``); the output is the
+    same for any of these."""
 
     name = "restore"
 
-    def __init__(self, fallback: Engine, params: RestoreParams | None = None) -> None:
+    def __init__(
+        self,
+        fallback: Engine,
+        params: RestoreParams | None = None,
+        *,
+        threads: int = 1,
+        chunk_bytes: int = CHUNK_BYTES,
+    ) -> None:
         self.fallback = fallback
         self.params = params or RestoreParams()
+        self.threads = max(1, threads)
+        self.chunk_bytes = chunk_bytes
+
+    def window(self, mask: np.ndarray, images: int) -> Box | None:
+        """The grid's reach around the mask and the fallback's: the batch estimate's needs. A
+        batch too small for it is recovered image by image, which looks far around the mask
+        (copies of the mask beside it): whole images then."""
+        fill = self.fallback.window(mask, images)
+        box = mask_bbox(mask, pad=reach(mask, self.params.grid))
+        if images < self.params.min_images or fill is None or box is None:
+            return None
+        return (
+            min(box[0], fill[0]),
+            max(box[1], fill[1]),
+            min(box[2], fill[2]),
+            max(box[3], fill[3]),
+        )
 
     def restore(
         self,
@@ -112,14 +147,40 @@ class WatermarkRecoveryEngine(Engine):
     ) -> list[Restored]:
         if len(images) != len(masks):
             raise ValueError("one mask per image is required")
-        if lossless is not None and len(lossless) != len(images):
+        outputs = list(images) if in_place else [np.array(im, copy=True) for im in images]
+        frames = [Frame(0, 0, *im.shape[:2]) for im in images]
+        return self._restore(outputs, masks, frames, lossless)
+
+    def restore_parts(
+        self,
+        parts: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        origins: Sequence[tuple[int, int]],
+        *,
+        lossless: Sequence[bool] | None = None,
+    ) -> list[Restored]:
+        """The whole masks place the grid exactly as on whole images; each step reads the
+        images through their frames (``Frame.cut`` refuses a read beyond a part)."""
+        if not len(parts) == len(masks) == len(origins):
+            raise ValueError("one mask and one origin per part are required")
+        frames = [Frame(y, x, *m.shape[:2]) for (y, x), m in zip(origins, masks, strict=True)]
+        return self._restore(list(parts), masks, frames, lossless)
+
+    def _restore(
+        self,
+        outputs: list[np.ndarray],
+        masks: Sequence[np.ndarray],
+        frames: Sequence[Frame],
+        lossless: Sequence[bool] | None,
+    ) -> list[Restored]:
+        """Recover, then fill the rest, writing into ``outputs`` (the images at ``frames``)."""
+        if lossless is not None and len(lossless) != len(outputs):
             raise ValueError("one lossless flag per image is required")
         masks = [np.asarray(m, dtype=bool) for m in masks]
         boxes = [mask_bbox(m) for m in masks]
-        flags = list(lossless) if lossless is not None else [False] * len(images)
-        outcome = self._recover(images, masks, boxes, flags)
-        outputs = list(images) if in_place else [np.array(im, copy=True) for im in images]
-        counts, fill_methods = self._fill(outputs, masks, boxes, outcome.recoveries)
+        flags = list(lossless) if lossless is not None else [False] * len(outputs)
+        outcome = self._recover(outputs, frames, masks, boxes, flags)
+        counts, fill_methods = self._fill(outputs, frames, masks, boxes, outcome.recoveries)
         results = []
         for i, (out, (total, filled)) in enumerate(zip(outputs, counts, strict=True)):
             report = self._report(i, total, filled, outcome, fill_methods.get(i))
@@ -131,6 +192,7 @@ class WatermarkRecoveryEngine(Engine):
     def _recover(
         self,
         images: Sequence[np.ndarray],
+        frames: Sequence[Frame],
         masks: Sequence[np.ndarray],
         boxes: Sequence[Box | None],
         lossless: Sequence[bool],
@@ -148,18 +210,21 @@ class WatermarkRecoveryEngine(Engine):
             and all(lossless[i] for i in candidates)
         )
         if len(candidates) < p.min_images and not exact_only:
-            return self._each_alone(images, masks, boxes, candidates)
-        together = self._recover_together(images, masks, boxes, lossless, candidates, exact_only)
+            return self._each_alone(images, frames, masks, boxes, candidates)
+        together = self._recover_together(
+            images, frames, masks, boxes, lossless, candidates, exact_only
+        )
         if isinstance(together, _Outcome):
             return together
         if exact_only:
-            return self._each_alone(images, masks, boxes, candidates)
+            return self._each_alone(images, frames, masks, boxes, candidates)
         batch = BatchReport(len(candidates), "batch", no_mark=together.reason)
         return _Outcome([None] * len(images), batch)
 
     def _recover_together(
         self,
         images: Sequence[np.ndarray],
+        frames: Sequence[Frame],
         masks: Sequence[np.ndarray],
         boxes: Sequence[Box | None],
         lossless: Sequence[bool],
@@ -173,12 +238,14 @@ class WatermarkRecoveryEngine(Engine):
         grid = common_grid(masks, ref, candidates, p.grid)
         if grid is None:
             return NoEstimate("the mask vanishes on the estimation grid")
-        crops = {i: extract(images[i], grid.placements[i], grid.shape) for i in candidates}
-        shifts = align(images, grid, crops, p.grid)
+        crops = {
+            i: extract(images[i], frames[i], grid.placements[i], grid.shape) for i in candidates
+        }
+        shifts = align(images, frames, grid, crops, p.grid)
         # Grid pixels off an image (a mask at its edge) hold mirrored pixels, not the photo:
         # the estimate ignores them, and masked ones are inverted in no image.
         valid = np.logical_and.reduce(
-            [on_image(images[i], grid.placements[i], grid.shape) for i in candidates]
+            [on_image(frames[i], grid.placements[i], grid.shape) for i in candidates]
         )
         whole = GridSolver(grid.domain, valid)
         # Resampling (images of another size, a scaled-down grid) mixes pixels: the crops are
@@ -189,14 +256,17 @@ class WatermarkRecoveryEngine(Engine):
         if exact_only and not shifts_only:
             return NoEstimate("three images are estimated together only on an unscaled grid")
         exact = [bool(flag) and shifts_only and p.exact.enabled for flag in lossless]
-        batch = _Batch(crops, candidates, exact, exact_only, whole.valid)
+        stacked = np.stack([crops[i] for i in candidates])
+        stacked.flags.writeable = False  # every estimate shares it
+        del crops
+        batch = _Batch(stacked, candidates, exact, exact_only, whole.valid)
         # 3-7. The estimate, from the images that carry the mark, around the mark.
         first = self._estimate(batch, whole)
         if isinstance(first, NoEstimate):
             return first
         est, with_mark, rounds = self._around_the_mark(first, batch)
         # 8. Invert where confident.
-        recoveries = invert_batch(images, boxes, grid, est, whole, with_mark, p)
+        recoveries = invert_batch(images, frames, boxes, grid, est, whole, with_mark, p)
         report = BatchReport(
             images=len(candidates),
             approach="batch",
@@ -215,7 +285,7 @@ class WatermarkRecoveryEngine(Engine):
         p = self.params
         fewest = p.exact.min_images if batch.exact_only else p.min_images
         used = list(batch.candidates)
-        stack = np.stack([batch.crops[i] for i in used])
+        stack = batch.stack(used)
         exact = all(batch.exact[i] for i in used)
         blend, errors, scores, gave_way = self._fit(stack, solver, exact, batch.exact_only)
         if no_shared_mark(scores, p):
@@ -226,7 +296,7 @@ class WatermarkRecoveryEngine(Engine):
             used = [i for i in used if i not in excluded]
             if len(used) < fewest:
                 return NoEstimate("too few images carry a shared watermark")
-            stack = np.stack([batch.crops[i] for i in used])
+            stack = batch.stack(used)
             exact = not gave_way and all(batch.exact[i] for i in used)
             blend, errors, scores, again = self._fit(stack, solver, exact, batch.exact_only)
             gave_way = gave_way or again
@@ -247,12 +317,16 @@ class WatermarkRecoveryEngine(Engine):
         the free fit decides. (``exact_only`` batches have no free fit to fall back on.)
         """
         p = self.params
-        blend, errors = fit_blend(stack, solver, p, lossless=lossless)
+        blend, errors = fit_blend(
+            stack, solver, p, lossless=lossless, threads=self.threads, chunk_bytes=self.chunk_bytes
+        )
         assert errors is not None
         scores = ghost_scores(stack, blend, solver, p)
         if not blend.exact or exact_only or finds_mark(blend, scores, solver.domain, p):
             return _Fitted(blend, errors, scores, False)
-        blend, errors = fit_blend(stack, solver, p)
+        blend, errors = fit_blend(
+            stack, solver, p, threads=self.threads, chunk_bytes=self.chunk_bytes
+        )
         assert errors is not None
         return _Fitted(blend, errors, ghost_scores(stack, blend, solver, p), True)
 
@@ -332,12 +406,15 @@ class WatermarkRecoveryEngine(Engine):
     def _each_alone(
         self,
         images: Sequence[np.ndarray],
+        frames: Sequence[Frame],
         masks: Sequence[np.ndarray],
         boxes: Sequence[Box | None],
         candidates: list[int],
     ) -> _Outcome:
         """Step 9: too few images for the batch estimate; one mark is fitted to those under one
-        mask, the others are tried alone."""
+        mask, the others are tried alone (on whole images: ``window`` asks for them)."""
+        if any(frames[i] != Frame(0, 0, *images[i].shape[:2]) for i in candidates):
+            raise ValueError("the one-image recovery needs whole images, not parts")
         out: list[Recovery | None] = [None] * len(images)
         reasons = {}
         found = recover_together(
@@ -353,6 +430,7 @@ class WatermarkRecoveryEngine(Engine):
     def _fill(
         self,
         outputs: list[np.ndarray],
+        frames: Sequence[Frame],
         masks: Sequence[np.ndarray],
         boxes: Sequence[Box | None],
         recoveries: Sequence[Recovery | None],
@@ -360,28 +438,30 @@ class WatermarkRecoveryEngine(Engine):
         """Write the recovered pixels into the outputs and let the fallback fill the rest of
         each mask; returns each image's masked and filled pixel counts, and the method the
         fallback reported for each image it filled (a fill that chooses per region says which
-        it used)."""
+        it used). The fallback is given the outputs as they are (whole images or the parts
+        ``window`` named, which hold its reach)."""
         filled_idx: list[int] = []
         submasks: list[np.ndarray] = []
         counts: list[tuple[int, int]] = []
         methods: dict[int, str] = {}
-        for i, (out, mask, box, rec) in enumerate(
-            zip(outputs, masks, boxes, recoveries, strict=True)
+        for i, (out, frame, mask, box, rec) in enumerate(
+            zip(outputs, frames, masks, boxes, recoveries, strict=True)
         ):
             if box is None:
                 counts.append((0, 0))
                 continue
             y0, y1, x0, x1 = box
             todo = mask[y0:y1, x0:x1].copy()
+            at = frame.cut(out, y0, y1, x0, x1)
             if rec is not None:
                 take = rec.usable & todo
-                out[y0:y1, x0:x1][take] = rec.pixels[take]
+                at[take] = rec.pixels[take]
                 todo &= ~take
             filled_px = int(todo.sum())
             counts.append((int(mask[y0:y1, x0:x1].sum()), filled_px))
             if filled_px:
-                sub = np.zeros_like(mask)
-                sub[y0:y1, x0:x1] = todo
+                sub = np.zeros(out.shape[:2], dtype=bool)
+                frame.cut(sub, y0, y1, x0, x1)[...] = todo
                 filled_idx.append(i)
                 submasks.append(sub)
         if filled_idx:

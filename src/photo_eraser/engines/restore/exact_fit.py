@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from photo_eraser.engines.restore.arrays import batch_median
+from photo_eraser.engines.restore.edges import cut
 from photo_eraser.engines.restore.free_fit import EdgeFit
 from photo_eraser.engines.restore.params import ExactFitParams, RestoreParams
 from photo_eraser.engines.restore.refine import texture_weights
@@ -121,19 +122,23 @@ def _origin_moments(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per image and edge (N x E): sums over channels of y*y, x*x and x*y, where
     ``y = J(a) - W(a)`` and ``x = J(b) - W(b)``; from the edge fit's centred values."""
-    y, x, yy, xx, xy = fit.y, fit.x, fit.yy, fit.xx, fit.xy
-    if rows is not None:
-        y, x, yy, xx, xy = y[:, rows], x[:, rows], yy[rows], xx[rows], xy[rows]
-    my = fit.y_mean - colour_a
-    mx = fit.x_mean - colour_b
-    return (
-        yy + 2.0 * np.einsum("cne,ce->ne", y, my) + (my * my).sum(axis=0),
-        xx + 2.0 * np.einsum("cne,ce->ne", x, mx) + (mx * mx).sum(axis=0),
-        xy
-        + np.einsum("cne,ce->ne", x, my)
-        + np.einsum("cne,ce->ne", y, mx)
-        + (mx * my).sum(axis=0),
-    )
+
+    def moments(edges: slice) -> tuple[np.ndarray, ...]:
+        part = fit.part(edges, rows)
+        y, x = part.y, part.x
+        my = part.y_mean - cut(colour_a, edges)
+        mx = part.x_mean - cut(colour_b, edges)
+        return (
+            part.yy + 2.0 * np.einsum("cne,ce->ne", y, my) + (my * my).sum(axis=0),
+            part.xx + 2.0 * np.einsum("cne,ce->ne", x, mx) + (mx * mx).sum(axis=0),
+            part.xy
+            + np.einsum("cne,ce->ne", x, my)
+            + np.einsum("cne,ce->ne", y, mx)
+            + (mx * my).sum(axis=0),
+        )
+
+    yy, xx, xy = fit.chunks.map(moments)
+    return yy, xx, xy
 
 
 def _origin_slope(yy: np.ndarray, xx: np.ndarray, w: np.ndarray) -> np.ndarray:

@@ -10,15 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from photo_eraser.engines.restore.edges import CHUNK_BYTES, EdgeChunks
 from photo_eraser.engines.restore.estimate import Blend, Fit
 from photo_eraser.engines.restore.exact_fit import exact_fit
-from photo_eraser.engines.restore.free_fit import (
-    EdgeFit,
-    free_fit,
-    gradients,
-    spread,
-    weighted_mean,
-)
+from photo_eraser.engines.restore.free_fit import EdgeFit, free_fit, spread
 from photo_eraser.engines.restore.jackknife import jackknife_errors, jackknife_groups
 from photo_eraser.engines.restore.params import RestoreParams
 from photo_eraser.engines.restore.refine import refinable, refine, refined_without
@@ -32,6 +27,8 @@ def fit_blend(
     *,
     lossless: bool = False,
     jackknife: bool = True,
+    threads: int = 1,
+    chunk_bytes: int = CHUNK_BYTES,
 ) -> tuple[Blend, np.ndarray | None]:
     """The blend on the solver's domain from aligned crops ``stack`` (N x H x W x 3, float32).
 
@@ -42,10 +39,13 @@ def fit_blend(
     photo (N x H x W, grey levels RMS over channels): the blend is re-fitted without each group
     of images (keeping the robust weights of the full fit), and how much the recovered photos
     move is the error. The engine decides on this confidence.
+
+    ``threads``: the per-edge work runs on chunks of edges (``chunk_bytes``, see ``edges.py``)
+    this many at a time; the result is the same for any of these.
     """
     values = np.ascontiguousarray(np.moveaxis(solver.gather(stack), -1, 0))
     n = values.shape[1]
-    fit = EdgeFit(values, solver)
+    fit = EdgeFit(values, solver, EdgeChunks(solver.ea.size, n, threads, chunk_bytes))
     rough_beta = spread(values, solver)
     to_refine = n >= p.refine.min_images
     try_exact = lossless and p.exact.enabled and n >= p.exact.min_images
@@ -55,7 +55,7 @@ def fit_blend(
         poisson = solver.poisson(edge_weight, p.free_fit.anchor)
         beta = beta_from_ratio(ratio, poisson, p.free_fit.beta_floor)
         # The ratio fits' robust weights already discount photo edges: a weighted mean will do.
-        u = poisson.solve(weighted_mean(gradients(fit, beta, solver), weights).T).T
+        u = poisson.solve(fit.mean_gradient(beta, weights).T).T
         worth_it = refinable(beta, rough_beta, solver, p)
         to_refine, try_exact = to_refine and worth_it, try_exact and worth_it
     exact = None

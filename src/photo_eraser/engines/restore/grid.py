@@ -55,6 +55,38 @@ class Placement:
         )
 
 
+@dataclass(frozen=True)
+class Frame:
+    """Where an image array handed to the engine lies in its image: its top-left corner and the
+    whole image's size (``Engine.restore_parts``: the engine may be given a part of each)."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+    def cut(self, pixels: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """The image's pixels ``[y0:y1, x0:x1]`` (image coordinates) from the array ``pixels``."""
+        y0, y1, x0, x1 = y0 - self.top, y1 - self.top, x0 - self.left, x1 - self.left
+        if y0 < 0 or x0 < 0 or y1 > pixels.shape[0] or x1 > pixels.shape[1]:
+            # Slicing would clamp silently and give other pixels: a window too small is a bug.
+            raise ValueError("the restore engine reads beyond the part of an image it was given")
+        return pixels[y0:y1, x0:x1]
+
+
+def reach(mask: np.ndarray, p: GridParams) -> int:
+    """How far (image pixels) beyond the bounding box of ``mask`` the grid of a batch of images
+    of one size under that mask reads: its margin, the largest alignment shift, and the two or
+    three pixels of the resampling (``extract``), with a pixel to spare."""
+    scale = _scale(mask, p)
+    margin = int(np.ceil((p.align_radius + 4) / scale))
+    return margin + int(np.ceil(p.align_rounds * p.align_radius / scale)) + 6
+
+
+def _scale(mask: np.ndarray, p: GridParams) -> float:
+    return min(1.0, float(np.sqrt(p.max_grid_pixels / max(1, int(mask.sum())))))
+
+
 @dataclass
 class Grid:
     """The common grid: its shape, the reference mask on it, and each image's placement."""
@@ -71,7 +103,7 @@ def common_grid(
     """The grid around the reference mask's padded box, scaled down if the mask is huge;
     ``None`` if the mask vanishes on it."""
     rmask = masks[ref]
-    scale = min(1.0, float(np.sqrt(p.max_grid_pixels / max(1, int(rmask.sum())))))
+    scale = _scale(rmask, p)
     pad = int(np.ceil((p.align_radius + 4) / scale))
     box = mask_bbox(rmask)
     assert box is not None
@@ -106,7 +138,11 @@ def common_grid(
 
 
 def align(
-    images: Sequence[np.ndarray], grid: Grid, crops: dict[int, np.ndarray], p: GridParams
+    images: Sequence[np.ndarray],
+    frames: Sequence[Frame],
+    grid: Grid,
+    crops: dict[int, np.ndarray],
+    p: GridParams,
 ) -> dict[int, tuple[int, int]]:
     """Shift each image's crop (a few grid pixels) so its mark lines up with the batch's;
     updates ``grid.placements`` and ``crops``, and returns the shifts made."""
@@ -138,18 +174,22 @@ def align(
             if dy or dx:
                 q = placements[i]
                 placements[i] = q.shifted(q.dy + dy, q.dx + dx)
-                crops[i] = extract(images[i], placements[i], grid_shape)
+                crops[i] = extract(images[i], frames[i], placements[i], grid_shape)
                 moved = True
         if not moved:
             break
     return {i: (q.dy, q.dx) for i, q in placements.items() if q.dy or q.dx}
 
 
-def extract(image: np.ndarray, placement: Placement, grid_shape: tuple[int, int]) -> np.ndarray:
-    """The image resampled on the grid (float32 HxWx3); exact when the placement is a shift."""
+def extract(
+    image: np.ndarray, frame: Frame, placement: Placement, grid_shape: tuple[int, int]
+) -> np.ndarray:
+    """The image resampled on the grid (float32 HxWx3); exact when the placement is a shift.
+    ``image``: the array at ``frame`` of the image (all of it, or the part the engine asked
+    for)."""
     gh, gw = grid_shape
     m = placement.grid_to_image()
-    h, w = image.shape[:2]
+    h, w = frame.height, frame.width
     # Only the part of the image the grid covers (plus the interpolation margin) is converted.
     ys = (m[1, 2], m[1, 1] * (gh - 1) + m[1, 2])
     xs = (m[0, 2], m[0, 0] * (gw - 1) + m[0, 2])
@@ -158,7 +198,7 @@ def extract(image: np.ndarray, placement: Placement, grid_shape: tuple[int, int]
     m[0, 2] -= x0
     m[1, 2] -= y0
     return cv2.warpAffine(
-        image[y0:y1, x0:x1].astype(np.float32),
+        frame.cut(image, y0, y1, x0, x1).astype(np.float32),
         m,
         (gw, gh),
         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
@@ -166,11 +206,11 @@ def extract(image: np.ndarray, placement: Placement, grid_shape: tuple[int, int]
     )
 
 
-def on_image(image: np.ndarray, placement: Placement, grid_shape: tuple[int, int]) -> np.ndarray:
+def on_image(frame: Frame, placement: Placement, grid_shape: tuple[int, int]) -> np.ndarray:
     """Grid pixels (HxW bool) that ``extract`` interpolates from the image's own pixels only."""
     gh, gw = grid_shape
     m = placement.grid_to_image()
-    h, w = image.shape[:2]
+    h, w = frame.height, frame.width
     y = m[1, 1] * np.arange(gh) + m[1, 2]
     x = m[0, 0] * np.arange(gw) + m[0, 2]
     eps = 1e-3

@@ -10,7 +10,7 @@ import numpy as np
 
 from photo_eraser.engines.restore.confidence import InversionGate
 from photo_eraser.engines.restore.estimate import Estimate, Recovery
-from photo_eraser.engines.restore.grid import Grid, Placement
+from photo_eraser.engines.restore.grid import Frame, Grid, Placement
 from photo_eraser.engines.restore.params import RestoreParams
 from photo_eraser.engines.restore.pixels import confident_opacity, unmarked
 from photo_eraser.engines.restore.solver import GridSolver
@@ -20,6 +20,7 @@ Box = tuple[int, int, int, int]
 
 def invert_batch(
     images: Sequence[np.ndarray],
+    frames: Sequence[Frame],
     boxes: Sequence[Box | None],
     grid: Grid,
     est: Estimate,
@@ -29,6 +30,8 @@ def invert_batch(
 ) -> list[Recovery | None]:
     """Each image of the estimate inverted where that is predicted to beat inpainting
     (``None`` for the others); masked pixels the mark does not reach are kept as they are.
+    ``images``: the arrays at ``frames`` of the images; ``boxes`` and the recoveries' boxes are
+    in image coordinates.
 
     ``whole``: the solver of the whole mask; ``with_mark``: the mask's pixels that belong to
     the mark or its surroundings (step 7). Masked pixels in other parts of the mask, off the
@@ -50,12 +53,15 @@ def invert_batch(
         box = boxes[i]
         assert box is not None
         usable = (ok | kept) & known
-        out[i] = _invert_on_image(images[i], box, grid.placements[i], beta, offset, usable)
+        out[i] = _invert_on_image(
+            images[i], frames[i], box, grid.placements[i], beta, offset, usable
+        )
     return out
 
 
 def _invert_on_image(
     image: np.ndarray,
+    frame: Frame,
     box: Box,
     placement: Placement,
     beta: np.ndarray,
@@ -71,7 +77,7 @@ def _invert_on_image(
     b = cv2.warpAffine(beta, m, size, flags=flags, borderValue=1.0)
     c = cv2.warpAffine(offset, m, size, flags=flags, borderValue=(0.0, 0.0, 0.0))
     ok = cv2.warpAffine(usable.astype(np.float32), m, size, flags=flags, borderValue=0.0)
-    crop = image[y0:y1, x0:x1].astype(np.float32)
+    crop = frame.cut(image, y0, y1, x0, x1).astype(np.float32)
     pixels = np.clip(np.rint((crop - c) / b[..., None]), 0, 255).astype(np.uint8)
     return Recovery(box=box, pixels=pixels, usable=ok > 0.999)
 

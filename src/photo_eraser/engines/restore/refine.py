@@ -13,7 +13,8 @@ import cv2
 import numpy as np
 
 from photo_eraser.engines.restore.arrays import batch_median
-from photo_eraser.engines.restore.free_fit import EdgeFit, gradients, weighted_mean
+from photo_eraser.engines.restore.edges import EdgeChunks, cut
+from photo_eraser.engines.restore.free_fit import EdgeFit, weighted_mean
 from photo_eraser.engines.restore.params import FreeFitParams, RestoreParams
 from photo_eraser.engines.restore.pixels import marked_by_opacity, opaque
 from photo_eraser.engines.restore.solver import GridSolver, Poisson, beta_from_ratio
@@ -42,8 +43,13 @@ def texture_weights(
         e[:-1] += np.einsum("hwc,hwc->hw", d, d)
         energy[k] = cv2.blur(e, (5, 5))
     nodes = solver.gather(energy)
-    local = np.maximum(nodes[:, solver.ea], nodes[:, solver.eb])
-    return (1.0 / (1.0 + local / p.refine.texture**2)).astype(np.float32)
+    # A chunk of edges at a time (``edges.py``), into the Fortran order that indexing the
+    # edges of all at once gave (the layout decides the order of later sums over images).
+    weights = np.empty((nodes.shape[0], solver.ea.size), dtype=np.float32, order="F")
+    for edges in EdgeChunks(solver.ea.size, nodes.shape[0]).slices:
+        local = np.maximum(nodes[:, solver.ea[edges]], nodes[:, solver.eb[edges]])
+        weights[:, edges] = 1.0 / (1.0 + local / p.refine.texture**2)
+    return weights
 
 
 def refine(
@@ -64,28 +70,53 @@ def refine(
     jackknife.
     """
     solver, r = poisson.solver, p.refine
-    w_slope = w_grad = np.ones(fit.xx.shape, dtype=np.float32)
+    w_slope = w_grad = None
     for _ in range(r.iterations):
         texture = texture_weights(stack, beta, u, solver, p)
-        ratio, sw, sx, sy, _ = fit.slope(texture)
-        res = fit.residuals(ratio, sw, sx, sy)
-        scale = 1.4826 * batch_median(res, axis=0) + p.free_fit.residual_floor
-        w_slope = texture / (1.0 + (res / (r.cauchy * scale)) ** 2)
-        beta = beta_from_ratio(fit.slope(w_slope)[0], poisson, p.free_fit.beta_floor)
-        grad = gradients(fit, beta, solver)
-        norm2 = np.einsum("cne,cne->ne", grad, grad)
-        loc = weighted_mean(grad, texture)
-        scale2 = None
-        for _ in range(r.reweights):
-            # Squared distance of every image's gradient from the current mean, by moments.
-            res2 = norm2 - 2.0 * np.einsum("cne,ce->ne", grad, loc) + (loc * loc).sum(axis=0)
-            np.maximum(res2, 0.0, out=res2)
-            if scale2 is None:
-                scale = 1.4826 * batch_median(np.sqrt(res2), axis=0) + r.residual_floor
-                scale2 = (r.cauchy * scale) ** 2
-            w_grad = texture / (1.0 + res2 / scale2)
-            loc = weighted_mean(grad, w_grad)
+
+        def ratios(edges: slice, texture: np.ndarray = texture) -> tuple[np.ndarray, ...]:
+            # Each edge's ratio fit is its own: one chunk of edges at a time.
+            part, tex = fit.part(edges), cut(texture, edges)
+            ratio, sw, sx, sy, _ = part.slope(tex)
+            res = part.residuals(ratio, sw, sx, sy)
+            scale = 1.4826 * batch_median(res, axis=0) + p.free_fit.residual_floor
+            w = tex / (1.0 + (res / (r.cauchy * scale)) ** 2)
+            return part.slope(w)[0], w
+
+        ratio, w_slope = fit.chunks.map(ratios)
+        beta = beta_from_ratio(ratio, poisson, p.free_fit.beta_floor)
+
+        def reweighted(
+            edges: slice, beta: np.ndarray = beta, texture: np.ndarray = texture
+        ) -> tuple[np.ndarray, ...]:
+            # Each edge's robust mean gradient is its own: one chunk of edges at a time.
+            grad, mean_a, mean_b = fit.part(edges).gradients(*fit.inverse_beta(beta, edges))
+            grad += (mean_a - mean_b)[:, None]
+            tex = cut(texture, edges)
+            norm2 = np.einsum("cne,cne->ne", grad, grad)
+            loc = weighted_mean(grad, tex)
+            w = tex
+            scale2 = None
+            for _ in range(r.reweights):
+                # Squared distance of every image's gradient from the current mean, by moments.
+                res2 = norm2 - 2.0 * np.einsum("cne,ce->ne", grad, loc) + (loc * loc).sum(axis=0)
+                np.maximum(res2, 0.0, out=res2)
+                if scale2 is None:
+                    scale = 1.4826 * batch_median(np.sqrt(res2), axis=0) + r.residual_floor
+                    scale2 = (r.cauchy * scale) ** 2
+                w = tex / (1.0 + res2 / scale2)
+                loc = weighted_mean(grad, w)
+            return loc, w
+
+        loc, w_chunks = fit.chunks.map(reweighted)
+        if r.reweights:
+            w_grad = w_chunks
         u = poisson.solve(loc.T).T
+    # Weights never reweighted are all 1 (allocated only then).
+    if w_slope is None:
+        w_slope = np.ones(fit.xx.shape, dtype=np.float32)
+    if w_grad is None:
+        w_grad = np.ones(fit.xx.shape, dtype=np.float32)
     return beta, u, w_slope, w_grad
 
 
@@ -110,5 +141,4 @@ def refined_without(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The refined fit on the images ``rows`` only, keeping the full fit's weights."""
     beta = beta_from_ratio(fit.slope(w_slope, rows)[0], poisson, p.beta_floor)
-    grad = gradients(fit, beta, poisson.solver, rows)
-    return beta, poisson.solve(weighted_mean(grad, w_grad[rows]).T).T
+    return beta, poisson.solve(fit.mean_gradient(beta, w_grad, rows).T).T
