@@ -50,7 +50,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import code_line, load_average, machine_line, version  # noqa: E402
 from photo_eraser.engines.fill import (  # noqa: E402
     SMOOTH_TEXTURE,
+    THIN_GROUP,
     TextureAwareFill,
+    group_width,
     ring_around,
 )
 from photo_eraser.engines.opencv import OpenCVEngine  # noqa: E402
@@ -163,6 +165,10 @@ class Group:
     seen: float
     """The same on the input (JPEG halos and all): what the rule decides by."""
     width: float
+    pixels: int = 0
+    thin: float = 0.0
+    """``group_width``: the largest distance of a pixel to the group's border (the fill's rule
+    sends groups at most ``THIN_GROUP`` wide to Telea)."""
     scores: dict[str, Score] = field(default_factory=dict)
 
 
@@ -204,6 +210,8 @@ def run_case(truth: np.ndarray, kind: str, rng: np.random.Generator, fills) -> l
             ring_texture(truth_grad, own, mask),
             ring_texture(stamped_grad, own, mask),
             2 * n / max(perimeter, 1.0),
+            n,
+            group_width(own),
         )
         for name, out in outputs.items():
             diff = out[own].astype(np.float64) - truth[own]
@@ -287,6 +295,37 @@ def sweep(groups: list[Group]) -> list[str]:
             f"| {name} | {telea_share:.0%} | {every.psnr:.2f} | {every.ratio:.2f} "
             f"| {textured.psnr:.2f} | {textured.ratio:.2f} | {smooth.psnr:.2f} "
             f"| {smooth.ratio:.2f} | {every.seconds / pm_time:.2f} |"
+        )
+    return lines
+
+
+THIN_SWEEP = (0.0, 1.0, 1.5, 2.0, 2.5, 3.0)
+
+
+def thin_sweep(groups: list[Group]) -> list[str]:
+    """The width rule (``THIN_GROUP``) on these masks: groups at most that wide go to Telea,
+    the others by texture. Which groups move, and what that does to their scores."""
+    lines = [
+        "| width <= | textured groups to Telea (by kind) | moved groups, Telea PSNR / SSIM / texture "
+        "| moved groups, PatchMatch PSNR / SSIM / texture | all textured, the rule's PSNR / SSIM / texture |",
+        "|---|---|---|---|---|",
+    ]
+    textured = [g for g in groups if g.seen >= SMOOTH_TEXTURE]
+    for step in THIN_SWEEP:
+        moved = [g for g in textured if g.thin <= step]
+        kinds = ", ".join(f"{k} {sum(g.kind == k for g in moved)}" for k in KINDS)
+        if moved:
+            kinds += f"; median {statistics.median(g.pixels for g in moved):.0f} px"
+        rule = Score()
+        for g in textured:
+            rule.add(g.scores["telea" if g.thin <= step else "patchmatch"])
+        cells = []
+        for method in ("telea", "patchmatch"):
+            s = pooled(moved, method) if moved else None
+            cells.append("-" if s is None else f"{s.psnr:.2f} / {s.mean_ssim:.3f} / {s.ratio:.2f}")
+        lines.append(
+            f"| {step:g} | {len(moved)} of {len(textured)} ({kinds}) | {cells[0]} | {cells[1]} "
+            f"| {rule.psnr:.2f} / {rule.mean_ssim:.3f} / {rule.ratio:.2f} |"
         )
     return lines
 
@@ -384,11 +423,15 @@ def main() -> None:
     groups = collect()
     if args.sweep:
         out += sweep(groups)
+        out += ["", f"The width rule on these masks (now {THIN_GROUP:g}):", ""]
+        out += thin_sweep(groups)
     else:
         out += [f"Quality per mask kind (threshold {SMOOTH_TEXTURE:g}):", ""]
         out += table(groups, SMOOTH_TEXTURE)
         out += ["", "The rule's threshold (per group: Telea below it, PatchMatch above):", ""]
         out += sweep(groups)
+        out += ["", f"The width rule on these masks (now {THIN_GROUP:g}; bench/residue.py):", ""]
+        out += thin_sweep(groups)
         if not args.no_timing:
             out += ["", "Seconds per 1920x1080 image:", ""]
             out += timing(args.repeats)

@@ -7,7 +7,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from photo_eraser.engines.fill import TextureAwareFill, split_by_texture
+from photo_eraser.engines.fill import (
+    THIN_GROUP,
+    TextureAwareFill,
+    group_width,
+    split_by_texture,
+)
 from photo_eraser.engines.opencv import OpenCVEngine
 from photo_eraser.engines.patchmatch import PatchMatchEngine
 from photo_eraser.engines.registry import EngineRegistry
@@ -113,3 +118,28 @@ def test_a_batch_filled_on_threads_is_the_batch_filled_one_by_one() -> None:
     for a, b in zip(alone, together, strict=True):
         assert np.array_equal(a.image, b.image)
     assert not np.array_equal(together[0].image, images[0])  # it filled something
+
+
+def test_thin_groups_go_to_telea_even_on_texture() -> None:
+    """``restore``'s residue (small groups inside recovered pixels) is mostly thin: there Telea
+    was as good as PatchMatch (bench/residue.py), at a hundredth of the cost. A group at most
+    ``THIN_GROUP`` wide goes to Telea on texture; a wider one on the same texture still gets
+    PatchMatch (the positive control), and so does the thin one when the rule is off."""
+    image = textured_right_half(seed=2)
+    thin = np.zeros((H, W), bool)
+    thin[20:22, 110:170] = True  # two pixels wide: every pixel is 1 px from the border
+    wide = np.zeros((H, W), bool)
+    wide[50:80, 120:150] = True
+    assert group_width(thin) <= THIN_GROUP < group_width(wide)
+    telea, patchmatch = OpenCVEngine(), PatchMatchEngine()
+    smooth, textured = split_by_texture(image, thin | wide)
+    assert np.array_equal(smooth, thin) and np.array_equal(textured, wide)
+    [out] = TextureAwareFill(telea, patchmatch).restore([image], [thin | wide])
+    assert out.method == "patchmatch"
+    assert np.array_equal(out.image[thin], telea.inpaint(image, thin)[thin])
+    # The rule off: texture alone decides, and the thin group is textured.
+    smooth, textured = split_by_texture(image, thin | wide, thin=0)
+    assert not smooth.any() and np.array_equal(textured, thin | wide)
+    [off] = TextureAwareFill(telea, patchmatch, thin=0).restore([image], [thin])
+    assert off.method == "patchmatch"
+    assert not np.array_equal(off.image[thin], telea.inpaint(image, thin)[thin])
