@@ -270,10 +270,6 @@ def cells(s: Score) -> str:
     return f"{s.psnr:.2f} / {s.mean_ssim:.3f} / {s.ratio:.2f}"
 
 
-def texture_pick(g: Group) -> str:
-    return "telea" if g.texture < SMOOTH_TEXTURE else "patchmatch"
-
-
 def subset_of(case: str) -> str:
     return next(label for label, keep in SUBSETS if keep(case))
 

@@ -106,7 +106,8 @@ def split_by_texture(
 
 class TextureAwareFill(Engine):
     """Fills each group of masked pixels with ``smooth`` (Telea) or ``textured`` (PatchMatch)
-    by the texture around it. Reports the method of the textured engine when it filled any
+    by the texture around it; groups at most ``thin`` px wide (``group_width``) always go to
+    ``smooth`` (0: texture alone). Reports the method of the textured engine when it filled any
     pixel of an image, else the smooth one's; its own name is the smooth engine's (what an
     image with nothing to fill reports)."""
 
