@@ -10,7 +10,8 @@ to 70 pixels wide), so there only the texture decides.
 ``restore``'s residue is another kind of mask: small groups left inside the pixels it
 recovered (``bench/residue.py``). There a group whose every pixel is within 3 px of its border
 goes to Telea: on the 20 x 1080p task batch that gave +0.9 dB over texture alone at the same
-texture ratio (0.85) and 37 % less fill CPU; on smaller batches the same quality at 5-22 % less.
+texture ratio (0.85) and 37-46 % less fill CPU; on smaller batches the same quality at 5-22 %
+less.
 No user-painted group of ``bench/fills.py`` is that thin, so its verdicts are unchanged.
 """
 
