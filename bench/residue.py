@@ -76,7 +76,6 @@ FORMATS = ("jpeg90", "png")
 MASKS = ("tight", "box")
 N = 8
 BOX_PAD = 12
-TASK_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
 """``bench/task.py``'s photos, in its order."""
 
 
@@ -171,29 +170,12 @@ def small_residues(quick: bool, alphas: Sequence[float] = ALPHAS) -> list[Residu
 
 
 def task_residues(n: int) -> list[Residue]:
-    """``bench/task.py``'s batch at 1920x1080 with its true photos (the same construction)."""
-    from skimage import data as skdata
+    """``bench/task.py``'s batch at 1920x1080 with its true photos (`task.task_scene`)."""
+    from task import task_scene
 
-    width, height = 1920, 1080
-    layer = np.zeros((height, width), np.uint8)
-    scale = width / 640
-    org = (int(width * 0.55), int(height * 0.9))
-    cv2.putText(layer, "(c) AGENCY", org, cv2.FONT_HERSHEY_SIMPLEX, scale, 255, int(3 * scale))
-    alpha = (layer.astype(np.float32) / 255 * 0.45)[..., None]
-    ys, xs = np.nonzero(layer)
-    pad = int(12 * scale)
-    mask = np.zeros((height, width), bool)
-    mask[max(0, ys.min() - pad) : ys.max() + pad, max(0, xs.min() - pad) : xs.max() + pad] = True
-    rng = np.random.default_rng(0)
+    photos, alpha, mask = task_scene(1920, 1080, n)
     truths, stamped = [], []
-    for i in range(n):
-        base = getattr(skdata, TASK_PHOTOS[i % len(TASK_PHOTOS)])()
-        if base.ndim == 2:
-            base = np.stack([base] * 3, axis=-1)
-        base = base[:, ::-1] if (i // len(TASK_PHOTOS)) % 2 else base
-        img = cv2.resize(base[..., :3], (width, height), interpolation=cv2.INTER_CUBIC)
-        img = img.astype(np.float32) * (0.85 + 0.05 * (i // len(TASK_PHOTOS)))
-        img += rng.normal(0, 3, img.shape)
+    for img in photos:
         truth = np.clip(img, 0, 255).astype(np.uint8)
         blended = np.clip(img * (1 - alpha) + 255 * alpha, 0, 255).astype(np.uint8)
         ok, buf = cv2.imencode(".jpg", blended[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])

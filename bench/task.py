@@ -44,8 +44,9 @@ SIZES = {"1080p": (1920, 1080), "12mp": (4000, 3000)}
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
 
 
-def stamped_photos(width: int, height: int, n: int) -> tuple[list[bytes], bytes]:
-    """``n`` different JPEGs with one shared semi-transparent mark, and the mask (PNG)."""
+def task_scene(width: int, height: int, n: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The batch's ``n`` photos before the mark (float32 RGB, noise added), the mark's opacity
+    per pixel (H x W x 1) and the mask over it (bool): a text mark at the bottom right."""
     layer = np.zeros((height, width), np.uint8)
     scale = width / 640
     org = (int(width * 0.55), int(height * 0.9))
@@ -53,10 +54,10 @@ def stamped_photos(width: int, height: int, n: int) -> tuple[list[bytes], bytes]
     alpha = (layer.astype(np.float32) / 255 * 0.45)[..., None]
     ys, xs = np.nonzero(layer)
     pad = int(12 * scale)
-    mask = np.zeros((height, width), np.uint8)
-    mask[max(0, ys.min() - pad) : ys.max() + pad, max(0, xs.min() - pad) : xs.max() + pad] = 255
+    mask = np.zeros((height, width), bool)
+    mask[max(0, ys.min() - pad) : ys.max() + pad, max(0, xs.min() - pad) : xs.max() + pad] = True
     rng = np.random.default_rng(0)
-    files = []
+    photos = []
     for i in range(n):
         base = getattr(skdata, PHOTOS[i % len(PHOTOS)])()
         if base.ndim == 2:
@@ -65,10 +66,20 @@ def stamped_photos(width: int, height: int, n: int) -> tuple[list[bytes], bytes]
         img = cv2.resize(base[..., :3], (width, height), interpolation=cv2.INTER_CUBIC)
         img = img.astype(np.float32) * (0.85 + 0.05 * (i // len(PHOTOS)))
         img += rng.normal(0, 3, img.shape)
+        photos.append(img)
+    return photos, alpha, mask
+
+
+def stamped_photos(width: int, height: int, n: int) -> tuple[list[bytes], bytes]:
+    """``n`` different JPEGs with one shared semi-transparent mark, and the mask (PNG)."""
+    photos, alpha, mask = task_scene(width, height, n)
+    files = []
+    for img in photos:
         stamped = np.clip(img * (1 - alpha) + 255 * alpha, 0, 255).astype(np.uint8)
         buf = io.BytesIO()
         Image.fromarray(stamped).save(buf, "JPEG", quality=90)
         files.append(buf.getvalue())
+    mask = mask.astype(np.uint8) * 255
     out = io.BytesIO()
     Image.fromarray(mask).save(out, "PNG")
     return files, out.getvalue()
