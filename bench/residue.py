@@ -3,6 +3,7 @@
     .venv/bin/python bench/residue.py --alphas 0.5 --output docs/fills-residue.md
     .venv/bin/python bench/residue.py                    # all opacities (0.3, 0.5, 0.7)
     .venv/bin/python bench/residue.py --only-task        # the 1080p task batch only (~1 min)
+    .venv/bin/python bench/residue.py --only-task --task-size 12mp   # the same batch at 4000x3000
     .venv/bin/python bench/residue.py --quick --thins 0,3  # a few batches, two rules
 
 On a batch with a semi-transparent mark ``restore`` inverts most of the mask and leaves small
@@ -169,11 +170,12 @@ def small_residues(quick: bool, alphas: Sequence[float] = ALPHAS) -> list[Residu
     return out
 
 
-def task_residues(n: int) -> list[Residue]:
-    """``bench/task.py``'s batch at 1920x1080 with its true photos (`task.task_scene`)."""
-    from task import task_scene
+def task_residues(n: int, size: str = "1080p") -> list[Residue]:
+    """``bench/task.py``'s batch at ``size`` (1920x1080 or 4000x3000) with its true photos
+    (`task.task_scene`)."""
+    from task import SIZES, task_scene
 
-    photos, alpha, mask = task_scene(1920, 1080, n)
+    photos, alpha, mask = task_scene(*SIZES[size], n)
     truths, stamped = [], []
     for img in photos:
         truth = np.clip(img, 0, 255).astype(np.uint8)
@@ -182,7 +184,7 @@ def task_residues(n: int) -> list[Residue]:
         assert ok
         truths.append(truth)
         stamped.append(np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]))
-    return residues_of("task 1080p", truths, stamped, mask, False)
+    return residues_of(f"task {size}", truths, stamped, mask, False)
 
 
 def fill_name(thin: float) -> str:
@@ -299,7 +301,7 @@ def distribution(groups: list[Group]) -> list[str]:
 
 
 SUBSETS: tuple[tuple[str, Callable[[str], bool]], ...] = (
-    ("task 1080p, box", lambda case: case == "task 1080p"),
+    ("the task batch, box", lambda case: case.startswith("task ")),
     ("small, tight masks", lambda case: case.endswith("tight")),
     ("small, box masks", lambda case: case.endswith("box")),
 )
@@ -309,9 +311,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, help="also write the tables to this markdown file")
     parser.add_argument("--quick", action="store_true", help="a few small batches only")
-    parser.add_argument("--no-task", action="store_true", help="leave out the 1080p task batch")
+    parser.add_argument("--no-task", action="store_true", help="leave out the task batch")
     parser.add_argument("--task-images", type=int, default=20)
-    parser.add_argument("--only-task", action="store_true", help="only the 1080p task batch")
+    parser.add_argument("--only-task", action="store_true", help="only the task batch")
+    parser.add_argument(
+        "--task-size", choices=("1080p", "12mp"), default="1080p", help="the task batch's size"
+    )
     parser.add_argument(
         "--alphas", default=",".join(map(str, ALPHAS)), help="the small batches' opacities"
     )
@@ -328,7 +333,7 @@ def main() -> None:
         f"rule: texture threshold {SMOOTH_TEXTURE:g}, thin groups (width <= {THIN_GROUP:g} px) to Telea",
         "",
     ]
-    residues = [] if args.no_task else task_residues(args.task_images)
+    residues = [] if args.no_task else task_residues(args.task_images, args.task_size)
     if not args.only_task:
         alphas = tuple(float(a) for a in args.alphas.split(","))
         residues += small_residues(args.quick, alphas)
@@ -337,10 +342,10 @@ def main() -> None:
     groups: list[Group] = []
     for res in residues:
         groups += score_residue(res, methods, seconds)
-    task_px = [int(r.todo.sum()) for r in residues if r.case == "task 1080p"]
+    task_px = [int(r.todo.sum()) for r in residues if r.case.startswith("task ")]
     if task_px:
         out.append(
-            f"task 1080p: {len(task_px)} of {args.task_images} images handed to the fill, "
+            f"task {args.task_size}: {len(task_px)} of {args.task_images} images handed to the fill, "
             f"{np.mean(task_px):.0f} px each on average"
         )
     out += [f"{len(residues)} images handed to the fill, {len(groups)} groups", ""]

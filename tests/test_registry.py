@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
+from photo_eraser.config import Settings
 from photo_eraser.engines.base import EngineUnavailable
 from photo_eraser.engines.fill import TextureAwareFill
 from photo_eraser.engines.lama import LamaEngine
@@ -54,6 +56,29 @@ def test_restore_falls_back_to_lama_when_its_model_is_installed(
     fallback = registry.get("restore").fallback  # type: ignore[attr-defined]
     assert isinstance(fallback, LamaEngine) and fallback.threads == 2
     assert fallback is registry.get("lama")
+
+
+@pytest.mark.parametrize(
+    ("setting", "kind"),
+    [("opencv", OpenCVEngine), ("fill", TextureAwareFill), ("best", TextureAwareFill)],
+)
+def test_restore_fill_setting_names_the_fallback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str, kind: type
+) -> None:
+    monkeypatch.setenv("PHOTO_ERASER_RESTORE_FILL", setting)
+    settings = Settings(data_dir=tmp_path)
+    registry = EngineRegistry(tmp_path, restore_fill=settings.restore_fill)
+    assert type(registry.get("auto").fallback) is kind  # type: ignore[attr-defined]
+
+
+def test_restore_fill_named_but_not_installed_falls_back_to_the_best_there_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = EngineRegistry(tmp_path / "models", restore_fill="lama")  # no LaMa model here
+    assert isinstance(registry.get("auto").fallback, TextureAwareFill)  # type: ignore[attr-defined]
+    monkeypatch.setenv("PHOTO_ERASER_RESTORE_FILL", "telea")
+    with pytest.raises(ValidationError, match="best.*lama.*fill.*opencv"):
+        Settings(data_dir=tmp_path)
 
 
 def test_restore_takes_lama_once_its_model_is_installed_while_running(

@@ -109,6 +109,7 @@ class WorkerHost:
                 threads=1,
                 restore_exact_fit=s.restore_exact_fit,
                 image_threads=s.image_threads,
+                restore_fill=s.restore_fill,
             ),
             cpu=ThreadPoolExecutor(max_workers=s.image_threads, thread_name_prefix="cpu"),
             masks=MaskCache(s.max_image_bytes, max_side=s.max_side),

@@ -275,6 +275,7 @@ def erase(
         threads=settings.workers,
         restore_exact_fit=settings.restore_exact_fit,
         image_threads=settings.image_threads,
+        restore_fill=settings.restore_fill,
     )
     auto = mask_arg == "auto"
     mask_path = Path(mask_arg)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -77,6 +78,13 @@ class Settings(BaseSettings):
     restore_exact_fit: bool = Field(
         default=True,
         description="let `restore` fit an exact blend on all-lossless (PNG/BMP) batches",
+    )
+    restore_fill: Literal["best", "lama", "fill", "opencv"] = Field(
+        default="best",
+        description="what `restore` (and `auto`) fills the pixels it cannot recover with: best = "
+        "LaMa when its model is installed, else fill (Telea on smooth surroundings, PatchMatch on "
+        "texture), else opencv (Telea alone: the cheapest, a smear over texture); a named one "
+        "that cannot run here falls back to best",
     )
     max_pending_creates: int = Field(
         default=256,

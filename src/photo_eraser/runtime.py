@@ -110,6 +110,7 @@ class Runtime:
             threads=self.engine_threads(),
             restore_exact_fit=settings.restore_exact_fit,
             image_threads=settings.image_threads,
+            restore_fill=settings.restore_fill,
         )
         self.intake = TaskIntake(
             store,

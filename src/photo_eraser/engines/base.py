@@ -43,6 +43,9 @@ class EngineSetup:
     image_threads: int = 1
     """Images of one batch a weight-free fill may work on at once (``PHOTO_ERASER_IMAGE_THREADS``):
     OpenCV and PatchMatch release the GIL, so a batch's fills run side by side."""
+    restore_fill: str = "best"
+    """What ``restore`` fills the pixels it cannot recover with (``PHOTO_ERASER_RESTORE_FILL``):
+    ``best`` or the name of one fallback, ``lama``, ``fill`` or ``opencv``."""
 
 
 @dataclass

@@ -4,7 +4,8 @@ The table `_ENGINES` is the registry: a name, how to build the engine, and how t
 it can run on this installation (with the reason for users when not). A new engine is a module
 and one line there. ``auto`` is an alias of ``restore``, whose fallback inpainter is LaMa when
 its model is installed, else the texture-aware fill (Telea on smooth surroundings, PatchMatch
-on texture; OpenCV alone where PatchMatch cannot load). A model installed while the server
+on texture; OpenCV alone where PatchMatch cannot load), or the one
+``PHOTO_ERASER_RESTORE_FILL`` names when it can run here. A model installed while the server
 runs (``PHOTO_ERASER_AUTO_PULL``) is used from the next task on: ``restore`` is rebuilt when
 the fallback it would choose changes.
 """
@@ -37,10 +38,18 @@ class _Entry:
     is built again when it does (``restore`` once LaMa's model is installed)."""
 
 
+FALLBACKS = ("lama", "fill", "opencv")
+"""``restore``'s fallbacks, best first: ``best`` takes the first that can run here."""
+
+
 def _fallback_name(engines: EngineRegistry) -> str:
-    if engines.can_run("lama"):
-        return "lama"
-    return "fill" if engines.can_run("patchmatch") else "opencv"
+    def can_run(name: str) -> bool:
+        return engines.can_run("patchmatch" if name == "fill" else name)
+
+    chosen = engines.setup.restore_fill
+    if chosen != "best" and can_run(chosen):
+        return chosen
+    return next(name for name in FALLBACKS if can_run(name))
 
 
 def _restore(engines: EngineRegistry) -> Engine:
@@ -84,9 +93,10 @@ class EngineRegistry:
         threads: int = 1,
         restore_exact_fit: bool = True,
         image_threads: int = 1,
+        restore_fill: str = "best",
     ) -> None:
         self.setup: EngineSetup = EngineSetup(
-            Path(model_dir), max(1, threads), restore_exact_fit, max(1, image_threads)
+            Path(model_dir), max(1, threads), restore_exact_fit, max(1, image_threads), restore_fill
         )
         self._engines: dict[str, tuple[object, Engine]] = {}
         """Name -> (the variant it was built for, the engine)."""
