@@ -8,8 +8,12 @@ Ours: the real server (one worker, one task of N images by URL from a loopback i
 engine ``opencv`` and then ``auto``), from the create request to the last result downloaded;
 the client polls the result every 0.1 s. IOPaint: its synchronous ``POST /api/v1/inpaint`` with
 the image and mask in base64, one request per image, ``--peer-clients`` at a time (default:
-one per core, so it may use every core as ours does). Its ``cv2`` model is OpenCV's Telea, the
-same as our ``opencv``; our ``auto`` is compared with the same peer (it has nothing like it).
+one per core, so it may use every core as ours does). Its ``cv2`` model is OpenCV's
+``cv2.inpaint`` on the whole image; by default it runs Navier-Stokes with radius 4
+(``cv2_flag``, ``cv2_radius`` of its request). ``--peer-cv2 telea`` (the default here) asks it
+for Telea with radius 3, exactly our ``opencv`` engine's algorithm, so both sides do the same
+inpainting and the ratio is everything else; ``--peer-cv2 default`` leaves its own setting. Our
+``auto`` is compared with the same peer (it has nothing like it).
 
 IOPaint calls ``gc.collect()`` after every request (``torch_gc``), which costs it much of its
 CPU on this kind of load. ``--peer-nogc URL`` names a second IOPaint started with that call
@@ -77,13 +81,21 @@ def ours(server: ServerProcess, urls: list[str], mask: bytes, engine: str) -> fl
         client.close()
 
 
-def peer(base: str, files: list[bytes], mask: bytes, clients: int) -> float:
+PEER_CV2 = {
+    "telea": {"cv2_flag": "INPAINT_TELEA", "cv2_radius": 3},  # our ``opencv`` engine's
+    "default": {},  # IOPaint's own: INPAINT_NS, radius 4
+}
+
+
+def peer(
+    base: str, files: list[bytes], mask: bytes, clients: int, cv2_options: dict[str, object]
+) -> float:
     """Seconds for IOPaint to restore every file (``clients`` requests at a time)."""
     mask_b64 = base64.b64encode(mask).decode()
     with httpx.Client(base_url=base, timeout=600) as http:
 
         def one(data: bytes) -> None:
-            body = {"image": base64.b64encode(data).decode(), "mask": mask_b64}
+            body = {"image": base64.b64encode(data).decode(), "mask": mask_b64, **cv2_options}
             r = http.post("/api/v1/inpaint", json=body)
             r.raise_for_status()
             assert r.content
@@ -104,6 +116,12 @@ def main() -> None:
     parser.add_argument("--masks", default="block,text")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--peer-clients", type=int, default=usable_cores())
+    parser.add_argument(
+        "--peer-cv2",
+        choices=tuple(PEER_CV2),
+        default="telea",
+        help="the peer's cv2 algorithm: telea r3 (ours) or its own default (NS r4)",
+    )
     args = parser.parse_args()
     print("# Photo Eraser against IOPaint, end to end over HTTP, same machine, same run")
     print(machine_line())
@@ -114,6 +132,7 @@ def main() -> None:
     for name, url in peers.items():
         info = httpx.get(f"{url}/api/v1/server-config", timeout=10).json()
         print(f"{name}: {url}, model {info.get('modelInfos', [{}])[0].get('name', '?')}")
+    print(f"peer's cv2 options: {PEER_CV2[args.peer_cv2] or 'its defaults (INPAINT_NS, radius 4)'}")
     host = ImageHost()
     tmp = tempfile.TemporaryDirectory()
     server = ServerProcess(
@@ -137,7 +156,7 @@ def main() -> None:
             ]
             ours(server, urls[:1], block, "opencv")  # warm-up
             for url in peers.values():
-                peer(url, files[:1], block, 1)
+                peer(url, files[:1], block, 1, PEER_CV2[args.peer_cv2])
             for mask_name in args.masks.split(","):
                 mask = masks[mask_name]
                 for n in (int(v) for v in args.images.split(",")):
@@ -152,7 +171,11 @@ def main() -> None:
                                     times[who] = ours(server, urls[:n], mask, engine)
                                 else:
                                     times[who] = peer(
-                                        peers[who], files[:n], mask, args.peer_clients
+                                        peers[who],
+                                        files[:n],
+                                        mask,
+                                        args.peer_clients,
+                                        PEER_CV2[args.peer_cv2],
                                     )
                             cells = []
                             for p in peers:
