@@ -471,3 +471,34 @@ def test_the_serving_lock_is_shared_by_a_cluster_and_exclusive_for_a_server(
         again.release()
     finally:
         other.engine.dispose()
+
+
+def test_recent_durations_are_the_newest_complete_and_failed_runs(store: TaskStore) -> None:
+    from photo_eraser.tasks.store import _RECENT_RUNS, RECENT_RUNS
+    from photo_eraser.tasks.tables import tasks
+
+    statuses = [TaskStatus.COMPLETE, TaskStatus.FAILED, TaskStatus.CLOSED, TaskStatus.TIMED_OUT]
+    appkey, _ = store.create_key("k")
+    ids = [new_task(store, appkey) for _ in range(2 * RECENT_RUNS + 8)]
+    with store.engine.begin() as conn:
+        for n, task_id in enumerate(ids):  # task n ran n + 1 seconds and finished at 1000 + n
+            conn.execute(
+                tasks.update()
+                .where(tasks.c.task_id == task_id)
+                .values(
+                    status=int(statuses[n % 4]),
+                    started_at=1000.0 + n - (n + 1),
+                    finished_at=1000.0 + n,
+                    queue_seq=None,
+                )
+            )
+    wanted = [float(n + 1) for n in reversed(range(len(ids))) if n % 4 < 2][:RECENT_RUNS]
+    assert store.recent_durations() == wanted
+    if store.engine.dialect.name == "sqlite":  # each status walks the index, no full sort
+        sql = str(
+            _RECENT_RUNS.statement.compile(store.engine, compile_kwargs={"literal_binds": True})
+        )
+        with store.engine.connect() as conn:
+            plan = [row[3] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)]
+        searches = [step for step in plan if step.startswith("SEARCH tasks")]
+        assert searches == ["SEARCH tasks USING INDEX ix_tasks_status_finished_at (status=?)"] * 2

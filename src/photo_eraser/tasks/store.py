@@ -27,7 +27,7 @@ from photo_eraser.tasks.idempotency import (
 )
 from photo_eraser.tasks.keys import KeyQueries, VerifiedKeys
 from photo_eraser.tasks.nowait import WouldWait
-from photo_eraser.tasks.prepared import Prepared, among
+from photo_eraser.tasks.prepared import Prepared
 from photo_eraser.tasks.queue import queue_position, take_seqs
 from photo_eraser.tasks.records import (
     Closing,
@@ -461,13 +461,28 @@ _TASK_ROWS = (
 )
 _TASK_BY_ID = Prepared(_TASK_ROWS)
 _TASK_OF_KEY = Prepared(_TASK_ROWS.where(tasks.c.appkey == sa.bindparam("appkey", required=False)))
-_RECENT_RUNS = Prepared(
-    sa.select(tasks.c.started_at, tasks.c.finished_at)
-    .where(
-        among(tasks.c.status, [TaskStatus.COMPLETE, TaskStatus.FAILED]),
-        tasks.c.started_at.is_not(None),
+
+
+def _recent_runs_with(status: TaskStatus) -> sa.Subquery:
+    """The `RECENT_RUNS` last finished tasks of one status: a backward walk of
+    ``ix_tasks_status_finished_at`` (with ``status IN (...)`` the databases sorted them all)."""
+    return (
+        sa.select(tasks.c.started_at, tasks.c.finished_at)
+        .where(tasks.c.status == int(status), tasks.c.started_at.is_not(None))
+        .order_by(tasks.c.finished_at.desc())
+        .limit(RECENT_RUNS)
+        .subquery()
     )
-    .order_by(tasks.c.finished_at.desc())
+
+
+_RECENT_RUNS = Prepared(
+    sa.union_all(
+        *(
+            sa.select(runs)
+            for runs in map(_recent_runs_with, (TaskStatus.COMPLETE, TaskStatus.FAILED))
+        )
+    )
+    .order_by(sa.literal_column("finished_at").desc())
     .limit(RECENT_RUNS)
 )
 

@@ -75,6 +75,7 @@ Index("ix_tasks_queue_seq", tasks.c.status, tasks.c.priority, tasks.c.queue_seq)
 Index("ix_tasks_appkey", tasks.c.appkey)
 Index("ix_tasks_appkey_status", tasks.c.appkey, tasks.c.status)  # unfinished tasks per key
 Index("ix_tasks_finished_at", tasks.c.finished_at)
+Index("ix_tasks_status_finished_at", tasks.c.status, tasks.c.finished_at)  # recent runs
 Index("ix_tasks_lease_expires_at", tasks.c.lease_expires_at)
 
 task_images = Table(
