@@ -334,3 +334,27 @@ def test_a_worker_whose_lease_is_taken_stops_and_writes_nothing(
     assert record.lease_owner == "another-host:1:abc"
     assert [im.result_key for im in record.images] == [None]
     c.close()
+
+
+def test_a_closed_task_frees_its_worker_at_once_not_at_the_next_renewal(
+    local_server, image_host: ImageHost
+) -> None:  # type: ignore[no-untyped-def]
+    """The one worker holds a task whose download hangs; the client closes it. The worker
+    checks its lease at once (not a third of the lease later, 30 s here), drops the task and
+    takes the next one."""
+    server = local_server(lease_seconds=90, workers=1)
+    c = server.new_client()
+    gate = threading.Event()
+    try:
+        held = c.create_ok(
+            [image_host.add("/close/held.png", encode(photo(W, H)), gate=gate)], MASK
+        )
+        c.wait(held, until=("2",))
+        queued = c.create_ok([image_host.add("/close/next.png", encode(photo(W, H)))], MASK)
+        closed = c.http.post(f"/v3/pic/rw/close/{held}").json()
+        assert closed["data"]["status"] == "5", closed
+        assert c.wait(queued, timeout=10)["status"] == "3"  # the renewal would be 30 s away
+        assert c.result(held).json()["data"]["status"] == "5"
+    finally:
+        gate.set()
+        c.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -21,6 +22,19 @@ class Dispatcher(Protocol):
 
     def publish_now(self, queued: Sequence[Queued]) -> list[str]:
         """Announce these tasks and wait until the broker has them; the ids announced."""
+
+    def closed(self, task_id: str) -> None:
+        """A client closed this task: a worker holding it may drop it now instead of at its
+        next lease renewal (a third of the lease). Best effort: a lost call costs only that
+        wait."""
+
+    def watch_close(self, task_id: str) -> asyncio.Event | None:
+        """An event set (on the worker's event loop) when ``closed(task_id)`` is called, while
+        that worker holds the task; None where closes cannot reach the worker (another
+        process). The worker calls `unwatch_close` when done."""
+
+    def unwatch_close(self, task_id: str) -> None:
+        """Forget the event of `watch_close`."""
 
     def close(self) -> None:
         """Publish what is pending, if it can, and stop."""

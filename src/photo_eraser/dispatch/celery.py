@@ -10,6 +10,7 @@ one message at a time (prefetch 1), so a worker that dies mid-task has its messa
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -128,6 +129,15 @@ class CeleryDispatcher:
                 # left with no message is not).
                 self.store.mark_dispatched(done, published_at=started - CLOCK_MARGIN)
         return done
+
+    def closed(self, task_id: str) -> None:
+        """The worker is in another process: it finds out at its next lease renewal."""
+
+    def watch_close(self, task_id: str) -> asyncio.Event | None:
+        return None
+
+    def unwatch_close(self, task_id: str) -> None:
+        pass
 
     def close(self) -> None:
         self._pending.put(None)

@@ -271,17 +271,24 @@ async def _until_store_is_back(ctx: WorkerContext, task: TaskRecord) -> None:
 
 
 async def _holding_lease(ctx: WorkerContext, lease: Lease, work: Coroutine[Any, Any, T]) -> T:
-    """Run ``work`` while renewing ``lease`` every third of its length; if the lease is lost
-    (the task was closed, timed out, or taken back from a worker thought dead), cancel the
-    work and raise `TaskAbandoned`."""
+    """Run ``work`` while renewing ``lease`` every third of its length, and at once when a
+    client closes the task through this process; if the lease is lost (the task was closed,
+    timed out, or taken back from a worker thought dead), cancel the work and raise
+    `TaskAbandoned`."""
     seconds = ctx.settings.lease_seconds
     running = asyncio.ensure_future(work)
     lost = False
+    closed = ctx.dispatcher.watch_close(lease.task_id)
 
     async def renew() -> None:
         nonlocal lost
         while True:
-            await asyncio.sleep(seconds / 3)
+            if closed is None:
+                await asyncio.sleep(seconds / 3)
+            else:  # a close in this process checks the lease at once
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(closed.wait(), seconds / 3)
+                closed.clear()
             try:
                 held = await ctx.store.renew(lease, seconds)
             except Exception as exc:  # the database is away: try again, the lease may hold
@@ -301,6 +308,7 @@ async def _holding_lease(ctx: WorkerContext, lease: Lease, work: Coroutine[Any, 
         raise
     finally:
         keeper.cancel()
+        ctx.dispatcher.unwatch_close(lease.task_id)
 
 
 async def _save_images(

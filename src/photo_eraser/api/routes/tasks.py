@@ -137,5 +137,6 @@ async def close_task(
         raise ApiError(Code.NOT_FOUND, f"task {task_id} not found")
     if closing.closed_now:
         service.metrics.tasks_finished.labels("closed").inc()
+        service.dispatcher.closed(task_id)
     data = ClosedData(task_id=task_id, status=str(int(closing.status)))
     return envelope(Code.OK, data=data.model_dump())
