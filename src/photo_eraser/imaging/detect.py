@@ -253,7 +253,7 @@ class _Maps:
             jxx = _smoothed(cv2.transform(cv2.multiply(gx, gx), ones), sigma)
             jyy = _smoothed(cv2.transform(cv2.multiply(gy, gy), ones), sigma)
             jxy = _smoothed(cv2.transform(cv2.multiply(gx, gy), ones), sigma)
-            tr = cv2.add(cv2.add(jxx, jyy), p.flat_energy)
+            tr = cv2.add(jxx, jyy) + np.float32(p.flat_energy)
             cv2.divide(cv2.subtract(jxx, jyy), tr, dst=self.a[i])
             cv2.divide(cv2.add(jxy, jxy), tr, dst=self.b[i])
             if self.signed > 0:
@@ -636,34 +636,33 @@ def _outline(crops: Sequence[np.ndarray], traced: np.ndarray, share: float) -> n
     over the images of the signed gradients is the mark's own gradient (the photos' vary in
     sign and cancel; Dekel et al. 2017); integrated, it is the mark's image up to a slowly
     varying offset, which is taken out by the level of the untraced pixels around it."""
-    stack = np.stack(crops).astype(np.float32)
-    gx = np.zeros_like(stack)
-    gy = np.zeros_like(stack)
-    gx[:, :, :-1] = stack[:, :, 1:] - stack[:, :, :-1]
-    gy[:, :-1] = stack[:, 1:] - stack[:, :-1]
-    mx, my = _rank(gx, 0.5), _rank(gy, 0.5)
+    floats = [c.astype(np.float32, copy=False) for c in crops]
+    mx = _rank([cv2.subtract(f[:, 1:], f[:, :-1]) for f in floats], 0.5)
+    my = _rank([cv2.subtract(f[1:], f[:-1]) for f in floats], 0.5)
     near = cv2.dilate(traced.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
     outside = (~near).astype(np.float32)
     # The local background level, from untraced pixels only (normalised convolution).
     sigma = 8.0
-    weight = cv2.GaussianBlur(outside, (0, 0), sigma) + 1e-3
+    weight = cv2.GaussianBlur(outside, (0, 0), sigma) + np.float32(1e-3)
     strength = np.zeros(traced.shape, np.float32)
-    for c in range(stack.shape[3]):
+    for c in range(mx.shape[2]):
         mark = _integrated(mx[..., c], my[..., c])
-        strength += np.abs(mark - cv2.GaussianBlur(mark * outside, (0, 0), sigma) / weight)
+        local = cv2.divide(cv2.GaussianBlur(cv2.multiply(mark, outside), (0, 0), sigma), weight)
+        strength += cv2.absdiff(mark, local)
     level = float(np.percentile(strength[traced], 90)) if traced.any() else 0.0
     return (strength > share * level) & near
 
 
 def _integrated(gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
-    """The image (up to a constant) whose forward differences best match ``gx``, ``gy`` in
-    least squares: Poisson's equation with Neumann borders, solved by the cosine transform."""
-    h, w = gx.shape
+    """The image (up to a constant) whose forward differences best match ``gx`` (h x w-1)
+    and ``gy`` (h-1 x w) in least squares: Poisson's equation with Neumann borders, solved by
+    the cosine transform."""
+    h, w = gy.shape[0] + 1, gx.shape[1] + 1
     div = np.zeros((h, w), np.float32)
-    div[:, :-1] += gx[:, :-1]
-    div[:, 1:] -= gx[:, :-1]
-    div[:-1] += gy[:-1]
-    div[1:] -= gy[:-1]
+    div[:, :-1] += gx
+    div[:, 1:] -= gx
+    div[:-1] += gy
+    div[1:] -= gy
     spectrum = dctn(div, type=2, norm="ortho")
     ky = (2 * np.cos(np.pi * np.arange(h) / h) - 2).astype(np.float32)
     kx = (2 * np.cos(np.pi * np.arange(w) / w) - 2).astype(np.float32)
