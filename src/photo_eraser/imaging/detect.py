@@ -619,10 +619,9 @@ def _filled(edges: np.ndarray, radius: float, bridge: int) -> np.ndarray:
     if n <= 1:
         return closed > 0
     dist = cv2.distanceTransform(gaps.astype(np.uint8), cv2.DIST_L2, 3)
-    widest = ndimage.maximum(dist, labels, index=np.arange(n))
-    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    fill = np.asarray(widest) <= radius
-    fill[border] = False
+    fill = np.ones(n, bool)
+    fill[labels[dist > radius]] = False  # a gap wider than ``radius`` somewhere
+    fill[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = False
     fill[0] = True  # label 0: the edges themselves
     return fill[labels]
 
