@@ -205,6 +205,7 @@ def detect_watermark(images: Sequence[np.ndarray], params: DetectParams | None =
         _, null_mass = _clusters(maps.score(p.rank_share, turn + 1), level, p.blob_gap)
         chance = max(chance, float(null_mass.max(initial=0.0)))
     contrast = float(mass.max(initial=0.0)) / chance
+    del maps, small  # tens of MB the fine pass would otherwise have to find fresh memory for
     sure = np.zeros(len(mass) + 1, bool)
     bar = p.null_margin * max(1.0, n / p.null_images)
     sure[1:] = mass >= bar * chance
@@ -266,7 +267,11 @@ class _Maps:
         the orientation's coherence. ``scramble`` > 0: each image rolled by its own offset."""
         n, h, w = self.energy.shape
         offsets = [_offset(scramble * n + i, h, w) if scramble else (0, 0) for i in range(n)]
-        energy = [np.roll(e, o, (0, 1)) for e, o in zip(self.energy, offsets, strict=True)]
+        energy = (
+            [np.roll(e, o, (0, 1)) for e, o in zip(self.energy, offsets, strict=True)]
+            if scramble
+            else list(self.energy)
+        )
         a, b = (_rolled_sum(m, offsets) for m in (self.a, self.b))
         coherence = np.sqrt(a**2 + b**2) / n
         if self.signed > 0:
@@ -279,7 +284,7 @@ class _Maps:
             length += squares[..., 2]
             agree = np.sqrt(length) / n
             coherence = coherence ** (1 - self.signed) * agree**self.signed
-        return coherence * _rank(energy, share)
+        return coherence * _rank(energy, share, overwrite=bool(scramble))
 
 
 def _rolled_sum(maps: np.ndarray, offsets: Sequence[tuple[int, int]]) -> np.ndarray:
@@ -341,17 +346,23 @@ def _fine(
     s = min(1.0, float(np.sqrt(p.fine_max_pixels / max(1, (y1 - y0) * (x1 - x0)))))
     gh, gw = max(4, round((y1 - y0) * s)), max(4, round((x1 - x0) * s))
     r = max(1, round(p.align_radius * s))
-    crops = [_region(im, shape, (y0, y1, x0, x1), (gh + 2 * r, gw + 2 * r), r / s) for im in images]
-    if colours is not None and p.fine_colours:
-        crops = [cv2.transform(c.astype(np.float32), colours) for c in crops]
-    shifts = _alignment([_energy(c) for c in crops], r, p)
-    crops = [
-        c[r + dy : r + dy + gh, r + dx : r + dx + gw]
-        for c, (dy, dx) in ((crops[i], shifts.get(i, (0, 0))) for i in range(len(crops)))
+    # The trace needs fewer images than the decision: an evenly spread subset. Only its crops
+    # are kept; of the others only the energy, for the alignment (less memory to fault in).
+    step = max(1.0, len(images) / p.fine_images)
+    traced = [int(i * step) for i in range(min(len(images), p.fine_images))]
+    energy, kept = [], {}
+    for i, im in enumerate(images):
+        crop = _region(im, shape, (y0, y1, x0, x1), (gh + 2 * r, gw + 2 * r), r / s)
+        if colours is not None and p.fine_colours:
+            crop = cv2.transform(crop.astype(np.float32), colours)
+        energy.append(_energy(crop))
+        if i in traced:
+            kept[i] = crop
+    shifts = _alignment(energy, r, p)
+    subset = [
+        kept[i][r + dy : r + dy + gh, r + dx : r + dx + gw]
+        for i, (dy, dx) in ((i, shifts.get(i, (0, 0))) for i in traced)
     ]
-    # The trace needs fewer images than the decision: an evenly spread subset.
-    step = max(1.0, len(crops) / p.fine_images)
-    subset = [crops[int(i * step)] for i in range(min(len(crops), p.fine_images))]
     score = _Maps(subset, p, spread=False).score(p.rank_share)
     near = cv2.resize(
         coarse_edges[
@@ -449,8 +460,11 @@ def _energy(image: np.ndarray) -> np.ndarray:
     return e
 
 
-def _rank(stack: np.ndarray | Sequence[np.ndarray], share: float) -> np.ndarray:
-    """Per pixel, the value at rank ``share`` (0 = the smallest) over the batch axis.
+def _rank(
+    stack: np.ndarray | Sequence[np.ndarray], share: float, overwrite: bool = False
+) -> np.ndarray:
+    """Per pixel, the value at rank ``share`` (0 = the smallest) over the batch axis;
+    ``overwrite``: the arrays of ``stack`` may be written over (else they are left as they are).
 
     The same values as ``np.partition`` along that axis, four to six times faster: a
     selection network (element-wise minimum and maximum of whole arrays) rather than one
@@ -458,10 +472,15 @@ def _rank(stack: np.ndarray | Sequence[np.ndarray], share: float) -> np.ndarray:
     values = list(stack)
     n = len(values)
     k = min(n - 1, max(0, int(np.floor(share * (n - 1) + 0.5))))
+    # Arrays written over are reused rather than new ones made (fewer fresh pages).
+    own = [overwrite] * n
+    spare = None
     for a, b in _selection(n, k):
-        low = np.minimum(values[a], values[b])
-        values[b] = np.maximum(values[a], values[b])
-        values[a] = low
+        low = np.minimum(values[a], values[b], out=spare)
+        high = np.maximum(values[a], values[b], out=values[b] if own[b] else None)
+        spare = values[a] if own[a] else None
+        values[a], values[b] = low, high
+        own[a] = own[b] = True
     return np.asarray(values[k])
 
 
@@ -636,8 +655,8 @@ def _outline(crops: Sequence[np.ndarray], traced: np.ndarray, share: float) -> n
     sign and cancel; Dekel et al. 2017); integrated, it is the mark's image up to a slowly
     varying offset, which is taken out by the level of the untraced pixels around it."""
     floats = [c.astype(np.float32, copy=False) for c in crops]
-    mx = _rank([cv2.subtract(f[:, 1:], f[:, :-1]) for f in floats], 0.5)
-    my = _rank([cv2.subtract(f[1:], f[:-1]) for f in floats], 0.5)
+    mx = _rank([cv2.subtract(f[:, 1:], f[:, :-1]) for f in floats], 0.5, overwrite=True)
+    my = _rank([cv2.subtract(f[1:], f[:-1]) for f in floats], 0.5, overwrite=True)
     near = cv2.dilate(traced.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
     outside = (~near).astype(np.float32)
     # The local background level, from untraced pixels only (normalised convolution).
