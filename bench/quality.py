@@ -790,6 +790,14 @@ def detect_timing(repeats: int) -> dict[str, float]:
     }
 
 
+def print_detect_timing(speed: dict[str, float]) -> None:
+    print(
+        f"timing: detect {speed['detect']:.2f} s (cpu {speed['detect_cpu']:.2f}), "
+        f"decode {speed['decode']:.2f} s (cpu {speed['decode_cpu']:.2f}), "
+        f"IoU {speed['iou']:.2f}"
+    )
+
+
 def detect_markdown(
     rows: list[DetectRow], clean: dict[int, tuple[int, int]], speed: dict[str, float], command: str
 ) -> str:
@@ -928,11 +936,7 @@ def detect_bench(
     }
     print("clean batches with a detection:", clean)
     speed = detect_timing(1 if quick else repeats)
-    print(
-        f"timing: detect {speed['detect']:.2f} s (cpu {speed['detect_cpu']:.2f}), "
-        f"decode {speed['decode']:.2f} s (cpu {speed['decode_cpu']:.2f}), "
-        f"IoU {speed['iou']:.2f}"
-    )
+    print_detect_timing(speed)
     print(machine())
     target = output or (None if quick or seeds != "report" else Path("docs/detect-quality.md"))
     command = ".venv/bin/python bench/quality.py --detect" + (" --quick" if quick else "")
@@ -973,6 +977,11 @@ def main() -> None:
         action="store_true",
         help="with --detect: the detection figures only (no restoration with either mask)",
     )
+    parser.add_argument(
+        "--detect-timing-only",
+        action="store_true",
+        help="with --detect: only the timing (20 full-HD images), printed",
+    )
     parser.add_argument("--few", action="store_true", help="only the one-to-three-image grid")
     parser.add_argument("--only", default="", help="with --few: only marks whose name has this")
     parser.add_argument(
@@ -982,6 +991,10 @@ def main() -> None:
     logging.disable(logging.INFO)
     if args.figure:
         figure(args.figure)
+        return
+    if args.detect and args.detect_timing_only:
+        print_detect_timing(detect_timing(args.repeats))
+        print(machine())
         return
     if args.detect:
         detect_bench(
