@@ -106,11 +106,12 @@ def _status(pid: int) -> dict[str, int]:
     return values
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_and_faults(pid: int) -> tuple[float, int]:
+    """CPU seconds (user + system) and minor page faults of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     import os
 
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(fields[7])
 
 
 def median_cpu_ms(fn: Callable[[], object], repeat: int = 5) -> float:
@@ -171,6 +172,9 @@ def opencv_floors(files: list[bytes], mask_png: bytes) -> dict[str, float]:
 class Run:
     seconds: float
     cpu: float
+    faults: int
+    """Minor page faults of the server over the task (fresh memory touched: each costs the
+    kernel a zeroed page)."""
     idle_mb: float
     peak_mb: float
     after_mb: float
@@ -202,9 +206,10 @@ def run_task(
                 time.sleep(1.5)
                 idle = _status(pid)["VmRSS"]
                 Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset the peak (VmHWM)
-                cpu0 = _cpu_seconds(pid)
+                cpu0, faults0 = _cpu_and_faults(pid)
                 task_id = task(urls)
-                cpu = _cpu_seconds(pid) - cpu0
+                cpu1, faults1 = _cpu_and_faults(pid)
+                cpu, faults = cpu1 - cpu0, faults1 - faults0
                 peak = _status(pid)["VmHWM"]
                 time.sleep(1.0)
                 after = _status(pid)["VmRSS"]
@@ -217,7 +222,13 @@ def run_task(
         finally:
             server.stop()
     return Run(
-        record.finished_at - record.started_at, cpu, idle / 1024, peak / 1024, after / 1024, done
+        record.finished_at - record.started_at,
+        cpu,
+        int(faults),
+        idle / 1024,
+        peak / 1024,
+        after / 1024,
+        done,
     )
 
 
@@ -251,9 +262,9 @@ def main() -> None:
                 f"\n## {size} ({w}x{h}), {args.images} JPEGs of {statistics.mean(map(len, files)) / 1e6:.2f} MB, one decoded image {decoded_mb:.0f} MB"
             )
             print(
-                "| round | engine | code | load avg | images/s | cores used | CPU ms/image | idle RSS MB | peak - idle MB | after - idle MB | done |"
+                "| round | engine | code | load avg | images/s | cores used | CPU ms/image | page faults/image | idle RSS MB | peak - idle MB | after - idle MB | done |"
             )
-            print("|---|---|---|---|---|---|---|---|---|---|---|")
+            print("|---|---|---|---|---|---|---|---|---|---|---|---|")
             for rnd in range(args.rounds):
                 for engine in args.engines.split(","):
                     order = versions if rnd % 2 == 0 else versions[::-1]
@@ -263,7 +274,7 @@ def main() -> None:
                         results.setdefault((size, engine, name), []).append(r)
                         print(
                             f"| {rnd + 1} | {engine} | {name} | {load} | {args.images / r.seconds:.2f} | "
-                            f"{r.cpu / r.seconds:.2f} | {1000 * r.cpu / args.images:.0f} | "
+                            f"{r.cpu / r.seconds:.2f} | {1000 * r.cpu / args.images:.0f} | {r.faults // args.images} | "
                             f"{r.idle_mb:.0f} | {r.peak_mb - r.idle_mb:.0f} | "
                             f"{r.after_mb - r.idle_mb:+.0f} | {r.done} |",
                             flush=True,

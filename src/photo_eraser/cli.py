@@ -42,12 +42,12 @@ def serve(host: str | None, port: int | None, workers: int | None, data_dir: Pat
 
     from photo_eraser import logs
     from photo_eraser.api.app import create_app
-    from photo_eraser.memory import return_large_blocks_to_os
+    from photo_eraser.memory import tune_allocator
     from photo_eraser.service import open_store
 
     settings = load_settings(data_dir, host=host, port=port, workers=workers)
     logs.configure()
-    return_large_blocks_to_os()
+    tune_allocator()
     store = open_store(settings)
     if settings.create_demo_key and not store.list_keys():
         appkey, appsecret = store.create_key("demo")
@@ -95,13 +95,13 @@ def worker(concurrency: int | None) -> None:
     from photo_eraser import logs
     from photo_eraser.celery_worker import WorkerHost
     from photo_eraser.config import usable_cores
-    from photo_eraser.memory import return_large_blocks_to_os
+    from photo_eraser.memory import tune_allocator
     from photo_eraser.runtime import check_blob_store, open_blob_store, open_store
 
     settings = load_settings(None)
     _require_cluster(settings, "worker")
     logs.configure()
-    return_large_blocks_to_os()
+    tune_allocator()
     open_store(settings).engine.dispose()  # the schema is migrated before any child starts
     try:
         check_blob_store(open_blob_store(settings))
