@@ -3,6 +3,7 @@ on the same machine in the same run, interleaved.
 
     iopaint start --model=cv2 --device=cpu --port 8765 &            # the peer (its own venv)
     .venv/bin/python bench/peer.py http://127.0.0.1:8765 [--peer-nogc URL] [--rounds 2]
+    .venv/bin/python bench/peer.py --images 20       # only ours at the floor (no peer needed)
 
 Ours: the real server (one worker, one task of N images by URL from a loopback image host,
 engine ``opencv`` and then ``auto``), from the create request to the last result downloaded;
@@ -24,6 +25,11 @@ made a no-op::
 
 and the ratios are printed against both, so the share of the lead that is the peer's
 ``gc.collect()`` can be read off.
+
+"Ours at the floor": the seconds ``opencv`` would take if a task were only the engine (Telea on
+the mask's box) and the fastest decoder and encoder on PyPI, on every core, with nothing else
+(no download, no storing, no HTTP): no pipeline can do better, so peer seconds over that is the
+most any ratio against this peer can be (printed beside the median ratios).
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.machine import load_average, machine_line  # noqa: E402
-from bench.task import SIZES, stamped_photos  # noqa: E402
+from bench.task import SIZES, opencv_floors, stamped_photos  # noqa: E402
 from harness.client import ApiClient  # noqa: E402
 from harness.imagehost import ImageHost  # noqa: E402
 from harness.server import ServerProcess  # noqa: E402
@@ -106,9 +112,35 @@ def peer(
         return time.perf_counter() - t
 
 
+def floors(sizes: list[str], images: int, masks: list[str]) -> dict[tuple[str, str], float]:
+    """Seconds ``opencv`` would take on ``images`` images per (size, mask) if a task were
+    nothing but the engine and the fastest codecs on PyPI (`bench.task.opencv_floors`, CPU on
+    one thread), spread over every core: the bound of any ratio against a peer doing at least
+    the same inpainting."""
+    out = {}
+    for size in sizes:
+        files, block = stamped_photos(*SIZES[size], images)
+        shapes = {"block": block, "text": text_mask(block)}
+        for name in masks:
+            ms = opencv_floors(files, shapes[name])
+            per_image = ms["engine"] + ms["decode"] + ms["encode"]
+            out[(size, name)] = images * per_image / 1000 / usable_cores()
+            print(
+                f"- {size} {name}: engine {ms['engine']:.0f} + decode {ms['decode']:.0f} + encode "
+                f"{ms['encode']:.0f} ms per image -> {out[(size, name)]:.2f} s for {images} images "
+                f"on {usable_cores()} cores",
+                flush=True,
+            )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("peer_url", help="a running IOPaint (`iopaint start --model=cv2`)")
+    parser.add_argument(
+        "peer_url",
+        nargs="?",
+        help="a running IOPaint (`iopaint start --model=cv2`); without it only the floors",
+    )
     parser.add_argument("--peer-nogc", help="a second IOPaint with gc.collect() made a no-op")
     parser.add_argument("--sizes", default="1080p,12mp")
     parser.add_argument("--images", default="1,20", help="task sizes to run")
@@ -126,6 +158,12 @@ def main() -> None:
     print("# Photo Eraser against IOPaint, end to end over HTTP, same machine, same run")
     print(machine_line())
     print("command: .venv/bin/python bench/peer.py " + " ".join(sys.argv[1:]))
+    print("\nOurs at the floor (the engine and the fastest codecs only):")
+    bound = floors(
+        args.sizes.split(","), max(int(n) for n in args.images.split(",")), args.masks.split(",")
+    )
+    if not args.peer_url:
+        return
     peers = {"IOPaint": args.peer_url}
     if args.peer_nogc:
         peers["IOPaint without gc.collect"] = args.peer_nogc
@@ -146,6 +184,7 @@ def main() -> None:
         )
         print("|---|---|---|---|---|---|---|" + "---|---|" * len(peers))
         ratios: dict[tuple[str, ...], list[float]] = {}
+        peer_seconds: dict[tuple[str, str, str, str], list[float]] = {}
         for size in args.sizes.split(","):
             w, h = SIZES[size]
             files, block = stamped_photos(w, h, max(int(n) for n in args.images.split(",")))
@@ -184,14 +223,26 @@ def main() -> None:
                                     ratio
                                 )
                                 cells.append(f"{times[p]:.2f} | {ratio:.2f}x")
+                                if engine == "opencv":
+                                    peer_seconds.setdefault(
+                                        (size, mask_name, str(n), p), []
+                                    ).append(times[p])
                             print(
                                 f"| {size} | {mask_name} | {n} | {engine} | {rnd + 1} | {load} | "
                                 f"{times['ours']:.2f} | " + " | ".join(cells) + " |",
                                 flush=True,
                             )
-        print("\nMedian ratio (peer seconds / ours) over the rounds:")
+        print("\nMedian ratio (peer seconds / ours) over the rounds, and the most it could be:")
         for key, values in ratios.items():
-            print(f"- {' '.join(key[:4])} vs {key[4]}: {statistics.median(values):.2f}x")
+            size, mask_name, n, engine, who = key
+            line = f"- {size} {mask_name} {n} {engine} vs {who}: {statistics.median(values):.2f}x"
+            if engine == "opencv" and int(n) == max(int(v) for v in args.images.split(",")):
+                most = (
+                    statistics.median(peer_seconds[(size, mask_name, n, who)])
+                    / bound[(size, mask_name)]
+                )
+                line += f" (ours at the floor: {most:.2f}x)"
+            print(line)
     finally:
         server.stop()
         host.close()

@@ -114,22 +114,12 @@ def _cpu_and_faults(pid: int) -> tuple[float, int]:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(fields[7])
 
 
-def median_cpu_ms(fn: Callable[[], object], repeat: int = 5) -> float:
-    """Median CPU time of this thread for ``fn``, in ms (after one warm-up call)."""
-    fn()
-    samples = []
-    for _ in range(repeat):
-        t = time.thread_time()
-        fn()
-        samples.append(time.thread_time() - t)
-    return statistics.median(samples) * 1000
-
-
 def opencv_floors(files: list[bytes], mask_png: bytes) -> dict[str, float]:
     """CPU ms per image, one thread: the fastest decode, the fastest encode and ``OpenCVEngine``
     alone, over ``files`` (the medians of 5 passes)."""
     import simplejpeg
 
+    from bench.codec import best_ms
     from photo_eraser.engines.opencv import OpenCVEngine
 
     threads = cv2.getNumThreads()
@@ -159,10 +149,15 @@ def opencv_floors(files: list[bytes], mask_png: bytes) -> dict[str, float]:
         }
         engine = OpenCVEngine()
         n = len(files)
+
+        def ms(fn: Callable[[], object]) -> float:
+            fn()  # warm-up
+            return best_ms(fn, 5) / n
+
         return {
-            "decode": min(median_cpu_ms(fn) for fn in decoders.values()) / n,
-            "encode": min(median_cpu_ms(fn) for fn in encoders.values()) / n,
-            "engine": median_cpu_ms(lambda: engine.restore(pixels, [mask] * n)) / n,
+            "decode": min(ms(fn) for fn in decoders.values()),
+            "encode": min(ms(fn) for fn in encoders.values()),
+            "engine": ms(lambda: engine.restore(pixels, [mask] * n)),
         }
     finally:
         cv2.setNumThreads(threads)
