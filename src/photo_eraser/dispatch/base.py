@@ -33,8 +33,8 @@ class Dispatcher(Protocol):
         that worker holds the task; None where closes cannot reach the worker (another
         process). The worker calls `unwatch_close` when done."""
 
-    def unwatch_close(self, task_id: str) -> None:
-        """Forget the event of `watch_close`."""
+    def unwatch_close(self, task_id: str, event: asyncio.Event) -> None:
+        """Forget ``event``, which `watch_close` gave."""
 
     def close(self) -> None:
         """Publish what is pending, if it can, and stop."""

@@ -136,7 +136,7 @@ class CeleryDispatcher:
     def watch_close(self, task_id: str) -> asyncio.Event | None:
         return None
 
-    def unwatch_close(self, task_id: str) -> None:
+    def unwatch_close(self, task_id: str, event: asyncio.Event) -> None:
         pass
 
     def close(self) -> None:

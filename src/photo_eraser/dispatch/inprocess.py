@@ -41,8 +41,9 @@ class InProcessDispatcher:
         event = self._held[task_id] = asyncio.Event()
         return event
 
-    def unwatch_close(self, task_id: str) -> None:
-        self._held.pop(task_id, None)
+    def unwatch_close(self, task_id: str, event: asyncio.Event) -> None:
+        if self._held.get(task_id) is event:  # not a later claim's of the same task
+            del self._held[task_id]
 
     def close(self) -> None:
         self._loop = None

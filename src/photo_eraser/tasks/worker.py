@@ -308,7 +308,8 @@ async def _holding_lease(ctx: WorkerContext, lease: Lease, work: Coroutine[Any, 
         raise
     finally:
         keeper.cancel()
-        ctx.dispatcher.unwatch_close(lease.task_id)
+        if closed is not None:
+            ctx.dispatcher.unwatch_close(lease.task_id, closed)
 
 
 async def _save_images(
