@@ -11,10 +11,14 @@ for bit: each edge sees the same operations in the same order (``tests/test_rest
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 CHUNK_BYTES = 8 << 20
 """Largest 3 x images x edges float32 array of one chunk: its working set is a few of them."""
@@ -36,14 +40,20 @@ class EdgeChunks:
 
     def map(self, work: Callable[[slice], tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
         """``work`` on every chunk; its arrays (edges on the last axis) joined in edge order."""
-        if self.threads == 1 or len(self.slices) == 1:
-            parts = [work(s) for s in self.slices]
-        else:
-            with ThreadPoolExecutor(min(self.threads, len(self.slices)), "edges") as pool:
-                parts = list(pool.map(work, self.slices))
+        parts = in_threads(work, self.slices, self.threads)
         if len(parts) == 1:
             return parts[0]
         return tuple(np.concatenate(arrays, axis=-1) for arrays in zip(*parts, strict=True))
+
+
+def in_threads(work: Callable[[T], R], items: Sequence[T], threads: int) -> list[R]:
+    """``work`` on every item, ``threads`` at a time, the results in the items' order. For
+    independent work whose arrays release the GIL (numpy, OpenCV): the results are the same
+    whatever ``threads`` is, as each item's work is the same."""
+    if threads <= 1 or len(items) <= 1:
+        return [work(item) for item in items]
+    with ThreadPoolExecutor(min(threads, len(items)), "restore") as pool:
+        return list(pool.map(work, items))
 
 
 def cut(a: np.ndarray, edges: slice, rows: np.ndarray | None = None) -> np.ndarray:

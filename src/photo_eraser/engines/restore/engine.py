@@ -266,7 +266,9 @@ class WatermarkRecoveryEngine(Engine):
             return first
         est, with_mark, rounds = self._around_the_mark(first, batch)
         # 8. Invert where confident.
-        recoveries = invert_batch(images, frames, boxes, grid, est, whole, with_mark, p)
+        recoveries = invert_batch(
+            images, frames, boxes, grid, est, whole, with_mark, p, self.threads
+        )
         report = BatchReport(
             images=len(candidates),
             approach="batch",

@@ -223,7 +223,7 @@ def exact_fit(
                 break
             poisson = None  # the body's nodes become one unknown: a new factorisation
         if i % e.texture_every == 0 or i == e.iterations:
-            texture = texture_weights(stack, beta, u, solver, p)
+            texture = texture_weights(stack, beta, u, solver, p, fit.chunks.threads)
         ratio_colour = colour
         ratios = _exact_ratios(sub, colour[:, ea], colour[:, eb], texture[:, active], weights, p)
         weights = ratios.weights

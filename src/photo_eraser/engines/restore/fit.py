@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from photo_eraser.engines.restore.edges import CHUNK_BYTES, EdgeChunks
+from photo_eraser.engines.restore.edges import CHUNK_BYTES, EdgeChunks, in_threads
 from photo_eraser.engines.restore.estimate import Blend, Fit
 from photo_eraser.engines.restore.exact_fit import exact_fit
 from photo_eraser.engines.restore.free_fit import EdgeFit, free_fit, spread
@@ -86,21 +86,26 @@ def fit_blend(
     )
     if not jackknife:
         return blend, None
-    inv_betas, offsets = [], []
+    # The re-fits are independent: they run side by side (each one's own steps too).
     if exact is not None:
         # The exact fit saw only its subset: leave out groups of that subset (groups of the
         # whole batch could leave a subset half empty).
-        for group in jackknife_groups(rows.size, p.confidence):
-            beta_g, u_g = exact.without(np.setdiff1d(np.arange(rows.size), group))
-            inv_betas.append(1.0 / beta_g)
-            offsets.append(u_g)
+        fitted = exact
+        groups = jackknife_groups(rows.size, p.confidence)
+        refits = in_threads(
+            lambda group: fitted.without(np.setdiff1d(np.arange(rows.size), group)),
+            groups,
+            threads,
+        )
     else:
-        for group in jackknife_groups(n, p.confidence):
+
+        def without(group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             keep = np.setdiff1d(np.arange(n), group)
             if kind == "refined":
-                beta_g, u_g = refined_without(fit, poisson, w_ratio, w_grad, keep, p.free_fit)
-            else:
-                beta_g, u_g = free_fit(fit, fit.slope(weights, keep)[0], poisson, p.free_fit, keep)
-            inv_betas.append(1.0 / beta_g)
-            offsets.append(u_g)
+                return refined_without(fit, poisson, w_ratio, w_grad, keep, p.free_fit)
+            return free_fit(fit, fit.slope(weights, keep)[0], poisson, p.free_fit, keep)
+
+        refits = in_threads(without, jackknife_groups(n, p.confidence), threads)
+    inv_betas = [1.0 / beta_g for beta_g, _ in refits]
+    offsets = [u_g for _, u_g in refits]
     return blend, jackknife_errors(values, inv_betas, offsets, solver)

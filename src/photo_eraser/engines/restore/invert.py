@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from photo_eraser.engines.restore.confidence import InversionGate
+from photo_eraser.engines.restore.edges import in_threads
 from photo_eraser.engines.restore.estimate import Estimate, Recovery
 from photo_eraser.engines.restore.grid import Frame, Grid, Placement
 from photo_eraser.engines.restore.params import RestoreParams
@@ -27,6 +28,7 @@ def invert_batch(
     whole: GridSolver,
     with_mark: np.ndarray,
     p: RestoreParams,
+    threads: int = 1,
 ) -> list[Recovery | None]:
     """Each image of the estimate inverted where that is predicted to beat inpainting
     (``None`` for the others); masked pixels the mark does not reach are kept as they are.
@@ -38,7 +40,7 @@ def invert_batch(
     estimated domain (a mask unlike the others), or off an image of the batch (not estimated),
     are not usable: the fallback inpaints them. Grid pixels off the mask count as usable: an
     image's pixels at the mask's edge are resampled from both sides of it (a scaled grid,
-    another size).
+    another size). The images are inverted ``threads`` at a time.
     """
     blend = est.blend
     confident = confident_opacity(blend, p.pixels)
@@ -47,15 +49,19 @@ def invert_batch(
     offset = np.where(kept[..., None], 0.0, blend.offset).astype(np.float32)
     gate = InversionGate(whole.domain, whole.valid, p.confidence)
     known = (with_mark | ~whole.domain) & est.solver.known & whole.known
-    out: list[Recovery | None] = [None] * len(images)
-    for k, i in enumerate(est.images):
+
+    def invert(k: int) -> Recovery:
+        i = est.images[k]
         ok = gate.invertible(est.stack[k], blend, est.errors[k]) & confident
         box = boxes[i]
         assert box is not None
         usable = (ok | kept) & known
-        out[i] = _invert_on_image(
-            images[i], frames[i], box, grid.placements[i], beta, offset, usable
-        )
+        return _invert_on_image(images[i], frames[i], box, grid.placements[i], beta, offset, usable)
+
+    out: list[Recovery | None] = [None] * len(images)
+    recovered = in_threads(invert, range(len(est.images)), threads)
+    for i, rec in zip(est.images, recovered, strict=True):
+        out[i] = rec
     return out
 
 

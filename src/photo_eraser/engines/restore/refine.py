@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from photo_eraser.engines.restore.arrays import batch_median
-from photo_eraser.engines.restore.edges import EdgeChunks, cut
+from photo_eraser.engines.restore.edges import EdgeChunks, cut, in_threads
 from photo_eraser.engines.restore.free_fit import EdgeFit, weighted_mean
 from photo_eraser.engines.restore.params import FreeFitParams, RestoreParams
 from photo_eraser.engines.restore.pixels import marked_by_opacity, opaque
@@ -21,20 +21,27 @@ from photo_eraser.engines.restore.solver import GridSolver, Poisson, beta_from_r
 
 
 def texture_weights(
-    stack: np.ndarray, beta: np.ndarray, u: np.ndarray, solver: GridSolver, p: RestoreParams
+    stack: np.ndarray,
+    beta: np.ndarray,
+    u: np.ndarray,
+    solver: GridSolver,
+    p: RestoreParams,
+    threads: int = 1,
 ) -> np.ndarray:
     """Per image and edge (N x E): weight from the local texture of the recovered photo.
 
     The photo under the mark is recovered with the current estimate and its squared gradient
     averaged over 5x5 pixels; an edge counts by how smooth the photo is around it (the larger of
     its two ends), so images that are flat there dominate the fits. Estimation errors show up
-    the same in every image, so they do not change the images' relative weights.
+    the same in every image, so they do not change the images' relative weights. The images
+    are taken ``threads`` at a time.
     """
     inv = 1.0 / np.maximum(solver.scatter(beta, 1.0), p.pixels.min_inverted_beta)
     offset = solver.scatter(u.T, 0.0)
     energy = np.empty(stack.shape[:3], dtype=np.float32)
-    for k, crop in enumerate(stack):
-        rec = crop * inv[..., None]
+
+    def smoothness(k: int) -> None:
+        rec = stack[k] * inv[..., None]
         rec -= offset
         e = np.zeros(rec.shape[:2], dtype=np.float32)
         d = rec[:, 1:] - rec[:, :-1]
@@ -42,6 +49,8 @@ def texture_weights(
         d = rec[1:] - rec[:-1]
         e[:-1] += np.einsum("hwc,hwc->hw", d, d)
         energy[k] = cv2.blur(e, (5, 5))
+
+    in_threads(smoothness, range(len(stack)), threads)
     nodes = solver.gather(energy)
     # A chunk of edges at a time (``edges.py``), into the Fortran order that indexing the
     # edges of all at once gave (the layout decides the order of later sums over images).
@@ -72,7 +81,7 @@ def refine(
     solver, r = poisson.solver, p.refine
     w_slope = w_grad = None
     for _ in range(r.iterations):
-        texture = texture_weights(stack, beta, u, solver, p)
+        texture = texture_weights(stack, beta, u, solver, p, fit.chunks.threads)
 
         def ratios(edges: slice, texture: np.ndarray = texture) -> tuple[np.ndarray, ...]:
             # Each edge's ratio fit is its own: one chunk of edges at a time.
