@@ -7,8 +7,10 @@ RSS after the task, for the code here and (optionally) the code before, interlea
 ``--before`` is the ``src`` folder of another checkout (``git archive main src | tar -x -C
 /tmp/pe-main``): its server runs with ``PYTHONPATH`` pointing there, so both versions run the
 same images on the same machine in the same run, alternating. Each measurement starts a fresh
-server with one worker, runs a one-image warm-up task (engines built, code loaded), waits until
-the server is idle, resets its peak RSS (``/proc/PID/clear_refs``), then creates the task.
+server with one worker, runs a warm-up task of ``WARM_UP`` images (engines built, code loaded,
+and the batch estimate's one-time buffers taken: OpenBLAS keeps a 32 MB buffer per thread from
+its first call on, which a one-image warm-up never makes), waits until the server is idle,
+resets its peak RSS (``/proc/PID/clear_refs``), then creates the task.
 
 Images: 20 different photo-like JPEGs (scikit-image's photos, resized, flipped and noised, q90)
 with a semi-transparent mark stamped at the same place on each (so ``auto`` estimates it), and
@@ -52,6 +54,9 @@ from harness.imagehost import ImageHost  # noqa: E402
 from harness.server import ServerProcess, env_store  # noqa: E402
 
 SIZES = {"1080p": (1920, 1080), "12mp": (4000, 3000)}
+WARM_UP = 6
+"""Images of the warm-up task: enough for ``auto``'s batch estimate and its refinement
+(``RestoreParams.min_images``, ``RefineParams.min_images``), so it takes the measured path."""
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
 
 
@@ -197,7 +202,7 @@ def run_task(
                 return task_id
 
             try:
-                task(urls[:1])  # warm-up: engines built, code paths loaded
+                task(urls[:WARM_UP])  # warm-up: the same code paths as the task
                 time.sleep(1.5)
                 idle = _status(pid)["VmRSS"]
                 Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset the peak (VmHWM)
