@@ -11,6 +11,8 @@ for bit: each edge sees the same operations in the same order (``tests/test_rest
 
 from __future__ import annotations
 
+import copy
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -38,12 +40,35 @@ class EdgeChunks:
             self.slices = [slice(0, 0)]
         self.threads = max(1, threads)
 
+    def on_threads(self, threads: int) -> EdgeChunks:
+        """The same chunks, run ``threads`` at a time."""
+        other = copy.copy(self)
+        other.threads = max(1, threads)
+        return other
+
     def map(self, work: Callable[[slice], tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
-        """``work`` on every chunk; its arrays (edges on the last axis) joined in edge order."""
-        parts = in_threads(work, self.slices, self.threads)
-        if len(parts) == 1:
-            return parts[0]
-        return tuple(np.concatenate(arrays, axis=-1) for arrays in zip(*parts, strict=True))
+        """``work`` on every chunk; its arrays (edges on the last axis) joined in edge order.
+
+        Each chunk's arrays are copied into the joined ones as soon as they are done (laid out
+        in memory as ``np.concatenate`` lays them out), so the chunks' results and the joined
+        arrays are never all held at once."""
+        if len(self.slices) == 1:
+            return work(self.slices[0])
+        joined: list[np.ndarray] = []
+        allocating = threading.Lock()
+
+        def run(edges: slice) -> None:
+            arrays = work(edges)
+            with allocating:
+                if not joined:
+                    joined.extend(
+                        np.empty_like(a, shape=a.shape[:-1] + (self.edges,)) for a in arrays
+                    )
+            for out, a in zip(joined, arrays, strict=True):
+                out[..., edges] = a
+
+        in_threads(run, self.slices, self.threads)
+        return tuple(joined)
 
 
 def in_threads(work: Callable[[T], R], items: Sequence[T], threads: int) -> list[R]:

@@ -86,7 +86,8 @@ def fit_blend(
     )
     if not jackknife:
         return blend, None
-    # The re-fits are independent: they run side by side (each one's own steps too).
+    # The re-fits are independent: they run side by side, sharing the threads (so no more
+    # chunks are held at once than by one re-fit on all of them).
     if exact is not None:
         # The exact fit saw only its subset: leave out groups of that subset (groups of the
         # whole batch could leave a subset half empty).
@@ -98,14 +99,16 @@ def fit_blend(
             threads,
         )
     else:
+        groups = jackknife_groups(n, p.confidence)
+        shared = fit.on_threads(threads // min(threads, len(groups)))
 
         def without(group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             keep = np.setdiff1d(np.arange(n), group)
             if kind == "refined":
-                return refined_without(fit, poisson, w_ratio, w_grad, keep, p.free_fit)
-            return free_fit(fit, fit.slope(weights, keep)[0], poisson, p.free_fit, keep)
+                return refined_without(shared, poisson, w_ratio, w_grad, keep, p.free_fit)
+            return free_fit(shared, shared.slope(weights, keep)[0], poisson, p.free_fit, keep)
 
-        refits = in_threads(without, jackknife_groups(n, p.confidence), threads)
+        refits = in_threads(without, groups, threads)
     inv_betas = [1.0 / beta_g for beta_g, _ in refits]
     offsets = [u_g for _, u_g in refits]
     return blend, jackknife_errors(values, inv_betas, offsets, solver)

@@ -18,6 +18,8 @@ work runs on chunks of edges (``edges.py``): no 3 x N x E array is held, only N 
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from photo_eraser.engines.restore.arrays import batch_median
@@ -132,6 +134,12 @@ class EdgeFit:
             y, x = y[:, rows], x[:, rows]
         moments = (cut(m, edges, rows) for m in (self.xx, self.yy, self.xy))
         return EdgePart(y, x, y_mean, x_mean, *moments)
+
+    def on_threads(self, threads: int) -> EdgeFit:
+        """The same fit, its chunks run ``threads`` at a time (for fits run side by side)."""
+        other = copy.copy(self)
+        other.chunks = self.chunks.on_threads(threads)
+        return other
 
     def subset(self, images: np.ndarray, edges: np.ndarray | None = None) -> EdgeFit:
         """The same data for some images (indices) and edges (E bool, all by default); still
