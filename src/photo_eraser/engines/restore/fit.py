@@ -51,11 +51,12 @@ def fit_blend(
     try_exact = lossless and p.exact.enabled and n >= p.exact.min_images
     if to_refine or try_exact:
         # A short first fit, only good enough to tell smooth from textured neighbourhoods.
-        ratio, edge_weight, weights = fit.robust(p.free_fit, p.refine.first_fit_irls)
+        ratio, edge_weight, first_weights = fit.robust(p.free_fit, p.refine.first_fit_irls)
         poisson = solver.poisson(edge_weight, p.free_fit.anchor)
         beta = beta_from_ratio(ratio, poisson, p.free_fit.beta_floor)
         # The ratio fits' robust weights already discount photo edges: a weighted mean will do.
-        u = poisson.solve(fit.mean_gradient(beta, weights).T).T
+        u = poisson.solve(fit.mean_gradient(beta, first_weights).T).T
+        del first_weights  # images x edges, not needed again: not held through what follows
         worth_it = refinable(beta, rough_beta, solver, p)
         to_refine, try_exact = to_refine and worth_it, try_exact and worth_it
     exact = None
