@@ -5,6 +5,7 @@ that ``Engine.window`` names, through the engine, the pipeline and the real work
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from photo_eraser.engines.opencv import OpenCVEngine
 from photo_eraser.engines.patchmatch import PatchMatchEngine, unavailable_reason
 from photo_eraser.engines.registry import EngineRegistry
 from photo_eraser.engines.restore import WatermarkRecoveryEngine
-from photo_eraser.engines.restore.edges import EdgeChunks
+from photo_eraser.engines.restore.edges import EdgeChunks, in_threads
 from photo_eraser.imaging import ImageLimits, decode_image
 from photo_eraser.pipeline import (
     FittedMasks,
@@ -67,6 +68,38 @@ def test_edge_chunks_cover_every_edge_once_in_order() -> None:
     assert [s.stop - s.start for s in chunks.slices] == [100] * 10 + [1]
     (joined,) = chunks.map(lambda s: (np.arange(s.start, s.stop),))
     assert np.array_equal(joined, np.arange(1001))
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_joined_chunks_are_laid_out_as_concatenate_lays_them_out(order: str) -> None:
+    """Later sums over the images run in the order the memory layout gives: the joined arrays
+    must be laid out exactly as joining the chunks with ``np.concatenate`` lays them out."""
+    chunks = EdgeChunks(edges=1001, images=7, threads=3, chunk_bytes=3 * 4 * 7 * 100)
+
+    def work(edges: slice) -> tuple[np.ndarray, ...]:
+        n = edges.stop - edges.start
+        start = float(edges.start)
+        per_image = np.asarray(
+            start + np.arange(7 * n, dtype=np.float32).reshape(7, n), order=order
+        )
+        per_channel = np.asarray(start + np.arange(3 * 7 * n).reshape(3, 7, n), order=order)
+        return per_image, per_channel
+
+    joined = chunks.map(work)
+    expected = [
+        np.concatenate(parts, axis=-1) for parts in zip(*map(work, chunks.slices), strict=True)
+    ]
+    for got, want in zip(joined, expected, strict=True):
+        assert np.array_equal(got, want)
+        assert got.strides == want.strides
+
+
+def test_work_in_threads_comes_back_in_the_items_order() -> None:
+    def slow_first(i: int) -> int:
+        time.sleep(0.05 if i == 0 else 0.0)
+        return i * i
+
+    assert in_threads(slow_first, range(6), threads=3) == [i * i for i in range(6)]
 
 
 @pytest.mark.parametrize("fmt", ["jpeg", "png"])
