@@ -94,6 +94,25 @@ def test_joined_chunks_are_laid_out_as_concatenate_lays_them_out(order: str) -> 
         assert got.strides == want.strides
 
 
+def test_a_one_edge_last_chunk_does_not_decide_the_layout() -> None:
+    """A chunk of one edge is both C- and Fortran-ordered: if it finished first and shaped the
+    joined array, Fortran-ordered results would be joined in C order."""
+    chunks = EdgeChunks(edges=101, images=7, threads=2, chunk_bytes=3 * 4 * 7 * 100)
+    assert [s.stop - s.start for s in chunks.slices] == [100, 1]
+
+    def work(edges: slice) -> tuple[np.ndarray, ...]:
+        if edges.start == 0:
+            time.sleep(0.05)  # the one-edge chunk finishes first
+        n = edges.stop - edges.start
+        return (np.asfortranarray(np.ones((7, n), np.float32)),)
+
+    (joined,) = chunks.map(work)
+    (want,) = [
+        np.concatenate(parts, axis=-1) for parts in zip(*map(work, chunks.slices), strict=True)
+    ]
+    assert joined.strides == want.strides == (4, 28)
+
+
 def test_work_in_threads_comes_back_in_the_items_order() -> None:
     def slow_first(i: int) -> int:
         time.sleep(0.05 if i == 0 else 0.0)

@@ -6,13 +6,12 @@ So they run on a chunk of edges at a time, and the working set is a few arrays o
 (``CHUNK_BYTES`` each) per thread instead of a few 3 x images x edges arrays (about 120 MB
 each for 20 images and a 250,000-pixel grid). numpy's sorts and sums release the GIL, so the
 chunks run on the task's image threads. The results are those of one pass over all edges, bit
-for bit: each edge sees the same operations in the same order (``tests/test_restore_chunks.py``).
+for bit: each edge sees the same operations in the same order (``tests/test_restore_parts.py``).
 """
 
 from __future__ import annotations
 
 import copy
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -50,25 +49,23 @@ class EdgeChunks:
     def map(self, work: Callable[[slice], tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
         """``work`` on every chunk; its arrays (edges on the last axis) joined in edge order.
 
-        Each chunk's arrays are copied into the joined ones as soon as they are done (laid out
-        in memory as ``np.concatenate`` lays them out), so the chunks' results and the joined
-        arrays are never all held at once."""
+        The joined arrays are laid out in memory as the first chunk's (as ``np.concatenate``
+        lays out chunks of one layout), whichever chunk finishes first: a last chunk of one
+        edge is both C- and Fortran-ordered and must not decide. Each chunk's arrays are copied
+        in as soon as they are done, so the chunks' results and the joined arrays are not all
+        held at once."""
         if len(self.slices) == 1:
             return work(self.slices[0])
-        joined: list[np.ndarray] = []
-        allocating = threading.Lock()
+        first = work(self.slices[0])
+        joined = [np.empty_like(a, shape=a.shape[:-1] + (self.edges,)) for a in first]
 
-        def run(edges: slice) -> None:
-            arrays = work(edges)
-            with allocating:
-                if not joined:
-                    joined.extend(
-                        np.empty_like(a, shape=a.shape[:-1] + (self.edges,)) for a in arrays
-                    )
+        def put(edges: slice, arrays: tuple[np.ndarray, ...]) -> None:
             for out, a in zip(joined, arrays, strict=True):
                 out[..., edges] = a
 
-        in_threads(run, self.slices, self.threads)
+        put(self.slices[0], first)
+        del first
+        in_threads(lambda edges: put(edges, work(edges)), self.slices[1:], self.threads)
         return tuple(joined)
 
 

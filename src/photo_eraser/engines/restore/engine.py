@@ -103,9 +103,10 @@ class _Outcome:
 class WatermarkRecoveryEngine(Engine):
     """Recovers the pixels under a watermark shared by a batch; inpaints what it cannot recover
     with ``fallback``. ``params``: every threshold (``RestoreParams``); the defaults are what the
-    service runs. ``threads``: how many chunks of the estimate's per-edge work run at once
-    (the task's image threads), ``chunk_bytes``: their size (``edges.py``); the output is the
-    same for any of these."""
+    service runs. ``threads``: how many pieces of the estimate's independent work run at once
+    (the task's image threads): chunks of its per-edge work, images for the texture weights
+    and the inversion, the jackknife's re-fits; ``chunk_bytes``: the chunks' size
+    (``edges.py``). The output is the same for any of these."""
 
     name = "restore"
 

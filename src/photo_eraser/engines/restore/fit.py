@@ -8,6 +8,8 @@ Mostly opaque marks get neither: the plain free fit (steps 3-4).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from photo_eraser.engines.restore.edges import CHUNK_BYTES, EdgeChunks, in_threads
@@ -92,16 +94,16 @@ def fit_blend(
     if exact is not None:
         # The exact fit saw only its subset: leave out groups of that subset (groups of the
         # whole batch could leave a subset half empty).
-        fitted = exact
         groups = jackknife_groups(rows.size, p.confidence)
-        refits = in_threads(
-            lambda group: fitted.without(np.setdiff1d(np.arange(rows.size), group)),
-            groups,
-            threads,
-        )
+        on_share = replace(exact, sub=exact.sub.on_threads(_share(threads, len(groups))))
+
+        def exact_without(group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return on_share.without(np.setdiff1d(np.arange(rows.size), group))
+
+        refits = in_threads(exact_without, groups, threads)
     else:
         groups = jackknife_groups(n, p.confidence)
-        shared = fit.on_threads(threads // min(threads, len(groups)))
+        shared = fit.on_threads(_share(threads, len(groups)))
 
         def without(group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             keep = np.setdiff1d(np.arange(n), group)
@@ -113,3 +115,8 @@ def fit_blend(
     inv_betas = [1.0 / beta_g for beta_g, _ in refits]
     offsets = [u_g for _, u_g in refits]
     return blend, jackknife_errors(values, inv_betas, offsets, solver)
+
+
+def _share(threads: int, side_by_side: int) -> int:
+    """Threads for each of ``side_by_side`` fits run at once on ``threads`` (at least one)."""
+    return max(1, threads // max(1, min(threads, side_by_side)))
