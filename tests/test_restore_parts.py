@@ -19,7 +19,7 @@ from photo_eraser.engines.opencv import OpenCVEngine
 from photo_eraser.engines.patchmatch import PatchMatchEngine, unavailable_reason
 from photo_eraser.engines.registry import EngineRegistry
 from photo_eraser.engines.restore import WatermarkRecoveryEngine
-from photo_eraser.engines.restore.edges import EdgeChunks, in_threads
+from photo_eraser.engines.restore.edges import EdgeChunks, cut, in_threads
 from photo_eraser.imaging import ImageLimits, decode_image
 from photo_eraser.pipeline import (
     FittedMasks,
@@ -111,6 +111,18 @@ def test_a_one_edge_last_chunk_does_not_decide_the_layout() -> None:
         np.concatenate(parts, axis=-1) for parts in zip(*map(work, chunks.slices), strict=True)
     ]
     assert joined.strides == want.strides == (4, 28)
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_a_chunk_of_some_images_is_laid_out_as_those_images_of_the_whole(order: str) -> None:
+    whole = np.asarray(np.arange(20 * 500, dtype=np.float32).reshape(20, 500), order=order)
+    rows, edges = np.arange(1, 20, 2), slice(100, 350)
+    got = cut(whole, edges, rows)
+    want = whole[rows][..., edges].copy(order="K")
+    assert np.array_equal(got, want)
+    assert got.strides == want.strides
+    got[...] = -1  # a copy, not a view of the whole
+    assert whole.min() >= 0
 
 
 def test_work_in_threads_comes_back_in_the_items_order() -> None:

@@ -83,5 +83,8 @@ def cut(a: np.ndarray, edges: slice, rows: np.ndarray | None = None) -> np.ndarr
     """The edges ``edges`` (last axis) of ``a``, for the images ``rows`` (first axis) if given,
     as a copy laid out in memory like ``a`` (or ``a[rows]``): numpy sums a C-ordered and a
     Fortran-ordered array in different orders, so a chunk keeps the layout the whole had."""
-    whole = a if rows is None else a[rows]
-    return whole[..., edges].copy(order="K")
+    if rows is None:
+        return a[..., edges].copy(order="K")
+    # Indexing the rows of the chunk makes the copy (not the rows of the whole, which copied
+    # all their edges for every chunk): C-ordered, as ``a[rows]`` is.
+    return a[..., edges][rows]
