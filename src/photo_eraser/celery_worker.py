@@ -104,13 +104,7 @@ class WorkerHost:
             store=AsyncTaskStore(store),
             blobs=open_blob_store(s),
             fetcher=Fetcher.from_settings(s),
-            engines=EngineRegistry(
-                s.models_path,
-                threads=1,
-                restore_exact_fit=s.restore_exact_fit,
-                image_threads=s.image_threads,
-                restore_fill=s.restore_fill,
-            ),
+            engines=EngineRegistry.from_settings(s, threads=1),
             cpu=ThreadPoolExecutor(max_workers=s.image_threads, thread_name_prefix="cpu"),
             masks=MaskCache(s.max_image_bytes, max_side=s.max_side),
             disk=DiskMonitor(s.data_dir, 0),  # results go to the object store

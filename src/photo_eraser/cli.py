@@ -270,13 +270,7 @@ def erase(
     settings = load_settings(data_dir)
     mask_placement = placement_from_options(**placement)
     limits = ImageLimits.from_settings(settings)
-    registry = EngineRegistry(
-        settings.models_path,
-        threads=settings.workers,
-        restore_exact_fit=settings.restore_exact_fit,
-        image_threads=settings.image_threads,
-        restore_fill=settings.restore_fill,
-    )
+    registry = EngineRegistry.from_settings(settings, threads=settings.workers)
     auto = mask_arg == "auto"
     mask_path = Path(mask_arg)
     if not auto and not mask_path.is_file():

@@ -105,13 +105,7 @@ class Runtime:
         """Set when result links are presigned URLs of the object store."""
         if settings.s3_public_url:
             self.presign = getattr(self.blobs, "presigned_url", None)
-        self.engines = EngineRegistry(
-            settings.models_path,
-            threads=self.engine_threads(),
-            restore_exact_fit=settings.restore_exact_fit,
-            image_threads=settings.image_threads,
-            restore_fill=settings.restore_fill,
-        )
+        self.engines = EngineRegistry.from_settings(settings, threads=self.engine_threads())
         self.intake = TaskIntake(
             store,
             max_pending=settings.max_pending_creates,

@@ -16,11 +16,15 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from photo_eraser.engines import lama, patchmatch
 from photo_eraser.engines.base import Engine, EngineSetup, EngineUnavailable, InpaintingEngine
 from photo_eraser.engines.fill import TextureAwareFill
 from photo_eraser.engines.opencv import OpenCVEngine
+
+if TYPE_CHECKING:
+    from photo_eraser.config import Settings
 
 
 def _always(setup: EngineSetup) -> str | None:
@@ -101,6 +105,18 @@ class EngineRegistry:
         self._engines: dict[str, tuple[object, Engine]] = {}
         """Name -> (the variant it was built for, the engine)."""
         self._lock = threading.RLock()  # reentrant: building ``restore`` gets its fallback
+
+    @classmethod
+    def from_settings(cls, settings: Settings, threads: int) -> EngineRegistry:
+        """The registry the service's settings describe; ``threads``: each engine's own
+        threads (the caller knows how many workers share the cores)."""
+        return cls(
+            settings.models_path,
+            threads=threads,
+            restore_exact_fit=settings.restore_exact_fit,
+            image_threads=settings.image_threads,
+            restore_fill=settings.restore_fill,
+        )
 
     def availability(self) -> dict[str, bool]:
         """Whether each engine (aliases aside) can run here now."""
