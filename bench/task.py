@@ -34,12 +34,13 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import io
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,6 +122,23 @@ def _cpu_and_faults(pid: int) -> tuple[float, int]:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(fields[7])
 
 
+@contextlib.contextmanager
+def one_opencv_thread() -> Iterator[None]:
+    """OpenCV's own work on the calling thread only, as the server runs it (its threads are the
+    image threads); the count it had is put back afterwards."""
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(threads)
+
+
+def decoded_mask(mask_png: bytes) -> np.ndarray:
+    """The mask PNG as a bool array."""
+    return cv2.imdecode(np.frombuffer(mask_png, np.uint8), cv2.IMREAD_GRAYSCALE) > 0
+
+
 def opencv_floors(files: list[bytes], mask_png: bytes) -> dict[str, float]:
     """CPU ms per image, one thread: the fastest decode, the fastest encode and ``OpenCVEngine``
     alone, over ``files`` (the medians of 5 passes)."""
@@ -129,10 +147,8 @@ def opencv_floors(files: list[bytes], mask_png: bytes) -> dict[str, float]:
     from bench.codec import best_ms
     from photo_eraser.engines.opencv import OpenCVEngine
 
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
-        mask = cv2.imdecode(np.frombuffer(mask_png, np.uint8), cv2.IMREAD_GRAYSCALE) > 0
+    with one_opencv_thread():
+        mask = decoded_mask(mask_png)
         pixels = [simplejpeg.decode_jpeg(f, colorspace="RGB", strict=True) for f in files]
         params = [
             cv2.IMWRITE_JPEG_QUALITY,
@@ -166,8 +182,6 @@ def opencv_floors(files: list[bytes], mask_png: bytes) -> dict[str, float]:
             "encode": min(ms(fn) for fn in encoders.values()),
             "engine": ms(lambda: engine.restore(pixels, [mask] * n)),
         }
-    finally:
-        cv2.setNumThreads(threads)
 
 
 def pipeline_ms(files: list[bytes], mask_png: bytes, threads: int = 2) -> float:
@@ -180,25 +194,19 @@ def pipeline_ms(files: list[bytes], mask_png: bytes, threads: int = 2) -> float:
     from photo_eraser.imaging import decode_image
     from photo_eraser.pipeline import FittedMasks, erase_one
 
-    mask = cv2.imdecode(np.frombuffer(mask_png, np.uint8), cv2.IMREAD_GRAYSCALE) > 0
-    masks, engine = FittedMasks(mask), OpenCVEngine()
-    opencv_threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
+    masks, engine = FittedMasks(decoded_mask(mask_png)), OpenCVEngine()
 
     def one(data: bytes) -> None:
         erase_one(decode_image(data), masks, engine, jpeg_quality=95)
 
-    try:
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(one, files))  # warm-up
-            passes = []
-            for _ in range(3):
-                cpu = time.process_time()
-                list(pool.map(one, files))
-                passes.append(1000 * (time.process_time() - cpu) / len(files))
-        return statistics.median(passes)
-    finally:
-        cv2.setNumThreads(opencv_threads)
+    with one_opencv_thread(), ThreadPoolExecutor(threads) as pool:
+        list(pool.map(one, files))  # warm-up
+        passes = []
+        for _ in range(3):
+            cpu = time.process_time()
+            list(pool.map(one, files))
+            passes.append(1000 * (time.process_time() - cpu) / len(files))
+    return statistics.median(passes)
 
 
 @dataclass
