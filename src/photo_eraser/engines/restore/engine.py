@@ -18,6 +18,7 @@ import numpy as np
 
 from photo_eraser.engines.base import Box, Engine, Restored, mask_bbox
 from photo_eraser.engines.restore.arrays import within
+from photo_eraser.engines.restore.choose import either
 from photo_eraser.engines.restore.edges import CHUNK_BYTES
 from photo_eraser.engines.restore.estimate import Blend, Estimate, Recovery
 from photo_eraser.engines.restore.fit import fit_blend
@@ -204,7 +205,8 @@ class WatermarkRecoveryEngine(Engine):
         if not candidates:
             return _Outcome([None] * len(images), BatchReport(0, "none"))
         # Three lossless images are too few for the free fit, but may be enough for the exact
-        # one (step 6); if it does not hold, each image is handled alone.
+        # one (step 6). Each image is also handled alone (step 9), and keeps the better of the
+        # two recoveries when the exact fit holds.
         exact_only = (
             p.exact.min_images <= len(candidates) < p.min_images
             and p.exact.enabled
@@ -215,10 +217,13 @@ class WatermarkRecoveryEngine(Engine):
         together = self._recover_together(
             images, frames, masks, boxes, lossless, candidates, exact_only
         )
+        if exact_only:
+            alone = self._each_alone(images, frames, masks, boxes, candidates)
+            if isinstance(together, _Outcome):
+                return _the_better_of(images, frames, together, alone, p.single.changed)
+            return alone
         if isinstance(together, _Outcome):
             return together
-        if exact_only:
-            return self._each_alone(images, frames, masks, boxes, candidates)
         batch = BatchReport(len(candidates), "batch", no_mark=together.reason)
         return _Outcome([None] * len(images), batch)
 
@@ -489,6 +494,33 @@ class WatermarkRecoveryEngine(Engine):
         if reason is None:
             reason = "inverted where confident" if share else "no pixel confident enough to invert"
         return RestoreReport(i, method, share, total, filled, reason, batch)
+
+
+def _the_better_of(
+    images: Sequence[np.ndarray],
+    frames: Sequence[Frame],
+    batch: _Outcome,
+    alone: _Outcome,
+    changed: float,
+) -> _Outcome:
+    """Three lossless images recovered both by the batch's exact fit and one by one (step 9):
+    each image keeps the better of its two recoveries (``choose.either``), or the one it has."""
+    out: list[Recovery | None] = []
+    reasons = {}
+    for i, (b, s) in enumerate(zip(batch.recoveries, alone.recoveries, strict=True)):
+        if b is not None and s is not None:
+            rec, batch_won = either(images[i], frames[i], b, s, changed)
+            if batch_won:
+                reasons[i] = f"the batch's exact fit, gaps from the {alone.reasons[i]}"
+            else:
+                reasons[i] = f"{alone.reasons[i]}, gaps from the batch's exact fit"
+            out.append(rec)
+            continue
+        out.append(b if b is not None else s)
+        reason = batch.reasons.get(i) if s is None else alone.reasons.get(i)
+        if reason is not None:
+            reasons[i] = reason
+    return _Outcome(out, batch.batch, reasons)
 
 
 def _box_area(box: Box | None) -> int:

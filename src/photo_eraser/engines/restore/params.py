@@ -294,6 +294,10 @@ class SingleParams:
     min_holdout_gain: float = 1.0
     """dB by which the recovery must beat Telea on copies of the mask beside it, stamped with
     the estimated mark (a margin: the photo under the mark is not the one beside it)."""
+    changed: float = 6.0
+    """Three lossless images, recovered both by the batch's exact fit and alone (``choose.py``):
+    pixels an inversion moved by more than this (grey levels, summed over the channels) are
+    the mark's; the edge energy at their outline tells the two recoveries apart."""
 
 
 @dataclass(frozen=True)
