@@ -13,9 +13,9 @@ from harness.images import psnr as masked_psnr
 from photo_eraser.engines.opencv import OpenCVEngine
 from photo_eraser.engines.registry import EngineRegistry
 from photo_eraser.engines.restore import RestoreParams, RestoreReport, WatermarkRecoveryEngine
-from photo_eraser.engines.restore.fit import fit_blend
 from photo_eraser.engines.restore.choose import either
 from photo_eraser.engines.restore.estimate import Recovery
+from photo_eraser.engines.restore.fit import fit_blend
 from photo_eraser.engines.restore.grid import Frame
 from photo_eraser.engines.restore.params import ExactFitParams, SingleParams
 from photo_eraser.engines.restore.solver import GridSolver

@@ -38,9 +38,7 @@ def either(
     first = _with_gaps(batch, single)
     second = _with_gaps(single, batch)
     # The same band for both: the outlines of what either inversion changed.
-    band = _outline(first, observed, usable, changed) | _outline(
-        second, observed, usable, changed
-    )
+    band = _outline(first, observed, usable, changed) | _outline(second, observed, usable, changed)
     band[[0, -1], :] = False  # the Sobel kernel reaches beyond the box there
     band[:, [0, -1]] = False
     batch_won = _edge_energy(first, observed, usable, band) <= _edge_energy(
