@@ -460,6 +460,31 @@ def test_single_image_without_a_mark_or_with_an_opaque_one_is_inpainted() -> Non
         assert _report(result).reason == "the one-image fit is not confident"
 
 
+def test_a_faint_look_alike_over_bare_gravel_is_not_inverted() -> None:
+    """A solid-shape mask over bare gravel (bench/quality.py's one-image grid, a bare-photo
+    case): the fit finds a faint grey "mark" (a = 0.38) that passes the fit, outline, texture
+    and hold-out checks, but inverting it leaves 0.89 of the outline's edge energy; a true mark
+    leaves mostly 0.5-0.75 (``max_ghost_share``). The same crop carrying a white shape at 0.5
+    is recovered (the positive control)."""
+    h, w = 384, 512
+    gravel = cv2.resize(data.gravel(), (546, 546), interpolation=cv2.INTER_CUBIC)
+    photo = np.ascontiguousarray(np.stack([gravel[107 : 107 + h, 31 : 31 + w]] * 3, axis=-1))
+    shape = np.zeros((h, w), np.uint8)
+    cv2.ellipse(shape, (w // 2, int(h * 0.45)), (90, 60), 0, 0, 360, 255, -1, cv2.LINE_AA)
+    cv2.rectangle(shape, (w // 5, int(h * 0.7)), (4 * w // 5, int(h * 0.8)), 255, -1, cv2.LINE_AA)
+    cov = shape.astype(np.float32) / 255
+    mask = wm.tight_mask(cov)
+    white = wm.solid_colour((255, 255, 255), h, w)
+    lenient = RestoreParams(single=SingleParams(max_ghost_share=0.9))
+    [before] = _engine(lenient).restore([photo], [mask])
+    assert before.recovered_share is not None and before.recovered_share > 0.9  # 0.9 let it by
+    [bare] = _engine().restore([photo], [mask])
+    assert bare.method == "opencv" and bare.recovered_share == 0.0
+    [marked] = _engine().restore(wm.stamp([photo], 0.5 * cov, white), [mask])
+    assert marked.method == "restore"
+    assert marked.recovered_share is not None and marked.recovered_share > 0.9
+
+
 def test_single_image_without_a_mark_is_turned_away_before_the_fit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
