@@ -464,7 +464,7 @@ def test_a_faint_look_alike_over_bare_gravel_is_not_inverted() -> None:
     """A solid-shape mask over bare gravel (bench/quality.py's one-image grid, a bare-photo
     case): the fit finds a faint grey "mark" (a = 0.38) that passes the fit, outline, texture
     and hold-out checks, but inverting it leaves 0.89 of the outline's edge energy; a true mark
-    leaves mostly 0.5-0.75 (``max_ghost_share``). The same crop carrying a white shape at 0.5
+    leaves mostly 0.5-0.75 (``max_ghost_share_alone``). The same crop carrying a white shape at 0.5
     is recovered (the positive control)."""
     h, w = 384, 512
     gravel = cv2.resize(data.gravel(), (546, 546), interpolation=cv2.INTER_CUBIC)
@@ -475,7 +475,7 @@ def test_a_faint_look_alike_over_bare_gravel_is_not_inverted() -> None:
     cov = shape.astype(np.float32) / 255
     mask = wm.tight_mask(cov)
     white = wm.solid_colour((255, 255, 255), h, w)
-    lenient = RestoreParams(single=SingleParams(max_ghost_share=0.9))
+    lenient = RestoreParams(single=SingleParams(max_ghost_share_alone=0.9))
     [before] = _engine(lenient).restore([photo], [mask])
     assert before.recovered_share is not None and before.recovered_share > 0.9  # 0.9 let it by
     [bare] = _engine().restore([photo], [mask])
