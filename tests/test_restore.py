@@ -463,9 +463,9 @@ def test_single_image_without_a_mark_or_with_an_opaque_one_is_inpainted() -> Non
 def test_a_faint_look_alike_over_bare_gravel_is_not_inverted() -> None:
     """A solid-shape mask over bare gravel (bench/quality.py's one-image grid, a bare-photo
     case): the fit finds a faint grey "mark" (a = 0.38) that passes the fit, outline, texture
-    and hold-out checks, but inverting it leaves 0.89 of the outline's edge energy; a true mark
-    leaves mostly 0.5-0.75 (``max_ghost_share_alone``). The same crop carrying a white shape at 0.5
-    is recovered (the positive control)."""
+    and hold-out checks, but inverting it leaves 0.89 of the outline's edge energy; a true
+    mark leaves mostly 0.5-0.75 (``max_ghost_share_alone``). The same crop carrying a white
+    shape at 0.5 is recovered (the positive control)."""
     h, w = 384, 512
     gravel = cv2.resize(data.gravel(), (546, 546), interpolation=cv2.INTER_CUBIC)
     photo = np.ascontiguousarray(np.stack([gravel[107 : 107 + h, 31 : 31 + w]] * 3, axis=-1))
