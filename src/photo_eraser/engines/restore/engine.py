@@ -213,12 +213,12 @@ class WatermarkRecoveryEngine(Engine):
             and all(lossless[i] for i in candidates)
         )
         if len(candidates) < p.min_images and not exact_only:
-            return self._each_alone(images, frames, masks, boxes, candidates)
+            return self._each_alone(images, frames, masks, boxes, lossless, candidates)
         together = self._recover_together(
             images, frames, masks, boxes, lossless, candidates, exact_only
         )
         if exact_only:
-            alone = self._each_alone(images, frames, masks, boxes, candidates)
+            alone = self._each_alone(images, frames, masks, boxes, lossless, candidates)
             if isinstance(together, _Outcome):
                 return _the_better_of(images, frames, together, alone, p.single.changed)
             return alone
@@ -417,17 +417,18 @@ class WatermarkRecoveryEngine(Engine):
         frames: Sequence[Frame],
         masks: Sequence[np.ndarray],
         boxes: Sequence[Box | None],
+        lossless: Sequence[bool],
         candidates: list[int],
     ) -> _Outcome:
         """Step 9: too few images for the batch estimate; one mark is fitted to those under one
-        mask, the others are tried alone (on whole images: ``window`` asks for them)."""
+        mask, the others are tried alone (on whole images: ``window`` asks for them). Lossy
+        images (any of them) get the one-image fit's lossy parameters."""
         if any(frames[i] != Frame(0, 0, *images[i].shape[:2]) for i in candidates):
             raise ValueError("the one-image recovery needs whole images, not parts")
         out: list[Recovery | None] = [None] * len(images)
         reasons = {}
-        found = recover_together(
-            [images[i] for i in candidates], [masks[i] for i in candidates], self.params.single
-        )
+        p = self.params.single.for_lossless(all(lossless[i] for i in candidates))
+        found = recover_together([images[i] for i in candidates], [masks[i] for i in candidates], p)
         for i, (rec, fitted) in zip(candidates, found, strict=True):
             box = boxes[i]
             assert box is not None

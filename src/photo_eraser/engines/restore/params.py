@@ -7,7 +7,7 @@ and what changing them did on the benchmark, is in docs/restore-history.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -240,7 +240,18 @@ class SingleParams:
     refine_rounds: int = 2
     """Rounds of the fit near the outline (the second one on the first one's support)."""
     outline_depth: float = 4.0
-    """Body pixels at most this far inside the mark's fill are fitted: the fill is good there."""
+    """Body pixels at most this far inside the mark's fill are fitted: the fill is good there..."""
+    fit_skip: float = 0.0
+    """...beyond the ``fit_skip`` pixels next to the outline, which are left out (the depths
+    fitted are above ``fit_skip`` and at most ``outline_depth + fit_skip``; 0.955 is one pixel
+    in, OpenCV's 3x3 distance)..."""
+    fit_skip_lossy: float = 1.0
+    """...and this many after lossy compression (``for_lossless``): JPEG's chroma, sampled at
+    half the resolution, smears a coloured mark's outline over its first pixels (a blue mark's
+    colour came out far off). Set on the dev seeds' JPEG one-image cases: mean gain over Telea
+    4.27 / 4.58 / 4.80 dB with 0 / 1 / 2, two / two / three of them below Telea - 0.5 dB. On
+    PNG, 1 cost 0.35 dB on the dev seeds (the fill is less good further in): lossless images
+    keep 0."""
     body_tolerance: float = 0.3
     """A pixel is fitted when its own opacity is within this share of the mark's."""
     fit_iterations: int = 8
@@ -302,6 +313,11 @@ class SingleParams:
     min_holdout_gain: float = 1.0
     """dB by which the recovery must beat Telea on copies of the mask beside it, stamped with
     the estimated mark (a margin: the photo under the mark is not the one beside it)."""
+
+    def for_lossless(self, lossless: bool) -> SingleParams:
+        """These parameters for lossless images, or for lossy ones (``fit_skip_lossy``)."""
+        return self if lossless else replace(self, fit_skip=self.fit_skip_lossy)
+
     changed: float = 6.0
     """Three lossless images, recovered both by the batch's exact fit and alone (``choose.py``):
     pixels an inversion moved by more than this (grey levels, summed over the channels) are

@@ -346,7 +346,8 @@ def _refine(
             fills[k] = _telea(crop.pixels, near)
             own = _opacity(j, fills[k], colour)
             depth = cv2.distanceTransform(near.astype(np.uint8), cv2.DIST_L2, 3)
-            body = near & (np.abs(own - a) < p.body_tolerance * a) & (depth <= p.outline_depth)
+            fitted = (depth > p.fit_skip) & (depth <= p.outline_depth + p.fit_skip)
+            body = near & (np.abs(own - a) < p.body_tolerance * a) & fitted
             js.append(j[body])
             fs.append(fills[k][body])
         jb, fb = np.concatenate(js), np.concatenate(fs)
