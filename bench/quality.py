@@ -442,20 +442,28 @@ def few_rows(quick: bool = False, only: str = "", base: int = FEW_BASE) -> list[
     return rows
 
 
-def few_clean(base: int = FEW_BASE) -> tuple[int, int]:
-    """One image, each design's mask over a bare photo crop (nothing to recover: a mask over an
-    object), FEW_SEEDS x 2 per design and format: (images the engine inverted anyway, images)."""
+def few_clean(base: int = FEW_BASE) -> dict[int, tuple[int, int]]:
+    """Per N of FEW_COUNTS: each design's mask over N bare photo crops (nothing to recover: a
+    mask over an object), FEW_SEEDS x 2 batches per design and format: (images the engine
+    inverted anyway, images). The one-image seeds are those of the first version of this
+    count; the others are apart from every marked case's."""
     engine = WatermarkRecoveryEngine(fallback=OpenCVEngine())
-    inverted = total = 0
-    for d, mark in enumerate(marks() + shapes()):
-        for fmt in FORMATS:
-            for seed in range(2 * FEW_SEEDS):
-                case = make_batch(mark, 0.0, 1, fmt, base + 1000 * d + 10 + seed)
-                [res] = engine.restore(case.stamped, [case.mask], lossless=[fmt == "png"])
-                inverted += bool(res.recovered_share)
-                total += 1
-    print(f"no mark under the mask: {inverted} of {total} images inverted anyway", flush=True)
-    return inverted, total
+    counts = {}
+    for n in FEW_COUNTS:
+        inverted = total = 0
+        for d, mark in enumerate(marks() + shapes()):
+            for fmt in FORMATS:
+                for seed in range(2 * FEW_SEEDS):
+                    first = 10 if n == 1 else 10 * n + 900
+                    case = make_batch(mark, 0.0, n, fmt, base + 1000 * d + first + seed)
+                    results = engine.restore(
+                        case.stamped, [case.mask] * n, lossless=[fmt == "png"] * n
+                    )
+                    inverted += sum(bool(r.recovered_share) for r in results)
+                    total += n
+        print(f"N = {n}, no mark under the mask: {inverted} of {total} images inverted anyway")
+        counts[n] = (inverted, total)
+    return counts
 
 
 def family(row: Row) -> str:
@@ -494,7 +502,7 @@ def few_targets(rows: list[Row]) -> list[tuple[str, int, int]]:
     ]
 
 
-def few_markdown(rows: list[Row], clean: tuple[int, int] | None = None) -> list[str]:
+def few_markdown(rows: list[Row], clean: dict[int, tuple[int, int]] | None = None) -> list[str]:
     """The one-to-three-image section of the report (``clean``: ``few_clean``'s counts)."""
     solid = [r for r in rows if family(r) == "shape" and r.n == 1 and "oracle 1%" in r.psnr]
     lines = [
@@ -511,7 +519,10 @@ def few_markdown(rows: list[Row], clean: tuple[int, int] | None = None) -> list[
         "|---|---|",
         *(f"| {name} | {met} / {total} |" for name, met, total in few_targets(rows)),
         *(
-            [f"| N = 1 no mark under the mask: not inverted | {clean[1] - clean[0]} / {clean[1]} |"]
+            [
+                f"| N = {n} no mark under the mask: images not inverted | {t - k} / {t} |"
+                for n, (k, t) in clean.items()
+            ]
             if clean
             else []
         ),

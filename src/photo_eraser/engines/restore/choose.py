@@ -23,43 +23,44 @@ from photo_eraser.engines.restore.grid import Frame
 _K3 = np.ones((3, 3), np.uint8)
 
 
-def either(
-    image: np.ndarray, frame: Frame, batch: Recovery, single: Recovery, changed: float
+def better_of_two(
+    image: np.ndarray, frame: Frame, batch: Recovery, single: Recovery, min_change: float
 ) -> tuple[Recovery, bool]:
     """One image's recovery from two over the same box (image coordinates): the pixels of the
     one that leaves less edge energy at the mark's outline where it is usable, the other's
-    where only that one is. ``changed``: the least change (grey levels summed over the
+    where only that one is. ``min_change``: the least change (grey levels summed over the
     channels) that marks a pixel as under the mark. Also says whether the batch's pixels won."""
     if batch.box != single.box:
         raise ValueError("the two recoveries must cover the same box")
     y0, y1, x0, x1 = batch.box
     observed = frame.cut(image, y0, y1, x0, x1)
     usable = batch.usable | single.usable
-    first = _with_gaps(batch, single)
-    second = _with_gaps(single, batch)
+    batch_pixels = _with_gaps(batch, single)
+    single_pixels = _with_gaps(single, batch)
     # The same band for both: the outlines of what either inversion changed.
-    band = _outline(first, observed, usable, changed) | _outline(second, observed, usable, changed)
+    band = _outline(batch_pixels, observed, usable, min_change)
+    band |= _outline(single_pixels, observed, usable, min_change)
     band[[0, -1], :] = False  # the Sobel kernel reaches beyond the box there
     band[:, [0, -1]] = False
-    batch_won = _edge_energy(first, observed, usable, band) <= _edge_energy(
-        second, observed, usable, band
-    )
-    return Recovery(batch.box, first if batch_won else second, usable), batch_won
+    batch_energy = _edge_energy(batch_pixels, observed, usable, band)
+    batch_won = batch_energy <= _edge_energy(single_pixels, observed, usable, band)
+    return Recovery(batch.box, batch_pixels if batch_won else single_pixels, usable), batch_won
 
 
-def _with_gaps(first: Recovery, gaps: Recovery) -> np.ndarray:
-    """``first``'s pixels, and ``gaps``' where only that one is usable."""
-    pixels = first.pixels.copy()
-    take = gaps.usable & ~first.usable
+def _with_gaps(main: Recovery, gaps: Recovery) -> np.ndarray:
+    """``main``'s pixels, and ``gaps``' where only that one is usable (its unmarked pixels
+    included: they are kept as they are, as every recovery keeps them)."""
+    pixels = main.pixels.copy()
+    take = gaps.usable & ~main.usable
     pixels[take] = gaps.pixels[take]
     return pixels
 
 
 def _outline(
-    pixels: np.ndarray, observed: np.ndarray, usable: np.ndarray, changed: float
+    pixels: np.ndarray, observed: np.ndarray, usable: np.ndarray, min_change: float
 ) -> np.ndarray:
     """The outline (one pixel either side) of the pixels the inversion moved: the mark's."""
-    moved = usable & (np.abs(pixels.astype(np.int16) - observed).sum(axis=-1) > changed)
+    moved = usable & (np.abs(pixels.astype(np.int16) - observed).sum(axis=-1) > min_change)
     moved_u8 = moved.astype(np.uint8)
     return cv2.dilate(moved_u8, _K3) > cv2.erode(moved_u8, _K3)
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from photo_eraser.engines.base import Box, Engine, Restored, mask_bbox
 from photo_eraser.engines.restore.arrays import within
-from photo_eraser.engines.restore.choose import either
+from photo_eraser.engines.restore.choose import better_of_two
 from photo_eraser.engines.restore.edges import CHUNK_BYTES
 from photo_eraser.engines.restore.estimate import Blend, Estimate, Recovery
 from photo_eraser.engines.restore.fit import fit_blend
@@ -220,7 +220,7 @@ class WatermarkRecoveryEngine(Engine):
         if exact_only:
             alone = self._each_alone(images, frames, masks, boxes, lossless, candidates)
             if isinstance(together, _Outcome):
-                return _the_better_of(images, frames, together, alone, p.single.changed)
+                return _the_better_of(images, frames, together, alone, p.single.choice_min_change)
             return alone
         if isinstance(together, _Outcome):
             return together
@@ -422,12 +422,13 @@ class WatermarkRecoveryEngine(Engine):
     ) -> _Outcome:
         """Step 9: too few images for the batch estimate; one mark is fitted to those under one
         mask, the others are tried alone (on whole images: ``window`` asks for them). Lossy
-        images (any of them) get the one-image fit's lossy parameters."""
+        images (any of them) get the one-image fit's lossy parameters. Also run on three
+        lossless images beside the batch estimate."""
         if any(frames[i] != Frame(0, 0, *images[i].shape[:2]) for i in candidates):
             raise ValueError("the one-image recovery needs whole images, not parts")
         out: list[Recovery | None] = [None] * len(images)
         reasons = {}
-        p = self.params.single.for_lossless(all(lossless[i] for i in candidates))
+        p = self.params.single.for_format(lossless=all(lossless[i] for i in candidates))
         found = recover_together([images[i] for i in candidates], [masks[i] for i in candidates], p)
         for i, (rec, fitted) in zip(candidates, found, strict=True):
             box = boxes[i]
@@ -502,25 +503,28 @@ def _the_better_of(
     frames: Sequence[Frame],
     batch: _Outcome,
     alone: _Outcome,
-    changed: float,
+    min_change: float,
 ) -> _Outcome:
     """Three lossless images recovered both by the batch's exact fit and one by one (step 9):
-    each image keeps the better of its two recoveries (``choose.either``), or the one it has."""
+    each image keeps the better of its two recoveries (``choose.better_of_two``), or the one
+    it has; one the batch left out as not carrying its mark stays left out."""
     out: list[Recovery | None] = []
     reasons = {}
     for i, (b, s) in enumerate(zip(batch.recoveries, alone.recoveries, strict=True)):
-        if b is not None and s is not None:
-            rec, batch_won = either(images[i], frames[i], b, s, changed)
-            if batch_won:
-                reasons[i] = f"the batch's exact fit, gaps from the {alone.reasons[i]}"
-            else:
-                reasons[i] = f"{alone.reasons[i]}, gaps from the batch's exact fit"
+        if i in batch.batch.excluded or s is None:
+            out.append(b)
+            if i in batch.reasons:
+                reasons[i] = batch.reasons[i]
+        elif b is None:
+            out.append(s)
+            reasons[i] = alone.reasons[i]
+        else:
+            rec, batch_won = better_of_two(images[i], frames[i], b, s, min_change)
             out.append(rec)
-            continue
-        out.append(b if b is not None else s)
-        reason = batch.reasons.get(i) if s is None else alone.reasons.get(i)
-        if reason is not None:
-            reasons[i] = reason
+            if batch_won:
+                reasons[i] = f"the batch's exact fit, chosen over the {alone.reasons[i]}"
+            else:
+                reasons[i] = f"{alone.reasons[i]}, chosen over the batch's exact fit"
     return _Outcome(out, batch.batch, reasons)
 
 

@@ -74,7 +74,8 @@ class ExactFitParams:
     enabled: bool = True
     """Whether lossless batches may get this fit at all (``PHOTO_ERASER_RESTORE_EXACT_FIT``)."""
     min_images: int = 3
-    """Smallest batch it is tried on; three lossless images are estimated with it alone."""
+    """Smallest batch it is tried on; of three lossless images, each keeps the better of its
+    recovery with it and its one-image recovery (``choose.py``)."""
     iterations: int = 4
     """Rounds of opacity then colour."""
     body_iterations: int = 2
@@ -246,7 +247,7 @@ class SingleParams:
     fitted are above ``fit_skip`` and at most ``outline_depth + fit_skip``; 0.955 is one pixel
     in, OpenCV's 3x3 distance)..."""
     fit_skip_lossy: float = 1.0
-    """...and this many after lossy compression (``for_lossless``): JPEG's chroma, sampled at
+    """...and this many after lossy compression (``for_format``): JPEG's chroma, sampled at
     half the resolution, smears a coloured mark's outline over its first pixels (a blue mark's
     colour came out far off). Set on the dev seeds' JPEG one-image cases: mean gain over Telea
     4.27 / 4.58 / 4.80 dB with 0 / 1 / 2, two / two / three of them below Telea - 0.5 dB. On
@@ -313,15 +314,14 @@ class SingleParams:
     min_holdout_gain: float = 1.0
     """dB by which the recovery must beat Telea on copies of the mask beside it, stamped with
     the estimated mark (a margin: the photo under the mark is not the one beside it)."""
-
-    def for_lossless(self, lossless: bool) -> SingleParams:
-        """These parameters for lossless images, or for lossy ones (``fit_skip_lossy``)."""
-        return self if lossless else replace(self, fit_skip=self.fit_skip_lossy)
-
-    changed: float = 6.0
+    choice_min_change: float = 6.0
     """Three lossless images, recovered both by the batch's exact fit and alone (``choose.py``):
     pixels an inversion moved by more than this (grey levels, summed over the channels) are
     the mark's; the edge energy at their outline tells the two recoveries apart."""
+
+    def for_format(self, *, lossless: bool) -> SingleParams:
+        """These parameters for lossless images, or for lossy ones (``fit_skip_lossy``)."""
+        return self if lossless else replace(self, fit_skip=self.fit_skip_lossy)
 
 
 @dataclass(frozen=True)
@@ -330,7 +330,7 @@ class RestoreParams:
 
     min_images: int = 4
     """Batches estimated together from this many images (at least 3); smaller ones image by
-    image (step 9), except lossless ones the exact fit holds for."""
+    image (step 9); three lossless ones both ways (the better recovery per image)."""
     grid: GridParams = field(default_factory=GridParams)
     free_fit: FreeFitParams = field(default_factory=FreeFitParams)
     refine: RefineParams = field(default_factory=RefineParams)

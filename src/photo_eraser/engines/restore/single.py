@@ -152,13 +152,12 @@ class _Inverted:
     """Median residual of the fit over the pixels it was fitted on, relative to ``|J - F|``."""
 
 
-def recover_single(
-    image: np.ndarray, mask: np.ndarray, p: SingleParams, *, task_of_one: bool = True
-) -> Recovery | None:
+def recover_single(image: np.ndarray, mask: np.ndarray, p: SingleParams) -> Recovery | None:
     """Inverted pixels over the mask's box and where to use them; ``None`` if not confident.
-    ``task_of_one``: the image is the task's only one (the mask may be over an object)."""
+    One image is held to the stricter ``max_ghost_share_alone`` (its mask may be over an
+    object); a fit to several images under one mask to ``max_ghost_share``."""
     inv = _invert_all([image], mask, p)
-    return None if inv is None else _gated(image, mask, inv[0], p, task_of_one)
+    return None if inv is None else _gated(image, mask, inv[0], p, alone=True)
 
 
 def recover_together(
@@ -174,26 +173,26 @@ def recover_together(
     joint = _invert_all(images, masks[0], p) if tried else None
     out: list[tuple[Recovery | None, int]] = []
     for k, (image, mask) in enumerate(zip(images, masks, strict=True)):
-        rec = None if joint is None else _gated(image, mask, joint[k], p, task_of_one=False)
+        rec = None if joint is None else _gated(image, mask, joint[k], p, alone=False)
         if rec is not None:
             out.append((rec, len(images)))
             continue
-        alone = recover_single(image, mask, p, task_of_one=len(images) == 1)
+        alone = recover_single(image, mask, p)
         out.append((alone, 1 if alone is not None or not tried else len(images)))
     return out
 
 
 def _gated(
-    image: np.ndarray, mask: np.ndarray, inv: _Inverted, p: SingleParams, task_of_one: bool
+    image: np.ndarray, mask: np.ndarray, inv: _Inverted, p: SingleParams, alone: bool
 ) -> Recovery | None:
-    """Step 5: the inverted crop where it passes the checks, ``None`` where it does not. A task
-    of one image is held to the stricter ``max_ghost_share_alone``."""
+    """Step 5: the inverted crop where it passes the checks, ``None`` where it does not. A fit
+    to one image ``alone`` is held to the stricter ``max_ghost_share_alone``."""
     if inv.explained > p.max_unexplained:
         return None
     # The mark's outline must show (an edge stronger than the photo's) and fade when inverted.
     visible = _visible(inv.crop, inv.matte)
     ghost = _ghost(inv.crop, inv.matte, inv.colour)
-    share = p.max_ghost_share_alone if task_of_one else p.max_ghost_share
+    share = p.max_ghost_share_alone if alone else p.max_ghost_share
     if visible < p.min_visible or ghost > p.max_ghost or ghost > share * visible:
         return None
     # The photo under the mark has texture like the photo around it (a flat object has none).
