@@ -218,6 +218,10 @@ class WatermarkRecoveryEngine(Engine):
             images, frames, masks, boxes, lossless, candidates, exact_only
         )
         if exact_only:
+            if isinstance(together, _Outcome) and _recovered_at_least(
+                together, masks, candidates, p.single.choice_enough
+            ):
+                return together
             alone = self._each_alone(images, frames, masks, boxes, lossless, candidates)
             if isinstance(together, _Outcome):
                 return _the_better_of(images, frames, together, alone, p.single.choice_min_change)
@@ -526,6 +530,21 @@ def _the_better_of(
             else:
                 reasons[i] = f"{alone.reasons[i]}, chosen over the batch's exact fit"
     return _Outcome(out, batch.batch, reasons)
+
+
+def _recovered_at_least(
+    outcome: _Outcome, masks: Sequence[np.ndarray], candidates: list[int], share: float
+) -> bool:
+    """Whether the recoveries cover at least ``share`` of every candidate's mask."""
+    for i in candidates:
+        rec = outcome.recoveries[i]
+        if rec is None:
+            return False
+        y0, y1, x0, x1 = rec.box
+        covered = int((rec.usable & masks[i][y0:y1, x0:x1]).sum())
+        if covered < share * int(masks[i].sum()):
+            return False
+    return True
 
 
 def _box_area(box: Box | None) -> int:
