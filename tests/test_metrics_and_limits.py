@@ -120,7 +120,11 @@ def test_creates_past_the_admission_limit_are_shed_with_503(capped: LocalServer)
         target=lambda: first.append(client.create(["https://a.example/x.png"], slow_mask))
     )
     thread.start()
-    time.sleep(0.3)
+    admission = capped.app.state.admission
+    deadline = time.monotonic() + 30
+    while admission.in_flight < 1 and time.monotonic() < deadline:  # the first one is in
+        time.sleep(0.005)
+    assert admission.in_flight == 1, "the first create never got in"
     shed = client.create(["https://a.example/y.png"], "https://a.example/m.png")
     thread.join()
     assert shed.status_code == 503 and shed.json()["code"] == 50302, shed.text
