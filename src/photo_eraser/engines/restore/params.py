@@ -323,7 +323,7 @@ class SingleParams:
     """...unless the exact fit recovered at least this share of every image's mask: then the
     one-image fits (most of the cost) are not tried. On the grid's three-PNG-image cases the
     mean gain over Telea stayed at 15.1 (reported) and 14.7 dB (dev seeds; 0.95 lost 0.2 dB
-    there), and three 12 MP images with a text mark took 3.8 s of CPU instead of 11.3 s."""
+    there), and three 12 MP images with a text mark took 3.8-4.1 s of CPU instead of 11.3 s."""
 
     def for_format(self, *, lossless: bool) -> SingleParams:
         """These parameters for lossless images, or for lossy ones (``fit_skip_lossy``)."""
