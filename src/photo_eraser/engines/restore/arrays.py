@@ -28,6 +28,14 @@ def within(pixels: np.ndarray, radius: int) -> np.ndarray:
     return cv2.dilate(pixels.astype(np.uint8), np.ones((size, size), np.uint8)) > 0
 
 
+def outline(marked: np.ndarray) -> np.ndarray:
+    """Pixels next to both marked and unmarked ones (HxW bool; ``marked`` HxW bool): the
+    outline, one pixel on either side."""
+    return (
+        cv2.morphologyEx(marked.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
+    )
+
+
 def local_mean(a: np.ndarray) -> np.ndarray:
     """5x5 box average (the scale the invert-or-inpaint decision is taken at)."""
     return cv2.blur(a, (5, 5))

@@ -17,10 +17,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from photo_eraser.engines.restore.arrays import outline
 from photo_eraser.engines.restore.estimate import Recovery
 from photo_eraser.engines.restore.grid import Frame
-
-_K3 = np.ones((3, 3), np.uint8)
 
 
 def better_of_two(
@@ -38,8 +37,8 @@ def better_of_two(
     batch_pixels = _with_gaps(batch, single)
     single_pixels = _with_gaps(single, batch)
     # The same band for both: the outlines of what either inversion changed.
-    band = _outline(batch_pixels, observed, usable, min_change)
-    band |= _outline(single_pixels, observed, usable, min_change)
+    band = _moved_outline(batch_pixels, observed, usable, min_change)
+    band |= _moved_outline(single_pixels, observed, usable, min_change)
     band[[0, -1], :] = False  # the Sobel kernel reaches beyond the box there
     band[:, [0, -1]] = False
     batch_energy = _edge_energy(batch_pixels, observed, usable, band)
@@ -56,13 +55,11 @@ def _with_gaps(main: Recovery, gaps: Recovery) -> np.ndarray:
     return pixels
 
 
-def _outline(
+def _moved_outline(
     pixels: np.ndarray, observed: np.ndarray, usable: np.ndarray, min_change: float
 ) -> np.ndarray:
     """The outline (one pixel either side) of the pixels the inversion moved: the mark's."""
-    moved = usable & (np.abs(pixels.astype(np.int16) - observed).sum(axis=-1) > min_change)
-    moved_u8 = moved.astype(np.uint8)
-    return cv2.dilate(moved_u8, _K3) > cv2.erode(moved_u8, _K3)
+    return outline(usable & (np.abs(pixels.astype(np.int16) - observed).sum(axis=-1) > min_change))
 
 
 def _edge_energy(

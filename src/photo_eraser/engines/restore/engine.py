@@ -218,14 +218,12 @@ class WatermarkRecoveryEngine(Engine):
             images, frames, masks, boxes, lossless, candidates, exact_only
         )
         if exact_only:
-            if isinstance(together, _Outcome) and _recovered_at_least(
-                together, masks, candidates, p.single.choice_enough
-            ):
+            if isinstance(together, NoEstimate):
+                return self._each_alone(images, frames, masks, boxes, lossless, candidates)
+            if _recovered_at_least(together, masks, candidates, p.single.choice_enough):
                 return together
             alone = self._each_alone(images, frames, masks, boxes, lossless, candidates)
-            if isinstance(together, _Outcome):
-                return _the_better_of(images, frames, together, alone, p.single.choice_min_change)
-            return alone
+            return _the_better_of(images, frames, together, alone, p.single.choice_min_change)
         if isinstance(together, _Outcome):
             return together
         batch = BatchReport(len(candidates), "batch", no_mark=together.reason)

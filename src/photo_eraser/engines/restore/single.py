@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from photo_eraser.engines.restore.arrays import noise_level
+from photo_eraser.engines.restore.arrays import noise_level, outline
 from photo_eraser.engines.restore.estimate import Recovery
 from photo_eraser.engines.restore.params import SingleParams
 
@@ -505,8 +505,7 @@ def _visible(crop: _Crop, matte: np.ndarray) -> float:
 
 def _outline(matte: np.ndarray) -> np.ndarray:
     """Pixels at the mark's outline (HxW bool): next to both marked and unmarked pixels."""
-    marked = (matte > 0).astype(np.uint8)
-    return cv2.morphologyEx(marked, cv2.MORPH_GRADIENT, _K3) > 0
+    return outline(matte > 0)
 
 
 def _best_opacity(
