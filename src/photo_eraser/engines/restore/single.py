@@ -22,7 +22,7 @@ follow ``J ~ (1 - a) * F + a * C`` up to the photo's texture.
    better than leaving it (the gaps between letters stay out); large holes are judged alike.
    The support's interior takes ``a``; its rim, inpainted from both sides (the photo around
    the mask and the inverted interior), takes its own opacity in ``[0, a]`` by the same
-   projection. ``a`` is then searched nearby for the least edge energy at the outline.
+   projection, and so do the one-pixel gaps between strokes that closing the support filled. ``a`` is then searched nearby for the least edge energy at the outline.
 4. **Invert** ``I = (J - m * C) / (1 - m)``; masked pixels with ``m = 0`` are kept as they are.
 5. **Checks.** The fit must explain the marked pixels (median residual small next to
    ``|J - F|``); the mark's outline must show (an edge stronger than the photo's) and fade when
@@ -54,6 +54,7 @@ from photo_eraser.engines.restore.estimate import Recovery
 from photo_eraser.engines.restore.params import SingleParams
 
 _K3 = np.ones((3, 3), np.uint8)
+_K5 = np.ones((5, 5), np.uint8)
 
 
 def _telea(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -392,8 +393,9 @@ def _matte(crops: list[_Crop], a: float, colour: np.ndarray, p: SingleParams) ->
     m = crops[0].mask
     # A 3x3 median: a larger one wipes out strokes two or three pixels wide.
     own = cv2.medianBlur(_pooled_opacity(crops, [c.fill for c in crops], colour), 3)
-    support = m & (own > 0.5 * a)
-    support = m & (cv2.morphologyEx(support.astype(np.uint8), cv2.MORPH_CLOSE, _K3) > 0)
+    seen = m & (own > 0.5 * a)
+    support = m & (cv2.morphologyEx(seen.astype(np.uint8), cv2.MORPH_CLOSE, _K3) > 0)
+    joined = support & ~seen
     # Deep inside the mask the fill says little: if the support starts at one distance from
     # the mask's border (the margin the mask was drawn with), all that lies deeper is support.
     depth = cv2.distanceTransform(m.astype(np.uint8), cv2.DIST_L2, 3)
@@ -411,6 +413,11 @@ def _matte(crops: list[_Crop], a: float, colour: np.ndarray, p: SingleParams) ->
         support = _join_if_marked(crops, support, parts, a, colour)
     support = _fill_holes(crops, support, a, colour, p.min_hole)
     core = cv2.erode(support.astype(np.uint8), _K3) > 0
+    # The closing fills the pixels the projection missed inside a wide body (the fill's noise),
+    # but also the one-pixel gaps between strokes: a joined pixel is a gap, a rim pixel with its
+    # own opacity, where it is near the support's outline or its projection is low.
+    wide = cv2.erode(support.astype(np.uint8), _K5) > 0
+    core &= ~(joined & (~wide | (own < p.gap_opacity * a)))
     # The rim: one pixel on either side of the support's outline (wider, the mask's unmarked
     # margin took opacity from the photo's texture).
     rim = m & (cv2.dilate(support.astype(np.uint8), _K3) > 0) & ~core
