@@ -22,7 +22,8 @@ follow ``J ~ (1 - a) * F + a * C`` up to the photo's texture.
    better than leaving it (the gaps between letters stay out); large holes are judged alike.
    The support's interior takes ``a``; its rim, inpainted from both sides (the photo around
    the mask and the inverted interior), takes its own opacity in ``[0, a]`` by the same
-   projection, and so do the one-pixel gaps between strokes that closing the support filled. ``a`` is then searched nearby for the least edge energy at the outline.
+   projection, and so do the narrow gaps between strokes that closing the support filled.
+   ``a`` is then searched nearby for the least edge energy at the outline.
 4. **Invert** ``I = (J - m * C) / (1 - m)``; masked pixels with ``m = 0`` are kept as they are.
 5. **Checks.** The fit must explain the marked pixels (median residual small next to
    ``|J - F|``); the mark's outline must show (an edge stronger than the photo's) and fade when
@@ -414,8 +415,9 @@ def _matte(crops: list[_Crop], a: float, colour: np.ndarray, p: SingleParams) ->
     support = _fill_holes(crops, support, a, colour, p.min_hole)
     core = cv2.erode(support.astype(np.uint8), _K3) > 0
     # The closing fills the pixels the projection missed inside a wide body (the fill's noise),
-    # but also the one-pixel gaps between strokes: a joined pixel is a gap, a rim pixel with its
-    # own opacity, where it is near the support's outline or its projection is low.
+    # but also the gaps of one or two pixels between strokes: a joined pixel is a gap, a rim
+    # pixel with its own opacity, where it is near the support's outline or its projection is
+    # low.
     wide = cv2.erode(support.astype(np.uint8), _K5) > 0
     core &= ~(joined & (~wide | (own < p.gap_opacity * a)))
     # The rim: one pixel on either side of the support's outline (wider, the mask's unmarked
