@@ -276,15 +276,20 @@ class SingleParams:
     mark's outline after inversion..."""
     opacity_steps: int = 21
     """...at this many values."""
+    gap_body: int = 5
+    """The support's 3x3 closing joins pixels to it: inside a wide body the fill's noise, but
+    also gaps of one or two pixels between strokes. A joined pixel is taken for a gap (a rim
+    pixel, with its own opacity) where it lies near the outline, outside the support eroded by
+    a square this wide (the ends of gaps and the notches between strokes)..."""
     gap_opacity: float = 0.25
-    """The support's 3x3 closing joins pixels to it; one joined near the support's outline (not
-    inside a body 5 pixels wide), or whose own opacity is below this share of ``a``, is a gap
-    between strokes and takes its own opacity as a rim pixel does (it used to take ``a``, and a
-    photo pixel between two letters came out far too dark or light). Set on the dev seeds'
-    one-image grid: text's mean gain over Telea +3.59 -> +4.27 dB on PNG and +2.52 -> +2.83 dB
-    on JPEG, shapes and logos within 0.03 dB but for one JPEG gradient logo falling back to
-    Telea (-3.7 dB); every joined pixel a gap: text +4.45 dB, shapes -0.13 dB (their interior's
-    noise then takes the rim's opacity)."""
+    """...or where its own opacity is below this share of ``a`` (the gaps inside a band of
+    merged strokes); the other joined pixels take ``a``. Before, every joined pixel took ``a``,
+    and a photo pixel between two letters came out far too dark or light. Set on the dev seeds'
+    one-image grid, mean gain over Telea: text +3.59 -> +4.27 dB on PNG, +2.52 -> +2.83 dB on
+    JPEG; the opacity rule alone +4.13 / +2.73, the outline rule alone +4.21 / +2.76; every
+    joined pixel a gap +4.45 / +2.93 but shapes -0.13 dB (their body's noise then takes the
+    rim's noisier opacity). Shapes and logos within 0.03 dB, but for one JPEG gradient logo that
+    now falls back to Telea (-3.7 dB)."""
     min_hole: int = 60
     """Holes of the mark's support with fewer pixels stay holes (letters' counters); larger ones
     are filled if inverting them continues the photo around them better."""

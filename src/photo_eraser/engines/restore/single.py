@@ -22,8 +22,9 @@ follow ``J ~ (1 - a) * F + a * C`` up to the photo's texture.
    better than leaving it (the gaps between letters stay out); large holes are judged alike.
    The support's interior takes ``a``; its rim, inpainted from both sides (the photo around
    the mask and the inverted interior), takes its own opacity in ``[0, a]`` by the same
-   projection, and so do the narrow gaps between strokes that closing the support filled.
-   ``a`` is then searched nearby for the least edge energy at the outline.
+   projection, and so do the narrow gaps between strokes that closing the support filled
+   (those near the outline, or whose own opacity is low). ``a`` is then searched nearby for the
+   least edge energy at the outline.
 4. **Invert** ``I = (J - m * C) / (1 - m)``; masked pixels with ``m = 0`` are kept as they are.
 5. **Checks.** The fit must explain the marked pixels (median residual small next to
    ``|J - F|``); the mark's outline must show (an edge stronger than the photo's) and fade when
@@ -55,7 +56,6 @@ from photo_eraser.engines.restore.estimate import Recovery
 from photo_eraser.engines.restore.params import SingleParams
 
 _K3 = np.ones((3, 3), np.uint8)
-_K5 = np.ones((5, 5), np.uint8)
 
 
 def _telea(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -415,10 +415,11 @@ def _matte(crops: list[_Crop], a: float, colour: np.ndarray, p: SingleParams) ->
     support = _fill_holes(crops, support, a, colour, p.min_hole)
     core = cv2.erode(support.astype(np.uint8), _K3) > 0
     # The closing fills the pixels the projection missed inside a wide body (the fill's noise),
-    # but also the gaps of one or two pixels between strokes: a joined pixel is a gap, a rim
-    # pixel with its own opacity, where it is near the support's outline or its projection is
-    # low.
-    wide = cv2.erode(support.astype(np.uint8), _K5) > 0
+    # but also the gaps of one or two pixels between strokes: a joined pixel is taken for a gap,
+    # a rim pixel with its own opacity, where it is near the support's outline or its own
+    # opacity is low.
+    square = np.ones((p.gap_body, p.gap_body), np.uint8)
+    wide = cv2.erode(support.astype(np.uint8), square) > 0
     core &= ~(joined & (~wide | (own < p.gap_opacity * a)))
     # The rim: one pixel on either side of the support's outline (wider, the mask's unmarked
     # margin took opacity from the photo's texture).
